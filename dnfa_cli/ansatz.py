@@ -1,0 +1,410 @@
+"""The math of SCIENCE.md: AGOP and pgop (two exact methods), NFM, the two correlation
+conventions, matrix powers, alpha*, the isotropy (tight-frame) statistics and baselines.
+
+Gram accumulation runs in JAX (chunks of samples under one `lax.scan`, so memory is flat
+in n); the statistics of the resulting k x k matrices run in numpy float64 on the host.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import model as mdl
+
+CHUNK_BYTES = 64 * 2**20  # target size of the largest per-chunk Jacobian stack
+
+
+# ============================================================================ Grams
+class Grams(NamedTuple):
+    """Per layer l (0-based), over n samples (sums divided by n):
+    agop[l]  (k_l, k_l)          E[J^T J], J = df/dh_l (c, k_l)
+    pgop[l]  (k_{l+1}, k_{l+1})  E[g^T g], g = df/dp_{l+1}; for the output layer I_c
+    jbar[l]  (c, k_l)            E[J]
+    gbar[l]  (c, k_{l+1})        E[g]
+    pcov[l]  (k_{l+1}, k_{l+1})  E[p p^T], p the pre-activation (the output f for the last)
+    pgop_boot[l] (B, k, k) or None: pgop under B multinomial resamples of the n samples
+    """
+
+    agop: list
+    pgop: list
+    jbar: list
+    gbar: list
+    pcov: list
+    pgop_boot: list | None
+    n: int
+
+
+def _stack_grams(G_cmk, w_m):
+    """sum_m w_m G[:, m]^T G[:, m] as one GEMM over the (c*m) rows."""
+    sw = jnp.sqrt(w_m)[None, :, None]
+    Gw = (G_cmk * sw).reshape(-1, G_cmk.shape[-1])
+    return Gw.T @ Gw
+
+
+def _preact_chunk(params, X, w, activation):
+    """All layers from one forward pass and c reverse passes w.r.t. zero perturbations of
+    every pre-activation: g_l = df/dp_{l+1} of shape (c, m, k_{l+1})."""
+    m = X.shape[0]
+    eps0 = [jnp.zeros((m, layer["W"].shape[0]), X.dtype) for layer in params]
+
+    def f_sum(eps):
+        hs, ps = mdl.forward_all(params, X, activation, eps)
+        # f(x_m) depends only on eps[.][m], so d(sum_m f)/d eps[l][m] = df(x_m)/dp_{l+1}
+        return ps[-1].sum(0), ps
+
+    gs, ps = jax.jacrev(f_sum, has_aux=True)(eps0)  # gs[l]: (c, m, k_{l+1})
+    return gs, ps
+
+
+def _jacfwd_chunk(params, X, activation):
+    """Per layer, as written in the paper: vmap over samples of jacfwd of f_l (the map from
+    h_l to the output) and of the map from p_{l+1} to the output."""
+    hs, ps = mdl.forward_all(params, X, activation)
+    Js, gs = [], []
+    for l in range(len(params)):
+        fl = lambda h, l=l: mdl.f_from_input(params, l, h, activation)
+        fp = lambda p, l=l: mdl.f_from_preact(params, l, p, activation)
+        Js.append(jnp.moveaxis(jax.vmap(jax.jacfwd(fl))(hs[l]), 0, 1))  # (c, m, k_l)
+        gs.append(jnp.moveaxis(jax.vmap(jax.jacfwd(fp))(ps[l]), 0, 1))  # (c, m, k_{l+1})
+    return Js, gs, ps
+
+
+def flops_estimate(sizes: list[int], method: str) -> float:
+    """Multiply-adds per sample of each method (forward, Jacobians, Gram sums), to pick one."""
+    L, c = len(sizes) - 1, sizes[-1]
+    fwd = sum(sizes[l] * sizes[l + 1] for l in range(L))
+    if method == "preact":
+        back = c * sum(sizes[l] * sizes[l + 1] for l in range(1, L))
+        gram = c * sum(sizes[l + 1] ** 2 for l in range(L))
+        return fwd + back + gram
+    total = fwd
+    for l in range(L):
+        tail = sum(sizes[j] * sizes[j + 1] for j in range(l, L))
+        tail_p = sum(sizes[j] * sizes[j + 1] for j in range(l + 1, L))
+        total += sizes[l] * tail + sizes[l + 1] * tail_p + c * (sizes[l] ** 2 + sizes[l + 1] ** 2)
+    return total
+
+
+def choose_method(sizes: list[int], method: str) -> str:
+    if method != "auto":
+        return method
+    return "preact" if flops_estimate(sizes, "preact") <= flops_estimate(sizes, "jacfwd") else "jacfwd"
+
+
+def auto_chunk(sizes: list[int], method: str, itemsize: int) -> int:
+    c = sizes[-1]
+    if method == "preact":
+        per_sample = c * sum(sizes[1:]) + 2 * sum(sizes)
+    else:  # jacfwd pushes k_l tangents through the layers above l
+        per_sample = max(sizes[l] * max(sizes[l:]) for l in range(len(sizes) - 1)) + c * max(sizes)
+    return int(max(1, min(4096, CHUNK_BYTES // (itemsize * per_sample))))
+
+
+def _bootstrap_weights(key, n: int, B: int) -> np.ndarray:
+    """(B, n) multinomial resample counts: resample b draws n samples with replacement."""
+    idx = np.asarray(jax.random.randint(key, (B, n), 0, n))
+    w = np.zeros((B, n))
+    for b in range(B):
+        w[b] = np.bincount(idx[b], minlength=n)
+    return w
+
+
+def compute_grams(params, X, activation: str, *, method: str = "auto", dtype=jnp.float64,
+                  chunk: int | None = None, bootstrap: int = 0, key=None) -> Grams:
+    """AGOP, pgop and their companions over the rows of X (n, d), exactly, in chunks.
+
+    `method`: "preact" (one pass for all layers; agop = W^T pgop W), "jacfwd" (per layer
+    vmap(jacfwd(f_l)), agop from the Jacobians themselves) or "auto" (fewer flops)."""
+    dtype = jnp.dtype(dtype)
+    params = mdl.cast(params, dtype)
+    X = jnp.asarray(X, dtype)
+    n = X.shape[0]
+    sizes = [params[0]["W"].shape[1]] + [layer["W"].shape[0] for layer in params]
+    method = choose_method(sizes, method)
+    m = chunk or auto_chunk(sizes, method, dtype.itemsize)
+    m = min(m, n)
+    n_chunks = -(-n // m)
+    pad = n_chunks * m - n
+    Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), dtype)]).reshape(n_chunks, m, -1)
+    wc = jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_chunks, m)
+    if bootstrap:
+        wb = _bootstrap_weights(key, n, bootstrap)
+        wbc = jnp.asarray(np.concatenate([wb, np.zeros((bootstrap, pad))], 1), dtype)
+        wbc = wbc.reshape(bootstrap, n_chunks, m).transpose(1, 0, 2)  # (chunks, B, m)
+    else:
+        wbc = jnp.zeros((n_chunks, 0, m), dtype)
+    sums = _accumulate(params, Xc, wc, wbc, activation, method)
+    agop_s, pgop_s, jbar_s, gbar_s, pcov_s, boot_s = sums
+    if method == "preact":
+        agop_s = [p["W"].T @ G @ p["W"] for p, G in zip(params, pgop_s)]
+        jbar_s = [g @ p["W"] for p, g in zip(params, gbar_s)]
+    to_np = lambda xs: [np.asarray(x, np.float64) / n for x in xs]
+    return Grams(
+        agop=to_np(agop_s), pgop=to_np(pgop_s), jbar=to_np(jbar_s), gbar=to_np(gbar_s),
+        pcov=to_np(pcov_s), pgop_boot=to_np(boot_s) if bootstrap else None, n=n,
+    )
+
+
+@jax.jit(static_argnames=("activation", "method"))
+def _accumulate(params, Xc, wc, wbc, activation, method):
+    L = len(params)
+    kin = [p["W"].shape[1] for p in params]
+    kout = [p["W"].shape[0] for p in params]
+    c = kout[-1]
+    dt = Xc.dtype
+    B = wbc.shape[1]
+    zeros = lambda shape: jnp.zeros(shape, dt)
+    init = (
+        [zeros((k, k)) for k in kin] if method == "jacfwd" else [],
+        [zeros((k, k)) for k in kout],
+        [zeros((c, k)) for k in kin] if method == "jacfwd" else [],
+        [zeros((c, k)) for k in kout],
+        [zeros((k, k)) for k in kout],
+        [zeros((B, k, k)) for k in kout],
+    )
+
+    def body(carry, inp):
+        X, w, wb = inp
+        agop, pgop, jbar, gbar, pcov, boot = carry
+        if method == "preact":
+            gs, ps = _preact_chunk(params, X, w, activation)
+        else:
+            Js, gs, ps = _jacfwd_chunk(params, X, activation)
+            agop = [a + _stack_grams(J, w) for a, J in zip(agop, Js)]
+            jbar = [a + jnp.einsum("cmk,m->ck", J, w) for a, J in zip(jbar, Js)]
+        pgop = [a + _stack_grams(G, w) for a, G in zip(pgop, gs)]
+        gbar = [a + jnp.einsum("cmk,m->ck", G, w) for a, G in zip(gbar, gs)]
+        pcov = [a + (p * w[:, None]).T @ p for a, p in zip(pcov, ps)]
+        if B:
+            boot = [a + jax.lax.map(lambda wr, G=G: _stack_grams(G, wr), wb) for a, G in zip(boot, gs)]
+        return (agop, pgop, jbar, gbar, pcov, boot), None
+
+    out, _ = jax.lax.scan(body, init, (Xc, wc, wbc))
+    return out
+
+
+# ============================================================================ statistics
+def _sym(A):
+    return 0.5 * (A + A.T)
+
+
+def psd_power(A, alpha: float):
+    """A^alpha for symmetric PSD A via eigh, negative eigenvalues (rounding) clipped to 0."""
+    lam, V = np.linalg.eigh(_sym(np.asarray(A, np.float64)))
+    lam = np.clip(lam, 0.0, None)
+    return (V * lam**alpha) @ V.T
+
+
+def pearson(A, B) -> float:
+    """Pearson correlation of the flattened entries (Science-era convention); nan if either
+    matrix is constant."""
+    a = np.asarray(A, np.float64).ravel()
+    b = np.asarray(B, np.float64).ravel()
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den > 0 else math.nan
+
+
+def cosine(A, B) -> float:
+    """<A, B>_F / (|A|_F |B|_F), no centring (arXiv-era convention); nan if either is 0."""
+    a = np.asarray(A, np.float64).ravel()
+    b = np.asarray(B, np.float64).ravel()
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den > 0 else math.nan
+
+
+class PowerPearson:
+    """pearson(N, A^alpha) for many alpha after one eigh of A: with A = V diag(l) V^T and
+    d = l^alpha, <N, A^a>_F = sum_j d_j (V^T N V)_jj, sum(A^a) = sum_j d_j (V^T 1)_j^2 and
+    |A^a|_F^2 = sum_j d_j^2, so each alpha costs O(k) instead of O(k^3)."""
+
+    def __init__(self, N, A=None, eig=None):
+        N = np.asarray(N, np.float64)
+        lam, V = eig if eig is not None else np.linalg.eigh(_sym(np.asarray(A, np.float64)))
+        self.lam = np.clip(lam, 0.0, None)
+        self.nd = np.einsum("ij,ik,kj->j", V, N, V)  # diag(V^T N V)
+        self.u2 = V.sum(0) ** 2
+        self.K = N.size
+        self.meanN = N.mean()
+        self.varN = (N**2).mean() - self.meanN**2
+
+    def __call__(self, alpha: float) -> float:
+        d = np.where(self.lam > 0, self.lam ** alpha, 0.0)
+        meanM = (d @ self.u2) / self.K
+        varM = (d @ d) / self.K - meanM**2
+        cov = (d @ self.nd) / self.K - self.meanN * meanM
+        den = math.sqrt(max(self.varN, 0.0) * max(varM, 0.0))
+        return cov / den if den > 0 else math.nan
+
+
+ALPHA_RANGE = (0.05, 2.0)
+
+
+def alpha_star(pp: PowerPearson) -> float:
+    """The alpha in [0.05, 2] maximising pearson(nfm, agop^alpha): a grid of step 0.005,
+    then golden-section refinement on the bracket around the best grid point. nan where
+    the correlation does not depend on alpha."""
+    lo, hi = ALPHA_RANGE
+    grid = np.linspace(lo, hi, 391)
+    vals = np.array([pp(a) for a in grid])
+    if not np.any(np.isfinite(vals)):
+        return math.nan
+    if np.nanmax(vals) - np.nanmin(vals) <= 1e-12:
+        return math.nan  # flat in alpha (e.g. a rank-1 NFM): no maximiser to report
+    i = int(np.nanargmax(vals))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    g = (math.sqrt(5) - 1) / 2
+    x1, x2 = b - g * (b - a), a + g * (b - a)
+    f1, f2 = pp(x1), pp(x2)
+    for _ in range(40):
+        if f1 >= f2:
+            b, x2, f2 = x2, x1, f1
+            x1 = b - g * (b - a)
+            f1 = pp(x1)
+        else:
+            a, x1, f1 = x1, x2, f2
+            x2 = a + g * (b - a)
+            f2 = pp(x2)
+    best = [(vals[i], grid[i]), (f1, x1), (f2, x2)]
+    return float(max((v, x) for v, x in best if np.isfinite(v))[1])
+
+
+def isotropy(G, eigvals=None, rel_tol: float = 0.0) -> dict:
+    """tightness, iso_dev, eff_rank and cond of a PSD matrix G (k x k); each is 1.0 / 0.0
+    / k / 1.0 exactly when G = cI. cond is nan when G is numerically singular
+    (l_min <= rel_tol * l_max)."""
+    G = _sym(np.asarray(G, np.float64))
+    k = G.shape[0]
+    tr = float(np.trace(G))
+    tr2 = float(np.sum(G * G))  # tr(G^2) for symmetric G
+    if not (tr > 0 and tr2 > 0):
+        return {"tightness": math.nan, "iso_dev": math.nan, "eff_rank": math.nan, "cond": math.nan}
+    lam = np.linalg.eigvalsh(G) if eigvals is None else eigvals
+    lmax, lmin = float(lam[-1]), float(lam[0])
+    cond = lmax / lmin if lmin > rel_tol * lmax and lmin > 0 else math.nan
+    return {
+        "tightness": tr * tr / (k * tr2),
+        "iso_dev": float(np.linalg.norm(G / (tr / k) - np.eye(k)) / math.sqrt(k)),
+        "eff_rank": tr * tr / tr2,
+        "cond": cond,
+    }
+
+
+def tightness(G) -> float:
+    G = np.asarray(G, np.float64)
+    tr, tr2 = float(np.trace(G)), float(np.sum(G * G))
+    return tr * tr / (G.shape[0] * tr2) if tr > 0 and tr2 > 0 else math.nan
+
+
+def svd_range(W):
+    """Thin SVD of W (k_out, k_in) and its numerical rank r (s_j > max(shape) eps s_max)."""
+    U, s, Vt = np.linalg.svd(np.asarray(W, np.float64), full_matrices=False)
+    tol = max(W.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
+    r = int(np.sum(s > tol))
+    return U, s, Vt, r
+
+
+def rank90(s) -> int:
+    """Fewest top singular directions carrying 90% of sum s_j^2."""
+    e = np.asarray(s, np.float64) ** 2
+    tot = e.sum()
+    if tot <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(e) / tot, 0.9 - 1e-12) + 1)
+
+
+def principal_cos_max_angle(A, B) -> float:
+    """Cosine of the largest principal angle between span(A) and span(B) (orthonormal
+    columns): the smallest singular value of A^T B."""
+    sv = np.linalg.svd(A.T @ B, compute_uv=False)
+    return float(np.clip(sv[-1], 0.0, 1.0))
+
+
+# ============================================================================ per layer
+def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None,
+                bootstrap_ci: bool = True) -> tuple[dict, dict]:
+    """Every per-layer statistic of SCIENCE.md for layer l (0-based) -> (json row, matrices).
+    W, W0 are numpy float64; `rel_tol` is the singularity threshold for cond (k eps of the
+    metrics dtype)."""
+    W = np.asarray(W, np.float64)
+    W0 = np.asarray(W0, np.float64)
+    agop, G = grams.agop[l], grams.pgop[l]
+    k_out, k_in = W.shape
+    nfm = W.T @ W
+    U, s, Vt, r = svd_range(W)
+    lamA, VA = np.linalg.eigh(_sym(agop))
+    lamA_c = np.clip(lamA, 0.0, None)
+    agop_half = (VA * np.sqrt(lamA_c)) @ VA.T
+    pp = PowerPearson(nfm, eig=(lamA, VA))
+
+    row = {"layer": l + 1, "shape": [k_out, k_in], "trivial": trivial, "w_rank": r}
+    row["pearson_a1"] = pearson(nfm, agop)
+    row["pearson_a05"] = pearson(nfm, agop_half)
+    row["cosine_a1"] = cosine(nfm, agop)
+    row["cosine_a05"] = cosine(nfm, agop_half)
+    row["alpha_star"] = alpha_star(pp)
+    row["pearson_alpha_star"] = pp(row["alpha_star"]) if np.isfinite(row["alpha_star"]) else math.nan
+
+    iso = isotropy(G, rel_tol=rel_tol)
+    row.update(iso)
+    Ur = U[:, :r]
+    Gr = Ur.T @ G @ Ur
+    iso_r = isotropy(Gr, rel_tol=rel_tol)
+    row.update({f"{k}_range": v for k, v in iso_r.items()})
+    r90 = rank90(s)
+    row["w_rank90"] = r90
+    row["tightness_top"] = tightness(U[:, :r90].T @ G @ U[:, :r90]) if r90 else math.nan
+    WWt = (U * s**2) @ U.T
+    row["left_pearson"] = pearson(WWt, G)
+
+    # ---- baselines (SCIENCE.md "Baselines")
+    key = key if key is not None else jax.random.PRNGKey(l)
+    kR, kQ1, kQ2 = jax.random.split(key, 3)
+    R = np.asarray(jax.random.normal(kR, W.shape, jnp.float64))
+    row["rand_pearson_a1"] = pearson(R.T @ R, R.T @ G @ R)
+    Qo = _haar(kQ1, k_out, len(s))
+    Qi = _haar(kQ2, k_in, len(s))
+    Rs = (Qo * s) @ Qi.T
+    row["rand_spec_pearson_a1"] = pearson(Rs.T @ Rs, Rs.T @ G @ Rs)
+    dW = W - W0
+    row["centered_pearson"] = pearson(dW.T @ G @ dW, dW.T @ dW)
+    row["delta_cosine_a1"] = cosine(dW.T @ dW, agop)
+    row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
+    jbar = grams.jbar[l]
+    agop_gc = agop - jbar.T @ jbar
+    row["gc_pearson_a1"] = pearson(nfm, agop_gc)
+    row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5))
+    row["left_act_pearson"] = pearson(WWt, grams.pcov[l])
+    row["half_range_pearson"] = pearson(Gr, np.diag(s[:r] ** 2))
+    order = np.argsort(lamA)[::-1]
+    rmax = min(8, r)
+    for rr in range(1, 9):
+        row[f"align_{rr}"] = (principal_cos_max_angle(Vt[:rr].T, VA[:, order[:rr]]) if rr <= rmax else math.nan)
+
+    if grams.pgop_boot is not None and bootstrap_ci:
+        b_a05, b_a1, b_tr = [], [], []
+        for Gb in grams.pgop_boot[l]:
+            Ab = W.T @ Gb @ W
+            b_a1.append(pearson(nfm, Ab))
+            b_a05.append(pearson(nfm, psd_power(Ab, 0.5)))
+            b_tr.append(tightness(Ur.T @ Gb @ Ur))
+        for name, vals in (("pearson_a05", b_a05), ("pearson_a1", b_a1), ("tightness_range", b_tr)):
+            v = np.asarray(vals)
+            v = v[np.isfinite(v)]
+            row[f"{name}_lo"] = float(np.quantile(v, 0.025)) if v.size else math.nan
+            row[f"{name}_hi"] = float(np.quantile(v, 0.975)) if v.size else math.nan
+
+    mats = {"nfm": nfm, "agop": agop, "agop_half": agop_half, "pgop": G}
+    return row, mats
+
+
+def _haar(key, k: int, r: int):
+    """k x r matrix with orthonormal columns, Haar-distributed (QR of a Gaussian, signs fixed)."""
+    A = np.asarray(jax.random.normal(key, (k, r), jnp.float64))
+    Q, Rm = np.linalg.qr(A)
+    return Q * np.sign(np.diag(Rm))

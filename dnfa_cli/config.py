@@ -1,0 +1,534 @@
+"""YAML -> frozen, validated config; `--set` overrides; sweep expansion; run ids.
+
+Everything a user can write is validated here, once, at the edge: below this module
+functions take a `Config` (or explicit arguments), never raw dicts. Errors are
+`ConfigError`s whose message is one line naming the file, the dotted key, the bad value
+and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA = 1  # version of config + result.json layout; part of every run id
+
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "quadratic", "identity")
+
+
+class DnfaInputError(ValueError):
+    """Bad input from the user (config, flags, ids): the CLI prints it and exits 2."""
+
+
+class ConfigError(DnfaInputError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+# ----------------------------------------------------------------------------- data
+class _DataBase(_Strict):
+    seed: NonNegInt | None = None  # pins the data across run seeds; None: derived from `seed`
+
+
+class Monomial(_DataBase):
+    task: Literal["monomial"] = "monomial"
+    d: PosInt = 100
+    coords: list[NonNegInt] = Field(default_factory=lambda: [0, 1], min_length=1)
+    n_train: PosInt = 2000
+    n_test: PosInt = 1000
+    noise: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _coords_in_range(self):
+        bad = [c for c in self.coords if c >= self.d]
+        if bad:
+            raise ValueError(f"coords {bad} out of range for d = {self.d} (0-based)")
+        return self
+
+
+class MultiIndex(_DataBase):
+    task: Literal["multi_index"] = "multi_index"
+    d: Annotated[int, Field(ge=6)] = 20
+    n_train: PosInt = 2000
+    n_test: PosInt = 1000
+    noise: Annotated[float, Field(ge=0)] = 0.0
+
+
+class SparseParity(_DataBase):
+    task: Literal["sparse_parity"] = "sparse_parity"
+    d: PosInt = 20
+    k: PosInt = 3
+    n_train: PosInt = 2000
+    n_test: PosInt = 1000
+    noise: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # label-flip probability
+
+    @model_validator(mode="after")
+    def _k_le_d(self):
+        if self.k > self.d:
+            raise ValueError(f"k = {self.k} exceeds d = {self.d}")
+        return self
+
+
+class Modular(_DataBase):
+    task: Literal["modular"] = "modular"
+    p: Annotated[int, Field(ge=2)] = 61
+    op: Literal["add", "sub", "mul"] = "add"
+    train_frac: Annotated[float, Field(gt=0, lt=1)] = 0.5
+
+
+class Mnist1d(_DataBase):
+    task: Literal["mnist1d"] = "mnist1d"
+    n_train: PosInt = 4000
+    n_test: PosInt = 1000
+
+
+class Npz(_DataBase):
+    task: Literal["npz"] = "npz"
+    path: str
+    kind: Literal["regression", "classification"] = "regression"
+
+
+DataCfg = Annotated[
+    Union[Monomial, MultiIndex, SparseParity, Modular, Mnist1d, Npz], Field(discriminator="task")
+]
+TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, SparseParity, Modular, Mnist1d, Npz)}
+
+
+# ----------------------------------------------------------------------------- model
+class ModelCfg(_Strict):
+    depth: PosInt | None = None  # hidden layers; default 3 unless `widths` is given
+    width: PosInt | None = None  # default 1024 unless `widths` is given
+    widths: list[PosInt] | None = Field(default=None, min_length=1)
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    bias: bool = False
+    init: Literal["gaussian", "torch"] = "gaussian"
+    init_scale: Annotated[float, Field(gt=0)] = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_shape(cls, v):
+        if isinstance(v, dict):
+            v = dict(v)
+            if v.get("widths") is not None:
+                given = [k for k in ("depth", "width") if v.get(k) is not None]
+                if given:
+                    raise ValueError(f"widths conflicts with {' and '.join(given)}: give one or the other")
+            else:
+                v.setdefault("depth", 3)
+                v.setdefault("width", 1024)
+                if v["depth"] is None:
+                    v["depth"] = 3
+                if v["width"] is None:
+                    v["width"] = 1024
+        return v
+
+    def hidden(self) -> list[int]:
+        return list(self.widths) if self.widths is not None else [self.width] * self.depth
+
+
+# ----------------------------------------------------------------------------- train
+class TrainCfg(_Strict):
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: PosInt = 128
+    epochs: PosInt | None = None  # default 100 unless `steps` is given
+    steps: PosInt | None = None
+    loss: Literal["mse", "cross_entropy"] = "mse"
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_or_steps(cls, v):
+        if isinstance(v, dict):
+            v = dict(v)
+            if v.get("epochs") is not None and v.get("steps") is not None:
+                raise ValueError("give epochs or steps, not both")
+            if v.get("epochs") is None and v.get("steps") is None:
+                v["epochs"] = 100
+        return v
+
+    @model_validator(mode="after")
+    def _momentum_is_sgd(self):
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum applies to optimizer sgd only, not {self.optimizer}")
+        return self
+
+
+# ----------------------------------------------------------------------------- metrics
+class MetricsCfg(_Strict):
+    checkpoints: NonNegInt | list[NonNegInt] = 10
+    samples: PosInt = 2000
+    split: Literal["train", "test"] = "train"
+    jacobian: Literal["auto", "jacfwd", "preact"] = "auto"
+    dtype: Literal["float32", "float64"] = "float64"
+    chunk: PosInt | None = None  # samples per AGOP chunk; None: sized to ~64 MB
+    bootstrap: NonNegInt = 0
+
+
+class Config(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.]*$", max_length=64)] = "run"
+    seed: NonNegInt = 0
+    data: DataCfg = Field(default_factory=Monomial)
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    metrics: MetricsCfg = Field(default_factory=MetricsCfg)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+
+# ----------------------------------------------------------------------------- errors
+def _allowed_keys(model_cls, loc) -> list[str]:
+    """Field names allowed at the dotted location `loc` (a tuple of str) of Config."""
+    cls = model_cls
+    for part in loc:
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        sub = _model_in(ann)
+        if sub is None:
+            return []
+        cls = sub
+    return list(cls.model_fields)
+
+
+def _model_in(ann):
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in getattr(ann, "__args__", ()) or ():
+        m = _model_in(a)
+        if m is not None:
+            return m
+    return None
+
+
+def _fmt_value(v) -> str:
+    return json.dumps(v) if not isinstance(v, str) else repr(v)
+
+
+def _format_validation_error(err: ValidationError, source: str, raw: dict) -> str:
+    e = err.errors(include_url=False)[0]
+    loc = [str(p) for p in e["loc"]]
+    # drop the discriminator tag pydantic inserts for tagged unions ("data.monomial.d")
+    if len(loc) >= 2 and loc[0] == "data" and loc[1] in TASKS:
+        loc = [loc[0]] + loc[2:]
+    key = ".".join(loc) if loc else "(top level)"
+    typ, msg = e["type"], e["msg"]
+    if typ == "extra_forbidden":
+        parent = loc[:-1]
+        if parent and parent[0] == "data":
+            task = (raw.get("data") or {}).get("task", "monomial")
+            allowed = list(TASKS[task].model_fields) if task in TASKS else []
+            what = f"for task {task}"
+        else:
+            allowed = _allowed_keys(Config, tuple(parent))
+            what = f"in {'.'.join(parent)}" if parent else "at top level"
+        return f"{source}: {key}: unknown key (allowed {what}: {', '.join(allowed)})"
+    if typ == "union_tag_invalid":
+        return f"{source}: data.task = {_fmt_value(e['input'])}: unknown task (allowed: {', '.join(TASKS)})"
+    if typ == "missing":
+        return f"{source}: {key}: required key is missing"
+    if typ == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return f"{source}: {key}: {msg}"
+    val = e.get("input")
+    msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
+    if typ == "literal_error":
+        msg = msg.replace("must be ", "must be one of ")
+    return f"{source}: {key} = {_fmt_value(val)}: {msg}"
+
+
+# ----------------------------------------------------------------------------- loading
+def _set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def known_keys(raw: dict) -> set[str]:
+    """Every dotted key that a config with this raw content may set (depends on data.task)."""
+    keys = {"name", "seed"}
+    task = (raw.get("data") or {}).get("task", "monomial") if isinstance(raw.get("data"), dict) else "monomial"
+    for k in TASKS.get(task, Monomial).model_fields:
+        keys.add(f"data.{k}")
+    for sec, cls in (("model", ModelCfg), ("train", TrainCfg), ("metrics", MetricsCfg)):
+        for k in cls.model_fields:
+            keys.add(f"{sec}.{k}")
+    return keys
+
+
+def parse_set(items: list[str] | None) -> list[tuple[str, Any]]:
+    """`--set key=value` strings -> (key, value) with the value read as YAML (ints, lists...)."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.width=256")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        out.append((key, value))
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[str, Any]], source: str, what: str = "--set") -> dict:
+    raw = copy.deepcopy(raw)
+    for key, value in overrides:
+        # data.task first, so task-specific keys in the same call are checked against the new task
+        if key == "data.task":
+            _set_dotted(raw, key, value)
+    for key, value in overrides:
+        if key not in known_keys(raw):
+            close = _closest(key, known_keys(raw))
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ConfigError(f"{source}: {what} {key}: no such config key{hint}")
+        _set_dotted(raw, key, value)
+    return raw
+
+
+def _closest(key, candidates):
+    import difflib
+
+    m = difflib.get_close_matches(key, sorted(candidates), n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{path}: no such file")
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: broken YAML{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty file, expected a config mapping (see configs/quickstart.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at top level, got {type(raw).__name__}")
+    for sec in ("data", "model", "train", "metrics", "sweep"):
+        if sec in raw and raw[sec] is not None and not isinstance(raw[sec], dict):
+            raise ConfigError(f"{path}: {sec}: must be a mapping of keys, got {_fmt_value(raw[sec])}")
+        if sec in raw and raw[sec] is None:
+            raw[sec] = {}
+    return raw
+
+
+def validate(raw: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    raw = copy.deepcopy(raw)
+    raw.pop("sweep", None)
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("task") == "npz" and isinstance(data.get("path"), str):
+        p = Path(data["path"]).expanduser()
+        if not p.is_absolute() and base_dir is not None and not p.exists():
+            # relative to the config file if not relative to the working directory
+            q = base_dir / p
+            if q.exists():
+                p = q
+        if not p.exists():
+            raise ConfigError(f"{source}: data.path = {data['path']!r}: no such file")
+        data["path"] = str(p.resolve())
+    if isinstance(data, dict) and "task" not in data:
+        data["task"] = "monomial"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source, raw)) from None
+
+
+class ConfigFile(BaseModel):
+    """One config file as read: the raw mapping (after --set), its sweep block, the base run."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    path: str
+    raw: dict
+    sweep: dict | None
+    base: Config
+
+    def expand(self) -> list[Config]:
+        return expand_sweep(self.raw, self.sweep, self.path, Path(self.path).parent)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ConfigFile:
+    """Read and validate one config file; its `sweep:` block is kept for `expand()`."""
+    raw = read_yaml(path)
+    raw.setdefault("name", _default_name(path))
+    sweep = raw.pop("sweep", None)
+    raw = apply_overrides(raw, parse_set(overrides), str(path))
+    base = validate(raw, str(path), Path(path).parent)
+    return ConfigFile(path=str(path), raw=raw, sweep=sweep, base=base)
+
+
+def _default_name(path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.]", "_", Path(path).stem) or "run"
+    return stem if stem[0].isalnum() else "r" + stem
+
+
+# ----------------------------------------------------------------------------- run ids
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_id(cfg: Config) -> str:
+    """`<name>-<10 hex of sha256(canonical resolved config + schema)>`; a user .npz file's
+    content is hashed in too, so editing the data file gives a new run."""
+    payload = {"schema": SCHEMA, "config": cfg.to_dict()}
+    if cfg.data.task == "npz":
+        payload["npz_sha256"] = _file_sha256(cfg.data.path)
+    digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:10]
+    return f"{cfg.name}-{digest}"
+
+
+# ----------------------------------------------------------------------------- sweeps
+_DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
+
+
+def expand_sweep(base_raw: dict, sweep: dict | None, source: str, base_dir: Path | None = None) -> list[Config]:
+    """A `sweep:` block (W&B vocabulary) over a raw config mapping -> validated run configs."""
+    if not sweep:
+        return [validate(base_raw, source, base_dir)]
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{source}: sweep: must be a mapping with method and parameters")
+    unknown = set(sweep) - {"method", "parameters", "count", "seed"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"{source}: sweep.{k}: unknown key (allowed: method, parameters, count, seed)")
+    method = sweep.get("method", "grid")
+    if method not in ("grid", "random"):
+        raise ConfigError(f"{source}: sweep.method = {_fmt_value(method)}: must be grid or random")
+    params = sweep.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{source}: sweep.parameters: must be a non-empty mapping of dotted config keys")
+    base_task = (base_raw.get("data") or {}).get("task", "monomial")
+    # data.task may itself be swept; accept keys valid for any swept task
+    tasks = {base_task}
+    if "data.task" in params and isinstance(params["data.task"], dict):
+        tasks |= set(v for v in params["data.task"].get("values", []) if isinstance(v, str))
+    valid = set()
+    for t in tasks:
+        valid |= known_keys({**base_raw, "data": {"task": t}})
+    specs = {}
+    for key, spec in params.items():
+        where = f"sweep.parameters.{key}"
+        if key not in valid:
+            close = _closest(key, valid)
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ConfigError(f"{source}: {where}: no such config key{hint}")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{source}: {where}: must be a mapping such as {{values: [...]}}")
+        bad = set(spec) - {"values", "value", "distribution", "min", "max"}
+        if bad:
+            raise ConfigError(f"{source}: {where}.{sorted(bad)[0]}: unknown key (allowed: values, value, distribution, min, max)")
+        if "values" in spec:
+            vals = spec["values"]
+            if not isinstance(vals, list) or not vals:
+                raise ConfigError(f"{source}: {where}.values: must be a non-empty list")
+            specs[key] = ("values", vals)
+        elif "value" in spec:
+            specs[key] = ("values", [spec["value"]])
+        elif "distribution" in spec:
+            dist = spec["distribution"]
+            if dist not in _DISTRIBUTIONS:
+                raise ConfigError(f"{source}: {where}.distribution = {_fmt_value(dist)}: must be one of {', '.join(_DISTRIBUTIONS)}")
+            if method != "random":
+                raise ConfigError(f"{source}: {where}: a distribution needs method: random (grid takes values)")
+            lo, hi = spec.get("min"), spec.get("max")
+            for nm, v in (("min", lo), ("max", hi)):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise ConfigError(f"{source}: {where}.{nm} = {_fmt_value(v)}: must be a number")
+            if lo > hi:
+                raise ConfigError(f"{source}: {where}: min = {lo} exceeds max = {hi}")
+            if dist == "log_uniform" and lo <= 0:
+                raise ConfigError(f"{source}: {where}.min = {lo}: log_uniform needs min > 0")
+            if dist == "int_uniform" and (int(lo) != lo or int(hi) != hi):
+                raise ConfigError(f"{source}: {where}: int_uniform needs integer min and max")
+            specs[key] = (dist, (lo, hi))
+        else:
+            raise ConfigError(f"{source}: {where}: give values, value, or distribution with min and max")
+
+    assignments: list[dict] = []
+    if method == "grid":
+        keys = list(specs)
+        for combo in itertools.product(*(specs[k][1] for k in keys)):
+            assignments.append(dict(zip(keys, combo)))
+    else:
+        count = sweep.get("count")
+        if count is None:
+            raise ConfigError(f"{source}: sweep.count: method random needs count (the number of runs)")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ConfigError(f"{source}: sweep.count = {_fmt_value(count)}: must be an integer >= 1")
+        rseed = sweep.get("seed", 0)
+        if not isinstance(rseed, int) or isinstance(rseed, bool) or rseed < 0:
+            raise ConfigError(f"{source}: sweep.seed = {_fmt_value(rseed)}: must be an integer >= 0")
+        rng = np.random.default_rng(rseed)
+        for _ in range(count):
+            a = {}
+            for key, (kind, arg) in specs.items():
+                if kind == "values":
+                    a[key] = arg[int(rng.integers(len(arg)))]
+                elif kind == "uniform":
+                    a[key] = float(rng.uniform(arg[0], arg[1]))
+                elif kind == "log_uniform":
+                    a[key] = float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
+                else:
+                    a[key] = int(rng.integers(int(arg[0]), int(arg[1]) + 1))
+            assignments.append(a)
+
+    out = []
+    for a in assignments:
+        raw = apply_overrides(base_raw, list(a.items()), source, what="sweep.parameters")
+        where = source + " (sweep run " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in a.items()) + ")"
+        out.append(validate(raw, where, base_dir))
+    return out
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,101 @@
+"""The MLP as pure functions over a list of {"W", "b"} (b absent when bias is off).
+
+W_i has shape (k_{i+1}, k_i), rows are output units (SCIENCE.md). Layer indices in code
+are 0-based (`l`); every output names them 1-based (`l + 1`). `forward_all` exposes the
+pre-activations p_{l+1} = W_l h_l + b_l and accepts perturbations added to each of them,
+so df/dp is a plain reverse-mode gradient at zero perturbation.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Params = list  # [{"W": (k_out, k_in), "b": (k_out,)?}, ...]
+
+
+def activation_fn(name: str):
+    return {
+        "relu": jax.nn.relu,
+        # PyTorch's nn.GELU() default is the exact erf form, not the tanh approximation
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "tanh": jnp.tanh,
+        "silu": jax.nn.silu,
+        "quadratic": jnp.square,
+        "identity": lambda x: x,
+    }[name]
+
+
+def layer_sizes(d: int, hidden: list[int], c: int) -> list[int]:
+    return [d, *hidden, c]
+
+
+def init_params(key, sizes: list[int], *, bias: bool, init: str, init_scale: float, dtype) -> Params:
+    """`gaussian`: W ~ N(0, init_scale^2 / fan_in), b = 0. `torch`: PyTorch's nn.Linear
+    default, W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)),
+    times init_scale."""
+    params = []
+    keys = jax.random.split(key, len(sizes) - 1)
+    for k, (fan_in, fan_out) in zip(keys, zip(sizes[:-1], sizes[1:])):
+        kW, kb = jax.random.split(k)
+        if init == "gaussian":
+            W = jax.random.normal(kW, (fan_out, fan_in), dtype) * (init_scale / math.sqrt(fan_in))
+            b = jnp.zeros((fan_out,), dtype)
+        else:
+            bound = 1.0 / math.sqrt(fan_in)
+            W = jax.random.uniform(kW, (fan_out, fan_in), dtype, -bound, bound) * init_scale
+            b = jax.random.uniform(kb, (fan_out,), dtype, -bound, bound) * init_scale
+        params.append({"W": W, "b": b} if bias else {"W": W})
+    return params
+
+
+def _affine(layer, h):
+    p = h @ layer["W"].T
+    return p + layer["b"] if "b" in layer else p
+
+
+def forward(params: Params, x, activation: str):
+    """f(x) for x of shape (d,) or (n, d)."""
+    s = activation_fn(activation)
+    h = x
+    for layer in params[:-1]:
+        h = s(_affine(layer, h))
+    return _affine(params[-1], h)
+
+
+def forward_all(params: Params, x, activation: str, eps=None):
+    """Inputs to every layer and every pre-activation: (hs, ps) with hs[l] = h_{l+1} the input
+    of W_l, ps[l] = W_l hs[l] + b_l + eps[l]; ps[-1] is the output f."""
+    s = activation_fn(activation)
+    hs, ps = [], []
+    h = x
+    for l, layer in enumerate(params):
+        hs.append(h)
+        p = _affine(layer, h)
+        if eps is not None:
+            p = p + eps[l]
+        ps.append(p)
+        if l < len(params) - 1:
+            h = s(p)
+    return hs, ps
+
+
+def f_from_input(params: Params, l: int, h, activation: str):
+    """f_{l+1}: the map from h_{l+1} (input of W_l) to the output."""
+    s = activation_fn(activation)
+    for layer in params[l:-1]:
+        h = s(_affine(layer, h))
+    return _affine(params[-1], h)
+
+
+def f_from_preact(params: Params, l: int, p, activation: str):
+    """The map from the pre-activation p = W_l h_l + b_l to the output (identity for the
+    output layer, whose 'pre-activation' is f itself)."""
+    if l == len(params) - 1:
+        return p
+    return f_from_input(params, l + 1, activation_fn(activation)(p), activation)
+
+
+def cast(params: Params, dtype) -> Params:
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
