@@ -226,7 +226,12 @@ class PowerPearson:
     def __init__(self, N, A=None, eig=None):
         N = np.asarray(N, np.float64)
         lam, V = eig if eig is not None else np.linalg.eigh(_sym(np.asarray(A, np.float64)))
-        self.lam = np.clip(lam, 0.0, None)
+        # Pearson is invariant to positive scaling: normalise so l^alpha and its squares
+        # stay in range however large the matrices grew
+        lam = np.clip(lam, 0.0, None)
+        self.lam = lam / lam.max() if lam.size and lam.max() > 0 else lam
+        nmax = np.abs(N).max() if N.size else 0.0
+        N = N / nmax if nmax > 0 else N
         self.nd = np.einsum("ij,ik,kj->j", V, N, V)  # diag(V^T N V)
         self.u2 = V.sum(0) ** 2
         self.K = N.size

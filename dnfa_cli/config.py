@@ -231,11 +231,16 @@ def _fmt_value(v) -> str:
 
 def _format_validation_error(err: ValidationError, source: str, raw: dict) -> str:
     e = err.errors(include_url=False)[0]
-    loc = [str(p) for p in e["loc"]]
-    # drop the discriminator tag pydantic inserts for tagged unions ("data.monomial.d")
-    if len(loc) >= 2 and loc[0] == "data" and loc[1] in TASKS:
-        loc = [loc[0]] + loc[2:]
-    key = ".".join(loc) if loc else "(top level)"
+    # drop the tags pydantic inserts for unions ("data.monomial.d", "checkpoints.constrained-int")
+    loc = []
+    for i, p in enumerate(e["loc"]):
+        if isinstance(p, int):
+            loc.append(f"[{p}]")
+        elif (i == 1 and loc == ["data"] and p in TASKS) or not str(p).isidentifier() or p in ("int", "float", "str", "list"):
+            continue
+        else:
+            loc.append(str(p))
+    key = ".".join(loc).replace(".[", "[") if loc else "(top level)"
     typ, msg = e["type"], e["msg"]
     if typ == "extra_forbidden":
         parent = loc[:-1]
@@ -248,7 +253,11 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> st
             what = f"in {'.'.join(parent)}" if parent else "at top level"
         return f"{source}: {key}: unknown key (allowed {what}: {', '.join(allowed)})"
     if typ == "union_tag_invalid":
-        return f"{source}: data.task = {_fmt_value(e['input'])}: unknown task (allowed: {', '.join(TASKS)})"
+        tag = (e.get("ctx") or {}).get("tag")
+        return f"{source}: data.task = {_fmt_value(tag)}: unknown task (allowed: {', '.join(TASKS)})"
+    if typ == "string_pattern_mismatch" and loc == ["name"]:
+        return (f"{source}: name = {_fmt_value(e.get('input'))}: must start with a letter or digit and hold only "
+                "letters, digits, '_' and '.' (it becomes part of the run id)")
     if typ == "missing":
         return f"{source}: {key}: required key is missing"
     if typ == "value_error":

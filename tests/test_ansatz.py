@@ -1,0 +1,283 @@
+"""The math against independent references: a Python loop of jax.jacobian, closed forms,
+finite differences, numpy, and matrices built so the answer is known."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dnfa_cli  # noqa: F401  (enables x64)
+from dnfa_cli import ansatz
+from dnfa_cli import model as mdl
+
+
+def _net(key, sizes, activation="tanh", bias=True):
+    return mdl.init_params(key, sizes, bias=bias, init="torch" if bias else "gaussian", init_scale=1.3,
+                           dtype=jnp.float64)
+
+
+def _loop_reference(params, X, activation):
+    """The slowest obvious implementation: a Python loop of jax.jacobian per example."""
+    L = len(params)
+    agop = [np.zeros((p["W"].shape[1],) * 2) for p in params]
+    pgop = [np.zeros((p["W"].shape[0],) * 2) for p in params]
+    jbar = [np.zeros((params[-1]["W"].shape[0], p["W"].shape[1])) for p in params]
+    for x in X:
+        hs, ps = mdl.forward_all(params, x, activation)
+        for l in range(L):
+            J = np.asarray(jax.jacobian(lambda h: mdl.f_from_input(params, l, h, activation))(hs[l]))
+            g = np.asarray(jax.jacobian(lambda p: mdl.f_from_preact(params, l, p, activation))(ps[l]))
+            agop[l] += J.T @ J
+            pgop[l] += g.T @ g
+            jbar[l] += J
+    n = len(X)
+    return [a / n for a in agop], [a / n for a in pgop], [a / n for a in jbar]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "relu", "quadratic", "silu"])
+def test_agop_two_methods_and_loop_agree(activation):
+    key = jax.random.PRNGKey(1)
+    sizes = [5, 7, 6, 3]
+    params = _net(key, sizes, activation)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (9, 5), jnp.float64))
+    ref_agop, ref_pgop, ref_jbar = _loop_reference(params, X, activation)
+    for method in ("preact", "jacfwd"):
+        g = ansatz.compute_grams(params, X, activation, method=method, chunk=4)  # 9 = 4 + 4 + 1 (padding)
+        for l in range(3):
+            np.testing.assert_allclose(g.agop[l], ref_agop[l], rtol=1e-11, atol=1e-13)
+            np.testing.assert_allclose(g.pgop[l], ref_pgop[l], rtol=1e-11, atol=1e-13)
+            np.testing.assert_allclose(g.jbar[l], ref_jbar[l], rtol=1e-11, atol=1e-13)
+    # the read-out layer's pgop is I_c, computed, not assumed
+    np.testing.assert_allclose(g.pgop[-1], np.eye(3), atol=1e-15)
+
+
+def test_chain_rule_identity_on_the_jacfwd_path():
+    """agop_i = W_i^T pgop_{i+1} W_i: on the jacfwd path both sides are computed independently."""
+    params = _net(jax.random.PRNGKey(3), [6, 8, 8, 2], "gelu")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (20, 6), jnp.float64))
+    g = ansatz.compute_grams(params, X, "gelu", method="jacfwd", chunk=7)
+    for l, p in enumerate(params):
+        W = np.asarray(p["W"])
+        np.testing.assert_allclose(g.agop[l], W.T @ g.pgop[l] @ W, rtol=1e-10, atol=1e-12)
+
+
+def test_deep_linear_closed_form():
+    """Identity activation, no bias: J_i(x) = W_L ... W_{i+1} for every x."""
+    sizes = [4, 6, 5, 3]
+    params = _net(jax.random.PRNGKey(5), sizes, bias=False)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(6), (11, 4), jnp.float64))
+    Ws = [np.asarray(p["W"]) for p in params]
+    for method in ("preact", "jacfwd"):
+        g = ansatz.compute_grams(params, X, "identity", method=method)
+        for l in range(3):
+            J = np.eye(3)
+            for W in reversed(Ws[l + 1:]):
+                J = J @ W
+            # J (c, k_{l+1}) is df/dp_{l+1}; df/dh_l = J W_l
+            np.testing.assert_allclose(g.pgop[l], J.T @ J, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(g.agop[l], (J @ Ws[l]).T @ (J @ Ws[l]), rtol=1e-12, atol=1e-14)
+
+
+def test_finite_differences():
+    params = _net(jax.random.PRNGKey(7), [4, 5, 5, 2], "tanh")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(8), (6, 4), jnp.float64))
+    g = ansatz.compute_grams(params, X, "tanh", method="preact")
+    h = 1e-5
+    for l in range(3):
+        agop = 0
+        for x in X:
+            hs, _ = mdl.forward_all(params, x, "tanh")
+            h0 = np.asarray(hs[l])
+            cols = []
+            for j in range(len(h0)):
+                e = np.zeros_like(h0)
+                e[j] = h
+                fp = np.asarray(mdl.f_from_input(params, l, h0 + e, "tanh"))
+                fm = np.asarray(mdl.f_from_input(params, l, h0 - e, "tanh"))
+                cols.append((fp - fm) / (2 * h))
+            J = np.stack(cols, 1)
+            agop = agop + J.T @ J
+        np.testing.assert_allclose(g.agop[l], agop / len(X), rtol=1e-7, atol=1e-9)
+
+
+def test_chunking_and_float32():
+    params = _net(jax.random.PRNGKey(9), [5, 16, 16, 4], "relu", bias=True)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(10), (50, 5), jnp.float64))
+    full = ansatz.compute_grams(params, X, "relu", method="preact", chunk=50)
+    for chunk in (1, 7, 64):
+        part = ansatz.compute_grams(params, X, "relu", method="preact", chunk=chunk)
+        for a, b in zip(full.agop + full.pgop + full.pcov, part.agop + part.pgop + part.pcov):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    f32 = ansatz.compute_grams(params, X, "relu", method="preact", dtype=jnp.float32)
+    for a, b in zip(full.agop, f32.agop):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * np.abs(a).max())
+
+
+def test_pcov_and_bootstrap_against_loops():
+    params = _net(jax.random.PRNGKey(11), [3, 5, 2], "tanh")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(12), (13, 3), jnp.float64))
+    key = jax.random.PRNGKey(13)
+    g = ansatz.compute_grams(params, X, "tanh", method="preact", chunk=4, bootstrap=3, key=key)
+    _, ps = mdl.forward_all(params, X, "tanh")
+    for l in range(2):
+        P = np.asarray(ps[l])
+        np.testing.assert_allclose(g.pcov[l], P.T @ P / len(X), rtol=1e-12)
+    # bootstrap: resample b is the plain pgop of the resampled rows
+    w = ansatz._bootstrap_weights(key, 13, 3)
+    np.testing.assert_array_equal(w.sum(1), [13, 13, 13])
+    for b in range(3):
+        rows = np.repeat(np.arange(13), w[b].astype(int))
+        ref = ansatz.compute_grams(params, X[rows], "tanh", method="preact")
+        for l in range(2):
+            np.testing.assert_allclose(g.pgop_boot[l][b], ref.pgop[l], rtol=1e-11, atol=1e-14)
+
+
+def test_auto_picks_the_cheaper_method():
+    assert ansatz.choose_method([784, 1024, 1024, 1024, 10], "auto") == "preact"
+    # one output, tiny input: both are cheap, preact still needs fewer flops
+    assert ansatz.flops_estimate([2, 3, 1], "preact") <= ansatz.flops_estimate([2, 3, 1], "jacfwd")
+    # many outputs through a narrow bottleneck into a 1-wide input: forward mode wins
+    assert ansatz.choose_method([1, 2, 500], "auto") == "jacfwd"
+    assert ansatz.choose_method([1, 2, 500], "preact") == "preact"
+
+
+# ----------------------------------------------------------------------------- statistics
+def _rand_psd(key, k, rank=None):
+    A = np.asarray(jax.random.normal(jax.random.PRNGKey(key), (k, rank or k), jnp.float64))
+    return A @ A.T
+
+
+def test_isotropy_of_scaled_identity_and_known_spectra():
+    iso = ansatz.isotropy(3.7 * np.eye(6))
+    assert iso["tightness"] == pytest.approx(1.0, abs=1e-15)
+    assert iso["iso_dev"] == pytest.approx(0.0, abs=1e-15)
+    assert iso["eff_rank"] == pytest.approx(6.0, abs=1e-13)
+    assert iso["cond"] == pytest.approx(1.0, abs=1e-13)
+    # G = diag(1, 1, 0, 0): tr^2 / (k tr G^2) = 4 / (4 * 2) = 1/2, eff_rank 2, singular
+    iso = ansatz.isotropy(np.diag([1.0, 1.0, 0.0, 0.0]), rel_tol=1e-12)
+    assert iso["tightness"] == pytest.approx(0.5)
+    assert iso["eff_rank"] == pytest.approx(2.0)
+    assert math.isnan(iso["cond"])
+    # iso_dev of diag(2, 0) = |diag(2,0)/1 - I|_F / sqrt(2) = |(1, -1)| / sqrt 2 = 1
+    assert ansatz.isotropy(np.diag([2.0, 0.0]))["iso_dev"] == pytest.approx(1.0)
+    assert ansatz.isotropy(np.diag([4.0, 1.0]))["cond"] == pytest.approx(4.0)
+    assert math.isnan(ansatz.isotropy(np.zeros((3, 3)))["tightness"])
+
+
+def test_pearson_cosine_power():
+    A = _rand_psd(1, 7)
+    assert ansatz.pearson(A, 2 * A + 3) == pytest.approx(1.0, abs=1e-14)
+    assert ansatz.pearson(A, -A) == pytest.approx(-1.0, abs=1e-14)
+    assert ansatz.cosine(A, 5 * A) == pytest.approx(1.0, abs=1e-14)
+    # cosine is not shift invariant, pearson is
+    assert ansatz.cosine(A, A + 10) < 0.999
+    B = _rand_psd(2, 7)
+    a, b = A.ravel(), B.ravel()
+    assert ansatz.pearson(A, B) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-14)
+    assert math.isnan(ansatz.pearson(np.ones((3, 3)), A[:3, :3]))
+    R = ansatz.psd_power(A, 0.5)
+    np.testing.assert_allclose(R @ R, A, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ansatz.psd_power(A, 1.0), A, rtol=1e-11, atol=1e-11)
+    # negative eigenvalues from rounding are clipped, never nan
+    C = _rand_psd(3, 6, rank=2) - 1e-14 * np.eye(6)
+    assert np.all(np.isfinite(ansatz.psd_power(C, 0.5)))
+
+
+def test_spectral_pearson_equals_direct_and_alpha_star_recovers_exponent():
+    A = _rand_psd(4, 9)
+    N = _rand_psd(5, 9)
+    pp = ansatz.PowerPearson(N, A)
+    for alpha in (0.05, 0.3, 0.5, 1.0, 1.7, 2.0):
+        assert pp(alpha) == pytest.approx(ansatz.pearson(N, ansatz.psd_power(A, alpha)), abs=1e-10)
+    for a0 in (0.37, 0.5, 1.0, 1.62):
+        N = ansatz.psd_power(A, a0)
+        assert ansatz.alpha_star(ansatz.PowerPearson(N, A)) == pytest.approx(a0, abs=1e-6)
+
+
+def _grams_for(W, G, jbar=None, pcov=None, boot=None):
+    c = 2
+    return ansatz.Grams(agop=[W.T @ G @ W], pgop=[G], jbar=[np.zeros((c, W.shape[1])) if jbar is None else jbar],
+                        gbar=[np.zeros((c, W.shape[0]))], pcov=[np.eye(W.shape[0]) if pcov is None else pcov],
+                        pgop_boot=boot, n=10)
+
+
+def _W(key, k_out, k_in):
+    return np.asarray(jax.random.normal(jax.random.PRNGKey(key), (k_out, k_in), jnp.float64))
+
+
+def test_tight_frame_equivalences():
+    """SCIENCE.md: alpha = 1 holds exactly iff U^T G U = cI; alpha = 1/2 iff U^T G U ~ S^2."""
+    W = _W(20, 5, 8)  # narrowing: full row rank, range(W) is everything
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, 2.5 * np.eye(5)), 0, trivial=False, rel_tol=1e-12)
+    assert row["pearson_a1"] == pytest.approx(1.0, abs=1e-12)
+    assert row["tightness_range"] == pytest.approx(1.0, abs=1e-12)
+    assert row["rand_pearson_a1"] == pytest.approx(1.0, abs=1e-12)  # G = cI: any R satisfies it
+    assert row["rand_spec_pearson_a1"] == pytest.approx(1.0, abs=1e-12)
+    assert row["centered_pearson"] is not None and math.isnan(row["centered_pearson"])  # dW = 0
+    U, s, Vt = np.linalg.svd(W, full_matrices=False)
+    G = 0.3 * (U * s**2) @ U.T  # = 0.3 W W^T
+    row, _ = ansatz.layer_stats(W, W * 0.9, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    assert row["pearson_a05"] == pytest.approx(1.0, abs=1e-10)
+    assert row["half_range_pearson"] == pytest.approx(1.0, abs=1e-12)
+    assert row["left_pearson"] == pytest.approx(1.0, abs=1e-12)
+    assert row["pearson_a1"] < 0.999
+    assert row["alpha_star"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_tightness_range_ignores_G_off_range_of_a_widening_layer():
+    W = _W(21, 9, 4)  # widening: range(W) is a 4-dim subspace of R^9
+    U, s, Vt = np.linalg.svd(W, full_matrices=True)
+    Ur, Uo = U[:, :4], U[:, 4:]
+    junk = _rand_psd(22, 5)
+    G = 1.7 * Ur @ Ur.T + Uo @ junk @ Uo.T
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    assert row["w_rank"] == 4
+    assert row["tightness_range"] == pytest.approx(1.0, abs=1e-12)
+    assert row["iso_dev_range"] == pytest.approx(0.0, abs=1e-7)
+    assert row["pearson_a1"] == pytest.approx(1.0, abs=1e-12)  # agop = 1.7 W^T W
+    assert row["tightness"] < 0.9  # the full G is far from isotropic
+
+
+def test_tightness_top_and_rank90():
+    assert ansatz.rank90([10.0, 1.0, 1.0]) == 1  # 100 / 102 >= 0.9
+    assert ansatz.rank90([1.0, 1.0, 1.0, 1.0]) == 4
+    assert ansatz.rank90([3.0, 1.0, 1.0]) == 2  # 9/11 < 0.9 <= 10/11
+    s = np.array([10.0, 1.0, 0.5])
+    U = np.linalg.qr(_W(23, 3, 3))[0]
+    V = np.linalg.qr(_W(24, 3, 3))[0]
+    W = (U * s) @ V.T
+    G = U @ np.diag([2.0, 5.0, 9.0]) @ U.T  # on the top direction alone G is isotropic (1-dim)
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    assert row["w_rank90"] == 1
+    assert row["tightness_top"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_alignment_and_centred_baselines():
+    u = np.array([1.0, 2.0, 0.0, -1.0])
+    v = np.array([0.0, 1.0, 1.0, 0.0, 3.0])
+    W = np.outer(u, v)  # rank 1, right singular vector along v
+    G = np.eye(4)
+    row, _ = ansatz.layer_stats(W, np.zeros_like(W), _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    assert row["w_rank"] == 1
+    assert row["align_1"] == pytest.approx(1.0, abs=1e-12)  # agop = |u|^2 v v^T shares v
+    assert row["align_2"] is not None and math.isnan(row["align_2"])  # beyond rank
+    # W0 = 0: the delta NFM is the NFM itself
+    assert row["delta_cosine_a1"] == pytest.approx(row["cosine_a1"], abs=1e-14)
+    # gradient-centred: removing the mean Jacobian changes agop exactly by jbar^T jbar
+    W = _W(25, 6, 5)
+    G = _rand_psd(26, 6)
+    jbar = _W(27, 2, 5) * 0.1
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G, jbar=jbar, pcov=W @ W.T), 0, trivial=False, rel_tol=1e-12)
+    assert row["gc_pearson_a1"] == pytest.approx(ansatz.pearson(W.T @ W, W.T @ G @ W - jbar.T @ jbar), abs=1e-14)
+    assert row["left_act_pearson"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_bootstrap_interval_brackets_and_collapses():
+    W = _W(30, 5, 6)
+    G = _rand_psd(31, 5)
+    same = np.stack([G] * 20)  # every resample identical: the interval is a point
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G, boot=[same]), 0, trivial=False, rel_tol=1e-12)
+    for name in ("pearson_a05", "pearson_a1", "tightness_range"):
+        assert row[f"{name}_lo"] == pytest.approx(row[name], abs=1e-12)
+        assert row[f"{name}_hi"] == pytest.approx(row[name], abs=1e-12)

@@ -1,0 +1,164 @@
+"""The training loop against a hand-written numpy loop; compilation; determinism."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnfa_cli import config, data, train
+
+
+def _cfg(**over):
+    raw = {
+        "name": "t",
+        "seed": 3,
+        "data": {"task": "monomial", "d": 4, "n_train": 21, "n_test": 7, "noise": 0.1},
+        "model": {"depth": 1, "width": 5, "activation": "tanh", "bias": True, "init": "torch"},
+        "train": {"optimizer": "sgd", "lr": 0.05, "batch_size": 8, "epochs": 2, "dtype": "float64"},
+        "metrics": {"checkpoints": 2, "samples": 21},
+    }
+    for k, v in over.items():
+        config._set_dotted(raw, k, v)
+    return config.validate(raw)
+
+
+def _numpy_epoch(cfg, ds, params, epoch, opt_state, t0):
+    """One epoch of minibatch training written out by hand: the shuffle, the leftover last
+    minibatch, backprop through one tanh layer, and the three optimizers."""
+    tc = cfg.train
+    W1, b1, W2, b2 = (np.array(params[0]["W"]), np.array(params[0]["b"]), np.array(params[1]["W"]), np.array(params[1]["b"]))
+    X, T = ds.X_train, ds.T_train
+    n, B = len(X), tc.batch_size
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(train.run_keys(cfg.seed)[1], epoch), n))
+    t = t0
+    for s in range(0, n, B):
+        idx = perm[s:s + B]
+        x, y = X[idx], T[idx]
+        m = len(idx)
+        p = x @ W1.T + b1
+        h = np.tanh(p)
+        f = h @ W2.T + b2
+        df = 2 * (f - y) / (m * y.shape[1])
+        gW2, gb2 = df.T @ h, df.sum(0)
+        dp = (df @ W2) * (1 - h**2)
+        gW1, gb1 = dp.T @ x, dp.sum(0)
+        ps, gs = [W1, b1, W2, b2], [gW1, gb1, gW2, gb2]
+        t += 1
+        for j, (pj, gj) in enumerate(zip(ps, gs)):
+            if tc.optimizer == "sgd":
+                gj = gj + tc.weight_decay * pj
+                opt_state[j] = gj + tc.momentum * opt_state[j]
+                pj -= tc.lr * opt_state[j]
+            else:
+                if tc.optimizer == "adam":
+                    gj = gj + tc.weight_decay * pj
+                mu, nu = opt_state[j]
+                mu = 0.9 * mu + 0.1 * gj
+                nu = 0.999 * nu + 0.001 * gj**2
+                opt_state[j] = (mu, nu)
+                step = (mu / (1 - 0.9**t)) / (np.sqrt(nu / (1 - 0.999**t)) + 1e-8)
+                if tc.optimizer == "adamw":
+                    step = step + tc.weight_decay * pj
+                pj -= tc.lr * step
+    return [{"W": W1, "b": b1}, {"W": W2, "b": b2}], t
+
+
+@pytest.mark.parametrize("opt", [
+    {"train.optimizer": "sgd"},
+    {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 0.01},
+    {"train.optimizer": "adam", "train.lr": 0.01, "train.weight_decay": 0.01},
+    {"train.optimizer": "adamw", "train.lr": 0.01, "train.weight_decay": 0.1},
+])
+def test_epochs_match_handwritten_numpy_loop(opt):
+    cfg = _cfg(**opt)
+    ds = data.make_dataset(cfg)
+    st = train.init_state(cfg, ds)
+    ref = [{k: np.array(v) for k, v in layer.items()} for layer in st.params]
+    zeros = [np.zeros_like(a) for layer in ref for a in (layer["W"], layer["b"])]
+    opt_state = zeros if cfg.train.optimizer == "sgd" else [(z, z.copy()) for z in zeros]
+    arrays = (jnp.asarray(ds.X_train), jnp.asarray(ds.T_train), jnp.asarray(ds.y_train))
+    static = dict(activation="tanh", loss="mse", kind="regression", optimizer=cfg.train.optimizer, batch_size=8)
+    t = 0
+    for e in range(2):
+        key = jax.random.fold_in(train.run_keys(cfg.seed)[1], e)
+        st, losses = train.epoch_fn(st, *arrays, key, 0, 3, **static)
+        ref, t = _numpy_epoch(cfg, ds, ref, e, opt_state, t)
+        assert losses.shape == (3,)  # 21 samples, batch 8: 8 + 8 + 5
+    for got, want in zip(st.params, ref):
+        np.testing.assert_allclose(np.asarray(got["W"]), want["W"], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(np.asarray(got["b"]), want["b"], rtol=1e-12, atol=1e-13)
+
+
+def test_epoch_compiles_once_and_split_epochs_equal_whole():
+    cfg = _cfg(**{"train.dtype": "float32"})
+    ds = data.make_dataset(cfg)
+    st0 = train.init_state(cfg, ds)
+    arrays = (jnp.asarray(ds.X_train, jnp.float32), jnp.asarray(ds.T_train, jnp.float32), jnp.asarray(ds.y_train))
+    static = dict(activation="tanh", loss="mse", kind="regression", optimizer="sgd", batch_size=8)
+    key = jax.random.PRNGKey(0)
+    whole, _ = train.epoch_fn(st0, *arrays, key, 0, 3, **static)
+    before = train.epoch_fn._cache_size()
+    a, _ = train.epoch_fn(st0, *arrays, key, 0, 1, **static)
+    a, _ = train.epoch_fn(a, *arrays, key, 1, 3, **static)
+    b, _ = train.epoch_fn(whole, *arrays, jax.random.PRNGKey(1), 0, 3, **static)
+    assert train.epoch_fn._cache_size() == before  # new start/stop/key/state values: no retrace
+    for x, y in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(a.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # a different learning rate is state, not a constant of the program
+    cfg2 = _cfg(**{"train.dtype": "float32", "train.lr": 0.3})
+    st2 = train.init_state(cfg2, ds)
+    train.epoch_fn(st2, *arrays, key, 0, 3, **static)
+    assert train.epoch_fn._cache_size() == before
+
+
+def test_same_config_same_numbers_and_mid_epoch_checkpoints_change_nothing():
+    cfg = _cfg(**{"train.epochs": 3, "metrics.checkpoints": [4]})  # step 4 is inside epoch 2
+    ds = data.make_dataset(cfg)
+    params_at = {}
+    out1 = train.train(cfg, ds, on_checkpoint=lambda rec, p, m: params_at.setdefault(rec["step"], p))
+    out2 = train.train(cfg, data.make_dataset(cfg))
+    assert [c["step"] for c in out1.checkpoints] == [0, 4, 9]
+    assert out1.checkpoints == out2.checkpoints  # bit-for-bit, every statistic
+    cfg_plain = _cfg(**{"train.epochs": 3, "metrics.checkpoints": 0})
+    final = {}
+    train.train(cfg_plain, ds, on_checkpoint=lambda rec, p, m: final.setdefault(rec["step"], p))
+    assert sorted(final) == [0, 9]
+    for x, y in zip(jax.tree_util.tree_leaves(final[9]), jax.tree_util.tree_leaves(params_at[9])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_losses_and_accuracy_against_numpy():
+    f = jnp.asarray([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
+    T = jnp.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    y = jnp.asarray([0, 2])
+    mse = np.asarray(train.per_example_loss(f, T, y, "mse", "classification"))
+    np.testing.assert_allclose(mse, ((np.asarray(f) - np.asarray(T)) ** 2).mean(1))
+    ce = np.asarray(train.per_example_loss(f, T, y, "cross_entropy", "classification"))
+    fz = np.asarray(f)
+    ref = np.log(np.exp(fz).sum(1)) - fz[[0, 1], [0, 2]]
+    np.testing.assert_allclose(ce, ref, rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(train.correct(f, T, y, "classification")), [1.0, 0.0])
+    fb = jnp.asarray([[0.3], [-2.0]])
+    tb = jnp.asarray([[1.0], [1.0]])
+    np.testing.assert_allclose(np.asarray(train.per_example_loss(fb, tb, y, "cross_entropy", "binary")),
+                               np.log1p(np.exp(-np.array([0.3, -2.0]))), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(train.correct(fb, tb, y, "binary")), [1.0, 0.0])
+
+
+def test_checkpoint_schedule():
+    cfg = _cfg(**{"metrics.checkpoints": 5})
+    assert train.checkpoint_steps(cfg, 1000) == [0, 1, 6, 32, 178, 1000]
+    cfg = _cfg(**{"metrics.checkpoints": 0})
+    assert train.checkpoint_steps(cfg, 7) == [0, 7]
+    cfg = _cfg(**{"metrics.checkpoints": [3, 5, 5]})
+    assert train.checkpoint_steps(cfg, 9) == [0, 3, 5, 9]
+    with pytest.raises(config.DnfaInputError, match="beyond the run's last step 9"):
+        train.checkpoint_steps(_cfg(**{"metrics.checkpoints": [10]}), 9)
+    assert train.total_steps(_cfg(), 21) == 6
+    assert train.total_steps(_cfg(**{"train.steps": 5, "train.epochs": None}), 21) == 5
+
+
+def test_steps_budget_ends_mid_epoch():
+    cfg = _cfg(**{"train.steps": 4, "train.epochs": None, "metrics.checkpoints": 0})
+    out = train.train(cfg, data.make_dataset(cfg))
+    assert [c["step"] for c in out.checkpoints] == [0, 4]
+    assert out.checkpoints[-1]["epoch"] == pytest.approx(4 / 3)
