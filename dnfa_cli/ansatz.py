@@ -45,7 +45,13 @@ def _stack_grams(G_cmk, w_m):
     return Gw.T @ Gw
 
 
-def _preact_chunk(params, X, w, activation):
+def _weighted_sum(G_cmk, w_m):
+    """sum_m w_m G[:, m]; written as multiply-and-reduce because XLA:CPU lowers the
+    equivalent einsum('cmk,m->ck') to a slow matrix-vector product (12x here)."""
+    return (G_cmk * w_m[None, :, None]).sum(1)
+
+
+def _preact_chunk(params, X, activation):
     """All layers from one forward pass and c reverse passes w.r.t. zero perturbations of
     every pre-activation: g_l = df/dp_{l+1} of shape (c, m, k_{l+1})."""
     m = X.shape[0]
@@ -171,13 +177,13 @@ def _accumulate(params, Xc, wc, wbc, activation, method):
         X, w, wb = inp
         agop, pgop, jbar, gbar, pcov, boot = carry
         if method == "preact":
-            gs, ps = _preact_chunk(params, X, w, activation)
+            gs, ps = _preact_chunk(params, X, activation)
         else:
             Js, gs, ps = _jacfwd_chunk(params, X, activation)
             agop = [a + _stack_grams(J, w) for a, J in zip(agop, Js)]
-            jbar = [a + jnp.einsum("cmk,m->ck", J, w) for a, J in zip(jbar, Js)]
+            jbar = [a + _weighted_sum(J, w) for a, J in zip(jbar, Js)]
         pgop = [a + _stack_grams(G, w) for a, G in zip(pgop, gs)]
-        gbar = [a + jnp.einsum("cmk,m->ck", G, w) for a, G in zip(gbar, gs)]
+        gbar = [a + _weighted_sum(G, w) for a, G in zip(gbar, gs)]
         pcov = [a + (p * w[:, None]).T @ p for a, p in zip(pcov, ps)]
         if B:
             boot = [a + jax.lax.map(lambda wr, G=G: _stack_grams(G, wr), wb) for a, G in zip(boot, gs)]
@@ -232,7 +238,7 @@ class PowerPearson:
         self.lam = lam / lam.max() if lam.size and lam.max() > 0 else lam
         nmax = np.abs(N).max() if N.size else 0.0
         N = N / nmax if nmax > 0 else N
-        self.nd = np.einsum("ij,ik,kj->j", V, N, V)  # diag(V^T N V)
+        self.nd = np.sum(V * (N @ V), axis=0)  # diag(V^T N V) with one GEMM
         self.u2 = V.sum(0) ** 2
         self.K = N.size
         self.meanN = N.mean()
