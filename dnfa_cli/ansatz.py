@@ -198,10 +198,22 @@ def _sym(A):
     return 0.5 * (A + A.T)
 
 
-def psd_power(A, alpha: float):
-    """A^alpha for symmetric PSD A via eigh, negative eigenvalues (rounding) clipped to 0."""
+def clip_spectrum(lam, rel_tol: float | None = None):
+    """Eigenvalues of a PSD matrix with the numerically zero ones set to 0: negative ones
+    and those below rel_tol * l_max (default k eps). Raised to a small power alpha, a
+    rounding-level 1e-17 would become 1e-17^0.05 = 0.14, so 'zero' must mean zero."""
+    lam = np.asarray(lam, np.float64)
+    if rel_tol is None:
+        rel_tol = lam.size * np.finfo(np.float64).eps
+    top = lam.max() if lam.size else 0.0
+    return np.where(lam > rel_tol * top, lam, 0.0) if top > 0 else np.zeros_like(lam)
+
+
+def psd_power(A, alpha: float, rel_tol: float | None = None):
+    """A^alpha for symmetric PSD A via eigh; negative and numerically zero eigenvalues
+    (below rel_tol * l_max, default k eps) are set to 0 first."""
     lam, V = np.linalg.eigh(_sym(np.asarray(A, np.float64)))
-    lam = np.clip(lam, 0.0, None)
+    lam = clip_spectrum(lam, rel_tol)
     return (V * lam**alpha) @ V.T
 
 
@@ -229,12 +241,12 @@ class PowerPearson:
     d = l^alpha, <N, A^a>_F = sum_j d_j (V^T N V)_jj, sum(A^a) = sum_j d_j (V^T 1)_j^2 and
     |A^a|_F^2 = sum_j d_j^2, so each alpha costs O(k) instead of O(k^3)."""
 
-    def __init__(self, N, A=None, eig=None):
+    def __init__(self, N, A=None, eig=None, rel_tol: float | None = None):
         N = np.asarray(N, np.float64)
         lam, V = eig if eig is not None else np.linalg.eigh(_sym(np.asarray(A, np.float64)))
         # Pearson is invariant to positive scaling: normalise so l^alpha and its squares
         # stay in range however large the matrices grew
-        lam = np.clip(lam, 0.0, None)
+        lam = clip_spectrum(lam, rel_tol)
         self.lam = lam / lam.max() if lam.size and lam.max() > 0 else lam
         nmax = np.abs(N).max() if N.size else 0.0
         N = N / nmax if nmax > 0 else N
@@ -281,8 +293,12 @@ def alpha_star(pp: PowerPearson) -> float:
             a, x1, f1 = x1, x2, f2
             x2 = a + g * (b - a)
             f2 = pp(x2)
-    best = [(vals[i], grid[i]), (f1, x1), (f2, x2)]
-    return float(max((v, x) for v, x in best if np.isfinite(v))[1])
+    fx, x = (f1, x1) if f1 >= f2 else (f2, x2)
+    # keep the refined point unless the grid point is better by more than rounding: on a
+    # nearly flat curve a bare max() would flip between the two on 1e-16 noise
+    if not np.isfinite(fx) or vals[i] > fx + 1e-12 * abs(fx):
+        return float(grid[i])
+    return float(x)
 
 
 def isotropy(G, eigvals=None, rel_tol: float = 0.0) -> dict:
@@ -340,8 +356,9 @@ def principal_cos_max_angle(A, B) -> float:
 def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None,
                 bootstrap_ci: bool = True) -> tuple[dict, dict]:
     """Every per-layer statistic of SCIENCE.md for layer l (0-based) -> (json row, matrices).
-    W, W0 are numpy float64; `rel_tol` is the singularity threshold for cond (k eps of the
-    metrics dtype)."""
+    W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) is the noise floor
+    relative to the largest eigenvalue: below it an eigenvalue counts as zero in matrix
+    powers and makes cond undefined."""
     W = np.asarray(W, np.float64)
     W0 = np.asarray(W0, np.float64)
     agop, G = grams.agop[l], grams.pgop[l]
@@ -349,9 +366,9 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     nfm = W.T @ W
     U, s, Vt, r = svd_range(W)
     lamA, VA = np.linalg.eigh(_sym(agop))
-    lamA_c = np.clip(lamA, 0.0, None)
+    lamA_c = clip_spectrum(lamA, rel_tol)
     agop_half = (VA * np.sqrt(lamA_c)) @ VA.T
-    pp = PowerPearson(nfm, eig=(lamA, VA))
+    pp = PowerPearson(nfm, eig=(lamA, VA), rel_tol=rel_tol)
 
     row = {"layer": l + 1, "shape": [k_out, k_in], "trivial": trivial, "w_rank": r}
     row["pearson_a1"] = pearson(nfm, agop)
@@ -388,8 +405,13 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
     jbar = grams.jbar[l]
     agop_gc = agop - jbar.T @ jbar
-    row["gc_pearson_a1"] = pearson(nfm, agop_gc)
-    row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5))
+    if np.linalg.norm(agop_gc) > max(rel_tol, 1e-12) * np.linalg.norm(agop):
+        row["gc_pearson_a1"] = pearson(nfm, agop_gc)
+        row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5, rel_tol))
+    else:
+        # every sample has the same Jacobian (the read-out layer always): the centred AGOP
+        # is zero and what is left of the subtraction is rounding noise
+        row["gc_pearson_a1"] = row["gc_pearson_a05"] = math.nan
     row["left_act_pearson"] = pearson(WWt, grams.pcov[l])
     row["half_range_pearson"] = pearson(Gr, np.diag(s[:r] ** 2))
     order = np.argsort(lamA)[::-1]
@@ -402,7 +424,7 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
         for Gb in grams.pgop_boot[l]:
             Ab = W.T @ Gb @ W
             b_a1.append(pearson(nfm, Ab))
-            b_a05.append(pearson(nfm, psd_power(Ab, 0.5)))
+            b_a05.append(pearson(nfm, psd_power(Ab, 0.5, rel_tol)))
             b_tr.append(tightness(Ur.T @ Gb @ Ur))
         for name, vals in (("pearson_a05", b_a05), ("pearson_a1", b_a1), ("tightness_range", b_tr)):
             v = np.asarray(vals)

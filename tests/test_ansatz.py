@@ -281,3 +281,24 @@ def test_bootstrap_interval_brackets_and_collapses():
     for name in ("pearson_a05", "pearson_a1", "tightness_range"):
         assert row[f"{name}_lo"] == pytest.approx(row[name], abs=1e-12)
         assert row[f"{name}_hi"] == pytest.approx(row[name], abs=1e-12)
+
+
+def test_gradient_centred_agop_of_a_constant_jacobian_is_null():
+    W = _W(40, 3, 4)
+    G = np.eye(3)
+    jbar = W[:2] * 0 + np.eye(3)[:2] @ W  # the read-out case: J = W for every sample
+    g = ansatz.Grams(agop=[W.T @ np.eye(3)[:2].T @ np.eye(3)[:2] @ W], pgop=[G], jbar=[jbar],
+                     gbar=[np.eye(3)[:2]], pcov=[G], pgop_boot=None, n=5)
+    row, _ = ansatz.layer_stats(W, W, g, 0, trivial=True, rel_tol=1e-13)
+    assert math.isnan(row["gc_pearson_a1"]) and math.isnan(row["gc_pearson_a05"])
+
+
+def test_rounding_level_eigenvalues_do_not_leak_into_small_powers():
+    v = np.array([1.0, 2.0, -1.0, 0.5])
+    v /= np.linalg.norm(v)
+    A = np.outer(v, v) + 1e-17 * _rand_psd(41, 4)  # rank 1 up to rounding
+    np.testing.assert_allclose(ansatz.psd_power(A, 0.05), np.outer(v, v), atol=1e-12)
+    # pearson(v v^T, A^alpha) is the same for every alpha: no alpha_star to report
+    assert math.isnan(ansatz.alpha_star(ansatz.PowerPearson(np.outer(v, v), A)))
+    # with the clipping turned off the noise floor shows: 1e-17^0.05 is not small
+    assert np.abs(ansatz.psd_power(A, 0.05, rel_tol=0.0) - np.outer(v, v)).max() > 0.01
