@@ -87,7 +87,10 @@ def train(
                 out.print(f"run {rid} already finished ok (use --force to retrain): {root / rid}")
                 out.print(layer_summary_table(res))
                 return
-            ds = runs.prepare(cfg)  # raises DnfaInputError before any directory exists
+            try:
+                ds = runs.prepare(cfg)  # raises DnfaInputError before any directory exists
+            except DnfaInputError as e:
+                raise DnfaInputError(f"{config}: {e}") from None
             out.print(f"run {rid} -> {root / rid}")
             with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as prog:
@@ -104,6 +107,205 @@ def train(
         out.print(f"step {last['step']}: train_loss {_fmt(last['train_loss'], 6)}, test_loss {_fmt(last['test_loss'], 6)}{acc}")
     if status != "ok":
         _fail(f"run {rid} {status}: {res.get('error')}", 1)
+
+
+@app.command()
+def sweep(
+    files: Annotated[list[Path], typer.Argument(help="Config files; each one's sweep: block is expanded.")],
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Local worker processes (default: the usable cores).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs, their ids and which are done; run nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every run, finished or not.")] = False,
+    rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Also rerun runs that failed or diverged.")] = False,
+    seed_batch: Annotated[str, typer.Option("--seed-batch", help="Train runs differing only in seed as one vmapped program: auto (when a step is cheap), on, off.")] = "auto",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key in every file, e.g. --set train.epochs=5.")] = None,
+    runs_dir: RunsDir = None,
+):
+    """Run every config of one or more files; skip finished runs; resume after interruption."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import runs
+    from . import sweep as sw
+
+    if seed_batch not in ("auto", "on", "off"):
+        _fail(f"--seed-batch {seed_batch!r}: must be auto, on or off")
+    root = runs.runs_root(runs_dir)
+    try:
+        plan = sw.plan([str(f) for f in files], set_)
+    except DnfaInputError as e:
+        _fail(str(e))
+    ids = [c.run_id for c in plan.configs]
+    status = {rid: runs.result_status(root, rid) for rid in ids}
+    rerun = {"ok", "diverged", "failed"} if force else ({"diverged", "failed"} if rerun_failed else set())
+    todo = [c for c in plan.configs if status[c.run_id] is None or status[c.run_id] in rerun]
+    out.print(f"sweep {plan.sweep_id}: {len(ids)} runs, {len(ids) - len(todo)} done, {len(todo)} to run"
+              + (f"; varying {', '.join(plan.varied)}" if plan.varied else ""))
+    if dry_run:
+        t = Table()
+        t.add_column("run id")
+        for k in plan.varied:
+            t.add_column(k)
+        t.add_column("status")
+        for c in plan.configs:
+            st = status[c.run_id]
+            label = "to run" if c in todo else f"done ({st})"
+            if c in todo and st:
+                label = f"to rerun ({st})"
+            t.add_row(c.run_id, *[str(plan.params[c.run_id].get(k)) for k in plan.varied], label)
+        out.print(t)
+        groups = sw.group_runs(todo, seed_batch, workers or sw.default_workers())
+        batched = [g for g in groups if len(g) > 1]
+        if batched:
+            out.print(f"seed batching: {sum(map(len, batched))} runs in {len(batched)} vmapped programs")
+        return
+    t0 = time.perf_counter()
+    executor = None
+    try:
+        if scheduler:
+            executor = sw.DaskExecutor(scheduler)
+        elif todo:
+            n = workers or sw.default_workers()
+            n = min(n, len(sw.group_runs(todo, seed_batch, n)))
+            executor = sw.InlineExecutor() if n <= 1 else sw.LocalExecutor(n)
+    except DnfaInputError as e:
+        _fail(str(e))
+    try:
+        with Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True) as prog:
+            task = prog.add_task("sweep", total=len(todo))
+
+            def done(r):
+                secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
+                extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
+                         if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")
+                tag = r["status"] if r.get("ran") else f"{r['status']}*"
+                prog.console.print(f"{tag:9} {r['run_id']}  {secs}{extra}", markup=False, highlight=False)
+                prog.advance(task)
+
+            state = sw.run_sweep(plan, root, executor, force=force, rerun_failed=rerun_failed,
+                                 seed_batch=seed_batch, on_done=done)
+    finally:
+        if executor:
+            executor.close()
+    counts = {k: 0 for k in ("ok", "diverged", "failed")}
+    ran = skipped = 0
+    for rid in ids:
+        s = state.get(rid, {})
+        counts[s.get("status", "failed")] = counts.get(s.get("status", "failed"), 0) + 1
+        if s.get("skipped"):
+            skipped += 1
+        elif s.get("ran"):
+            ran += 1
+    finished_elsewhere = len(ids) - ran - skipped
+    out.print(f"sweep {plan.sweep_id}: ok {counts['ok']}, diverged {counts['diverged']}, failed {counts['failed']}; "
+              f"ran {ran}, skipped {skipped} (already done)"
+              + (f", {finished_elsewhere} finished by another process" if finished_elsewhere else "")
+              + f" in {time.perf_counter() - t0:.1f} s")
+    out.print(f"record: {sw.sweep_file(root, plan.sweep_id)}")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+def _rich_table(title, header, rows) -> Table:
+    t = Table(title=title, title_justify="left")
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+@app.command()
+def report(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="A run id, a sweep id, or a unique prefix of one.")],
+    format: Annotated[str, typer.Option("--format", help="table (terminal), json or csv (rows to stdout).")] = "table",
+    html_: Annotated[bool, typer.Option("--html", help="Also write one self-contained HTML page; its path is printed.")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where figures and HTML go (default: runs/<id>/report/).")] = None,
+    all_checkpoints: Annotated[bool, typer.Option("--all-checkpoints", help="Every checkpoint, not just initialisation and the end.")] = False,
+    runs_dir: RunsDir = None,
+):
+    """Tables, figures and an HTML page for a run or a whole sweep (reads files, never trains)."""
+    from . import report as rp
+    from . import runs
+    from . import sweep as sw
+
+    if format not in ("table", "json", "csv"):
+        _fail(f"--format {format!r}: must be table, json or csv")
+    root = runs.runs_root(runs_dir)
+    try:
+        kind, ident = rp.resolve(root, ident)
+    except DnfaInputError as e:
+        _fail(str(e))
+    if kind == "run":
+        v = rp.load_run(root, ident)
+        rows = rp.run_rows(v, all_checkpoints)
+        tables = rp.run_tables(v, all_checkpoints)
+        title, intro = f"dnfa run {ident}", [rp.run_headline(v)]
+        dest = out_dir or v.dir / "report"
+        make_figs = lambda: rp.run_figures(v, dest)
+    else:
+        rec = sw.load_sweep(root, ident)
+        rows = rp.sweep_rows(root, rec)
+        grouped = rp.grouped_rows(rows, rec["varied"])
+        tables = rp.sweep_tables(rows, grouped, rec["varied"])
+        st = [r["status"] for r in rec["runs"]]
+        title = f"dnfa sweep {ident}"
+        intro = [f"sweep {ident}: {len(st)} runs from {', '.join(rec['files'])}; "
+                 + ", ".join(f"{k} {st.count(k)}" for k in ("ok", "diverged", "failed", "pending") if st.count(k))
+                 + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")]
+        dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
+        make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest)
+    if format == "json":
+        print(rp.to_json(rows if kind == "run" else {"runs": rows, "grouped": grouped}))
+    elif format == "csv":
+        sys.stdout.write(rp.to_csv(rows))
+    else:
+        for line in intro:
+            console_print(line)
+        for t in tables:
+            if len(t[2]) > 200:
+                console_print(f"{t[0]}: {len(t[2])} rows, see --format csv or --html")
+                continue
+            console_print(_rich_table(*t))
+    figs = make_figs()
+    if format == "table":
+        console_print(f"figures: {dest}/ ({', '.join(f.name for f in figs)})")
+    if html_:
+        page = rp.write_html(dest / "report.html", title, intro, tables, figs)
+        (out if format == "table" else err).print(f"html: {page}", markup=False)
+
+
+def console_print(x):
+    if isinstance(x, str):
+        out.print(x, markup=False)
+    else:
+        out.print(x)
+
+
+@app.command("ls")
+def ls_(
+    sweep_id: Annotated[Optional[str], typer.Option("--sweep", help="Only the runs of this sweep (id or unique prefix).")] = None,
+    runs_dir: RunsDir = None,
+):
+    """The runs, newest first: status, name, creation time and the headline numbers."""
+    from . import report as rp
+    from . import runs
+
+    root = runs.runs_root(runs_dir)
+    try:
+        rows = rp.ls_rows(root, sweep_id)
+    except DnfaInputError as e:
+        _fail(str(e))
+    t = Table(title=f"{len(rows)} runs in {root}" + (f" (sweep {sweep_id})" if sweep_id else ""), title_justify="left")
+    cols = ["created", "run_id", "status", "step", "test_loss", "pearson_a05", "pearson_a1", "tightness_range"]
+    for c in cols:
+        t.add_column(c if c not in ("pearson_a05", "pearson_a1", "tightness_range") else f"L1 {c}",
+                     justify="right" if c not in ("created", "run_id", "status") else "left")
+    for r in rows:
+        t.add_row(*[(r[c] or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r[c]) for c in cols])
+    out.print(t)
 
 
 def main():

@@ -181,14 +181,41 @@ _MAKERS = {
 }
 
 
-def make_dataset(cfg: Config) -> Dataset:
-    """The run's dataset, a pure function of the config (and the .npz file's content)."""
-    ds = _MAKERS[cfg.data.task](cfg, data_key(cfg))
-    if cfg.train.loss == "cross_entropy" and ds.kind == "regression":
+def task_kind(cfg: Config) -> str:
+    """regression | classification | binary, known from the config alone."""
+    t = cfg.data.task
+    if t == "npz":
+        return cfg.data.kind
+    return {"sparse_parity": "binary", "modular": "classification", "mnist1d": "classification"}.get(t, "regression")
+
+
+def n_train_of(cfg: Config) -> int:
+    """The number of training samples, without generating the data."""
+    dc = cfg.data
+    if dc.task == "modular":
+        return min(max(int(round(dc.train_frac * dc.p * dc.p)), 1), dc.p * dc.p - 1)
+    if dc.task == "npz":
+        try:
+            with np.load(dc.path, allow_pickle=False) as z:
+                return len(z["X_train"]) if "X_train" in z.files else 0
+        except Exception:  # noqa: BLE001 - make_dataset reports what is wrong with the file
+            return 0
+    return dc.n_train
+
+
+def check(cfg: Config, n_train: int | None = None) -> None:
+    """The rules that tie the config to its data: raise DnfaInputError before anything runs."""
+    if cfg.train.loss == "cross_entropy" and task_kind(cfg) == "regression":
         raise DnfaInputError(
             f"train.loss = 'cross_entropy' needs a classification task or sparse_parity; "
             f"data.task = {cfg.data.task!r} is regression (use loss mse)")
-    n = len(ds.X_train)
-    if cfg.train.batch_size > n:
+    n = n_train_of(cfg) if n_train is None else n_train
+    if n and cfg.train.batch_size > n:
         raise DnfaInputError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} training samples of this task")
+
+
+def make_dataset(cfg: Config) -> Dataset:
+    """The run's dataset, a pure function of the config (and the .npz file's content)."""
+    ds = _MAKERS[cfg.data.task](cfg, data_key(cfg))
+    check(cfg, len(ds.X_train))
     return ds

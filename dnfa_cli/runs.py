@@ -4,6 +4,7 @@ loading, and `execute`, which turns a validated config into a finished run direc
     runs/<run_id>/config.yaml  env.json  metrics.jsonl  result.json (last, atomic)
     runs/<run_id>/checkpoints/step_<NNNNNNN>.npz      W1, b1, ..., WL, bL
     runs/<run_id>/checkpoints/matrices_<NNNNNNN>.npz  nfm_i, agop_i, agop_half_i, pgop_i
+                                                      (first and latest checkpoint)
     runs/sweeps/<sweep_id>.json
 """
 from __future__ import annotations
@@ -220,7 +221,12 @@ class RunWriter:
             arrays[f"b{i}"] = np.asarray(layer["b"]) if "b" in layer else np.zeros(W.shape[0], W.dtype)
         atomic_savez(self.dir / "checkpoints" / f"step_{step:07d}.npz", arrays)
         if mats:
+            # keep the matrices of the first and the latest checkpoint only: the latest is
+            # the last one even for a run that diverges before its planned end
             atomic_savez(self.dir / "checkpoints" / f"matrices_{step:07d}.npz", mats)
+            for old in (self.dir / "checkpoints").glob("matrices_*.npz"):
+                if old.name not in (f"matrices_{step:07d}.npz", "matrices_0000000.npz"):
+                    old.unlink()
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
             f.flush()
@@ -244,6 +250,16 @@ class RunWriter:
 
 def _data_info(ds) -> dict:
     return {"kind": ds.kind, "d": ds.d, "c": ds.c, "n_train": len(ds.X_train), "n_test": len(ds.X_test)}
+
+
+def precheck(cfg: Config) -> None:
+    """The input checks that need no data: cheap enough for every run of a sweep."""
+    from . import data, train
+
+    data.check(cfg)
+    n = data.n_train_of(cfg)
+    if n:
+        train.checkpoint_steps(cfg, train.total_steps(cfg, n))
 
 
 def prepare(cfg: Config):

@@ -252,8 +252,7 @@ class Outcome:
 def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any, dict], None] | None = None,
           on_progress: Callable[[int, int], None] | None = None) -> Outcome:
     """Train one run, measuring at every checkpoint. `on_checkpoint(record, params, mats)`
-    is called as each is measured (mats only at the first and last); `on_progress(step,
-    total)` after each epoch segment."""
+    is called as each is measured; `on_progress(step, total)` after each epoch segment."""
     return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_progress=on_progress)[0]
 
 
@@ -296,8 +295,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     def checkpoint(r, st, step):
         nonlocal t_metrics
         t0 = time.perf_counter()
-        want = step == cks[0] or step == cks[-1]
-        rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method, want_mats=want)
+        rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method, want_mats=True)
         outs[r].checkpoints.append(rec)
         if on_checkpoint[r]:
             on_checkpoint[r](rec, st.params, mats)

@@ -1,0 +1,353 @@
+"""Sweeps: expand config files into runs, skip what is done, group runs that differ only
+in seed into one vmapped program when that pays, and execute the groups on a local
+process pool (spawn, each worker pinned to its share of the cores) or on a Dask
+distributed cluster. The run directories are the only state, so any engine resumes any
+sweep; a per-run file lock keeps two sweeps from ever training the same run twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import runs
+from .config import Config, ConfigError, DnfaInputError, load_config
+
+# Seed batching pays where per-step overhead dominates (issue 3 measured 3.3x for a
+# 40-64-64-10 MLP) and not where a step is compute-bound (8 seeds of 100-512-512-1 at
+# batch 128 were 15% slower vmapped than one after another). The cut-off is in
+# multiply-adds per training step of one run; bench/sweep.py measures both sides of it.
+BATCH_MAX_MACS_PER_STEP = 4e6
+MAX_BATCH = 16
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    sweep_id: str
+    files: list[str]
+    configs: list[Config]
+    params: dict[str, dict] = field(default_factory=dict)  # run id -> the swept values
+    varied: list[str] = field(default_factory=list)
+
+
+def _varied_values(cfgs: list[Config]) -> tuple[list[str], dict[str, dict]]:
+    """The dotted keys whose values differ across the runs, and each run's values."""
+    flat = [_flatten(c.to_dict()) for c in cfgs]
+    keys = sorted({k for f in flat for k in f})
+    varied = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1 and k != "name"]
+    return varied, {c.run_id: {k: f.get(k) for k in varied} for c, f in zip(cfgs, flat)}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def plan(files: list[str], overrides: list[str] | None = None) -> Plan:
+    """Read, expand and validate every file (and every expanded run) before anything runs."""
+    if not files:
+        raise ConfigError("no config files given")
+    seen, unique, source = set(), [], {}
+    for f in files:
+        for c in load_config(f, overrides).expand():
+            if c.run_id not in seen:
+                seen.add(c.run_id)
+                unique.append(c)
+                source[c.run_id] = str(f)
+    varied, params = _varied_values(unique)
+    for c in unique:
+        try:
+            runs.precheck(c)
+        except DnfaInputError as e:
+            vals = ", ".join(f"{k}={v}" for k, v in params[c.run_id].items())
+            raise DnfaInputError(f"{source[c.run_id]}" + (f" (sweep run {vals})" if vals else "") + f": {e}") from None
+    ids = sorted(seen)
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
+    names = sorted({c.name for c in unique})
+    label = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
+    return Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied)
+
+
+def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[Config]]:
+    """Runs that differ only in seed go together when batching pays (`auto`: one step is
+    cheap enough that per-step overhead dominates), split so every worker gets work."""
+    from . import data, model, train
+
+    if seed_batch == "off":
+        return [[c] for c in cfgs]
+    buckets: dict[str, list[Config]] = {}
+    for c in cfgs:
+        key = c.model_copy(update={"seed": 0, "name": "x", "data": c.data.model_copy(update={"seed": None})}).run_id
+        buckets.setdefault(key, []).append(c)
+    groups = []
+    for members in buckets.values():
+        c0 = members[0]
+        if seed_batch == "auto":
+            d = c0.data
+            dim = {"modular": 2 * getattr(d, "p", 0), "mnist1d": 40}.get(d.task, getattr(d, "d", 0))
+            c_out = {"modular": getattr(d, "p", 0), "mnist1d": 10}.get(d.task, 1)
+            if d.task == "npz":
+                dim = 0  # unknown without reading the file: do not batch
+            sizes = model.layer_sizes(dim, c0.model.hidden(), c_out)
+            macs = c0.train.batch_size * 3 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+            if not dim or macs > BATCH_MAX_MACS_PER_STEP:
+                groups += [[c] for c in members]
+                continue
+        # at least one group per worker, at most MAX_BATCH runs per program
+        n_groups = max(math.ceil(len(members) / MAX_BATCH), min(workers, len(members)))
+        size = math.ceil(len(members) / n_groups)
+        groups += [members[i:i + size] for i in range(0, len(members), size)]
+    # biggest programs first, so a long one does not start last
+    return sorted(groups, key=len, reverse=True)
+
+
+# ----------------------------------------------------------------------------- one group
+def _summary(res: dict, ran: bool) -> dict:
+    end = res["checkpoints"][-1]["layers"][0] if res.get("checkpoints") else {}
+    return {
+        "run_id": res["run_id"], "status": res["status"], "error": res.get("error"), "ran": ran,
+        "seconds": (res.get("seconds") or {}).get("total"),
+        "pearson_a05": end.get("pearson_a05"), "tightness_range": end.get("tightness_range"),
+    }
+
+
+def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool = False) -> list[dict]:
+    """Worker entry point (local pool or Dask): lock each run, skip those that finished
+    meanwhile (another sweep), train the rest together, return one summary per run.
+    Runs whose lock another process holds come back as `busy` unless `blocking`."""
+    import contextlib
+
+    from .config import Config as C
+
+    rootp = Path(root)
+    cfgs = [C.model_validate(d) for d in cfg_dicts]
+    out, todo = [], []
+    with contextlib.ExitStack() as stack:
+        # sorted order: two processes locking overlapping groups cannot deadlock
+        for c in sorted(cfgs, key=lambda c: c.run_id):
+            got = stack.enter_context(runs.run_lock(rootp, c.run_id, blocking=blocking))
+            if not got:
+                out.append({"run_id": c.run_id, "status": "busy", "ran": False})
+                continue
+            st = runs.result_status(rootp, c.run_id)
+            if st is not None and st not in rerun:
+                out.append(_summary(runs.load_result(rootp, c.run_id), ran=False))
+                continue
+            todo.append(c)
+        if todo:
+            try:
+                datasets = [runs.prepare(c) for c in todo]
+            except Exception as e:  # noqa: BLE001 - reported per run, the sweep goes on
+                return out + [{"run_id": c.run_id, "status": "failed", "error": f"{type(e).__name__}: {e}", "ran": False}
+                              for c in todo]
+            for res in runs.execute(todo, rootp, datasets):
+                out.append(_summary(res, ran=True))
+    return out
+
+
+# ----------------------------------------------------------------------------- executors
+def _worker_init(share: int, slots, lock) -> None:
+    """Pin this worker to its own `share` cores, so N workers never oversubscribe."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return
+    with lock:
+        slot = slots.value
+        slots.value += 1
+    mine = [cores[(slot * share + i) % len(cores)] for i in range(share)]
+    os.sched_setaffinity(0, mine)
+
+
+class LocalExecutor:
+    """A spawn process pool; thread counts for BLAS and XLA are set in the environment the
+    workers inherit, core affinity by each worker's initializer."""
+
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+
+        self.workers = workers
+        ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = max(1, ncores // workers)
+        ctx = mp.get_context("spawn")
+        env = {k: str(share) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        if share == 1:
+            env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                            initargs=(share, ctx.Value("i", 0), ctx.Lock()))
+            # start the workers now, while the environment is theirs
+            list(self.pool.map(int, range(workers)))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def submit(self, *args):
+        return self.pool.submit(run_group, *args)
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Deferred:
+    """A future that runs its call when first asked for the result (inline execution)."""
+
+    def __init__(self, args):
+        self.args, self._done, self._value, self._exc = args, False, None, None
+
+    def result(self):
+        if not self._done:
+            try:
+                self._value = run_group(*self.args)
+            except Exception as e:  # noqa: BLE001 - surfaced like a pool future's
+                self._exc = e
+            self._done = True
+        if self._exc:
+            raise self._exc
+        return self._value
+
+
+class InlineExecutor:
+    """`--workers 1`: run groups in this process, one at a time (no spawn, no second
+    JAX import, compiled programs shared across runs)."""
+
+    workers = 1
+
+    def submit(self, *args):
+        return _Deferred(args)
+
+    def close(self):
+        pass
+
+
+class DaskExecutor:
+    """Runs groups on a Dask distributed cluster; its workers need dnfa installed and the
+    same runs directory (a shared filesystem)."""
+
+    def __init__(self, address: str):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ConfigError("--scheduler needs Dask distributed: pip install 'dnfa[dask]'") from None
+        try:
+            self.client = Client(address, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise ConfigError(f"--scheduler {address}: cannot connect to a Dask scheduler ({e})") from None
+        self.workers = max(1, sum(w.get("nthreads", 1) for w in self.client.scheduler_info().get("workers", {}).values()))
+
+    def submit(self, *args):
+        return self.client.submit(run_group, *args, pure=False)
+
+    def close(self):
+        self.client.close()
+
+
+def _wait_any(futures):
+    if futures and isinstance(next(iter(futures)), _Deferred):
+        return {next(iter(futures))}
+    try:
+        from distributed import Future as DFuture
+        from distributed import wait as dwait
+
+        if futures and isinstance(next(iter(futures)), DFuture):
+            return dwait(futures, return_when="FIRST_COMPLETED").done
+    except ImportError:
+        pass
+    return wait(futures, return_when=FIRST_COMPLETED).done
+
+
+# ----------------------------------------------------------------------------- the sweep
+def sweep_file(root: Path, sweep_id: str) -> Path:
+    return Path(root) / "sweeps" / f"{sweep_id}.json"
+
+
+def write_sweep_record(root: Path, p: Plan, state: dict[str, dict], created: str) -> None:
+    rows = []
+    for c in p.configs:
+        s = state.get(c.run_id) or {}
+        rows.append({"run_id": c.run_id, "status": s.get("status", "pending"), "ran": s.get("ran", False),
+                     "seconds": s.get("seconds"), "error": s.get("error"), "params": p.params.get(c.run_id, {})})
+    runs.atomic_write_json(sweep_file(root, p.sweep_id), {
+        "schema": 1, "sweep_id": p.sweep_id, "files": p.files, "created": created, "updated": runs.now_iso(),
+        "varied": p.varied, "runs": rows,
+    })
+
+
+def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_failed: bool = False,
+              seed_batch: str = "auto", on_done: Callable[[dict], None] | None = None) -> dict[str, dict]:
+    """Execute a plan; returns the final per-run summaries keyed by run id."""
+    rerun = ["ok", "diverged", "failed"] if force else (["diverged", "failed"] if rerun_failed else [])
+    created = runs.now_iso()
+    state: dict[str, dict] = {}
+    todo = []
+    for c in p.configs:
+        st = runs.result_status(root, c.run_id)
+        if st is not None and st not in rerun:
+            state[c.run_id] = _summary(runs.load_result(root, c.run_id), ran=False)
+            state[c.run_id]["skipped"] = True
+        else:
+            todo.append(c)
+    write_sweep_record(root, p, state, created)
+    groups = group_runs(todo, seed_batch, executor.workers if executor else 1)
+    pending = {executor.submit([c.to_dict() for c in g], str(root), rerun): g for g in groups} if groups else {}
+    busy: list[Config] = []
+    by_id = {c.run_id: c for c in p.configs}
+
+    def collect(fut, group, blocking):
+        try:
+            results = fut.result()
+        except Exception as e:  # noqa: BLE001 - a dead worker fails its group, not the sweep
+            results = [{"run_id": c.run_id, "status": "failed", "error": f"worker: {type(e).__name__}: {e}", "ran": False}
+                       for c in group]
+        for r in results:
+            if r["status"] == "busy" and not blocking:
+                busy.append(by_id[r["run_id"]])
+                continue
+            if r["status"] == "busy":
+                continue
+            state[r["run_id"]] = r
+            if on_done:
+                on_done(r)
+        write_sweep_record(root, p, state, created)
+
+    try:
+        while pending:
+            for fut in _wait_any(set(pending)):
+                collect(fut, pending.pop(fut), blocking=False)
+        # runs another sweep held: wait for its lock, then train them only if it did not finish
+        if busy:
+            waits = {executor.submit([c.to_dict()], str(root), rerun if not force else [], True): [c] for c in busy}
+            while waits:
+                for fut in _wait_any(set(waits)):
+                    collect(fut, waits.pop(fut), blocking=True)
+    finally:
+        write_sweep_record(root, p, state, created)
+    return state
+
+
+def load_sweep(root: Path, sweep_id: str) -> dict:
+    import json
+
+    with open(sweep_file(root, sweep_id)) as f:
+        return json.load(f)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+

@@ -1,0 +1,227 @@
+"""`dnfa sweep`: expansion, idempotence, seed batching, interruption, concurrency, Dask."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dnfa_cli import config, runs, sweep
+from dnfa_cli.cli import app
+
+runner = CliRunner()
+
+BASE = {
+    "name": "g",
+    "data": {"task": "monomial", "d": 5, "n_train": 48, "n_test": 16},
+    "model": {"depth": 1, "width": 8},
+    "train": {"lr": 0.05, "batch_size": 16, "epochs": 2},
+    "metrics": {"checkpoints": 1, "samples": 24},
+}
+
+
+def _file(tmp_path, params, base=BASE, name="s.yaml", **sweep_extra):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump({**base, "sweep": {"method": "grid", "parameters": params, **sweep_extra}}))
+    return p
+
+
+def _sweep(tmp_path, *args):
+    return runner.invoke(app, ["sweep", *map(str, args), "--runs-dir", str(tmp_path / "runs")])
+
+
+def _counts(text):
+    m = re.search(r"ok (\d+), diverged (\d+), failed (\d+); ran (\d+), skipped (\d+)", text)
+    return tuple(map(int, m.groups()))
+
+
+# ----------------------------------------------------------------------------- seed batching
+def test_seed_batched_runs_equal_runs_trained_alone(tmp_path):
+    raw = {**BASE, "model": {"depth": 2, "width": 6, "activation": "tanh", "bias": True},
+           "train": {**BASE["train"], "dtype": "float64", "optimizer": "adam", "lr": 0.01}}
+    cfgs = [config.validate({**raw, "seed": s}) for s in (0, 1, 2)]
+    batched = runs.execute(cfgs, tmp_path / "a")
+    alone = [runs.execute([c], tmp_path / "b")[0] for c in cfgs]
+    for rb, ra in zip(batched, alone):
+        assert rb["run_id"] == ra["run_id"] and rb["status"] == ra["status"] == "ok"
+        for cb, ca in zip(rb["checkpoints"], ra["checkpoints"]):
+            assert cb["step"] == ca["step"]
+            np.testing.assert_allclose(cb["train_loss"], ca["train_loss"], rtol=1e-12)
+            for lb, la in zip(cb["layers"], ca["layers"]):
+                for k, v in la.items():
+                    # alpha_star is an argmax on a flat maximum: rounding-level changes of
+                    # the weights move it far; the maximum itself (pearson_alpha_star) is stable
+                    if isinstance(v, float) and k != "alpha_star":
+                        np.testing.assert_allclose(lb[k], v, rtol=1e-8, atol=1e-10, err_msg=k)
+        za = np.load(tmp_path / "a" / ra["run_id"] / "checkpoints" / "step_0000006.npz")
+        zb = np.load(tmp_path / "b" / ra["run_id"] / "checkpoints" / "step_0000006.npz")
+        for k in za.files:
+            np.testing.assert_allclose(za[k], zb[k], rtol=1e-12, atol=1e-14)
+    # the seeds really differ
+    assert batched[0]["checkpoints"][-1]["train_loss"] != batched[1]["checkpoints"][-1]["train_loss"]
+
+
+def test_a_diverging_seed_does_not_disturb_its_batch(tmp_path):
+    raw = {**BASE, "model": {"depth": 1, "width": 8, "activation": "quadratic", "init_scale": 2.5},
+           "train": {**BASE["train"], "lr": 0.5}}
+    cfgs = [config.validate({**raw, "seed": s}) for s in range(4)]
+    batched = runs.execute(cfgs, tmp_path / "a")
+    alone = [runs.execute([c], tmp_path / "b")[0] for c in cfgs]
+    assert [r["status"] for r in batched] == [r["status"] for r in alone]
+    assert "diverged" in [r["status"] for r in alone]
+    for rb, ra in zip(batched, alone):
+        assert [c["step"] for c in rb["checkpoints"]] == [c["step"] for c in ra["checkpoints"]]
+
+
+def test_grouping():
+    small = [config.validate({**BASE, "seed": s}) for s in range(6)]
+    assert [len(g) for g in sweep.group_runs(small, "auto", 2)] == [3, 3]
+    assert [len(g) for g in sweep.group_runs(small, "off", 2)] == [1] * 6
+    assert [len(g) for g in sweep.group_runs(small, "on", 1)] == [6]
+    big = [config.validate({**BASE, "model": {"depth": 2, "width": 512}, "seed": s}) for s in range(4)]
+    assert [len(g) for g in sweep.group_runs(big, "auto", 1)] == [1] * 4  # compute-bound: never batched
+    assert [len(g) for g in sweep.group_runs(big, "on", 1)] == [4]
+    mixed = small[:2] + [config.validate({**BASE, "seed": 0, "train": {**BASE["train"], "lr": 0.1}})]
+    assert sorted(len(g) for g in sweep.group_runs(mixed, "on", 1)) == [1, 2]  # lr differs: own program
+    pinned = [config.validate({**BASE, "seed": s, "data": {**BASE["data"], "seed": 7}}) for s in range(2)]
+    assert [len(g) for g in sweep.group_runs(pinned, "on", 1)] == [2]
+
+
+# ----------------------------------------------------------------------------- through the CLI
+def test_grid_runs_skips_and_reruns(tmp_path):
+    p = _file(tmp_path, {"model.activation": {"values": ["relu", "tanh", "identity"]}, "seed": {"values": [0, 1]}})
+    r = _sweep(tmp_path, p, "--dry-run")
+    assert r.exit_code == 0 and "6 runs, 0 done, 6 to run" in r.stdout and r.stdout.count("to run") == 7
+    assert not any((tmp_path / "runs").glob("g-*"))
+    r = _sweep(tmp_path, p, "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert _counts(r.stdout) == (6, 0, 0, 6, 0)
+    ids = [c.run_id for c in config.load_config(p).expand()]
+    assert all(runs.result_status(tmp_path / "runs", i) == "ok" for i in ids)
+    rec = json.loads(next((tmp_path / "runs" / "sweeps").glob("sweep-g-*.json")).read_text())
+    assert rec["varied"] == ["model.activation", "seed"] and len(rec["runs"]) == 6
+    assert {(x["params"]["model.activation"], x["params"]["seed"]) for x in rec["runs"]} == {
+        (a, s) for a in ("relu", "tanh", "identity") for s in (0, 1)}
+    assert all(x["status"] == "ok" and x["ran"] for x in rec["runs"])
+    # a line per finished run: id, status, seconds, layer-1 pearson_a05 and tightness_range
+    assert len(re.findall(r"^ok\s+g-\w+\s+[\d.]+ s\s+pearson_a05 -?[\d.]+\s+tightness_range -?[\d.]+", r.stderr, re.M)) == 6
+    r = _sweep(tmp_path, p)
+    assert r.exit_code == 0 and _counts(r.stdout) == (6, 0, 0, 0, 6)
+    r = _sweep(tmp_path, p, "--dry-run")
+    assert "6 done, 0 to run" in r.stdout
+    before = (tmp_path / "runs" / ids[0] / "result.json").stat().st_mtime_ns
+    r = _sweep(tmp_path, p, "--force", "--workers", "1")
+    assert r.exit_code == 0 and _counts(r.stdout) == (6, 0, 0, 6, 0)
+    assert (tmp_path / "runs" / ids[0] / "result.json").stat().st_mtime_ns != before
+
+
+def test_diverged_runs_are_recorded_and_rerun_on_request(tmp_path):
+    base = {**BASE, "model": {"depth": 1, "width": 8, "activation": "quadratic", "init_scale": 2.5}}
+    p = _file(tmp_path, {"train.lr": {"values": [0.001, 5.0]}}, base=base)
+    r = _sweep(tmp_path, p, "--workers", "1")
+    assert r.exit_code == 0, r.output  # diverging is a result, not a failure
+    assert _counts(r.stdout) == (1, 1, 0, 2, 0)
+    r = _sweep(tmp_path, p)
+    assert _counts(r.stdout) == (1, 1, 0, 0, 2)
+    r = _sweep(tmp_path, p, "--rerun-failed", "--workers", "1")
+    assert _counts(r.stdout) == (1, 1, 0, 1, 1)
+
+
+def test_two_workers_and_multiple_files(tmp_path):
+    p1 = _file(tmp_path, {"seed": {"values": [0, 1, 2]}}, name="a.yaml")
+    p2 = _file(tmp_path, {"model.width": {"values": [4, 6]}}, base={**BASE, "name": "h"}, name="b.yaml")
+    r = _sweep(tmp_path, p1, p2, "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert _counts(r.stdout) == (5, 0, 0, 5, 0)
+    assert re.search(r"sweep sweep-g\+1-\w{10}: 5 runs", r.stdout)
+
+
+@pytest.mark.parametrize("params,extra,msg", [
+    ({"model.widht": {"values": [1]}}, {}, "sweep.parameters.model.widht: no such config key"),
+    ({"model.width": {"values": []}}, {}, "sweep.parameters.model.width.values: must be a non-empty list"),
+    ({"seed": {"values": [1]}}, {"method": "random"}, "sweep.count: method random needs count"),
+    ({"train.lr": {"distribution": "uniform", "min": 1, "max": 0.1}}, {"method": "random", "count": 2},
+     "sweep.parameters.train.lr: min = 1 exceeds max = 0.1"),
+    ({"train.batch_size": {"values": [8, 4000]}}, {}, "train.batch_size = 4000 exceeds the 48 training samples"),
+])
+def test_bad_sweeps_exit_2_and_run_nothing(tmp_path, params, extra, msg):
+    p = _file(tmp_path, params, **extra)
+    r = _sweep(tmp_path, p)
+    assert r.exit_code == 2, r.output
+    assert msg in r.stderr and str(p) in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- real processes
+def _dnfa(tmp_path, *args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", *map(str, args), "--runs-dir", str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+
+def _slow_grid(tmp_path):
+    base = {**BASE, "model": {"depth": 2, "width": 32}, "train": {**BASE["train"], "epochs": 30},
+            "metrics": {"checkpoints": 3, "samples": 24}}
+    return _file(tmp_path, {"seed": {"values": [0, 1, 2]}, "model.activation": {"values": ["relu", "tanh"]}}, base=base)
+
+
+def test_sigkill_midway_then_rerun_finishes_only_the_rest(tmp_path):
+    p = _slow_grid(tmp_path)
+    ids = [c.run_id for c in config.load_config(p).expand()]
+    proc = _dnfa(tmp_path, "sweep", p, "--workers", "1", "--seed-batch", "off")
+    root = tmp_path / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and sum((root / i / "result.json").exists() for i in ids) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [i for i in ids if (root / i / "result.json").exists()]
+    assert 2 <= len(done) < len(ids)
+    for i in done:  # never half-written
+        assert json.loads((root / i / "result.json").read_text())["status"] == "ok"
+    started = [i for i in ids if (root / i).exists() and i not in done]
+    r = _sweep(tmp_path, p, "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert _counts(r.stdout) == (6, 0, 0, len(ids) - len(done), len(done))
+    for i in started:  # an interrupted run was redone from scratch
+        res = json.loads((root / i / "result.json").read_text())
+        assert res["status"] == "ok"
+        assert len((root / i / "metrics.jsonl").read_text().splitlines()) == len(res["checkpoints"])
+
+
+def test_two_sweeps_at_once_never_run_a_run_twice(tmp_path):
+    p = _slow_grid(tmp_path)
+    a = _dnfa(tmp_path, "sweep", p, "--workers", "1", "--seed-batch", "off")
+    b = _dnfa(tmp_path, "sweep", p, "--workers", "1", "--seed-batch", "off")
+    outs = [x.communicate(timeout=300) for x in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    counts = [_counts(o[0]) for o in outs]
+    assert all(c[:3] == (6, 0, 0) for c in counts)
+    assert counts[0][3] + counts[1][3] == 6  # every run trained by exactly one of them
+
+
+# ----------------------------------------------------------------------------- dask
+def test_dask_local_cluster_matches_local_executor(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    p = _file(tmp_path, {"seed": {"values": [0, 1]}, "model.activation": {"values": ["relu", "gelu"]}})
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        r = runner.invoke(app, ["sweep", str(p), "--scheduler", cluster.scheduler_address,
+                                "--runs-dir", str(tmp_path / "dask")])
+    assert r.exit_code == 0, r.output
+    assert _counts(r.stdout) == (4, 0, 0, 4, 0)
+    r = runner.invoke(app, ["sweep", str(p), "--workers", "1", "--runs-dir", str(tmp_path / "local")])
+    assert r.exit_code == 0
+    for c in config.load_config(p).expand():
+        a = json.loads((tmp_path / "dask" / c.run_id / "result.json").read_text())
+        b = json.loads((tmp_path / "local" / c.run_id / "result.json").read_text())
+        assert a["checkpoints"] == b["checkpoints"]
+    r = runner.invoke(app, ["sweep", str(p), "--scheduler", "tcp://127.0.0.1:9", "--runs-dir", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "cannot connect to a Dask scheduler" in r.stderr
