@@ -1,0 +1,210 @@
+"""`dnfa report` and `dnfa ls` on runs and a sweep the tests make themselves."""
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from dnfa_cli import config, runs
+from dnfa_cli.cli import app
+
+runner = CliRunner(env={"COLUMNS": "250"})
+
+BASE = {
+    "name": "rep",
+    "data": {"task": "monomial", "d": 5, "n_train": 48, "n_test": 16},
+    "model": {"depth": 2, "width": 8},
+    "train": {"lr": 0.05, "batch_size": 16, "epochs": 3},
+    "metrics": {"checkpoints": 3, "samples": 24},
+}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One run trained directly and a 2 x 2 sweep trained through the CLI."""
+    tmp = tmp_path_factory.mktemp("rep")
+    root = tmp / "runs"
+    res = runs.execute([config.validate(BASE)], root)[0]
+    p = tmp / "s.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "name": "sw", "sweep": {"parameters": {
+        "model.activation": {"values": ["relu", "tanh"]}, "seed": {"values": [0, 1]}}}}))
+    r = runner.invoke(app, ["sweep", str(p), "--workers", "1", "--runs-dir", str(root)])
+    assert r.exit_code == 0, r.output
+    sweep_id = re.search(r"sweep (sweep-sw-\w+):", r.stdout).group(1)
+    return root, res, sweep_id
+
+
+def _report(root, *args):
+    return runner.invoke(app, ["report", *map(str, args), "--runs-dir", str(root)])
+
+
+def test_run_table_numbers_equal_result_json(made):
+    root, res, _ = made
+    r = _report(root, res["run_id"])
+    assert r.exit_code == 0, r.output
+    first, last = res["checkpoints"][0], res["checkpoints"][-1]
+    assert f"run {res['run_id']}: ok" in r.stdout
+    # each layer's table: statistic rows, init and end columns
+    blocks = r.stdout.split("layer ")[1:]
+    assert len(blocks) == 3
+    for li, block in enumerate(blocks):
+        for key in ("pearson_a05", "pearson_a1", "tightness_range", "alpha_star"):
+            m = re.search(rf"│ {key}\s+│\s+(\S+)\s+│\s+(\S+)\s+│", block)
+            assert m, (key, block)
+            for got, ck in zip(m.groups(), (first, last)):
+                want = ck["layers"][li][key]
+                if want is None:
+                    assert got == "-"
+                else:
+                    assert float(got) == pytest.approx(want, abs=5e-5)
+    assert f"end ({last['step']})" in r.stdout
+
+
+def _rows_from_result(res, all_cks=False):
+    cks = res["checkpoints"] if all_cks else [res["checkpoints"][0], res["checkpoints"][-1]]
+    return [(c["step"], L) for c in cks for L in c["layers"]]
+
+
+def test_json_and_csv_round_trip(made):
+    root, res, _ = made
+    r = _report(root, res["run_id"], "--format", "json")
+    rows = json.loads(r.stdout)
+    want = _rows_from_result(res)
+    assert len(rows) == len(want)
+    for row, (step, L) in zip(rows, want):
+        assert row["step"] == step and row["run_id"] == res["run_id"]
+        for k, v in L.items():
+            assert row[k] == v
+    r = _report(root, res["run_id"], "--format", "csv", "--all-checkpoints")
+    table = list(csv.DictReader(io.StringIO(r.stdout)))
+    want = _rows_from_result(res, all_cks=True)
+    assert len(table) == len(want) == len(res["checkpoints"]) * 3
+    for row, (step, L) in zip(table, want):
+        assert int(row["step"]) == step
+        for k in ("pearson_a05", "pearson_a1", "tightness_range", "cond"):
+            assert (row[k] == "") if L[k] is None else float(row[k]) == L[k]
+        assert json.loads(row["shape"]) == L["shape"]
+
+
+def _png_size(path):
+    with Image.open(path) as im:
+        im.load()  # decodes the whole image
+        return im.size
+
+
+def test_run_figures_and_html(made, tmp_path):
+    root, res, _ = made
+    out = tmp_path / "out"
+    r = _report(root, res["run_id"], "--html", "--out", out)
+    assert r.exit_code == 0, r.output
+    expected = {"curves.png": (1200, 360), "loss.png": (600, 400)}
+    for layer in (1, 2, 3):
+        expected[f"matrices_layer{layer}.png"] = (1050, 700)  # init and the end
+        expected[f"spectrum_layer{layer}.png"] = (1000, 400)
+    for name, size in expected.items():
+        assert _png_size(out / name) == size, name
+    page = (out / "report.html").read_text()
+    assert f"html: {out / 'report.html'}" in r.stdout
+    imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(imgs) == len(expected)
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
+    assert not re.search(r"""(src|href)\s*=\s*['"](?!data:)""", page) and "url(" not in page and "<script" not in page
+    # default location: the run's own report/ folder
+    r = _report(root, res["run_id"][:8])
+    assert r.exit_code == 0 and (root / res["run_id"] / "report" / "curves.png").exists()
+
+
+def test_wide_layer_heatmaps_say_they_show_a_block(tmp_path):
+    cfg = config.validate({**BASE, "model": {"depth": 1, "width": 200}, "train": {**BASE["train"], "epochs": 1}})
+    res = runs.execute([cfg], tmp_path / "runs")[0]
+    from dnfa_cli import report as rp
+
+    v = rp.load_run(tmp_path / "runs", res["run_id"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    p = rp.fig_matrices(v, 2, tmp_path / "m.png")  # layer 2 is 1 x 200: nfm is 200 x 200
+    assert _png_size(p) == (1050, 700)
+    # the leading block in the NFM's eigenbasis is V^T M V restricted to the top 64
+    z = np.load(next((tmp_path / "runs" / res["run_id"] / "checkpoints").glob("matrices_*.npz")))
+    lam, V = np.linalg.eigh(z["nfm_2"])
+    top = V[:, ::-1][:, :64]
+    np.testing.assert_allclose(top.T @ z["nfm_2"] @ top, np.diag(lam[::-1][:64]), atol=1e-10 * lam.max())
+
+
+def test_sweep_report_rows_grouping_and_figures(made, tmp_path):
+    root, _, sweep_id = made
+    r = _report(root, sweep_id, "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    rows, grouped = data["runs"], data["grouped"]
+    assert len(rows) == 4 * 3 and {r["model.activation"] for r in rows} == {"relu", "tanh"}
+    # grouped over seeds: mean and std of each run's own result.json
+    for g in grouped:
+        vals = []
+        for row in rows:
+            if row["model.activation"] == g["model.activation"] and row["layer"] == g["layer"]:
+                res = json.loads((root / row["run_id"] / "result.json").read_text())
+                vals.append(res["checkpoints"][-1]["layers"][g["layer"] - 1]["pearson_a1"])
+        assert g["n"] == 2
+        assert g["pearson_a1_mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+        assert g["pearson_a1_std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+    out = tmp_path / "sw"
+    r = _report(root, sweep_id, "--html", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "grouped over seeds" in r.stdout and "±" in r.stdout
+    names = {"pearson_a1_vs_tightness_range.png": (650, 500), "pearson_a05_vs_pearson_a1.png": (650, 500),
+             "stats_vs_model_activation.png": (1920, 340), "stats_vs_seed.png": (1920, 340)}
+    for n, size in names.items():
+        assert _png_size(out / n) == size
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+
+
+def test_bad_ids(made):
+    root, res, sweep_id = made
+    rid = res["run_id"]
+    r = _report(root, rid[:-1] + ("0" if rid[-1] != "0" else "1"))
+    assert r.exit_code == 2 and "no run or sweep" in r.stderr and "closest:" in r.stderr and rid in r.stderr
+    for bad in ("../etc", "a/b", "..", "x\\y"):
+        r = _report(root, bad)
+        assert r.exit_code == 2 and "no path separators" in r.stderr, bad
+    r = _report(root, "sw-")  # the four sweep runs
+    assert r.exit_code == 2 and "is ambiguous" in r.stderr and r.stderr.count("sw-") >= 4
+    r = _report(root, "nothing-like-it")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_interrupted_run_reported_from_metrics(made, tmp_path):
+    root, res, _ = made
+    root2 = tmp_path / "runs"
+    shutil.copytree(root / res["run_id"], root2 / res["run_id"])
+    (root2 / res["run_id"] / "result.json").unlink()
+    lines = (root2 / res["run_id"] / "metrics.jsonl").read_text().splitlines()
+    (root2 / res["run_id"] / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])  # cut mid-line
+    r = _report(root2, res["run_id"])
+    assert r.exit_code == 0, r.output
+    assert "interrupted" in r.stdout and "2 checkpoints from metrics.jsonl" in r.stdout
+    r = runner.invoke(app, ["ls", "--runs-dir", str(root2)])
+    assert "interrupted" in r.stdout
+
+
+def test_ls_newest_first_and_by_sweep(made):
+    root, res, sweep_id = made
+    r = runner.invoke(app, ["ls", "--runs-dir", str(root)])
+    assert r.exit_code == 0, r.output
+    assert "5 runs" in r.stdout
+    ids = re.findall(r"(rep-\w{10}|sw-\w{10})", r.stdout)
+    created = [json.loads((root / i / "result.json").read_text())["created"] for i in ids]
+    assert created == sorted(created, reverse=True)
+    r = runner.invoke(app, ["ls", "--sweep", sweep_id, "--runs-dir", str(root)])
+    assert "4 runs" in r.stdout and res["run_id"] not in r.stdout
+    r = runner.invoke(app, ["ls", "--sweep", "sweep-nope", "--runs-dir", str(root)])
+    assert r.exit_code == 2
