@@ -257,12 +257,19 @@ class PowerPearson:
         self.varN = (N**2).mean() - self.meanN**2
 
     def __call__(self, alpha: float) -> float:
-        d = np.where(self.lam > 0, self.lam ** alpha, 0.0)
+        return float(self.many(np.array([alpha]))[0])
+
+    def many(self, alphas) -> np.ndarray:
+        """pearson(N, A^alpha) for each alpha in the 1-D array `alphas`."""
+        pos = self.lam > 0
+        d = np.zeros((len(alphas), self.lam.size))
+        d[:, pos] = self.lam[pos][None, :] ** np.asarray(alphas, np.float64)[:, None]
         meanM = (d @ self.u2) / self.K
-        varM = (d @ d) / self.K - meanM**2
+        varM = np.einsum("aj,aj->a", d, d) / self.K - meanM**2
         cov = (d @ self.nd) / self.K - self.meanN * meanM
-        den = math.sqrt(max(self.varN, 0.0) * max(varM, 0.0))
-        return cov / den if den > 0 else math.nan
+        den = np.sqrt(np.clip(self.varN, 0.0, None) * np.clip(varM, 0.0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, cov / np.where(den > 0, den, 1.0), np.nan)
 
 
 ALPHA_RANGE = (0.05, 2.0)
@@ -274,7 +281,7 @@ def alpha_star(pp: PowerPearson) -> float:
     the correlation does not depend on alpha."""
     lo, hi = ALPHA_RANGE
     grid = np.linspace(lo, hi, 391)
-    vals = np.array([pp(a) for a in grid])
+    vals = pp.many(grid)
     if not np.any(np.isfinite(vals)):
         return math.nan
     if np.nanmax(vals) - np.nanmin(vals) <= 1e-12:

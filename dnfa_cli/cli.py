@@ -19,7 +19,10 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Train MLPs and measure the Deep Neural Feature Ansatz and its tight-frame reformulation.",
 )
+# piped output is read later, often in a wide editor: do not squeeze tables into 80 columns
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal and "COLUMNS" not in __import__("os").environ:
+    out = Console(highlight=False, soft_wrap=True, width=160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 RunsDir = Annotated[Optional[Path], typer.Option("--runs-dir", help="Run directory root (default: $DNFA_RUNS_DIR or runs/).")]
@@ -241,7 +244,7 @@ def report(
     if kind == "run":
         v = rp.load_run(root, ident)
         rows = rp.run_rows(v, all_checkpoints)
-        tables = rp.run_tables(v, all_checkpoints)
+        tables = html_tables = rp.run_tables(v, all_checkpoints)
         title, intro = f"dnfa run {ident}", [rp.run_headline(v)]
         dest = out_dir or v.dir / "report"
         make_figs = lambda: rp.run_figures(v, dest)
@@ -249,7 +252,8 @@ def report(
         rec = sw.load_sweep(root, ident)
         rows = rp.sweep_rows(root, rec)
         grouped = rp.grouped_rows(rows, rec["varied"])
-        tables = rp.sweep_tables(rows, grouped, rec["varied"])
+        tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True)
+        html_tables = rp.sweep_tables(rows, grouped, rec["varied"])
         st = [r["status"] for r in rec["runs"]]
         title = f"dnfa sweep {ident}"
         intro = [f"sweep {ident}: {len(st)} runs from {', '.join(rec['files'])}; "
@@ -269,11 +273,13 @@ def report(
                 console_print(f"{t[0]}: {len(t[2])} rows, see --format csv or --html")
                 continue
             console_print(_rich_table(*t))
+        if kind == "sweep" and any(k in ("seed", "data.seed") for k in rec["varied"]):
+            console_print("per-run rows: --format csv / json, or --html")
     figs = make_figs()
     if format == "table":
         console_print(f"figures: {dest}/ ({', '.join(f.name for f in figs)})")
     if html_:
-        page = rp.write_html(dest / "report.html", title, intro, tables, figs)
+        page = rp.write_html(dest / "report.html", title, intro, html_tables, figs)
         (out if format == "table" else err).print(f"html: {page}", markup=False)
 
 

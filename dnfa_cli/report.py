@@ -385,6 +385,7 @@ def fig_stat_vs_param(rows, param: str, path: Path) -> Path:
         if not numeric:
             ax.set_xticks(range(len(cats)))
             ax.set_xticklabels(cats, rotation=30, fontsize=7)
+            ax.set_xlim(-0.5, len(cats) - 0.5)
         elif len({r[param] for r in pts}) > 2 and min(r[param] for r in pts) > 0:
             vals = [r[param] for r in pts]
             if max(vals) / min(vals) > 20:
@@ -457,23 +458,37 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     return path
 
 
-def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str]) -> list[tuple[str, list[str], list[list[str]]]]:
-    cols = ["run_id", "status", *varied, "layer", *SWEEP_STATS, "test_loss"]
-    t1 = ("runs (final checkpoint, one row per layer)", cols, [[fmt(r.get(c)) for c in cols] for r in rows])
-    out = [t1]
-    if grouped and any(k in ("seed", "data.seed") for k in varied):
-        keys = [k for k in varied if k not in ("seed", "data.seed")]
-        gcols = [*keys, "layer", "n", *SWEEP_STATS, "test_loss"]
-        grows = [[fmt(g.get(k)) for k in [*keys, "layer", "n"]]
-                 + [_pm(g.get(f"{s}_mean"), g.get(f"{s}_std")) for s in SWEEP_STATS + ["test_loss"]] for g in grouped]
-        out.insert(0, ("grouped over seeds: mean ± std", gcols, grows))
+TERMINAL_STATS = ["pearson_a05", "pearson_a1", "tightness_range", "alpha_star", "rand_pearson_a1"]
+
+
+def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], terminal: bool = False
+                 ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The grouped-over-seeds table (when seeds vary) and the per-run table. For the
+    terminal: fewer statistics, and the per-run table only when there is no grouping."""
+    stats = TERMINAL_STATS if terminal else SWEEP_STATS + ["test_loss"]
+    keys = [k for k in varied if k not in ("seed", "data.seed")]
+    seeds_vary = any(k in ("seed", "data.seed") for k in varied)
+    layer = lambda r: f"{r.get('layer')}" + ("*" if r.get("trivial") else "") if r.get("layer") is not None else "-"
+    out = []
+    if grouped and seeds_vary:
+        gcols = [*keys, "layer", "n", *stats]
+        grows = [[fmt(g.get(k)) for k in keys] + [layer(g), str(g["n"])]
+                 + [_pm(g.get(f"{s}_mean"), g.get(f"{s}_std")) for s in stats] for g in grouped]
+        out.append(("grouped over seeds: mean ± std (* the trivial read-out layer)", gcols, grows))
+    if not (terminal and seeds_vary):
+        cols = ["run_id", "status", *varied, "layer", *stats]
+        out.append(("runs: final checkpoint, one row per layer (* trivial)", cols,
+                    [[fmt(r.get(c)) for c in cols[:-len(stats) - 1]] + [layer(r)] + [fmt(r.get(s)) for s in stats]
+                     for r in rows]))
     return out
 
 
 def _pm(m, s) -> str:
     if m is None:
         return "-"
-    return fmt(m) if s is None or (isinstance(s, float) and math.isnan(s)) else f"{fmt(m)} ± {fmt(s)}"
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return f"{m:.3f}"
+    return f"{m:.3f}±{s:.3f}"
 
 
 # ----------------------------------------------------------------------------- ls

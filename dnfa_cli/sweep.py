@@ -17,11 +17,14 @@ from typing import Callable
 from . import runs
 from .config import Config, ConfigError, DnfaInputError, load_config
 
-# Seed batching pays where per-step overhead dominates (issue 3 measured 3.3x for a
-# 40-64-64-10 MLP) and not where a step is compute-bound (8 seeds of 100-512-512-1 at
-# batch 128 were 15% slower vmapped than one after another). The cut-off is in
-# multiply-adds per training step of one run; bench/sweep.py measures both sides of it.
-BATCH_MAX_MACS_PER_STEP = 4e6
+# Seed batching (auto): with one jit per epoch a CPU step costs ~100 us of overhead, and
+# bench/seed_batch.py measured 8 vmapped seeds against 8 sequential ones on this 2-core
+# CPU at 0.6x (40-64-64-10), 1.0x (100-64-64-1), 1.05x (100-128-128-1), 1.3x
+# (100-256-256-1) and 0.9x (100-512-512-1); on one core, as each of two workers has,
+# 0.6x to 1.1x. So on CPU `auto` does not batch. On GPU/TPU a small step is
+# kernel-launch bound and R seeds cost about one, so `auto` batches steps below this many
+# multiply-adds per run (an expectation, not measured here: no accelerator was lent).
+BATCH_MAX_MACS_PER_STEP = 1.2e8
 MAX_BATCH = 16
 
 
@@ -79,10 +82,17 @@ def plan(files: list[str], overrides: list[str] | None = None) -> Plan:
     return Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied)
 
 
+def backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
 def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[Config]]:
-    """Runs that differ only in seed go together when batching pays (`auto`: one step is
-    cheap enough that per-step overhead dominates), split so every worker gets work."""
-    from . import data, model, train
+    """Runs that differ only in seed go together when batching pays (`auto`: on an
+    accelerator, for steps small enough to be launch-bound), split so every worker gets
+    work; `on` batches regardless, `off` never."""
+    from . import model
 
     if seed_batch == "off":
         return [[c] for c in cfgs]
@@ -94,6 +104,9 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
     for members in buckets.values():
         c0 = members[0]
         if seed_batch == "auto":
+            if backend() == "cpu":
+                groups += [[c] for c in members]
+                continue
             d = c0.data
             dim = {"modular": 2 * getattr(d, "p", 0), "mnist1d": 40}.get(d.task, getattr(d, "d", 0))
             c_out = {"modular": getattr(d, "p", 0), "mnist1d": 10}.get(d.task, 1)

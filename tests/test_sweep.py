@@ -80,12 +80,15 @@ def test_a_diverging_seed_does_not_disturb_its_batch(tmp_path):
         assert [c["step"] for c in rb["checkpoints"]] == [c["step"] for c in ra["checkpoints"]]
 
 
-def test_grouping():
+def test_grouping(monkeypatch):
     small = [config.validate({**BASE, "seed": s}) for s in range(6)]
+    monkeypatch.setattr(sweep, "backend", lambda: "cpu")
+    assert [len(g) for g in sweep.group_runs(small, "auto", 2)] == [1] * 6  # never pays on CPU
+    monkeypatch.setattr(sweep, "backend", lambda: "gpu")
     assert [len(g) for g in sweep.group_runs(small, "auto", 2)] == [3, 3]
     assert [len(g) for g in sweep.group_runs(small, "off", 2)] == [1] * 6
     assert [len(g) for g in sweep.group_runs(small, "on", 1)] == [6]
-    big = [config.validate({**BASE, "model": {"depth": 2, "width": 512}, "seed": s}) for s in range(4)]
+    big = [config.validate({**BASE, "model": {"depth": 2, "width": 4096}, "seed": s}) for s in range(4)]
     assert [len(g) for g in sweep.group_runs(big, "auto", 1)] == [1] * 4  # compute-bound: never batched
     assert [len(g) for g in sweep.group_runs(big, "on", 1)] == [4]
     mixed = small[:2] + [config.validate({**BASE, "seed": 0, "train": {**BASE["train"], "lr": 0.1}})]
