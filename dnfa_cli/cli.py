@@ -66,7 +66,7 @@ def layer_summary_table(result: dict, title: str | None = None) -> Table:
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set model.width=256 (repeatable).")] = None,
     runs_dir: RunsDir = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if this exact run already finished ok.")] = False,
@@ -114,7 +114,7 @@ def train(
 
 @app.command()
 def sweep(
-    files: Annotated[list[Path], typer.Argument(help="Config files; each one's sweep: block is expanded.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Config files; each one's sweep: block is expanded.")],
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Local worker processes (default: the usable cores).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs, their ids and which are done; run nothing.")] = False,
@@ -225,7 +225,7 @@ def report(
     ident: Annotated[str, typer.Argument(metavar="ID", help="A run id, a sweep id, or a unique prefix of one.")],
     format: Annotated[str, typer.Option("--format", help="table (terminal), json or csv (rows to stdout).")] = "table",
     html_: Annotated[bool, typer.Option("--html", help="Also write one self-contained HTML page; its path is printed.")] = False,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where figures and HTML go (default: runs/<id>/report/).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where figures and HTML go (default: runs/<id>/report/, or runs/sweeps/<id>/report/ for a sweep).")] = None,
     all_checkpoints: Annotated[bool, typer.Option("--all-checkpoints", help="Every checkpoint, not just initialisation and the end.")] = False,
     runs_dir: RunsDir = None,
 ):
@@ -315,11 +315,28 @@ def ls_(
 
 
 def main():
+    """Entry point: click's usage errors (a bad flag value, an unknown option) become the
+    same one line and exit 2 as every other bad input."""
+    try:  # typer >= 0.2x vendors its own click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        import click.exceptions as cx
+
     try:
-        app()
-    except KeyboardInterrupt:
+        rv = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else e.format_message())
+        sys.exit(2)
+    except cx.UsageError as e:
+        cmd = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
+        err.print(f"error: {e.format_message()}{cmd}", markup=False)
+        sys.exit(2)
+    except cx.Exit as e:
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, cx.Abort):
         err.print("interrupted")
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,19 @@ class MultiIndex(_DataBase):
     noise: Annotated[float, Field(ge=0)] = 0.0
 
 
+class Linear(_DataBase):
+    """A linear teacher, y = A x + noise, A (outputs x d) with N(0, 1/d) entries fixed by the
+    data seed: the task of deep-linear-network theory (several outputs, so the matrices
+    have rank > 1 and alpha* is defined)."""
+
+    task: Literal["linear"] = "linear"
+    d: PosInt = 20
+    outputs: PosInt = 10
+    n_train: PosInt = 2000
+    n_test: PosInt = 1000
+    noise: Annotated[float, Field(ge=0)] = 0.0
+
+
 class SparseParity(_DataBase):
     task: Literal["sparse_parity"] = "sparse_parity"
     d: PosInt = 20
@@ -105,9 +118,9 @@ class Npz(_DataBase):
 
 
 DataCfg = Annotated[
-    Union[Monomial, MultiIndex, SparseParity, Modular, Mnist1d, Npz], Field(discriminator="task")
+    Union[Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Npz], Field(discriminator="task")
 ]
-TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, SparseParity, Modular, Mnist1d, Npz)}
+TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Npz)}
 
 
 # ----------------------------------------------------------------------------- model

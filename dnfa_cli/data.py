@@ -1,5 +1,5 @@
 """Tasks and datasets, all generated offline from explicit keys: the synthetic regression
-tasks (monomial, multi_index, sparse_parity), modular arithmetic, mnist1d (generated with
+tasks (monomial, multi_index, linear, sparse_parity), modular arithmetic, mnist1d (generated with
 `mnist1d.data.make_dataset`, never downloaded) and a user's .npz file.
 """
 from __future__ import annotations
@@ -82,6 +82,16 @@ def _multi_index(cfg, key):
     f = lambda X: X[:, 0] * X[:, 1] * (X[:, 5] > 0)
     ytr = f(Xtr) + dc.noise * _gauss(k3, dc.n_train, 1)[:, 0]
     yte = f(Xte) + dc.noise * _gauss(k4, dc.n_test, 1)[:, 0]
+    return _regression(Xtr, ytr, Xte, yte)
+
+
+def _linear(cfg, key):
+    dc = cfg.data
+    kA, k1, k2, k3, k4 = jax.random.split(key, 5)
+    A = _gauss(kA, dc.outputs, dc.d) / np.sqrt(dc.d)
+    Xtr, Xte = _gauss(k1, dc.n_train, dc.d), _gauss(k2, dc.n_test, dc.d)
+    ytr = Xtr @ A.T + dc.noise * _gauss(k3, dc.n_train, dc.outputs)
+    yte = Xte @ A.T + dc.noise * _gauss(k4, dc.n_test, dc.outputs)
     return _regression(Xtr, ytr, Xte, yte)
 
 
@@ -174,6 +184,7 @@ def _npz(cfg, key):
 _MAKERS = {
     "monomial": _monomial,
     "multi_index": _multi_index,
+    "linear": _linear,
     "sparse_parity": _sparse_parity,
     "modular": _modular,
     "mnist1d": _mnist1d,

@@ -1,6 +1,6 @@
 """The MLP as pure functions over a list of {"W", "b"} (b absent when bias is off).
 
-W_i has shape (k_{i+1}, k_i), rows are output units (SCIENCE.md). Layer indices in code
+W_i has shape (k_{i+1}, k_i), rows are output units (docs/SCIENCE.md). Layer indices in code
 are 0-based (`l`); every output names them 1-based (`l + 1`). `forward_all` exposes the
 pre-activations p_{l+1} = W_l h_l + b_l and accepts perturbations added to each of them,
 so df/dp is a plain reverse-mode gradient at zero perturbation.

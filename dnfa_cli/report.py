@@ -22,9 +22,11 @@ from . import runs
 from .config import DnfaInputError
 
 # the statistics a table shows (json/csv carry every key of result.json)
-HEADLINE = ["pearson_a05", "pearson_a1", "cosine_a1", "alpha_star", "tightness", "tightness_range",
-            "tightness_top", "iso_dev_range", "eff_rank_range", "left_pearson", "half_range_pearson",
-            "rand_pearson_a1", "centered_pearson", "align_1"]
+HEADLINE = ["pearson_a05", "pearson_a1", "cosine_a1", "delta_cosine_a1", "alpha_star", "tightness",
+            "tightness_range", "tightness_top", "w_rank90", "iso_dev_range", "eff_rank_range",
+            "rand_pearson_a1", "rand_spec_pearson_a1", "rand_gap_a1", "centered_pearson", "gc_pearson_a1",
+            "left_pearson", "left_act_pearson", "half_range_pearson", "align_1", "align_4"]
+CI = ["pearson_a05", "pearson_a1", "tightness_range"]  # with metrics.bootstrap: *_lo, *_hi
 SWEEP_STATS = ["pearson_a05", "pearson_a1", "alpha_star", "tightness_range", "rand_pearson_a1", "half_range_pearson"]
 FIG_DPI = 100
 
@@ -124,6 +126,8 @@ def run_tables(v: RunView, all_checkpoints: bool = False) -> list[tuple[str, lis
     for li, L0 in enumerate(cks[0]["layers"]):
         title = f"layer {L0['layer']}  W {fmt(L0['shape'])}" + ("  (trivial: read-out layer)" if L0.get("trivial") else "")
         rows = [[k] + [fmt(c["layers"][li].get(k)) for c in cks] for k in HEADLINE if k in L0]
+        rows += [[f"{k} 95% CI"] + [f"[{fmt(c['layers'][li].get(k + '_lo'))}, {fmt(c['layers'][li].get(k + '_hi'))}]"
+                                    for c in cks] for k in CI if f"{k}_lo" in L0]
         tables.append((title, header, rows))
     loss = [["train_loss"] + [fmt(c.get("train_loss"), 6) for c in cks], ["test_loss"] + [fmt(c.get("test_loss"), 6) for c in cks]]
     if any(c.get("test_acc") is not None for c in cks):

@@ -207,7 +207,7 @@ def _W(key, k_out, k_in):
 
 
 def test_tight_frame_equivalences():
-    """SCIENCE.md: alpha = 1 holds exactly iff U^T G U = cI; alpha = 1/2 iff U^T G U ~ S^2."""
+    """docs/SCIENCE.md: alpha = 1 holds exactly iff U^T G U = cI; alpha = 1/2 iff U^T G U ~ S^2."""
     W = _W(20, 5, 8)  # narrowing: full row rank, range(W) is everything
     row, _ = ansatz.layer_stats(W, W, _grams_for(W, 2.5 * np.eye(5)), 0, trivial=False, rel_tol=1e-12)
     assert row["pearson_a1"] == pytest.approx(1.0, abs=1e-12)
@@ -302,3 +302,66 @@ def test_rounding_level_eigenvalues_do_not_leak_into_small_powers():
     assert math.isnan(ansatz.alpha_star(ansatz.PowerPearson(np.outer(v, v), A)))
     # with the clipping turned off the noise floor shows: 1e-17^0.05 is not small
     assert np.abs(ansatz.psd_power(A, 0.05, rel_tol=0.0) - np.outer(v, v)).max() > 0.01
+
+
+def _balanced_deep_linear(L, d=8, c=5, k=6, seed=0):
+    """W_L ... W_1 = E = U diag(s) V^T with every W_i carrying s^(1/L): exactly balanced."""
+    rng = np.random.default_rng(seed)
+    U = np.linalg.qr(rng.normal(size=(c, c)))[0]
+    V = np.linalg.qr(rng.normal(size=(d, c)))[0]
+    s = np.array([3.0, 2.0, 1.5, 1.0, 0.5])
+    R = [np.linalg.qr(rng.normal(size=(k, c)))[0] for _ in range(L - 1)]
+    S = np.diag(s ** (1 / L))
+    if L == 1:
+        return [U @ np.diag(s) @ V.T]
+    return [R[0] @ S @ V.T] + [R[i] @ S @ R[i - 1].T for i in range(1, L - 1)] + [U @ S @ R[-1].T]
+
+
+@pytest.mark.parametrize("L", [2, 3, 4])
+def test_balanced_deep_linear_network_has_alpha_1_over_remaining_depth(L):
+    """Closed form: with balanced weights NFM_i = AGOP_i^(1/(L-i+1)), so alpha* = 1/L for the
+    first layer (the theory's 1/2 for two layers) and 1 for the read-out."""
+    Ws = _balanced_deep_linear(L)
+    X = np.random.default_rng(1).normal(size=(40, Ws[0].shape[1]))
+    g = ansatz.compute_grams([{"W": jnp.asarray(W)} for W in Ws], X, "identity", method="preact")
+    for l, W in enumerate(Ws):
+        row, _ = ansatz.layer_stats(W, np.zeros_like(W), g, l, trivial=l == L - 1, rel_tol=1e-12)
+        assert row["alpha_star"] == pytest.approx(1 / (L - l), abs=1e-6)
+        assert row["pearson_alpha_star"] == pytest.approx(1.0, abs=1e-12)
+    row, _ = ansatz.layer_stats(Ws[0], np.zeros_like(Ws[0]), g, 0, trivial=False, rel_tol=1e-12)
+    if L == 2:
+        assert row["pearson_a05"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_more_baselines_known_by_construction():
+    W = _W(50, 6, 4)
+    W0 = _W(51, 6, 4)
+    row, _ = ansatz.layer_stats(W, W0, _grams_for(W, 3.0 * np.eye(6)), 0, trivial=False, rel_tol=1e-12)
+    assert row["centered_pearson"] == pytest.approx(1.0, abs=1e-12)  # G = cI: dW^T G dW = c dW^T dW
+    assert row["rand_gap_a1"] == pytest.approx(0.0, abs=1e-12)  # every matrix satisfies it: W adds nothing
+    G = _rand_psd(52, 6)
+    row, _ = ansatz.layer_stats(W, W0, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    assert row["gc_pearson_a1"] == pytest.approx(row["pearson_a1"], abs=1e-14)  # mean Jacobian 0
+    assert row["rand_gap_a1"] == pytest.approx(row["pearson_a1"] - row["rand_pearson_a1"], abs=1e-15)
+    dW = W - W0
+    assert row["delta_pearson_a1"] == pytest.approx(ansatz.pearson(dW.T @ dW, W.T @ G @ W), abs=1e-14)
+
+
+def test_bootstrap_on_real_gradients_brackets_a_stable_estimate():
+    params = _net(jax.random.PRNGKey(60), [6, 12, 3], "tanh")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(61), (400, 6), jnp.float64))
+    g = ansatz.compute_grams(params, X, "tanh", method="preact", bootstrap=40, key=jax.random.PRNGKey(62))
+    W = np.asarray(params[0]["W"])
+    row, _ = ansatz.layer_stats(W, W, g, 0, trivial=False, rel_tol=1e-12)
+    for k in ("pearson_a05", "pearson_a1", "tightness_range"):
+        assert row[f"{k}_lo"] <= row[f"{k}_hi"]
+        assert row[f"{k}_lo"] - 0.02 <= row[k] <= row[f"{k}_hi"] + 0.02
+        assert row[f"{k}_hi"] - row[f"{k}_lo"] < 0.2  # 400 samples pin these down
+
+
+def test_haar_columns_are_orthonormal_and_isotropic():
+    Q = ansatz._haar(jax.random.PRNGKey(70), 50, 7)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(7), atol=1e-12)
+    # Haar: E[Q Q^T] = (r / k) I; average many draws
+    P = np.mean([(lambda q: q @ q.T)(ansatz._haar(jax.random.PRNGKey(i), 6, 2)) for i in range(2000)], axis=0)
+    np.testing.assert_allclose(P, np.eye(6) * 2 / 6, atol=0.03)

@@ -145,3 +145,30 @@ def test_missing_file_and_unknown_set_key(tmp_path):
     r = _train(tmp_path, _write(tmp_path, TINY), "--set", "model.depht=2")
     assert r.exit_code == 2 and "--set model.depht: no such config key (did you mean model.depth?)" in r.stderr
     assert not (tmp_path / "runs").exists() or not [x for x in (tmp_path / "runs").iterdir() if x.name != ".locks"]
+
+
+@pytest.mark.parametrize("argv", [["sweep", "x.yaml", "--workers", "0"], ["train"], ["train", "c.yaml", "--bogus"],
+                                  ["report", "x", "--format", "xml"]])
+def test_flag_errors_through_the_entry_point_are_one_line(argv, capsys, monkeypatch):
+    import sys
+
+    from dnfa_cli import cli
+
+    monkeypatch.setattr(sys, "argv", ["dnfa", *argv])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_files_are_readable_like_any_other(tmp_path):
+    import os
+
+    r = _train(tmp_path, _write(tmp_path, TINY), "--set", "train.epochs=1")
+    assert r.exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    d = next((tmp_path / "runs").glob("tiny-*"))
+    for f in [d / "result.json", d / "config.yaml", d / "env.json", *d.glob("checkpoints/*.npz")]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f  # not mkstemp's 0600

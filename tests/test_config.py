@@ -20,7 +20,7 @@ def _err(raw, src="c.yaml"):
     ({"model": {"widht": 3}}, "c.yaml: model.widht: unknown key (allowed in model: depth, width, widths, activation, bias, init, init_scale)"),
     ({"bogus": 1}, "c.yaml: bogus: unknown key (allowed at top level: name, seed, data, model, train, metrics)"),
     ({"model": {"activation": "sigmoid"}}, "c.yaml: model.activation = 'sigmoid': must be one of 'relu', 'gelu', 'tanh', 'silu', 'quadratic' or 'identity'"),
-    ({"data": {"task": "imagenet"}}, "c.yaml: data.task = 'imagenet': unknown task (allowed: monomial, multi_index, sparse_parity, modular, mnist1d, npz)"),
+    ({"data": {"task": "imagenet"}}, "c.yaml: data.task = 'imagenet': unknown task (allowed: monomial, multi_index, linear, sparse_parity, modular, mnist1d, npz)"),
     ({"train": {"optimizer": "rmsprop"}}, "c.yaml: train.optimizer = 'rmsprop': must be one of 'sgd', 'adam' or 'adamw'"),
     ({"train": {"loss": "hinge"}}, "c.yaml: train.loss = 'hinge': must be one of 'mse' or 'cross_entropy'"),
     ({"data": {"task": "modular", "d": 3}}, "c.yaml: data.d: unknown key (allowed for task modular: seed, task, p, op, train_frac)"),

@@ -130,3 +130,10 @@ def test_activations_and_forward():
     np.testing.assert_allclose(np.asarray(pre[0]), X @ W1.T + b1, rtol=1e-13)
     np.testing.assert_allclose(np.asarray(pre[-1]), ref, rtol=1e-13)
     np.testing.assert_allclose(np.asarray(mdl.f_from_preact(ps, 0, pre[0], "tanh")), ref, rtol=1e-13)
+
+
+def test_linear_teacher():
+    ds = _ds(task="linear", d=6, outputs=3, n_train=40, n_test=10)
+    A, *_ = np.linalg.lstsq(ds.X_train, ds.T_train, rcond=None)  # exact: no noise
+    np.testing.assert_allclose(ds.X_test @ A, ds.T_test, atol=1e-10)
+    assert ds.c == 3 and ds.kind == "regression" and np.linalg.matrix_rank(A) == 3
