@@ -207,6 +207,8 @@ def sweep(
               + (f", {finished_elsewhere} finished by another process" if finished_elsewhere else "")
               + f" in {time.perf_counter() - t0:.1f} s")
     out.print(f"record: {sw.sweep_file(root, plan.sweep_id)}")
+    rd = f" --runs-dir {runs_dir}" if runs_dir else ""
+    out.print(f"report: dnfa report {plan.sweep_id}{rd} --html")
     if counts["failed"]:
         raise typer.Exit(1)
 

@@ -1,0 +1,232 @@
+"""Build FINDINGS.md and its figures from the runs of the tight-frame study.
+
+    dnfa sweep configs/tightframe_parity.yaml configs/tightframe_mnist1d.yaml && python analysis/findings.py
+
+Reads only result.json files (through dnfa's report module); every number in FINDINGS.md is
+computed here from them, so rerunning this after the sweep regenerates the document.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dnfa_cli import report as rp
+from dnfa_cli import runs
+from dnfa_cli.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = [ROOT / "configs" / "tightframe_parity.yaml", ROOT / "configs" / "tightframe_mnist1d.yaml"]
+TASK_NAME = {"sparse_parity": "parity", "mnist1d": "mnist1d"}
+
+
+# ----------------------------------------------------------------------------- loading
+def load_layers(root: Path) -> tuple[list[dict], dict]:
+    """One record per (run, non-trivial layer) with the run's settings and the layer's
+    statistics at initialisation (`*_0`) and at the end; plus run-level counts."""
+    rows, counts = [], {"runs": 0, "ok": 0, "diverged": 0, "failed": 0, "missing": 0}
+    per_task_acc: dict[str, list] = {}
+    for f in STUDY:
+        for cfg in load_config(f).expand():
+            counts["runs"] += 1
+            res = runs.load_result(root, cfg.run_id) if (root / cfg.run_id).exists() else None
+            if res is None:
+                counts["missing"] += 1
+                continue
+            counts[res["status"]] += 1
+            if res["status"] != "ok":
+                continue
+            task = TASK_NAME[cfg.data.task]
+            first, last = res["checkpoints"][0], res["checkpoints"][-1]
+            per_task_acc.setdefault(task, []).append(last["test_acc"])
+            L = len(last["layers"])
+            for a, b in zip(first["layers"], last["layers"]):
+                if b["trivial"]:
+                    continue
+                k_out, k_in = b["shape"]
+                rec = {
+                    "task": task, "activation": cfg.model.activation, "loss": cfg.train.loss,
+                    "depth": cfg.model.depth, "width": cfg.model.width, "init_scale": cfg.model.init_scale,
+                    "seed": cfg.seed, "run_id": cfg.run_id, "test_acc": last["test_acc"],
+                    "layer": b["layer"], "position": "first" if b["layer"] == 1 else "hidden",
+                    "kind": "widening" if k_out > k_in else ("narrowing" if k_out < k_in else "square"),
+                    "n_layers": L,
+                }
+                for k, v in b.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
+                        rec[k] = v
+                for k in ("pearson_a1", "pearson_a05", "tightness", "tightness_range", "rand_pearson_a1",
+                          "rand_gap_a1", "alpha_star", "half_range_pearson", "left_pearson"):
+                    rec[f"{k}_0"] = a.get(k)
+                rows.append(rec)
+    counts["acc"] = {t: (float(np.median(v)), float(np.mean(np.array(v) >= 0.9))) for t, v in per_task_acc.items()}
+    return rows, counts
+
+
+# ----------------------------------------------------------------------------- statistics
+def vals(rows, key):
+    return np.array([r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])], dtype=float)
+
+
+def med(rows, key) -> float:
+    v = vals(rows, key)
+    return float(np.median(v)) if v.size else math.nan
+
+
+def iqr(rows, key) -> str:
+    v = vals(rows, key)
+    if not v.size:
+        return "-"
+    q1, q2, q3 = np.quantile(v, [0.25, 0.5, 0.75])
+    return f"{q2:.2f} [{q1:.2f}, {q3:.2f}]"
+
+
+def frac(rows, pred) -> float:
+    sel = [r for r in rows if pred(r) is not None]
+    return float(np.mean([bool(pred(r)) for r in sel])) if sel else math.nan
+
+
+def spearman(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3:
+        return math.nan
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def pair(rows, kx, ky):
+    sel = [r for r in rows if r.get(kx) is not None and r.get(ky) is not None]
+    return [r[kx] for r in sel], [r[ky] for r in sel]
+
+
+def where(rows, **kw):
+    return [r for r in rows if all(r[k] == v for k, v in kw.items())]
+
+
+def table(header, body) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(out)
+
+
+def f2(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+def pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+# ----------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    _plt().close(fig)
+    return path.name
+
+
+COLORS = {"relu": "C0", "tanh": "C1", "gelu": "C2", "quadratic": "C3", "identity": "C4"}
+
+
+def fig_init_vs_end(rows, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 9))
+    for i, task in enumerate(("parity", "mnist1d")):
+        for j, key in enumerate(("pearson_a1", "pearson_a05")):
+            ax = axes[i][j]
+            for act, c in COLORS.items():
+                x, y = pair(where(rows, task=task, activation=act), f"{key}_0", key)
+                ax.scatter(x, y, s=5, alpha=0.5, color=c, label=act)
+            ax.plot([-1, 1], [-1, 1], "k--", lw=0.8)
+            ax.set_xlim(-0.2, 1.02)
+            ax.set_ylim(-0.2, 1.02)
+            ax.set_xlabel(f"{key} at initialisation")
+            ax.set_ylabel(f"{key} at the end")
+            ax.set_title(f"{task}: {key}", fontsize=10)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, markerscale=3)
+    fig.suptitle("Figure 1. The ansatz at initialisation and after training (one point per run and layer)")
+    fig.tight_layout()
+    return _save(fig, out / "fig1_init_vs_end.png")
+
+
+def fig_a1_vs_tightness(rows, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, key in zip(axes, ("tightness", "tightness_range")):
+        for kind, c in (("narrowing", "C0"), ("square", "C2"), ("widening", "C3")):
+            x, y = pair(where(rows, kind=kind), key, "pearson_a1")
+            ax.scatter(x, y, s=5, alpha=0.4, color=c, label=f"{kind} layers (rho = {spearman(x, y):.2f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{key} of pgop (log)")
+        ax.set_ylabel("pearson_a1 (NFM vs AGOP)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, markerscale=3)
+    fig.suptitle("Figure 2. The ansatz (alpha = 1) against the tightness of the pre-activation gradients, at the end")
+    fig.tight_layout()
+    return _save(fig, out / "fig2_a1_vs_tightness.png")
+
+
+def fig_rand_gap(rows, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.linspace(-0.6, 1.0, 49)
+    for ax, task in zip(axes, ("parity", "mnist1d")):
+        sel = where(rows, task=task)
+        ax.hist(vals(sel, "rand_gap_a1_0"), bins=bins, alpha=0.6, label="initialisation")
+        ax.hist(vals(sel, "rand_gap_a1"), bins=bins, alpha=0.6, label="end")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("pearson_a1 - rand_pearson_a1 (what W adds over a random matrix at the same pgop)")
+        ax.set_title(task, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("Figure 3. Does the trained W beat a random W at the same pre-activation gradients?")
+    fig.tight_layout()
+    return _save(fig, out / "fig3_rand_gap.png")
+
+
+def fig_alpha_star(rows, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, task in zip(axes, ("parity", "mnist1d")):
+        data = [vals(where(rows, task=task, activation=a), "alpha_star") for a in COLORS]
+        ax.boxplot(data, labels=list(COLORS), showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.scatter(np.full(d.size, i) + np.random.default_rng(i).uniform(-0.15, 0.15, d.size), d, s=3, alpha=0.3)
+        ax.axhline(0.5, color="C1", ls="--", lw=1, label="alpha = 1/2")
+        ax.axhline(1.0, color="C2", ls="--", lw=1, label="alpha = 1")
+        ax.set_ylabel("alpha_star at the end")
+        ax.set_title(task, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("Figure 4. The exponent that fits best, by activation (non-trivial layers)")
+    fig.tight_layout()
+    return _save(fig, out / "fig4_alpha_star.png")
+
+
+def fig_half_vs_tight(rows, out: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for act, c in COLORS.items():
+        x, y = pair(where(rows, activation=act), "tightness_range", "half_range_pearson")
+        ax.scatter(x, y, s=5, alpha=0.4, color=c, label=act)
+    ax.set_xscale("log")
+    ax.set_xlabel("tightness_range (alpha = 1's isotropy on range(W))")
+    ax.set_ylabel("half_range_pearson (alpha = 1/2's identity: U^T G U vs S^2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, markerscale=3)
+    ax.set_title("Figure 5. The two identities on range(W), at the end", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "fig5_half_vs_tightness.png")
