@@ -49,7 +49,7 @@ def load_layers(root: Path) -> tuple[list[dict], dict]:
                 k_out, k_in = b["shape"]
                 rec = {
                     "task": task, "activation": cfg.model.activation, "loss": cfg.train.loss,
-                    "depth": cfg.model.depth, "width": cfg.model.width, "init_scale": cfg.model.init_scale,
+                    "depth": len(cfg.model.hidden()), "width": max(cfg.model.hidden()), "init_scale": cfg.model.init_scale,
                     "seed": cfg.seed, "run_id": cfg.run_id, "test_acc": last["test_acc"],
                     "layer": b["layer"], "position": "first" if b["layer"] == 1 else "hidden",
                     "kind": "widening" if k_out > k_in else ("narrowing" if k_out < k_in else "square"),
@@ -203,7 +203,7 @@ def fig_alpha_star(rows, out: Path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, task in zip(axes, ("parity", "mnist1d")):
         data = [vals(where(rows, task=task, activation=a), "alpha_star") for a in COLORS]
-        ax.boxplot(data, labels=list(COLORS), showfliers=False)
+        ax.boxplot(data, tick_labels=list(COLORS), showfliers=False)
         for i, d in enumerate(data, start=1):
             ax.scatter(np.full(d.size, i) + np.random.default_rng(i).uniform(-0.15, 0.15, d.size), d, s=3, alpha=0.3)
         ax.axhline(0.5, color="C1", ls="--", lw=1, label="alpha = 1/2")
@@ -230,3 +230,172 @@ def fig_half_vs_tight(rows, out: Path) -> str:
     ax.set_title("Figure 5. The two identities on range(W), at the end", fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "fig5_half_vs_tightness.png")
+
+
+# ----------------------------------------------------------------------------- tables
+TASKS = ("parity", "mnist1d")
+
+
+def t_training(rows, counts) -> str:
+    body = []
+    for task in TASKS:
+        m, f90 = counts["acc"].get(task, (math.nan, math.nan))
+        body.append([task, f2(m), pct(f90)])
+    return table(["task", "median test accuracy", "runs with test accuracy >= 0.9"], body)
+
+
+def t_q1(rows) -> str:
+    body = []
+    for task in TASKS:
+        for pos in ("first", "hidden"):
+            sel = where(rows, task=task, position=pos)
+            body.append([task, pos, len(sel), iqr(sel, "pearson_a1_0"), iqr(sel, "pearson_a1"),
+                         pct(frac(sel, lambda r: None if r["pearson_a1"] is None or r["pearson_a1_0"] is None
+                                  else r["pearson_a1"] > r["pearson_a1_0"])),
+                         iqr(sel, "pearson_a05_0"), iqr(sel, "pearson_a05"),
+                         pct(frac(sel, lambda r: None if r["pearson_a05"] is None or r["pearson_a05_0"] is None
+                                  else r["pearson_a05"] > r["pearson_a05_0"]))])
+    return table(["task", "layer", "n", "pearson_a1 init", "pearson_a1 end", "a1 rose",
+                  "pearson_a05 init", "pearson_a05 end", "a05 rose"], body)
+
+
+def t_q2(rows) -> str:
+    body = []
+    for task in TASKS:
+        for kind in ("narrowing", "square", "widening"):
+            sel = where(rows, task=task, kind=kind)
+            if not sel:
+                continue
+            body.append([task, kind, len(sel), iqr(sel, "pearson_a1"), iqr(sel, "tightness"), iqr(sel, "tightness_range"),
+                         f2(spearman(*pair(sel, "tightness", "pearson_a1"))),
+                         f2(spearman(*pair(sel, "tightness_range", "pearson_a1"))),
+                         pct(frac(sel, lambda r: None if r["pearson_a1"] is None else r["pearson_a1"] > 0.9)),
+                         pct(frac(sel, lambda r: None if r["tightness_range"] is None else r["tightness_range"] > 0.9))])
+    return table(["task", "layer kind", "n", "pearson_a1", "tightness", "tightness_range",
+                  "rho(tightness, a1)", "rho(tightness_range, a1)", "a1 > 0.9", "tightness_range > 0.9"], body)
+
+
+def t_q3(rows) -> str:
+    body = []
+    for task in TASKS:
+        for pos in ("first", "hidden"):
+            sel = where(rows, task=task, position=pos)
+            spec_gap = [dict(g=r["pearson_a1"] - r["rand_spec_pearson_a1"]) for r in sel
+                        if r.get("pearson_a1") is not None and r.get("rand_spec_pearson_a1") is not None]
+            body.append([task, pos, iqr(sel, "rand_pearson_a1"), iqr(sel, "rand_gap_a1_0"), iqr(sel, "rand_gap_a1"),
+                         iqr(spec_gap, "g"),
+                         pct(frac(sel, lambda r: None if r["rand_gap_a1"] is None else r["rand_gap_a1"] > 0.05))])
+    return table(["task", "layer", "rand_pearson_a1 end", "gap init", "gap end",
+                  "gap to same-spectrum R, end", "gap > 0.05 at end"], body)
+
+
+def t_q4(rows) -> str:
+    body = []
+    for task in TASKS:
+        for act in COLORS:
+            sel = where(rows, task=task, activation=act)
+            body.append([task, act, iqr(sel, "alpha_star"),
+                         pct(frac(sel, lambda r: None if r["pearson_a05"] is None or r["pearson_a1"] is None
+                                  else r["pearson_a05"] > r["pearson_a1"])),
+                         iqr(sel, "half_range_pearson"), iqr(sel, "tightness_range")])
+    return table(["task", "activation", "alpha_star end", "a05 beats a1", "half_range_pearson", "tightness_range"], body)
+
+
+def t_q4b(rows) -> str:
+    body = []
+    for task in TASKS:
+        for lab, pred in (("tightness_range < 0.3", lambda r: r["tightness_range"] < 0.3),
+                          ("tightness_range >= 0.3", lambda r: r["tightness_range"] >= 0.3)):
+            sel = [r for r in where(rows, task=task) if r.get("tightness_range") is not None and pred(r)]
+            body.append([task, lab, len(sel), iqr(sel, "half_range_pearson"), iqr(sel, "pearson_a05"), iqr(sel, "pearson_a1")])
+    return table(["task", "layers where", "n", "half_range_pearson", "pearson_a05", "pearson_a1"], body)
+
+
+def t_q5(rows, key: str) -> str:
+    body = []
+    levels = ("mse", "cross_entropy") if key == "loss" else tuple(COLORS)
+    for task in TASKS:
+        for lv in levels:
+            sel = where(rows, task=task, **{key: lv})
+            runs_ = {r["run_id"]: r["test_acc"] for r in sel}
+            body.append([task, lv, f2(float(np.median(list(runs_.values())))) if runs_ else "-",
+                         iqr(sel, "pearson_a1"), iqr(sel, "pearson_a05"), iqr(sel, "tightness_range"),
+                         iqr(sel, "rand_gap_a1"), iqr(sel, "alpha_star")])
+    return table(["task", key, "test acc", "pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1",
+                  "alpha_star"], body)
+
+
+# ----------------------------------------------------------------------------- numbers
+def key_numbers(rows) -> dict:
+    """Every number the text of FINDINGS.md cites, computed from the layer records."""
+    n = {}
+    for task in TASKS:
+        t = where(rows, task=task)
+        for pos in ("first", "hidden"):
+            sel = where(t, position=pos)
+            for k in ("pearson_a1", "pearson_a05", "tightness_range", "tightness", "rand_gap_a1", "rand_pearson_a1",
+                      "alpha_star", "half_range_pearson"):
+                n[f"{task}.{pos}.{k}"] = med(sel, k)
+                n[f"{task}.{pos}.{k}_0"] = med(sel, f"{k}_0") if f"{k}_0" in (sel[0] if sel else {}) else math.nan
+        n[f"{task}.rho_tr_a1"] = spearman(*pair(t, "tightness_range", "pearson_a1"))
+        n[f"{task}.rho_t_a1"] = spearman(*pair(t, "tightness", "pearson_a1"))
+        n[f"{task}.frac_a1_gt_09"] = frac(t, lambda r: None if r["pearson_a1"] is None else r["pearson_a1"] > 0.9)
+        n[f"{task}.frac_tr_gt_09"] = frac(t, lambda r: None if r["tightness_range"] is None else r["tightness_range"] > 0.9)
+        n[f"{task}.frac_gap_gt_005"] = frac(t, lambda r: None if r["rand_gap_a1"] is None else r["rand_gap_a1"] > 0.05)
+        n[f"{task}.frac_gap0_gt_005"] = frac(t, lambda r: None if r["rand_gap_a1_0"] is None else r["rand_gap_a1_0"] > 0.05)
+        n[f"{task}.frac_a05_beats_a1"] = frac(t, lambda r: None if r["pearson_a05"] is None or r["pearson_a1"] is None
+                                              else r["pearson_a05"] > r["pearson_a1"])
+        n[f"{task}.frac_a1_rose"] = frac(t, lambda r: None if r["pearson_a1"] is None or r["pearson_a1_0"] is None
+                                         else r["pearson_a1"] > r["pearson_a1_0"])
+        n[f"{task}.frac_a05_rose"] = frac(t, lambda r: None if r["pearson_a05"] is None or r["pearson_a05_0"] is None
+                                          else r["pearson_a05"] > r["pearson_a05_0"])
+        n[f"{task}.alpha_star"] = med(t, "alpha_star")
+        n[f"{task}.n_layers"] = len(t)
+        for lv in ("mse", "cross_entropy"):
+            sel = where(t, loss=lv)
+            for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star"):
+                n[f"{task}.{lv}.{k}"] = med(sel, k)
+        for act in COLORS:
+            sel = where(t, activation=act)
+            for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star", "half_range_pearson"):
+                n[f"{task}.{act}.{k}"] = med(sel, k)
+        low = [r for r in t if r.get("tightness_range") is not None and r["tightness_range"] < 0.3]
+        high = [r for r in t if r.get("tightness_range") is not None and r["tightness_range"] >= 0.3]
+        for lab, sel in (("low_tr", low), ("high_tr", high)):
+            n[f"{task}.{lab}.n"] = len(sel)
+            for k in ("half_range_pearson", "pearson_a05", "pearson_a1"):
+                n[f"{task}.{lab}.{k}"] = med(sel, k)
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default=None, help="default: $DNFA_RUNS_DIR or runs/")
+    ap.add_argument("--out", default=str(ROOT / "FINDINGS.md"))
+    ap.add_argument("--numbers", help="also write every cited number as JSON here")
+    a = ap.parse_args()
+    root = runs.runs_root(a.runs_dir)
+    rows, counts = load_layers(root)
+    if counts["missing"]:
+        raise SystemExit(f"{counts['missing']} of {counts['runs']} study runs have no result.json in {root}: "
+                         "run `dnfa sweep configs/tightframe_parity.yaml configs/tightframe_mnist1d.yaml` first")
+    out = Path(a.out)
+    figdir = out.parent / "findings"
+    figs = [fig_init_vs_end(rows, figdir), fig_a1_vs_tightness(rows, figdir), fig_rand_gap(rows, figdir),
+            fig_alpha_star(rows, figdir), fig_half_vs_tight(rows, figdir)]
+    nums = key_numbers(rows)
+    if a.numbers:
+        Path(a.numbers).write_text(json.dumps({"counts": counts, "numbers": nums}, indent=1))
+    tables = {"training": t_training(rows, counts), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
+              "q4": t_q4(rows), "q4b": t_q4b(rows), "q5_loss": t_q5(rows, "loss"), "q5_act": t_q5(rows, "activation")}
+    out.write_text(render(counts, nums, tables, figs))
+    print(f"wrote {out} and {len(figs)} figures in {figdir}/ from {counts['ok']} runs ({len(rows)} layers)")
+
+
+
+def render(counts, n, tables, figs) -> str:  # provisional: tables only
+    return "\n\n".join(f"## {k}\n\n{v}" for k, v in tables.items())
+
+
+if __name__ == "__main__":
+    main()

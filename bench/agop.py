@@ -23,18 +23,9 @@ SIZES = [784, 1024, 1024, 1024, 10]
 
 def useful_flops(sizes, n, method):
     """Flops the method must do (2 per multiply-add): forward, Jacobians, Gram sums."""
-    L, c = len(sizes) - 1, sizes[-1]
-    fwd = 2 * n * sum(sizes[l] * sizes[l + 1] for l in range(L))
-    gram = 2 * n * c * sum(sizes[l + 1] ** 2 for l in range(L))
-    if method == "preact":
-        back = 2 * n * c * sum(sizes[l] * sizes[l + 1] for l in range(1, L))
-        return fwd + back + gram
-    total = fwd
-    for l in range(L):
-        tail = sum(sizes[j] * sizes[j + 1] for j in range(l, L))
-        tail_p = sum(sizes[j] * sizes[j + 1] for j in range(l + 1, L))
-        total += 2 * n * (sizes[l] * tail + sizes[l + 1] * tail_p) + 2 * n * c * (sizes[l] ** 2 + sizes[l + 1] ** 2)
-    return total
+    from dnfa_cli.ansatz import flops_estimate
+
+    return 2 * n * flops_estimate(sizes, method)
 
 
 def matmul_rate(m, k, reps=20):

@@ -6,6 +6,7 @@ in n); the statistics of the resulting k x k matrices run in numpy float64 on th
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -155,7 +156,7 @@ def compute_grams(params, X, activation: str, *, method: str = "auto", dtype=jnp
     )
 
 
-@jax.jit(static_argnames=("activation", "method"))
+@functools.partial(jax.jit, static_argnames=("activation", "method"))
 def _accumulate(params, Xc, wc, wbc, activation, method):
     L = len(params)
     kin = [p["W"].shape[1] for p in params]
@@ -198,22 +199,23 @@ def _sym(A):
     return 0.5 * (A + A.T)
 
 
-def clip_spectrum(lam, rel_tol: float | None = None):
-    """Eigenvalues of a PSD matrix with the numerically zero ones set to 0: negative ones
-    and those below rel_tol * l_max (default k eps). Raised to a small power alpha, a
+def clip_spectrum(lam, rel_tol: float | None = None, floor: float = 0.0):
+    """Eigenvalues of a PSD matrix with the numerically zero ones set to 0: negative ones,
+    those below rel_tol * l_max (default k eps) and those below `floor` (the rounding
+    scale of the computation that formed the matrix). Raised to a small power alpha, a
     rounding-level 1e-17 would become 1e-17^0.05 = 0.14, so 'zero' must mean zero."""
     lam = np.asarray(lam, np.float64)
     if rel_tol is None:
         rel_tol = lam.size * np.finfo(np.float64).eps
     top = lam.max() if lam.size else 0.0
-    return np.where(lam > rel_tol * top, lam, 0.0) if top > 0 else np.zeros_like(lam)
+    return np.where(lam > max(rel_tol * top, floor), lam, 0.0) if top > 0 else np.zeros_like(lam)
 
 
-def psd_power(A, alpha: float, rel_tol: float | None = None):
+def psd_power(A, alpha: float, rel_tol: float | None = None, floor: float = 0.0):
     """A^alpha for symmetric PSD A via eigh; negative and numerically zero eigenvalues
-    (below rel_tol * l_max, default k eps) are set to 0 first."""
+    (see clip_spectrum) are set to 0 first."""
     lam, V = np.linalg.eigh(_sym(np.asarray(A, np.float64)))
-    lam = clip_spectrum(lam, rel_tol)
+    lam = clip_spectrum(lam, rel_tol, floor)
     return (V * lam**alpha) @ V.T
 
 
@@ -241,12 +243,12 @@ class PowerPearson:
     d = l^alpha, <N, A^a>_F = sum_j d_j (V^T N V)_jj, sum(A^a) = sum_j d_j (V^T 1)_j^2 and
     |A^a|_F^2 = sum_j d_j^2, so each alpha costs O(k) instead of O(k^3)."""
 
-    def __init__(self, N, A=None, eig=None, rel_tol: float | None = None):
+    def __init__(self, N, A=None, eig=None, rel_tol: float | None = None, floor: float = 0.0):
         N = np.asarray(N, np.float64)
         lam, V = eig if eig is not None else np.linalg.eigh(_sym(np.asarray(A, np.float64)))
         # Pearson is invariant to positive scaling: normalise so l^alpha and its squares
         # stay in range however large the matrices grew
-        lam = clip_spectrum(lam, rel_tol)
+        lam = clip_spectrum(lam, rel_tol, floor)
         self.lam = lam / lam.max() if lam.size and lam.max() > 0 else lam
         nmax = np.abs(N).max() if N.size else 0.0
         N = N / nmax if nmax > 0 else N
@@ -308,31 +310,31 @@ def alpha_star(pp: PowerPearson) -> float:
     return float(x)
 
 
-def isotropy(G, eigvals=None, rel_tol: float = 0.0) -> dict:
+def tightness(G) -> float:
+    """(tr G)^2 / (k tr G^2), the frame-potential ratio: 1 exactly when G = cI."""
+    G = np.asarray(G, np.float64)
+    tr, tr2 = float(np.trace(G)), float(np.sum(G * G))  # tr(G^2) = |G|_F^2 for symmetric G
+    return tr * tr / (G.shape[0] * tr2) if tr > 0 and tr2 > 0 else math.nan
+
+
+def isotropy(G, rel_tol: float = 0.0, eigvals=None) -> dict:
     """tightness, iso_dev, eff_rank and cond of a PSD matrix G (k x k); each is 1.0 / 0.0
     / k / 1.0 exactly when G = cI. cond is nan when G is numerically singular
-    (l_min <= rel_tol * l_max)."""
+    (l_min <= rel_tol * l_max). `eigvals`: G's ascending eigenvalues, if already known."""
     G = _sym(np.asarray(G, np.float64))
     k = G.shape[0]
-    tr = float(np.trace(G))
-    tr2 = float(np.sum(G * G))  # tr(G^2) for symmetric G
-    if not (tr > 0 and tr2 > 0):
+    t = tightness(G)
+    if math.isnan(t):
         return {"tightness": math.nan, "iso_dev": math.nan, "eff_rank": math.nan, "cond": math.nan}
+    tr = float(np.trace(G))
     lam = np.linalg.eigvalsh(G) if eigvals is None else eigvals
     lmax, lmin = float(lam[-1]), float(lam[0])
-    cond = lmax / lmin if lmin > rel_tol * lmax and lmin > 0 else math.nan
     return {
-        "tightness": tr * tr / (k * tr2),
+        "tightness": t,
         "iso_dev": float(np.linalg.norm(G / (tr / k) - np.eye(k)) / math.sqrt(k)),
-        "eff_rank": tr * tr / tr2,
-        "cond": cond,
+        "eff_rank": k * t,  # (tr G)^2 / tr G^2
+        "cond": lmax / lmin if lmin > rel_tol * lmax and lmin > 0 else math.nan,
     }
-
-
-def tightness(G) -> float:
-    G = np.asarray(G, np.float64)
-    tr, tr2 = float(np.trace(G)), float(np.sum(G * G))
-    return tr * tr / (G.shape[0] * tr2) if tr > 0 and tr2 > 0 else math.nan
 
 
 def svd_range(W):
@@ -360,8 +362,7 @@ def principal_cos_max_angle(A, B) -> float:
 
 
 # ============================================================================ per layer
-def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None,
-                bootstrap_ci: bool = True) -> tuple[dict, dict]:
+def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None) -> tuple[dict, dict]:
     """Every per-layer statistic of docs/SCIENCE.md for layer l (0-based) -> (json row, matrices).
     W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) is the noise floor
     relative to the largest eigenvalue: below it an eigenvalue counts as zero in matrix
@@ -372,10 +373,14 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     k_out, k_in = W.shape
     nfm = W.T @ W
     U, s, Vt, r = svd_range(W)
+    lamG = np.linalg.eigvalsh(_sym(G))
+    # agop = W^T G W: its rounding scale is eps |W|^2 l_max(G), which can dwarf l_max(agop)
+    # itself when W^T G W cancels (a net whose end-to-end map shrinks to ~0)
+    floor = rel_tol * float(s[0] ** 2 if s.size else 0.0) * max(float(lamG[-1]), 0.0)
     lamA, VA = np.linalg.eigh(_sym(agop))
-    lamA_c = clip_spectrum(lamA, rel_tol)
+    lamA_c = clip_spectrum(lamA, rel_tol, floor)
     agop_half = (VA * np.sqrt(lamA_c)) @ VA.T
-    pp = PowerPearson(nfm, eig=(lamA, VA), rel_tol=rel_tol)
+    pp = PowerPearson(nfm, eig=(lamA, VA), rel_tol=rel_tol, floor=floor)
 
     row = {"layer": l + 1, "shape": [k_out, k_in], "trivial": trivial, "w_rank": r}
     row["pearson_a1"] = pearson(nfm, agop)
@@ -385,7 +390,7 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     row["alpha_star"] = alpha_star(pp)
     row["pearson_alpha_star"] = pp(row["alpha_star"]) if np.isfinite(row["alpha_star"]) else math.nan
 
-    iso = isotropy(G, rel_tol=rel_tol)
+    iso = isotropy(G, rel_tol=rel_tol, eigvals=lamG)
     row.update(iso)
     Ur = U[:, :r]
     Gr = Ur.T @ G @ Ur
@@ -399,12 +404,10 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
 
     # ---- baselines (docs/SCIENCE.md, "Baselines")
     key = key if key is not None else jax.random.PRNGKey(l)
-    kR, kQ1, kQ2 = jax.random.split(key, 3)
+    kR, kQ1 = jax.random.split(key)
     R = np.asarray(jax.random.normal(kR, W.shape, jnp.float64))
     row["rand_pearson_a1"] = pearson(R.T @ R, R.T @ G @ R)
-    Qo = _haar(kQ1, k_out, len(s))
-    Qi = _haar(kQ2, k_in, len(s))
-    Rs = (Qo * s) @ Qi.T
+    Rs = random_with_spectrum(kQ1, W.shape, s)
     row["rand_spec_pearson_a1"] = pearson(Rs.T @ Rs, Rs.T @ G @ Rs)
     # what W itself contributes beyond any matrix of its shape at the same pgop
     row["rand_gap_a1"] = row["pearson_a1"] - row["rand_pearson_a1"]
@@ -414,9 +417,9 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
     jbar = grams.jbar[l]
     agop_gc = agop - jbar.T @ jbar
-    if np.linalg.norm(agop_gc) > max(rel_tol, 1e-12) * np.linalg.norm(agop):
+    if np.linalg.norm(agop_gc) > max(1e-12 * np.linalg.norm(agop), k_in * floor):
         row["gc_pearson_a1"] = pearson(nfm, agop_gc)
-        row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5, rel_tol))
+        row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5, rel_tol, floor))
     else:
         # every sample has the same Jacobian (the read-out layer always): the centred AGOP
         # is zero and what is left of the subtraction is rounding noise
@@ -428,12 +431,12 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     for rr in range(1, 9):
         row[f"align_{rr}"] = (principal_cos_max_angle(Vt[:rr].T, VA[:, order[:rr]]) if rr <= rmax else math.nan)
 
-    if grams.pgop_boot is not None and bootstrap_ci:
+    if grams.pgop_boot is not None:
         b_a05, b_a1, b_tr = [], [], []
         for Gb in grams.pgop_boot[l]:
             Ab = W.T @ Gb @ W
             b_a1.append(pearson(nfm, Ab))
-            b_a05.append(pearson(nfm, psd_power(Ab, 0.5, rel_tol)))
+            b_a05.append(pearson(nfm, psd_power(Ab, 0.5, rel_tol, floor)))
             b_tr.append(tightness(Ur.T @ Gb @ Ur))
         for name, vals in (("pearson_a05", b_a05), ("pearson_a1", b_a1), ("tightness_range", b_tr)):
             v = np.asarray(vals)
@@ -443,6 +446,12 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
 
     mats = {"nfm": nfm, "agop": agop, "agop_half": agop_half, "pgop": G}
     return row, mats
+
+
+def random_with_spectrum(key, shape, s):
+    """A (k_out, k_in) matrix with singular values s and Haar-random singular vectors."""
+    k1, k2 = jax.random.split(key)
+    return (_haar(k1, shape[0], len(s)) * s) @ _haar(k2, shape[1], len(s)).T
 
 
 def _haar(key, k: int, r: int):

@@ -84,16 +84,19 @@ def train(
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
         rid = cfg.run_id
-        with runs.run_lock(root, rid) as _:
-            if not force and runs.result_status(root, rid) == "ok":
-                res = runs.load_result(root, rid)
-                out.print(f"run {rid} already finished ok (use --force to retrain): {root / rid}")
-                out.print(layer_summary_table(res))
+        if not force and runs.result_status(root, rid) == "ok":
+            out.print(f"run {rid} already finished ok (use --force to retrain): {root / rid}")
+            out.print(layer_summary_table(runs.load_result(root, rid)))
+            return
+        try:
+            ds = runs.prepare(cfg)  # every input check, before anything is written
+        except DnfaInputError as e:
+            raise DnfaInputError(f"{config}: {e}") from None
+        with runs.run_lock(root, rid):
+            if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
+                out.print(f"run {rid} finished ok in another process meanwhile: {root / rid}")
+                out.print(layer_summary_table(runs.load_result(root, rid)))
                 return
-            try:
-                ds = runs.prepare(cfg)  # raises DnfaInputError before any directory exists
-            except DnfaInputError as e:
-                raise DnfaInputError(f"{config}: {e}") from None
             out.print(f"run {rid} -> {root / rid}")
             with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as prog:
@@ -140,9 +143,7 @@ def sweep(
     except DnfaInputError as e:
         _fail(str(e))
     ids = [c.run_id for c in plan.configs]
-    status = {rid: runs.result_status(root, rid) for rid in ids}
-    rerun = {"ok", "diverged", "failed"} if force else ({"diverged", "failed"} if rerun_failed else set())
-    todo = [c for c in plan.configs if status[c.run_id] is None or status[c.run_id] in rerun]
+    todo, status = sw.todo_of(plan, root, sw.rerun_statuses(force, rerun_failed))
     out.print(f"sweep {plan.sweep_id}: {len(ids)} runs, {len(ids) - len(todo)} done, {len(todo)} to run"
               + (f"; varying {', '.join(plan.varied)}" if plan.varied else ""))
     if dry_run:
@@ -193,15 +194,13 @@ def sweep(
         if executor:
             executor.close()
     counts = {k: 0 for k in ("ok", "diverged", "failed")}
-    ran = skipped = 0
+    ran = skipped = finished_elsewhere = 0
     for rid in ids:
         s = state.get(rid, {})
         counts[s.get("status", "failed")] = counts.get(s.get("status", "failed"), 0) + 1
-        if s.get("skipped"):
-            skipped += 1
-        elif s.get("ran"):
-            ran += 1
-    finished_elsewhere = len(ids) - ran - skipped
+        skipped += bool(s.get("skipped"))
+        ran += bool(s.get("ran"))
+        finished_elsewhere += bool(s.get("elsewhere"))
     out.print(f"sweep {plan.sweep_id}: ok {counts['ok']}, diverged {counts['diverged']}, failed {counts['failed']}; "
               f"ran {ran}, skipped {skipped} (already done)"
               + (f", {finished_elsewhere} finished by another process" if finished_elsewhere else "")

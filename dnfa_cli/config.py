@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import itertools
 import json
 import math
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA = 1  # version of config + result.json layout; part of every run id
 
@@ -193,11 +194,18 @@ class MetricsCfg(_Strict):
     jacobian: Literal["auto", "jacfwd", "preact"] = "auto"
     dtype: Literal["float32", "float64"] = "float64"
     chunk: PosInt | None = None  # samples per AGOP chunk; None: sized to ~64 MB
-    bootstrap: NonNegInt = 0
+    bootstrap: Annotated[int, Field(ge=0, le=1000)] = 0  # memory: B k^2 per layer
 
 
 class Config(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.]*$", max_length=64)] = "run"
+
+    @field_validator("name")
+    @classmethod
+    def _no_dotdot(cls, v):
+        if ".." in v:  # ids never hold '..' (they name directories)
+            raise ValueError("must not contain '..' (it becomes part of the run id)")
+        return v
     seed: NonNegInt = 0
     data: DataCfg = Field(default_factory=Monomial)
     model: ModelCfg = Field(default_factory=ModelCfg)
@@ -389,6 +397,8 @@ def validate(raw: dict, source: str = "<config>", base_dir: Path | None = None) 
                 p = q
         if not p.exists():
             raise ConfigError(f"{source}: data.path = {data['path']!r}: no such file")
+        if not p.is_file() or not os.access(p, os.R_OK):
+            raise ConfigError(f"{source}: data.path = {data['path']!r}: not a readable file")
         data["path"] = str(p.resolve())
     if isinstance(data, dict) and "task" not in data:
         data["task"] = "monomial"
@@ -422,7 +432,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> ConfigF
 
 
 def _default_name(path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.]", "_", Path(path).stem) or "run"
+    stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.]", "_", Path(path).stem)) or "run"
     return stem if stem[0].isalnum() else "r" + stem
 
 

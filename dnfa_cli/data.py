@@ -214,6 +214,18 @@ def n_train_of(cfg: Config) -> int:
     return dc.n_train
 
 
+def dims_of(cfg: Config) -> tuple[int, int] | None:
+    """(input dimension d, outputs c) from the config alone; None for a user .npz file."""
+    dc = cfg.data
+    if dc.task == "npz":
+        return None
+    if dc.task == "modular":
+        return 2 * dc.p, dc.p
+    if dc.task == "mnist1d":
+        return 40, 10
+    return dc.d, (dc.outputs if dc.task == "linear" else 1)
+
+
 def check(cfg: Config, n_train: int | None = None) -> None:
     """The rules that tie the config to its data: raise DnfaInputError before anything runs."""
     if cfg.train.loss == "cross_entropy" and task_kind(cfg) == "regression":

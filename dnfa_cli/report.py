@@ -56,7 +56,7 @@ def resolve(root: Path, ident: str) -> tuple[str, str]:
 class RunView:
     run_id: str
     dir: Path
-    status: str  # ok | diverged | failed | running | interrupted
+    status: str  # ok | diverged | failed | running | interrupted | missing
     config: dict
     checkpoints: list
     seconds: dict = field(default_factory=dict)
@@ -66,6 +66,8 @@ class RunView:
 
 def load_run(root: Path, run_id: str) -> RunView:
     d = runs.run_dir(root, run_id)
+    if not d.exists():
+        return RunView(run_id, d, "missing", {}, [])
     res = runs.load_result(root, run_id)
     if res is not None:
         return RunView(run_id, d, res["status"], res["config"], res["checkpoints"], res.get("seconds") or {},
@@ -73,8 +75,7 @@ def load_run(root: Path, run_id: str) -> RunView:
     import yaml
 
     cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").exists() else {}
-    with runs.run_lock(root, run_id, blocking=False) as free:
-        status = "interrupted" if free else "running"
+    status = "running" if runs.is_locked(root, run_id) else "interrupted"
     created = None
     if (d / "env.json").exists():
         created = json.loads((d / "env.json").read_text()).get("time")
@@ -314,7 +315,7 @@ def sweep_rows(root: Path, rec: dict) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             v = None
         if v is None or not v.checkpoints:
-            rows.append({"run_id": r["run_id"], "status": v.status if v else "missing", **r["params"], "layer": None})
+            rows.append({"run_id": r["run_id"], "status": v.status if v else "unreadable", **r["params"], "layer": None})
             continue
         last = v.checkpoints[-1]
         for L in last["layers"]:
@@ -325,11 +326,12 @@ def sweep_rows(root: Path, rec: dict) -> list[dict]:
 
 
 def grouped_rows(rows: list[dict], varied: list[str]) -> list[dict]:
-    """Rows grouped over seeds: mean and standard deviation of each headline statistic."""
+    """Rows grouped over seeds: mean and standard deviation of each headline statistic, over
+    the runs that finished ok (a diverged run's last checkpoint is from an earlier step)."""
     keys = [k for k in varied if k not in ("seed", "data.seed")]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r.get("layer") is None or r.get("status") not in ("ok", "diverged"):
+        if r.get("layer") is None or r.get("status") != "ok":
             continue
         groups.setdefault(tuple(repr(r.get(k)) for k in keys) + (r["layer"],), []).append(r)
     out = []
@@ -478,7 +480,7 @@ def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], termi
         gcols = [*keys, "layer", "n", *stats]
         grows = [[fmt(g.get(k)) for k in keys] + [layer(g), str(g["n"])]
                  + [_pm(g.get(f"{s}_mean"), g.get(f"{s}_std")) for s in stats] for g in grouped]
-        out.append(("grouped over seeds: mean ± std (* the trivial read-out layer)", gcols, grows))
+        out.append(("grouped over seeds, runs that finished ok: mean ± std (* the trivial read-out layer)", gcols, grows))
     if not (terminal and seeds_vary):
         cols = ["run_id", "status", *varied, "layer", *stats]
         out.append(("runs: final checkpoint, one row per layer (* trivial)", cols,
@@ -505,7 +507,7 @@ def ls_rows(root: Path, sweep_id: str | None = None) -> list[dict]:
             if not sweep_file(root, sweep_id).exists():
                 raise DnfaInputError(f"{sweep_id!r} is a run, not a sweep")
         ids = [r["run_id"] for r in load_sweep(root, sweep_id)["runs"]]
-        ids = [i for i in ids if (Path(root) / i).exists()]
+        ids = [i for i in ids if (Path(root) / i).exists()]  # runs not started yet have no row
     else:
         ids = runs.list_run_ids(root)
     rows = []

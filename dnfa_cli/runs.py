@@ -64,6 +64,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        # the rename itself is durable only once the directory is synced
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -104,6 +110,20 @@ def run_lock(root: Path, run_id: str, blocking: bool = True):
             yield True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def is_locked(root: Path, run_id: str) -> bool:
+    """Whether a process is training this run now; creates nothing (for read-only commands)."""
+    p = Path(root) / ".locks" / f"{run_id}.lock"
+    if not p.exists():
+        return False
+    with open(p) as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 # ----------------------------------------------------------------------------- env

@@ -93,13 +93,14 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
     accelerator, for steps small enough to be launch-bound), split so every worker gets
     work; `on` batches regardless, `off` never."""
     from . import model
+    from .data import dims_of
+    from .train import seed_free
 
     if seed_batch == "off":
         return [[c] for c in cfgs]
     buckets: dict[str, list[Config]] = {}
     for c in cfgs:
-        key = c.model_copy(update={"seed": 0, "name": "x", "data": c.data.model_copy(update={"seed": None})}).run_id
-        buckets.setdefault(key, []).append(c)
+        buckets.setdefault(seed_free(c).run_id, []).append(c)
     groups = []
     for members in buckets.values():
         c0 = members[0]
@@ -107,14 +108,10 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
             if backend() == "cpu":
                 groups += [[c] for c in members]
                 continue
-            d = c0.data
-            dim = {"modular": 2 * getattr(d, "p", 0), "mnist1d": 40}.get(d.task, getattr(d, "d", 0))
-            c_out = {"modular": getattr(d, "p", 0), "mnist1d": 10}.get(d.task, 1)
-            if d.task == "npz":
-                dim = 0  # unknown without reading the file: do not batch
-            sizes = model.layer_sizes(dim, c0.model.hidden(), c_out)
+            dims = dims_of(c0)  # None for a user .npz: unknown without reading it, do not batch
+            sizes = model.layer_sizes(dims[0], c0.model.hidden(), dims[1]) if dims else []
             macs = c0.train.batch_size * 3 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-            if not dim or macs > BATCH_MAX_MACS_PER_STEP:
+            if not dims or macs > BATCH_MAX_MACS_PER_STEP:
                 groups += [[c] for c in members]
                 continue
         # at least one group per worker, at most MAX_BATCH runs per program
@@ -155,7 +152,8 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
                 continue
             st = runs.result_status(rootp, c.run_id)
             if st is not None and st not in rerun:
-                out.append(_summary(runs.load_result(rootp, c.run_id), ran=False))
+                # finished by another process between planning and taking the lock
+                out.append({**_summary(runs.load_result(rootp, c.run_id), ran=False), "elsewhere": True})
                 continue
             todo.append(c)
         if todo:
@@ -191,8 +189,7 @@ class LocalExecutor:
         import multiprocessing as mp
 
         self.workers = workers
-        ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        share = max(1, ncores // workers)
+        share = max(1, default_workers() // workers)
         ctx = mp.get_context("spawn")
         env = {k: str(share) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         if share == 1:
@@ -302,20 +299,28 @@ def write_sweep_record(root: Path, p: Plan, state: dict[str, dict], created: str
     })
 
 
+def rerun_statuses(force: bool, rerun_failed: bool) -> list[str]:
+    """The result statuses a sweep runs again (a run without result.json always runs)."""
+    return ["ok", "diverged", "failed"] if force else (["diverged", "failed"] if rerun_failed else [])
+
+
+def todo_of(p: Plan, root: Path, rerun: list[str]) -> tuple[list[Config], dict[str, str | None]]:
+    """The runs to execute, and every run's current status (None: no result.json)."""
+    status = {c.run_id: runs.result_status(root, c.run_id) for c in p.configs}
+    return [c for c in p.configs if status[c.run_id] is None or status[c.run_id] in rerun], status
+
+
 def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_failed: bool = False,
               seed_batch: str = "auto", on_done: Callable[[dict], None] | None = None) -> dict[str, dict]:
     """Execute a plan; returns the final per-run summaries keyed by run id."""
-    rerun = ["ok", "diverged", "failed"] if force else (["diverged", "failed"] if rerun_failed else [])
+    root = Path(root).resolve()  # Dask workers run elsewhere: never hand them a relative path
+    rerun = rerun_statuses(force, rerun_failed)
     created = runs.now_iso()
     state: dict[str, dict] = {}
-    todo = []
+    todo, status = todo_of(p, root, rerun)
     for c in p.configs:
-        st = runs.result_status(root, c.run_id)
-        if st is not None and st not in rerun:
-            state[c.run_id] = _summary(runs.load_result(root, c.run_id), ran=False)
-            state[c.run_id]["skipped"] = True
-        else:
-            todo.append(c)
+        if c not in todo:
+            state[c.run_id] = {**_summary(runs.load_result(root, c.run_id), ran=False), "skipped": True}
     write_sweep_record(root, p, state, created)
     groups = group_runs(todo, seed_batch, executor.workers if executor else 1)
     pending = {executor.submit([c.to_dict() for c in g], str(root), rerun): g for g in groups} if groups else {}

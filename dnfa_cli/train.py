@@ -45,25 +45,29 @@ def _opt_factory(name: str):
     return lambda learning_rate, weight_decay: optax.adamw(learning_rate, weight_decay=weight_decay)
 
 
+def _hyperparams(name: str, lr: float, momentum: float, weight_decay: float) -> dict:
+    hp = {"learning_rate": lr, "weight_decay": weight_decay}
+    if name == "sgd":
+        hp["momentum"] = momentum
+    return hp
+
+
+def _injected(name: str, dtype: str, hp: dict) -> optax.GradientTransformation:
+    return optax.inject_hyperparams(_opt_factory(name), hyperparam_dtype=jnp.dtype(dtype))(**hp)
+
+
 @functools.lru_cache(maxsize=None)
 def make_optimizer(name: str, dtype: str) -> optax.GradientTransformation:
     """The transformation for `name`; its numbers are placeholders, real ones come from
     `init_opt_state` (inject_hyperparams reads them from the state at every update)."""
-    hp = {"learning_rate": 0.0, "weight_decay": 0.0}
-    if name == "sgd":
-        hp["momentum"] = 0.0
-    return optax.inject_hyperparams(_opt_factory(name), hyperparam_dtype=jnp.dtype(dtype))(**hp)
+    return _injected(name, dtype, _hyperparams(name, 0.0, 0.0, 0.0))
 
 
 def init_opt_state(cfg: Config, params):
     tc = cfg.train
-    hp = {"learning_rate": tc.lr, "weight_decay": tc.weight_decay}
-    if tc.optimizer == "sgd":
-        hp["momentum"] = tc.momentum
+    hp = _hyperparams(tc.optimizer, tc.lr, tc.momentum, tc.weight_decay)
     dt = jnp.dtype(tc.dtype)
-    opt = optax.inject_hyperparams(_opt_factory(tc.optimizer), hyperparam_dtype=dt)(
-        **{k: jnp.asarray(v, dt) for k, v in hp.items()})
-    return opt.init(params)
+    return _injected(tc.optimizer, tc.dtype, {k: jnp.asarray(v, dt) for k, v in hp.items()}).init(params)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -197,10 +201,10 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
-def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: int, *, method: str,
-            want_mats: bool) -> tuple[dict, dict]:
-    """The checkpoint record of DESIGN.md (losses and every per-layer statistic) and, if
-    asked, the layer matrices nfm/agop/agop_half/pgop keyed `<name>_<layer>`."""
+def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: int, *, method: str
+            ) -> tuple[dict, dict]:
+    """The checkpoint record (losses and every per-layer statistic) and the layer matrices
+    nfm/agop/agop_half/pgop keyed `<name>_<layer>`."""
     tc, mc = cfg.train, cfg.model
     kw = dict(activation=mc.activation, loss=tc.loss, kind=ds.kind)
     dt = jnp.dtype(tc.dtype)
@@ -217,11 +221,12 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
     }
     X = (ds.X_train if cfg.metrics.split == "train" else ds.X_test)[subset]
     _, _, k_metrics = run_keys(cfg.seed)
-    k_step = jax.random.fold_in(k_metrics, step + 1)
     mdt = jnp.dtype(cfg.metrics.dtype)
+    # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use one
+    # matrix per layer for the whole run, so their change over training is pgop's alone
     grams = ansatz.compute_grams(params, X, mc.activation, method=method, dtype=mdt,
                                  chunk=cfg.metrics.chunk, bootstrap=cfg.metrics.bootstrap,
-                                 key=jax.random.fold_in(k_step, 0))
+                                 key=jax.random.fold_in(jax.random.fold_in(k_metrics, 1), step))
     layers, mats = [], {}
     L = len(params)
     for l in range(L):
@@ -230,11 +235,10 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
         k = max(W.shape)
         row, m = ansatz.layer_stats(W, W0, grams, l, trivial=(l == L - 1),
                                     rel_tol=k * float(jnp.finfo(mdt).eps),
-                                    key=jax.random.fold_in(k_step, l + 1))
+                                    key=jax.random.fold_in(jax.random.fold_in(k_metrics, 2), l))
         layers.append({k_: (_num(v) if isinstance(v, float) else v) for k_, v in row.items()})
-        if want_mats:
-            for name, a in m.items():
-                mats[f"{name}_{l + 1}"] = a
+        for name, a in m.items():
+            mats[f"{name}_{l + 1}"] = a
     rec["layers"] = layers
     return rec, mats
 
@@ -256,17 +260,22 @@ def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any, dict]
     return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_progress=on_progress)[0]
 
 
+def seed_free(cfg: Config) -> Config:
+    """The config with its seeds (and name) blanked: equal for runs that differ only in seed."""
+    return cfg.model_copy(update={"seed": 0, "name": "x", "data": cfg.data.model_copy(update={"seed": None})})
+
+
 def batch_compatible(cfgs: list[Config]) -> bool:
     """Runs can share one vmapped program if they differ only in their seeds."""
-    strip = lambda c: c.model_copy(update={"seed": 0, "name": "x", "data": c.data.model_copy(update={"seed": None})})
-    first = strip(cfgs[0])
-    return all(strip(c) == first for c in cfgs[1:])
+    first = seed_free(cfgs[0])
+    return all(seed_free(c) == first for c in cfgs[1:])
 
 
 def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None, on_progress=None) -> list[Outcome]:
     """Train runs that differ only in seed as one `jax.vmap`ped program (a single run is
     the unbatched case). Each run keeps its own keys, data and divergence status."""
-    assert batch_compatible(cfgs)
+    if not batch_compatible(cfgs):
+        raise ValueError("train_batched: runs in one batch must differ only in seed")
     R = len(cfgs)
     cfg0, ds0 = cfgs[0], dss[0]
     on_checkpoint = on_checkpoint or [None] * R
@@ -292,14 +301,29 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     alive = list(range(R))
     t_train = t_metrics = 0.0
 
-    def checkpoint(r, st, step):
+    def checkpoint(r, st, step) -> bool:
+        """Measure run r at `step`; False (and the run's status set) if it cannot go on."""
         nonlocal t_metrics
         t0 = time.perf_counter()
-        rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method, want_mats=True)
+        try:
+            # the minibatch losses are taken before each update: the last update of a
+            # segment can still overflow the weights
+            if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(st.params)):
+                outs[r].status, outs[r].error = "diverged", f"parameters became non-finite by step {step}"
+                return False
+            rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method)
+            if rec["train_loss"] is None:
+                outs[r].status, outs[r].error = "diverged", f"training loss is not finite at step {step}"
+                return False
+        except Exception as e:  # noqa: BLE001 - one run's failure must not take its batch down
+            outs[r].status, outs[r].error = "failed", f"{type(e).__name__} at step {step}: {e}".splitlines()[0]
+            return False
+        finally:
+            t_metrics += time.perf_counter() - t0
         outs[r].checkpoints.append(rec)
         if on_checkpoint[r]:
             on_checkpoint[r](rec, st.params, mats)
-        t_metrics += time.perf_counter() - t0
+        return True
 
     if R == 1:
         run_epoch = functools.partial(epoch_fn, **static)
@@ -316,8 +340,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
         take = lambda st, r: jax.tree_util.tree_map(lambda a: a[r], st)
     del states, arrays
 
-    for r in alive:
-        checkpoint(r, take(state, r), 0)
+    alive = [r for r in alive if checkpoint(r, take(state, r), 0)]
     step = 0
     for target in cks[1:]:
         while step < target and alive:
@@ -341,8 +364,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
             alive = still
             if on_progress:
                 on_progress(step, total)
-        for r in alive:
-            checkpoint(r, take(state, r), target)
+        alive = [r for r in alive if checkpoint(r, take(state, r), target)]
     wall = time.perf_counter() - t_start
     for o in outs:
         o.seconds = {"total": wall, "train": t_train, "metrics": t_metrics}

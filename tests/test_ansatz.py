@@ -22,7 +22,7 @@ def _loop_reference(params, X, activation):
     L = len(params)
     agop = [np.zeros((p["W"].shape[1],) * 2) for p in params]
     pgop = [np.zeros((p["W"].shape[0],) * 2) for p in params]
-    jbar = [np.zeros((params[-1]["W"].shape[0], p["W"].shape[1])) for p in params]
+    Js = [[] for _ in params]
     for x in X:
         hs, ps = mdl.forward_all(params, x, activation)
         for l in range(L):
@@ -30,9 +30,12 @@ def _loop_reference(params, X, activation):
             g = np.asarray(jax.jacobian(lambda p: mdl.f_from_preact(params, l, p, activation))(ps[l]))
             agop[l] += J.T @ J
             pgop[l] += g.T @ g
-            jbar[l] += J
+            Js[l].append(J)
     n = len(X)
-    return [a / n for a in agop], [a / n for a in pgop], [a / n for a in jbar]
+    jbar = [np.mean(J, axis=0) for J in Js]
+    # gradient-centred AGOP straight from its definition: E[(J - E J)^T (J - E J)]
+    cent = [np.mean([(J - jb).T @ (J - jb) for J in Jl], axis=0) for Jl, jb in zip(Js, jbar)]
+    return [a / n for a in agop], [a / n for a in pgop], jbar, cent
 
 
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "relu", "quadratic", "silu"])
@@ -41,13 +44,15 @@ def test_agop_two_methods_and_loop_agree(activation):
     sizes = [5, 7, 6, 3]
     params = _net(key, sizes, activation)
     X = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (9, 5), jnp.float64))
-    ref_agop, ref_pgop, ref_jbar = _loop_reference(params, X, activation)
+    ref_agop, ref_pgop, ref_jbar, ref_cent = _loop_reference(params, X, activation)
     for method in ("preact", "jacfwd"):
         g = ansatz.compute_grams(params, X, activation, method=method, chunk=4)  # 9 = 4 + 4 + 1 (padding)
         for l in range(3):
             np.testing.assert_allclose(g.agop[l], ref_agop[l], rtol=1e-11, atol=1e-13)
             np.testing.assert_allclose(g.pgop[l], ref_pgop[l], rtol=1e-11, atol=1e-13)
             np.testing.assert_allclose(g.jbar[l], ref_jbar[l], rtol=1e-11, atol=1e-13)
+            # what layer_stats centres with: agop - jbar^T jbar
+            np.testing.assert_allclose(g.agop[l] - g.jbar[l].T @ g.jbar[l], ref_cent[l], rtol=1e-9, atol=1e-12)
     # the read-out layer's pgop is I_c, computed, not assumed
     np.testing.assert_allclose(g.pgop[-1], np.eye(3), atol=1e-15)
 
@@ -342,7 +347,6 @@ def test_more_baselines_known_by_construction():
     G = _rand_psd(52, 6)
     row, _ = ansatz.layer_stats(W, W0, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
     assert row["gc_pearson_a1"] == pytest.approx(row["pearson_a1"], abs=1e-14)  # mean Jacobian 0
-    assert row["rand_gap_a1"] == pytest.approx(row["pearson_a1"] - row["rand_pearson_a1"], abs=1e-15)
     dW = W - W0
     assert row["delta_pearson_a1"] == pytest.approx(ansatz.pearson(dW.T @ dW, W.T @ G @ W), abs=1e-14)
 
@@ -365,3 +369,52 @@ def test_haar_columns_are_orthonormal_and_isotropic():
     # Haar: E[Q Q^T] = (r / k) I; average many draws
     P = np.mean([(lambda q: q @ q.T)(ansatz._haar(jax.random.PRNGKey(i), 6, 2)) for i in range(2000)], axis=0)
     np.testing.assert_allclose(P, np.eye(6) * 2 / 6, atol=0.03)
+
+
+def test_random_with_spectrum_has_that_spectrum():
+    s = np.array([5.0, 2.0, 0.5])
+    Rs = ansatz.random_with_spectrum(jax.random.PRNGKey(80), (7, 4), s)
+    np.testing.assert_allclose(np.linalg.svd(Rs, compute_uv=False)[:3], s, rtol=1e-12)
+    assert Rs.shape == (7, 4) and np.linalg.matrix_rank(Rs) == 3
+
+
+def test_alignment_against_scipy_principal_angles():
+    from scipy.linalg import subspace_angles
+
+    W = _W(81, 9, 7)
+    G = _rand_psd(82, 9)
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    _, _, Vt = np.linalg.svd(W)
+    lam, V = np.linalg.eigh(W.T @ G @ W)
+    for r in range(1, 8):
+        want = np.cos(subspace_angles(Vt[:r].T, V[:, ::-1][:, :r]).max())
+        assert row[f"align_{r}"] == pytest.approx(want, abs=1e-10)
+    assert math.isnan(row["align_8"])  # W has rank 7
+
+
+def test_tightness_top_cond_range_with_several_top_directions():
+    U = np.linalg.qr(_W(83, 5, 5))[0]
+    V = np.linalg.qr(_W(84, 3, 3))[0]
+    W = (U[:, :3] * np.array([3.0, 2.5, 0.1])) @ V.T  # 5 x 3, rank 3
+    G = U @ np.diag([1.0, 4.0, 7.0, 50.0, 60.0]) @ U.T  # off range(W): 50, 60
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12)
+    assert row["w_rank90"] == 2  # 9 / 15.26 < 0.9 <= 15.25 / 15.26
+    assert row["tightness_top"] == pytest.approx(25 / (2 * 17), abs=1e-12)  # diag(1, 4)
+    assert row["tightness_range"] == pytest.approx(144 / (3 * 66), abs=1e-12)  # diag(1, 4, 7)
+    assert row["cond_range"] == pytest.approx(7.0, rel=1e-10)
+    assert row["cond"] == pytest.approx(60.0, rel=1e-10)
+
+
+def test_agop_that_cancels_to_rank_one_has_no_alpha_star():
+    """A net whose end-to-end map shrinks to ~0 (a linear net on an even target): agop =
+    W^T g g^T W is rank 1 but tiny next to |W|^2 |g|^2, so its rounding noise sits far
+    above eps * l_max(agop). Raised to alpha = 0.05 that noise would decide alpha*."""
+    W = _W(90, 12, 4)  # widening: range(W) is 4-dim in R^12
+    U = np.linalg.svd(W)[0]
+    g = U[:, 6] + 1e-5 * U[:, 0]  # almost entirely off range(W)
+    G = np.outer(g, g)
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=4 * np.finfo(float).eps)
+    assert row["alpha_star"] is not None and math.isnan(row["alpha_star"])
+    # the same geometry without the cancellation is a proper rank-1 agop: also flat
+    assert math.isnan(ansatz.layer_stats(W, W, _grams_for(W, np.outer(U[:, 0], U[:, 0])), 0, trivial=False,
+                                         rel_tol=1e-14)[0]["alpha_star"])

@@ -1,5 +1,6 @@
 """`dnfa train` through the real CLI: the run-directory contract and every bad input."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,7 +111,7 @@ def test_diverging_run_is_recorded_and_exits_1(tmp_path):
     assert r.exit_code == 1
     assert "diverged" in r.stderr
     res = json.loads(next((tmp_path / "runs").glob("tiny-*/result.json")).read_text())
-    assert res["status"] == "diverged" and "loss became" in res["error"]
+    assert res["status"] == "diverged" and re.search(r"(loss became|loss is not finite|non-finite).* step \d+", res["error"])
     assert res["checkpoints"][0]["step"] == 0  # the checkpoints it has
 
 
@@ -136,7 +137,7 @@ def test_bad_input_exits_2_with_one_line_and_no_directory(tmp_path, cfg, msg):
     assert msg in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
     runs = tmp_path / "runs"
-    assert not runs.exists() or not [x for x in runs.iterdir() if x.name != ".locks"]
+    assert not runs.exists()
 
 
 def test_missing_file_and_unknown_set_key(tmp_path):
@@ -144,7 +145,7 @@ def test_missing_file_and_unknown_set_key(tmp_path):
     assert r.exit_code == 2 and "nope.yaml: no such file" in r.stderr
     r = _train(tmp_path, _write(tmp_path, TINY), "--set", "model.depht=2")
     assert r.exit_code == 2 and "--set model.depht: no such config key (did you mean model.depth?)" in r.stderr
-    assert not (tmp_path / "runs").exists() or not [x for x in (tmp_path / "runs").iterdir() if x.name != ".locks"]
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("argv", [["sweep", "x.yaml", "--workers", "0"], ["train"], ["train", "c.yaml", "--bogus"],

@@ -31,6 +31,9 @@ def _err(raw, src="c.yaml"):
     ({"data": {"task": "npz", "path": "/nonexistent/x.npz"}}, "c.yaml: data.path = '/nonexistent/x.npz': no such file"),
     ({"data": {"coords": [0, 100]}}, "c.yaml: data: coords [100] out of range for d = 100"),
     ({"model": {"bias": "maybe"}}, "c.yaml: model.bias = 'maybe': must be a valid boolean"),
+    ({"name": "a..b"}, "c.yaml: name: must not contain '..'"),
+    ({"data": {"task": "npz", "path": "/"}}, "c.yaml: data.path = '/': not a readable file"),
+    ({"metrics": {"bootstrap": 5000}}, "c.yaml: metrics.bootstrap = 5000: must be less than or equal to 1000"),
 ])
 def test_bad_values_name_file_key_value_and_what_is_allowed(raw, msg):
     assert _err(raw).startswith(msg)

@@ -208,3 +208,20 @@ def test_ls_newest_first_and_by_sweep(made):
     assert "4 runs" in r.stdout and res["run_id"] not in r.stdout
     r = runner.invoke(app, ["ls", "--sweep", "sweep-nope", "--runs-dir", str(root)])
     assert r.exit_code == 2
+
+
+def test_sweep_runs_not_started_are_missing_and_reading_takes_no_locks(made, tmp_path):
+    root, res, sweep_id = made
+    root2 = tmp_path / "runs"
+    (root2 / "sweeps").mkdir(parents=True)
+    rec = json.loads((root / "sweeps" / f"{sweep_id}.json").read_text())
+    shutil.copytree(root / rec["runs"][0]["run_id"], root2 / rec["runs"][0]["run_id"])
+    (root2 / "sweeps" / f"{sweep_id}.json").write_text(json.dumps(rec))
+
+    r = _report(root2, sweep_id, "--format", "json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["runs"]
+    assert [x["status"] for x in rows if x["layer"] is None] == ["missing"] * 3
+    r = runner.invoke(app, ["ls", "--runs-dir", str(root2)])
+    assert r.exit_code == 0 and "1 runs" in r.stdout
+    assert not (root2 / ".locks").exists()  # reading takes no locks and leaves no lock files

@@ -162,3 +162,30 @@ def test_steps_budget_ends_mid_epoch():
     out = train.train(cfg, data.make_dataset(cfg))
     assert [c["step"] for c in out.checkpoints] == [0, 4]
     assert out.checkpoints[-1]["epoch"] == pytest.approx(4 / 3)
+
+
+def test_weights_that_overflow_before_a_checkpoint_are_diverged_not_failed(monkeypatch):
+    """The losses are taken before each update, so the last update of a segment can blow up
+    unseen; the checkpoint must catch it, for that run only."""
+    import functools
+
+    cfgs = [_cfg(**{"seed": s, "train.epochs": 2, "metrics.checkpoints": 0}) for s in (0, 1)]
+    dss = [data.make_dataset(c) for c in cfgs]
+    real = train.epoch_fn
+    calls = []
+
+    def poisoned(state, X, *a, **k):
+        st, L = real(state, X, *a, **k)
+        calls.append(1)
+        if len(calls) < 2:  # only the last epoch, whose losses were all taken before the blow-up
+            return st, L
+        # seed 1's data: its weights go NaN on the epoch's last update, its losses stay finite
+        bad = jnp.isclose(X[..., 0, 0], dss[1].X_train[0, 0])
+        leaves = [jnp.where(bad.reshape(bad.shape + (1,) * (w.ndim - bad.ndim)), jnp.nan, w) for w in jax.tree_util.tree_leaves(st.params)]
+        return st._replace(params=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(st.params), leaves)), L
+
+    monkeypatch.setattr(train, "epoch_fn", poisoned)
+    outs = train.train_batched(cfgs, dss)
+    assert outs[0].status == "ok" and [c["step"] for c in outs[0].checkpoints] == [0, 6]
+    assert outs[1].status == "diverged" and "non-finite by step 6" in outs[1].error
+    assert [c["step"] for c in outs[1].checkpoints] == [0]
