@@ -176,7 +176,8 @@ def fig_a1_vs_tightness(rows, out: Path) -> str:
         ax.set_ylabel("pearson_a1 (NFM vs AGOP)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, markerscale=3)
-    fig.suptitle("Figure 2. The ansatz (alpha = 1) against the tightness of the pre-activation gradients, at the end")
+    fig.suptitle("Figure 2. The ansatz (alpha = 1) against the tightness of pgop at the end, both tasks pooled\n"
+                 "(streaks at 1/k: rank-1 pgops of linear nets)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "fig2_a1_vs_tightness.png")
 
@@ -190,10 +191,10 @@ def fig_rand_gap(rows, out: Path) -> str:
         ax.hist(vals(sel, "rand_gap_a1_0"), bins=bins, alpha=0.6, label="initialisation")
         ax.hist(vals(sel, "rand_gap_a1"), bins=bins, alpha=0.6, label="end")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("pearson_a1 - rand_pearson_a1 (what W adds over a random matrix at the same pgop)")
+        ax.set_xlabel("rand_gap_a1 = pearson_a1 - rand_pearson_a1")
         ax.set_title(task, fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle("Figure 3. Does the trained W beat a random W at the same pre-activation gradients?")
+    fig.suptitle("Figure 3. What W adds over a random matrix at the same pre-activation gradients")
     fig.tight_layout()
     return _save(fig, out / "fig3_rand_gap.png")
 
@@ -359,6 +360,17 @@ def key_numbers(rows) -> dict:
             sel = where(t, activation=act)
             for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star", "half_range_pearson"):
                 n[f"{task}.{act}.{k}"] = med(sel, k)
+        for kind in ("narrowing", "square", "widening"):
+            sel = where(t, kind=kind)
+            n[f"{task}.{kind}.rho_t_a1"] = spearman(*pair(sel, "tightness", "pearson_a1"))
+            n[f"{task}.{kind}.rho_tr_a1"] = spearman(*pair(sel, "tightness_range", "pearson_a1"))
+        for pos in ("first", "hidden"):
+            sel = [dict(g=r["pearson_a1"] - r["rand_spec_pearson_a1"]) for r in where(t, position=pos)
+                   if r.get("pearson_a1") is not None and r.get("rand_spec_pearson_a1") is not None]
+            n[f"{task}.{pos}.spec_gap"] = med(sel, "g")
+            n[f"{task}.{pos}.spec_closes"] = 1 - n[f"{task}.{pos}.spec_gap"] / n[f"{task}.{pos}.rand_gap_a1"]
+        gaps = {a: n[f"{task}.{a}.rand_gap_a1"] for a in COLORS}
+        n[f"{task}.min_gap_act"] = min(gaps, key=gaps.get)
         low = [r for r in t if r.get("tightness_range") is not None and r["tightness_range"] < 0.3]
         high = [r for r in t if r.get("tightness_range") is not None and r["tightness_range"] >= 0.3]
         for lab, sel in (("low_tr", low), ("high_tr", high)):
@@ -393,8 +405,204 @@ def main():
 
 
 
-def render(counts, n, tables, figs) -> str:  # provisional: tables only
-    return "\n\n".join(f"## {k}\n\n{v}" for k, v in tables.items())
+def _dir(a, b, up="rises", down="falls") -> str:
+    return up if b > a else down
+
+
+def _strength(rho) -> str:
+    r = abs(rho)
+    return "negligible" if r < 0.2 else ("weak" if r < 0.4 else ("moderate" if r < 0.6 else "strong"))
+
+
+KEYS_Q1 = [f"{t}.{pos}.{k}" for t in TASKS for pos in ("first", "hidden") for k in ("pearson_a1", "pearson_a05")]
+
+
+def _q1_lead(n) -> str:
+    rose = [n[k] > n[k + "_0"] for k in KEYS_Q1]
+    if all(rose):
+        return ("Both versions hold better after training than at initialisation, in every row below, "
+                "but initialisation is not a low baseline.")
+    return (f"Training raises the median correlation in {sum(rose)} of the {len(rose)} cases below and lowers it "
+            "in the rest; initialisation is not a low baseline.")
+
+
+def _q3_lead(n) -> str:
+    init = [abs(n[f"{t}.{pos}.rand_gap_a1_0"]) for t in TASKS for pos in ("first", "hidden")]
+    end = [n[f"{t}.{pos}.rand_gap_a1"] for t in TASKS for pos in ("first", "hidden")]
+    lead = "At initialisation, no:" if max(init) < 0.05 else "At initialisation, barely:"
+    return lead + ("" if min(end) > 0.05 else " (and after training only in part)")
+
+
+def _share(f) -> str:
+    return "almost everywhere" if f >= 0.8 else ("in most layers" if f >= 0.5 else "only in a minority of layers")
+
+
+def _loss_lead(n) -> str:
+    d = max(abs(n[f"{t}.mse.pearson_a1"] - n[f"{t}.cross_entropy.pearson_a1"]) for t in TASKS)
+    return "matters little for the correlations" if d < 0.1 else "changes the correlations"
+
+
+def _range_effect(n, task) -> str:
+    full, rng = n[f"{task}.widening.rho_t_a1"], n[f"{task}.widening.rho_tr_a1"]
+    if rng > full and abs(rng) >= 0.2:
+        return (f"on {task}, isotropy on range(W) relates to the ansatz more than full isotropy does "
+                f"({f2(rng)} against {f2(full)}; a {_strength(rng)} link), as the exact equivalence suggests")
+    return f"on {task} neither version relates to it ({f2(full)} full, {f2(rng)} on range(W))"
+
+
+def render(counts, n, tables, figs) -> str:
+    """FINDINGS.md: every number below comes from `n` (key_numbers) or the tables."""
+    g = lambda k: f2(n[k])  # noqa: E731
+    p = lambda k: pct(n[k])  # noqa: E731
+    fig = dict(zip(("init", "tight", "gap", "alpha", "half"), figs))
+    return f"""# FINDINGS: does the Deep Neural Feature Ansatz hold, and is it a tight frame?
+
+Every table, figure and number in this file is computed from the study's runs by
+
+    dnfa sweep configs/tightframe_parity.yaml configs/tightframe_mnist1d.yaml && python analysis/findings.py
+
+(the sweep skips runs that are done; `analysis/findings.py` rewrites this file and
+`findings/*.png`). Medians are given with their interquartile range as `median [q1, q3]`.
+
+## The study
+
+{counts['runs']} runs: {counts['ok']} finished ok, {counts['diverged']} diverged, {counts['failed']} failed.
+Two tasks, each a full grid of activation {{relu, tanh, gelu, quadratic, identity}} x loss
+{{mse, cross_entropy}} x depth {{1, 2, 3}} hidden layers x width {{12, 48, 192}} x init_scale
+{{0.1, 1.0}} x 3 seeds:
+
+- **parity**: y = x_1 x_2 on x uniform in {{-1, 1}}^20 (the Boolean version of the paper's
+  synthetic task), 2000 training samples, 150 epochs;
+- **mnist1d**: 10 classes, 40 inputs, 4000 training samples, 100 epochs.
+
+Bias-free MLPs, N(0, init_scale^2 / fan_in) init, Adam lr 1e-3, batch 128. At
+initialisation and 4 log-spaced checkpoints, AGOP and pgop over 1000 training samples in
+float64. Width 12 makes layer 1 *narrowing* (k_2 < k_1), 48 and 192 make it *widening*;
+hidden-to-hidden layers are *square*. The read-out layer, where agop = nfm by
+construction, is left out of every statistic below: {n['parity.n_layers']} parity and {n['mnist1d.n_layers']} mnist1d layers remain.
+"End" is the last checkpoint.
+
+{tables['training']}
+
+Two things to keep in mind. Without biases a tanh or identity network is an odd function
+of its input and cannot fit the even target x_1 x_2: on parity those runs sit at chance
+and act as a built-in "cannot learn" control. And these are small MLPs on a 1-D signal
+task; on mnist1d they reach modest accuracy.
+
+## 1. How well do alpha = 1 and alpha = 1/2 hold, per layer, versus initialisation?
+
+{_q1_lead(n)} On parity the median `pearson_a1` of the first layer
+{_dir(n['parity.first.pearson_a1_0'], n['parity.first.pearson_a1'])} from {g('parity.first.pearson_a1_0')} to {g('parity.first.pearson_a1')}, and of hidden layers
+from {g('parity.hidden.pearson_a1_0')} to {g('parity.hidden.pearson_a1')}; `pearson_a05` goes from {g('parity.first.pearson_a05_0')} to {g('parity.first.pearson_a05')} (first) and
+{g('parity.hidden.pearson_a05_0')} to {g('parity.hidden.pearson_a05')} (hidden). On mnist1d the same medians are {g('mnist1d.first.pearson_a1_0')} -> {g('mnist1d.first.pearson_a1')}
+and {g('mnist1d.hidden.pearson_a1_0')} -> {g('mnist1d.hidden.pearson_a1')} for alpha = 1, {g('mnist1d.first.pearson_a05_0')} -> {g('mnist1d.first.pearson_a05')} and {g('mnist1d.hidden.pearson_a05_0')} -> {g('mnist1d.hidden.pearson_a05')} for
+alpha = 1/2. Training raised `pearson_a1` in {p('parity.frac_a1_rose')} of parity layers and {p('mnist1d.frac_a1_rose')} of mnist1d layers.
+The spread is wide (see the quartiles): a single run's correlation says little.
+
+{tables['q1']}
+
+![Figure 1]({'findings/' + fig['init']})
+
+## 2. Does the tight-frame version hold equally well, in full and on range(W)?
+
+No. The two statements are equivalent only when they hold *exactly*; approximately, they
+come apart. The pre-activation gradients are far from a tight frame: median
+`tightness_range` at the end is {g('parity.first.tightness_range')} (first layers) and {g('parity.hidden.tightness_range')} (hidden) on parity,
+{g('mnist1d.first.tightness_range')} and {g('mnist1d.hidden.tightness_range')} on mnist1d, where 1 is a tight frame. Only {p('parity.frac_tr_gt_09')} (parity) and
+{p('mnist1d.frac_tr_gt_09')} (mnist1d) of layers have `tightness_range` > 0.9, while {p('parity.frac_a1_gt_09')} and {p('mnist1d.frac_a1_gt_09')}
+have `pearson_a1` > 0.9. Across all layers the rank correlation between `tightness_range`
+and `pearson_a1` is {g('parity.rho_tr_a1')} on parity and {g('mnist1d.rho_tr_a1')} on mnist1d (full `tightness`:
+{g('parity.rho_t_a1')} and {g('mnist1d.rho_t_a1')}): the link is {_strength(n['parity.rho_tr_a1'])} on parity and {_strength(n['mnist1d.rho_tr_a1'])} on
+mnist1d, and a layer can score high on the ansatz while its gradients are far from a tight
+frame. Restricting to range(W) changes anything only for widening layers (for narrowing
+and square ones range(W) is everything). Among widening layers, {_range_effect(n, 'mnist1d')};
+{_range_effect(n, 'parity')}. Even on range(W), tight frames (> 0.9) are rare.
+
+How can pearson_a1 be high while pgop is far from isotropic? `agop = W^T G W` and
+`nfm = W^T W` share the factor W: when W's spectrum is spread out, both matrices are
+dominated by W's top right-singular directions whatever G does on them, and the entrywise
+correlation is high. Question 3's same-spectrum baseline is the test of that explanation.
+
+{tables['q2']}
+
+![Figure 2]({'findings/' + fig['tight']})
+
+## 3. Does the trained W beat a random W at the same pre-activation gradients?
+
+{_q3_lead(n)} the median gap `pearson_a1 - rand_pearson_a1` is
+{g('parity.first.rand_gap_a1_0')} / {g('parity.hidden.rand_gap_a1_0')} (parity first / hidden) and {g('mnist1d.first.rand_gap_a1_0')} / {g('mnist1d.hidden.rand_gap_a1_0')} (mnist1d): the
+ansatz's initial correlation is what *any* Gaussian matrix would show with that G. After
+training the gap is {g('parity.first.rand_gap_a1')} / {g('parity.hidden.rand_gap_a1')} on parity and {g('mnist1d.first.rand_gap_a1')} / {g('mnist1d.hidden.rand_gap_a1')} on mnist1d, and
+exceeds 0.05 in {p('parity.frac_gap_gt_005')} (parity) and {p('mnist1d.frac_gap_gt_005')} (mnist1d) of layers (against
+{p('parity.frac_gap0_gt_005')} and {p('mnist1d.frac_gap0_gt_005')} at initialisation). So the trained ansatz is not only a property of G:
+it pins W down to a degree. But a random matrix with *W's own singular values* and random
+singular vectors closes {pct(min(n[k] for k in ('parity.first.spec_closes', 'parity.hidden.spec_closes', 'mnist1d.first.spec_closes', 'mnist1d.hidden.spec_closes')))} to {pct(max(n[k] for k in ('parity.first.spec_closes', 'parity.hidden.spec_closes', 'mnist1d.first.spec_closes', 'mnist1d.hidden.spec_closes')))} of the median gap
+(column "gap to same-spectrum R": {g('parity.first.spec_gap')} / {g('parity.hidden.spec_gap')} on parity, {g('mnist1d.first.spec_gap')} / {g('mnist1d.hidden.spec_gap')}
+on mnist1d): much of what W contributes is its spectrum, less its singular vectors.
+
+{tables['q3']}
+
+![Figure 3]({'findings/' + fig['gap']})
+
+## 4. Which exponent fits better, and where?
+
+alpha = 1/2 does {_share(min(n['parity.frac_a05_beats_a1'], n['mnist1d.frac_a05_beats_a1']))}: `pearson_a05` exceeds `pearson_a1` in
+{p('parity.frac_a05_beats_a1')} of parity layers and {p('mnist1d.frac_a05_beats_a1')} of mnist1d layers. The best exponent `alpha_star` is lower
+still: median {g('parity.alpha_star')} on parity and {g('mnist1d.alpha_star')} on mnist1d, varying with the activation
+(table below). Deep linear networks, where theory gives alpha = 1/L for the first layer,
+are reproduced exactly by `configs/deep_linear.yaml` (README); here, on nonlinear nets
+trained briefly from a standard init, no single exponent is universal.
+
+The alpha = 1/2 identity has a left-singular-vector form: on range(W), pgop proportional to
+S^2 (`half_range_pearson`). Does it hold where alpha = 1's isotropy does not? Only in part.
+Where `tightness_range` < 0.3 (far from isotropic) its median is {g('parity.low_tr.half_range_pearson')} on parity and
+{g('mnist1d.low_tr.half_range_pearson')} on mnist1d, {_dir(n['parity.high_tr.half_range_pearson'], n['parity.low_tr.half_range_pearson'], 'higher', 'lower')} than the {g('parity.high_tr.half_range_pearson')} and {g('mnist1d.high_tr.half_range_pearson')} where `tightness_range`
+>= 0.3, while `pearson_a05` stays at {g('parity.low_tr.pearson_a05')} and {g('mnist1d.low_tr.pearson_a05')} in those far-from-isotropic layers. So the
+left identity is moderate at best and weakest exactly where isotropy fails: neither exact
+identity on range(W) explains why the alpha = 1/2 correlation stays high. What largely does is
+W's own spectrum, shared by nfm and agop (question 3).
+
+{tables['q4']}
+
+{tables['q4b']}
+
+![Figure 4]({'findings/' + fig['alpha']})
+
+![Figure 5]({'findings/' + fig['half']})
+
+## 5. Does the loss function matter? Does the activation?
+
+The loss {_loss_lead(n)}: median `pearson_a1` is {g('parity.mse.pearson_a1')} (mse) and
+{g('parity.cross_entropy.pearson_a1')} (cross-entropy) on parity, {g('mnist1d.mse.pearson_a1')} and {g('mnist1d.cross_entropy.pearson_a1')} on mnist1d. It
+matters more for what W adds: the random-W gap is {g('parity.mse.rand_gap_a1')} vs {g('parity.cross_entropy.rand_gap_a1')} (parity) and
+{g('mnist1d.mse.rand_gap_a1')} vs {g('mnist1d.cross_entropy.rand_gap_a1')} (mnist1d), mse vs cross-entropy.
+
+The activation matters more. The smallest random-W gap belongs to {n['parity.min_gap_act']} networks on parity
+({g('parity.' + n['parity.min_gap_act'] + '.rand_gap_a1')}) and to {n['mnist1d.min_gap_act']} networks on mnist1d ({g('mnist1d.' + n['mnist1d.min_gap_act'] + '.rand_gap_a1')}): there the ansatz is
+mostly G's doing. The identity nets, which
+cannot fit parity, have the lowest `pearson_a1` ({g('parity.identity.pearson_a1')}) and, being linear, a rank-1
+AGOP per output on parity. tanh, unable to fit parity either, still shows a high
+`pearson_a1` ({g('parity.tanh.pearson_a1')}) and a large gap ({g('parity.tanh.rand_gap_a1')}): a high correlation, even one well above
+the random-W baseline, is no evidence that the network learned the task.
+
+{tables['q5_loss']}
+
+{tables['q5_act']}
+
+## Caveats
+
+- Small MLPs (width <= 192), two tasks, one optimizer (Adam; the paper used SGD), one
+  learning rate, bias-free. The numbers are medians over a grid, not over a distribution of
+  "typical" networks.
+- AGOP and pgop are measured on 1000 training samples. The random-W baselines use one
+  draw per run and layer (fixed across checkpoints), so a single layer's gap is noisy;
+  medians over hundreds of layers are not.
+- "Holds" is judged by correlations, as in the literature; Pearson correlations of PSD
+  matrices are inflated by their shared diagonal structure, which is why every comparison
+  here is against a baseline.
+- The deep-linear theory check and the reproductions of published settings are in the
+  README ("Reproductions"), not in this study.
+"""
 
 
 if __name__ == "__main__":
