@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--methods", default="preact,jacfwd")
     ap.add_argument("--jacfwd-n", type=int, default=0, help="samples for the (slow) jacfwd timing; 0: --n")
     ap.add_argument("--chunk", type=int, default=0, help="samples per chunk; 0: auto")
-    ap.add_argument("--memory", default="2500,10000,40000", help="n values for the peak-memory sweep ('' to skip)")
+    ap.add_argument("--memory", default="2500,10000,60000", help="n values for the peak-memory sweep ('' to skip)")
     ap.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args()
     rows, limit = run(a.n, a.methods.split(","), a.jacfwd_n, a.chunk or None)

@@ -362,7 +362,8 @@ def principal_cos_max_angle(A, B) -> float:
 
 
 # ============================================================================ per layer
-def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None) -> tuple[dict, dict]:
+def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None,
+                baselines: "RandomBaselines | None" = None) -> tuple[dict, dict]:
     """Every per-layer statistic of docs/SCIENCE.md for layer l (0-based) -> (json row, matrices).
     W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) is the noise floor
     relative to the largest eigenvalue: below it an eigenvalue counts as zero in matrix
@@ -403,12 +404,13 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     row["left_pearson"] = pearson(WWt, G)
 
     # ---- baselines (docs/SCIENCE.md, "Baselines")
-    key = key if key is not None else jax.random.PRNGKey(l)
-    kR, kQ1 = jax.random.split(key)
-    R = np.asarray(jax.random.normal(kR, W.shape, jnp.float64))
-    row["rand_pearson_a1"] = pearson(R.T @ R, R.T @ G @ R)
-    Rs = random_with_spectrum(kQ1, W.shape, s)
-    row["rand_spec_pearson_a1"] = pearson(Rs.T @ Rs, Rs.T @ G @ Rs)
+    rb = baselines if baselines is not None else draw_random_baselines(
+        key if key is not None else jax.random.PRNGKey(l), W.shape)
+    rand = [pearson(R.T @ R, R.T @ G @ R) for R in rb.R]
+    spec = [pearson(Rs.T @ Rs, Rs.T @ G @ Rs)
+            for Rs in (random_with_spectrum(Qo, Qi, s) for Qo, Qi in zip(rb.Qo, rb.Qi))]
+    row["rand_pearson_a1"], row["rand_pearson_a1_sd"] = _mean_sd(rand)
+    row["rand_spec_pearson_a1"], row["rand_spec_pearson_a1_sd"] = _mean_sd(spec)
     # what W itself contributes beyond any matrix of its shape at the same pgop
     row["rand_gap_a1"] = row["pearson_a1"] - row["rand_pearson_a1"]
     dW = W - W0
@@ -448,10 +450,41 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     return row, mats
 
 
-def random_with_spectrum(key, shape, s):
-    """A (k_out, k_in) matrix with singular values s and Haar-random singular vectors."""
-    k1, k2 = jax.random.split(key)
-    return (_haar(k1, shape[0], len(s)) * s) @ _haar(k2, shape[1], len(s)).T
+N_DRAWS = 4  # random matrices per baseline; the mean is reported, the spread as *_sd
+
+
+class RandomBaselines(NamedTuple):
+    """The random factors of the random-W baselines of one layer, drawn once per run so
+    that their change over training is pgop's alone: Gaussian R (k_out, k_in), and Haar
+    Q_out (k_out, r), Q_in (k_in, r), r = min(k_out, k_in), for R_s = Q_out diag(s) Q_in^T."""
+
+    R: list
+    Qo: list
+    Qi: list
+
+
+def draw_random_baselines(key, shape, n: int = N_DRAWS) -> RandomBaselines:
+    r = min(shape)
+    R, Qo, Qi = [], [], []
+    for k in jax.random.split(key, n):
+        k1, k2, k3 = jax.random.split(k, 3)
+        R.append(np.asarray(jax.random.normal(k1, shape, jnp.float64)))
+        Qo.append(_haar(k2, shape[0], r))
+        Qi.append(_haar(k3, shape[1], r))
+    return RandomBaselines(R, Qo, Qi)
+
+
+def random_with_spectrum(Qo, Qi, s):
+    """Q_out diag(s) Q_in^T: singular values s, singular vectors those of the Haar factors."""
+    m = len(s)
+    return (Qo[:, :m] * s) @ Qi[:, :m].T
+
+
+def _mean_sd(vals) -> tuple[float, float]:
+    v = np.asarray([x for x in vals if np.isfinite(x)], np.float64)
+    if not v.size:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
 
 
 def _haar(key, k: int, r: int):

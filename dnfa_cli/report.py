@@ -24,7 +24,7 @@ from .config import DnfaInputError
 # the statistics a table shows (json/csv carry every key of result.json)
 HEADLINE = ["pearson_a05", "pearson_a1", "cosine_a1", "delta_cosine_a1", "alpha_star", "tightness",
             "tightness_range", "tightness_top", "w_rank90", "iso_dev_range", "eff_rank_range",
-            "rand_pearson_a1", "rand_spec_pearson_a1", "rand_gap_a1", "centered_pearson", "gc_pearson_a1",
+            "rand_pearson_a1", "rand_pearson_a1_sd", "rand_spec_pearson_a1", "rand_gap_a1", "centered_pearson", "gc_pearson_a1",
             "left_pearson", "left_act_pearson", "half_range_pearson", "align_1", "align_4"]
 CI = ["pearson_a05", "pearson_a1", "tightness_range"]  # with metrics.bootstrap: *_lo, *_hi
 SWEEP_STATS = ["pearson_a05", "pearson_a1", "alpha_star", "tightness_range", "rand_pearson_a1", "half_range_pearson"]

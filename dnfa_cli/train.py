@@ -201,10 +201,18 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
-def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: int, *, method: str
-            ) -> tuple[dict, dict]:
+def random_baselines(cfg: Config, params) -> list:
+    """Each layer's random-W factors, drawn once per run from the metrics key."""
+    _, _, k_metrics = run_keys(cfg.seed)
+    k = jax.random.fold_in(k_metrics, 2)
+    return [ansatz.draw_random_baselines(jax.random.fold_in(k, l), layer["W"].shape) for l, layer in enumerate(params)]
+
+
+def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: int, *, method: str,
+            baselines: list | None = None) -> tuple[dict, dict]:
     """The checkpoint record (losses and every per-layer statistic) and the layer matrices
-    nfm/agop/agop_half/pgop keyed `<name>_<layer>`."""
+    nfm/agop/agop_half/pgop keyed `<name>_<layer>`. `baselines`: random_baselines(), drawn
+    once per run and passed to every checkpoint."""
     tc, mc = cfg.train, cfg.model
     kw = dict(activation=mc.activation, loss=tc.loss, kind=ds.kind)
     dt = jnp.dtype(tc.dtype)
@@ -222,8 +230,9 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
     X = (ds.X_train if cfg.metrics.split == "train" else ds.X_test)[subset]
     _, _, k_metrics = run_keys(cfg.seed)
     mdt = jnp.dtype(cfg.metrics.dtype)
-    # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use one
-    # matrix per layer for the whole run, so their change over training is pgop's alone
+    baselines = baselines or random_baselines(cfg, params)
+    # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use the
+    # same matrices for the whole run, so their change over training is pgop's alone
     grams = ansatz.compute_grams(params, X, mc.activation, method=method, dtype=mdt,
                                  chunk=cfg.metrics.chunk, bootstrap=cfg.metrics.bootstrap,
                                  key=jax.random.fold_in(jax.random.fold_in(k_metrics, 1), step))
@@ -234,8 +243,7 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
         W0 = np.asarray(params0[l]["W"], np.float64)
         k = max(W.shape)
         row, m = ansatz.layer_stats(W, W0, grams, l, trivial=(l == L - 1),
-                                    rel_tol=k * float(jnp.finfo(mdt).eps),
-                                    key=jax.random.fold_in(jax.random.fold_in(k_metrics, 2), l))
+                                    rel_tol=k * float(jnp.finfo(mdt).eps), baselines=baselines[l])
         layers.append({k_: (_num(v) if isinstance(v, float) else v) for k_, v in row.items()})
         for name, a in m.items():
             mats[f"{name}_{l + 1}"] = a
@@ -291,6 +299,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
 
     states = [init_state(c, d) for c, d in zip(cfgs, dss)]
     params0 = [s.params for s in states]
+    rand_draws = [random_baselines(c, p) for c, p in zip(cfgs, params0)]
     subsets = [metrics_subset(c, d) for c, d in zip(cfgs, dss)]
     shuffle_keys = [run_keys(c.seed)[1] for c in cfgs]
     arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
@@ -311,7 +320,8 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
             if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(st.params)):
                 outs[r].status, outs[r].error = "diverged", f"parameters became non-finite by step {step}"
                 return False
-            rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method)
+            rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method,
+                                baselines=rand_draws[r])
             if rec["train_loss"] is None:
                 outs[r].status, outs[r].error = "diverged", f"training loss is not finite at step {step}"
                 return False

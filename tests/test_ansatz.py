@@ -219,6 +219,7 @@ def test_tight_frame_equivalences():
     assert row["tightness_range"] == pytest.approx(1.0, abs=1e-12)
     assert row["rand_pearson_a1"] == pytest.approx(1.0, abs=1e-12)  # G = cI: any R satisfies it
     assert row["rand_spec_pearson_a1"] == pytest.approx(1.0, abs=1e-12)
+    assert row["rand_pearson_a1_sd"] == pytest.approx(0.0, abs=1e-12)  # every draw gives 1
     assert row["centered_pearson"] is not None and math.isnan(row["centered_pearson"])  # dW = 0
     U, s, Vt = np.linalg.svd(W, full_matrices=False)
     G = 0.3 * (U * s**2) @ U.T  # = 0.3 W W^T
@@ -373,7 +374,9 @@ def test_haar_columns_are_orthonormal_and_isotropic():
 
 def test_random_with_spectrum_has_that_spectrum():
     s = np.array([5.0, 2.0, 0.5])
-    Rs = ansatz.random_with_spectrum(jax.random.PRNGKey(80), (7, 4), s)
+    rb = ansatz.draw_random_baselines(jax.random.PRNGKey(80), (7, 4), n=2)
+    assert len(rb.R) == 2 and rb.R[0].shape == (7, 4) and rb.Qo[0].shape == (7, 4) and rb.Qi[0].shape == (4, 4)
+    Rs = ansatz.random_with_spectrum(rb.Qo[1], rb.Qi[1], s)
     np.testing.assert_allclose(np.linalg.svd(Rs, compute_uv=False)[:3], s, rtol=1e-12)
     assert Rs.shape == (7, 4) and np.linalg.matrix_rank(Rs) == 3
 
@@ -418,3 +421,14 @@ def test_agop_that_cancels_to_rank_one_has_no_alpha_star():
     # the same geometry without the cancellation is a proper rank-1 agop: also flat
     assert math.isnan(ansatz.layer_stats(W, W, _grams_for(W, np.outer(U[:, 0], U[:, 0])), 0, trivial=False,
                                          rel_tol=1e-14)[0]["alpha_star"])
+
+
+def test_random_baselines_average_their_draws():
+    W = _W(91, 6, 5)
+    G = _rand_psd(92, 6)
+    rb = ansatz.draw_random_baselines(jax.random.PRNGKey(93), W.shape, n=3)
+    row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12, baselines=rb)
+    each = [ansatz.pearson(R.T @ R, R.T @ G @ R) for R in rb.R]
+    assert row["rand_pearson_a1"] == pytest.approx(np.mean(each), abs=1e-14)
+    assert row["rand_pearson_a1_sd"] == pytest.approx(np.std(each, ddof=1), abs=1e-14)
+    assert row["rand_gap_a1"] == pytest.approx(row["pearson_a1"] - np.mean(each), abs=1e-14)
