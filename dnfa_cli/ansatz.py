@@ -134,17 +134,12 @@ def compute_grams(params, X, activation: str, *, method: str = "auto", dtype=jnp
     method = choose_method(sizes, method)
     m = chunk or auto_chunk(sizes, method, dtype.itemsize)
     m = min(m, n)
-    n_chunks = -(-n // m)
-    pad = n_chunks * m - n
-    Xc = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), dtype)]).reshape(n_chunks, m, -1)
-    wc = jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((pad,), dtype)]).reshape(n_chunks, m)
     if bootstrap:
-        wb = _bootstrap_weights(key, n, bootstrap)
-        wbc = jnp.asarray(np.concatenate([wb, np.zeros((bootstrap, pad))], 1), dtype)
-        wbc = wbc.reshape(bootstrap, n_chunks, m).transpose(1, 0, 2)  # (chunks, B, m)
+        wb = jnp.asarray(_bootstrap_weights(key, n, bootstrap), dtype)  # (B, n)
     else:
-        wbc = jnp.zeros((n_chunks, 0, m), dtype)
-    sums = _accumulate(params, Xc, wc, wbc, activation, method)
+        wb = jnp.zeros((0, n), dtype)
+    # no padded copy of X: chunks are sliced out of it in place (memory flat in n beyond X)
+    sums = _accumulate(params, X, wb, activation, method, m)
     agop_s, pgop_s, jbar_s, gbar_s, pcov_s, boot_s = sums
     if method == "preact":
         agop_s = [p["W"].T @ G @ p["W"] for p, G in zip(params, pgop_s)]
@@ -156,14 +151,19 @@ def compute_grams(params, X, activation: str, *, method: str = "auto", dtype=jnp
     )
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "method"))
-def _accumulate(params, Xc, wc, wbc, activation, method):
+@functools.partial(jax.jit, static_argnames=("activation", "method", "m"))
+def _accumulate(params, X, wb, activation, method, m):
+    """Gram sums over the rows of X (n, d) in chunks of m rows, one lax.scan step each. The
+    last chunk is clamped to end at row n; rows it shares with the previous chunk get
+    weight 0, so every row counts once and X is never padded or copied."""
     L = len(params)
     kin = [p["W"].shape[1] for p in params]
     kout = [p["W"].shape[0] for p in params]
     c = kout[-1]
-    dt = Xc.dtype
-    B = wbc.shape[1]
+    n = X.shape[0]
+    dt = X.dtype
+    B = wb.shape[0]
+    n_chunks = -(-n // m)
     zeros = lambda shape: jnp.zeros(shape, dt)
     init = (
         [zeros((k, k)) for k in kin] if method == "jacfwd" else [],
@@ -174,8 +174,15 @@ def _accumulate(params, Xc, wc, wbc, activation, method):
         [zeros((B, k, k)) for k in kout],
     )
 
-    def body(carry, inp):
-        X, w, wb = inp
+    def slices(i):
+        start = jnp.minimum(i * m, n - m)
+        w = (start + jnp.arange(m) >= i * m).astype(dt)
+        Xc = jax.lax.dynamic_slice_in_dim(X, start, m)
+        wbc = jax.lax.dynamic_slice_in_dim(wb, start, m, axis=1) * w[None, :]
+        return Xc, w, wbc
+
+    def body(carry, i):
+        X, w, wb = slices(i)
         agop, pgop, jbar, gbar, pcov, boot = carry
         if method == "preact":
             gs, ps = _preact_chunk(params, X, activation)
@@ -190,7 +197,7 @@ def _accumulate(params, Xc, wc, wbc, activation, method):
             boot = [a + jax.lax.map(lambda wr, G=G: _stack_grams(G, wr), wb) for a, G in zip(boot, gs)]
         return (agop, pgop, jbar, gbar, pcov, boot), None
 
-    out, _ = jax.lax.scan(body, init, (Xc, wc, wbc))
+    out, _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     return out
 
 

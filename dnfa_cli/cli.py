@@ -332,9 +332,9 @@ def main():
         cmd = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
         err.print(f"error: {e.format_message()}{cmd}", markup=False)
         sys.exit(2)
-    except cx.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, cx.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)

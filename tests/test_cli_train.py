@@ -173,3 +173,20 @@ def test_files_are_readable_like_any_other(tmp_path):
     d = next((tmp_path / "runs").glob("tiny-*"))
     for f in [d / "result.json", d / "config.yaml", d / "env.json", *d.glob("checkpoints/*.npz")]:
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f  # not mkstemp's 0600
+
+
+def test_entry_point_lets_exits_through(monkeypatch):
+    """rich turns a closed pipe (`dnfa ls | head -1`) into SystemExit(1): it must leave main()
+    as it is, not as a traceback from the except clauses."""
+    import sys
+
+    from dnfa_cli import cli
+
+    def closed_pipe(**kw):
+        raise SystemExit(1)
+
+    monkeypatch.setattr(cli, "app", closed_pipe)
+    monkeypatch.setattr(sys, "argv", ["dnfa", "ls"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1

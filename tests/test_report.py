@@ -225,3 +225,16 @@ def test_sweep_runs_not_started_are_missing_and_reading_takes_no_locks(made, tmp
     r = runner.invoke(app, ["ls", "--runs-dir", str(root2)])
     assert r.exit_code == 0 and "1 runs" in r.stdout
     assert not (root2 / ".locks").exists()  # reading takes no locks and leaves no lock files
+
+
+def test_bootstrap_intervals_reach_result_json_and_the_table(tmp_path):
+    cfg = config.validate({**BASE, "train": {**BASE["train"], "epochs": 1}, "metrics": {"checkpoints": 0, "samples": 24, "bootstrap": 30}})
+    res = runs.execute([cfg], tmp_path / "runs")[0]
+    L1 = res["checkpoints"][-1]["layers"][0]
+    for k in ("pearson_a05", "pearson_a1", "tightness_range"):
+        assert L1[f"{k}_lo"] <= L1[f"{k}_hi"]
+    r = _report(tmp_path / "runs", res["run_id"])
+    m = re.search(r"│ pearson_a1 95% CI\s+│\s+\[(\S+), (\S+)\]\s+│\s+\[(\S+), (\S+)\]", r.stdout)
+    assert m, r.stdout
+    assert float(m.group(3)) == pytest.approx(L1["pearson_a1_lo"], abs=5e-5)
+    assert float(m.group(4)) == pytest.approx(L1["pearson_a1_hi"], abs=5e-5)
