@@ -372,9 +372,11 @@ def principal_cos_max_angle(A, B) -> float:
 def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None,
                 baselines: "RandomBaselines | None" = None) -> tuple[dict, dict]:
     """Every per-layer statistic of docs/SCIENCE.md for layer l (0-based) -> (json row, matrices).
-    W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) is the noise floor
-    relative to the largest eigenvalue: below it an eigenvalue counts as zero in matrix
-    powers and makes cond undefined."""
+    W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) sets the noise floors: an
+    eigenvalue of agop counts as zero below max(rel_tol l_max(agop), rel_tol s_max(W)^2
+    l_max(pgop)) (the rounding scale of W^T pgop W), and cond is undefined when l_min <=
+    rel_tol l_max. `baselines`: the layer's RandomBaselines; only when it is None are new
+    ones drawn from `key`."""
     W = np.asarray(W, np.float64)
     W0 = np.asarray(W0, np.float64)
     agop, G = grams.agop[l], grams.pgop[l]
@@ -413,9 +415,11 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     # ---- baselines (docs/SCIENCE.md, "Baselines")
     rb = baselines if baselines is not None else draw_random_baselines(
         key if key is not None else jax.random.PRNGKey(l), W.shape)
-    rand = [pearson(R.T @ R, R.T @ G @ R) for R in rb.R]
-    spec = [pearson(Rs.T @ Rs, Rs.T @ G @ Rs)
-            for Rs in (random_with_spectrum(Qo, Qi, s) for Qo, Qi in zip(rb.Qo, rb.Qi))]
+    rand, spec = [], []
+    for R, Qo, Qi in rb.factors():
+        rand.append(pearson(R.T @ R, R.T @ G @ R))
+        Rs = random_with_spectrum(Qo, Qi, s)
+        spec.append(pearson(Rs.T @ Rs, Rs.T @ G @ Rs))
     row["rand_pearson_a1"], row["rand_pearson_a1_sd"] = _mean_sd(rand)
     row["rand_spec_pearson_a1"], row["rand_spec_pearson_a1_sd"] = _mean_sd(spec)
     # what W itself contributes beyond any matrix of its shape at the same pgop
@@ -460,25 +464,36 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
 N_DRAWS = 4  # random matrices per baseline; the mean is reported, the spread as *_sd
 
 
-class RandomBaselines(NamedTuple):
-    """The random factors of the random-W baselines of one layer, drawn once per run so
-    that their change over training is pgop's alone: Gaussian R (k_out, k_in), and Haar
-    Q_out (k_out, r), Q_in (k_in, r), r = min(k_out, k_in), for R_s = Q_out diag(s) Q_in^T."""
+class RandomBaselines:
+    """The random factors of the random-W baselines of one layer, from keys fixed once per
+    run: Gaussian R (k_out, k_in), and Haar Q_out (k_out, r), Q_in (k_in, r), r = min(shape),
+    for R_s = Q_out diag(s) Q_in^T. The Gaussian baseline's change over training is then
+    pgop's alone; R_s also follows W's current singular values. Factors are kept in memory
+    when small (<= 64 MB per layer) and otherwise redrawn, identically, from their keys."""
 
-    R: list
-    Qo: list
-    Qi: list
+    CACHE_BYTES = 64 * 2**20
+
+    def __init__(self, key, shape, n: int = N_DRAWS):
+        self.keys = list(jax.random.split(key, n))
+        self.shape = tuple(shape)
+        r = min(shape)
+        self._cache = [] if n * 8 * (shape[0] * shape[1] + (shape[0] + shape[1]) * r) <= self.CACHE_BYTES else None
+        if self._cache is not None:
+            self._cache = [self._draw(k) for k in self.keys]
+
+    def _draw(self, k):
+        k1, k2, k3 = jax.random.split(k, 3)
+        r = min(self.shape)
+        return (np.asarray(jax.random.normal(k1, self.shape, jnp.float64)),
+                _haar(k2, self.shape[0], r), _haar(k3, self.shape[1], r))
+
+    def factors(self):
+        """(R, Q_out, Q_in) for each draw."""
+        return self._cache if self._cache is not None else (self._draw(k) for k in self.keys)
 
 
 def draw_random_baselines(key, shape, n: int = N_DRAWS) -> RandomBaselines:
-    r = min(shape)
-    R, Qo, Qi = [], [], []
-    for k in jax.random.split(key, n):
-        k1, k2, k3 = jax.random.split(k, 3)
-        R.append(np.asarray(jax.random.normal(k1, shape, jnp.float64)))
-        Qo.append(_haar(k2, shape[0], r))
-        Qi.append(_haar(k3, shape[1], r))
-    return RandomBaselines(R, Qo, Qi)
+    return RandomBaselines(key, shape, n)
 
 
 def random_with_spectrum(Qo, Qi, s):

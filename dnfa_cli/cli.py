@@ -325,7 +325,7 @@ def main():
 
     try:
         rv = app(standalone_mode=False)
-    except cx.NoArgsIsHelpError as e:
+    except getattr(cx, "NoArgsIsHelpError", ()) as e:  # click >= 8.2 only
         print(e.ctx.get_help() if e.ctx else e.format_message())
         sys.exit(2)
     except cx.UsageError as e:

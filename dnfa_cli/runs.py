@@ -324,6 +324,9 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
             (w.dir / "traceback.txt").write_text(tb)
             done = read_metrics(w.dir)
             outs[writers.index(w)].checkpoints = done
+    for w, o in zip(writers, outs):
+        if o.traceback:
+            (w.dir / "traceback.txt").write_text(o.traceback)
     results = []
     for w, o, ds in zip(writers, outs, datasets):
         info = {**o.info, "data": _data_info(ds)}

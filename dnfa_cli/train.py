@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -232,7 +233,7 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
     mdt = jnp.dtype(cfg.metrics.dtype)
     baselines = baselines or random_baselines(cfg, params)
     # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use the
-    # same matrices for the whole run, so their change over training is pgop's alone
+    # same random factors for the whole run
     grams = ansatz.compute_grams(params, X, mc.activation, method=method, dtype=mdt,
                                  chunk=cfg.metrics.chunk, bootstrap=cfg.metrics.bootstrap,
                                  key=jax.random.fold_in(jax.random.fold_in(k_metrics, 1), step))
@@ -254,9 +255,10 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
 # ----------------------------------------------------------------------------- one run
 @dataclass
 class Outcome:
-    status: str  # ok | diverged
+    status: str  # ok | diverged | failed
     checkpoints: list = field(default_factory=list)
     error: str | None = None
+    traceback: str | None = None
     seconds: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
@@ -299,7 +301,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
 
     states = [init_state(c, d) for c, d in zip(cfgs, dss)]
     params0 = [s.params for s in states]
-    rand_draws = [random_baselines(c, p) for c, p in zip(cfgs, params0)]
+    rand_draws = [None] * R  # drawn at each run's first checkpoint
     subsets = [metrics_subset(c, d) for c, d in zip(cfgs, dss)]
     shuffle_keys = [run_keys(c.seed)[1] for c in cfgs]
     arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
@@ -320,20 +322,23 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
             if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(st.params)):
                 outs[r].status, outs[r].error = "diverged", f"parameters became non-finite by step {step}"
                 return False
+            if rand_draws[r] is None:
+                rand_draws[r] = random_baselines(cfgs[r], params0[r])
             rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method,
                                 baselines=rand_draws[r])
             if rec["train_loss"] is None:
                 outs[r].status, outs[r].error = "diverged", f"training loss is not finite at step {step}"
                 return False
+            outs[r].checkpoints.append(rec)
+            if on_checkpoint[r]:
+                on_checkpoint[r](rec, st.params, mats)
+            return True
         except Exception as e:  # noqa: BLE001 - one run's failure must not take its batch down
             outs[r].status, outs[r].error = "failed", f"{type(e).__name__} at step {step}: {e}".splitlines()[0]
+            outs[r].traceback = traceback.format_exc()
             return False
         finally:
             t_metrics += time.perf_counter() - t0
-        outs[r].checkpoints.append(rec)
-        if on_checkpoint[r]:
-            on_checkpoint[r](rec, st.params, mats)
-        return True
 
     if R == 1:
         run_epoch = functools.partial(epoch_fn, **static)

@@ -46,7 +46,7 @@ def test_agop_two_methods_and_loop_agree(activation):
     X = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (9, 5), jnp.float64))
     ref_agop, ref_pgop, ref_jbar, ref_cent = _loop_reference(params, X, activation)
     for method in ("preact", "jacfwd"):
-        g = ansatz.compute_grams(params, X, activation, method=method, chunk=4)  # 9 = 4 + 4 + 1 (padding)
+        g = ansatz.compute_grams(params, X, activation, method=method, chunk=4)  # 9 rows: 0-3, 4-7, 5-8 (5-7 weight 0)
         for l in range(3):
             np.testing.assert_allclose(g.agop[l], ref_agop[l], rtol=1e-11, atol=1e-13)
             np.testing.assert_allclose(g.pgop[l], ref_pgop[l], rtol=1e-11, atol=1e-13)
@@ -375,8 +375,9 @@ def test_haar_columns_are_orthonormal_and_isotropic():
 def test_random_with_spectrum_has_that_spectrum():
     s = np.array([5.0, 2.0, 0.5])
     rb = ansatz.draw_random_baselines(jax.random.PRNGKey(80), (7, 4), n=2)
-    assert len(rb.R) == 2 and rb.R[0].shape == (7, 4) and rb.Qo[0].shape == (7, 4) and rb.Qi[0].shape == (4, 4)
-    Rs = ansatz.random_with_spectrum(rb.Qo[1], rb.Qi[1], s)
+    f = list(rb.factors())
+    assert len(f) == 2 and f[0][0].shape == (7, 4) and f[0][1].shape == (7, 4) and f[0][2].shape == (4, 4)
+    Rs = ansatz.random_with_spectrum(f[1][1], f[1][2], s)
     np.testing.assert_allclose(np.linalg.svd(Rs, compute_uv=False)[:3], s, rtol=1e-12)
     assert Rs.shape == (7, 4) and np.linalg.matrix_rank(Rs) == 3
 
@@ -428,7 +429,12 @@ def test_random_baselines_average_their_draws():
     G = _rand_psd(92, 6)
     rb = ansatz.draw_random_baselines(jax.random.PRNGKey(93), W.shape, n=3)
     row, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12, baselines=rb)
-    each = [ansatz.pearson(R.T @ R, R.T @ G @ R) for R in rb.R]
+    each = [ansatz.pearson(R.T @ R, R.T @ G @ R) for R, _, _ in rb.factors()]
+    # too large to keep: redrawn from the same keys, identically
+    big = ansatz.RandomBaselines(jax.random.PRNGKey(93), W.shape, n=3)
+    big._cache = None
+    row2, _ = ansatz.layer_stats(W, W, _grams_for(W, G), 0, trivial=False, rel_tol=1e-12, baselines=big)
+    assert row2["rand_pearson_a1"] == row["rand_pearson_a1"] and row2["rand_spec_pearson_a1"] == row["rand_spec_pearson_a1"]
     assert row["rand_pearson_a1"] == pytest.approx(np.mean(each), abs=1e-14)
     assert row["rand_pearson_a1_sd"] == pytest.approx(np.std(each, ddof=1), abs=1e-14)
     assert row["rand_gap_a1"] == pytest.approx(row["pearson_a1"] - np.mean(each), abs=1e-14)

@@ -189,3 +189,22 @@ def test_weights_that_overflow_before_a_checkpoint_are_diverged_not_failed(monke
     assert outs[0].status == "ok" and [c["step"] for c in outs[0].checkpoints] == [0, 6]
     assert outs[1].status == "diverged" and "non-finite by step 6" in outs[1].error
     assert [c["step"] for c in outs[1].checkpoints] == [0]
+
+
+def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeypatch, tmp_path):
+    from dnfa_cli import runs
+
+    cfgs = [_cfg(**{"seed": s, "train.epochs": 1, "metrics.checkpoints": 0}) for s in (0, 1)]
+    real = train.measure
+
+    def flaky(cfg, *a, **k):
+        if cfg.seed == 1 and a[4] > 0:  # seed 1, after initialisation
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(train, "measure", flaky)
+    res = runs.execute(cfgs, tmp_path)
+    assert [r["status"] for r in res] == ["ok", "failed"]
+    assert res[1]["error"].startswith("LinAlgError at step 3: SVD did not converge")
+    assert "SVD did not converge" in (tmp_path / res[1]["run_id"] / "traceback.txt").read_text()
+    assert not (tmp_path / res[0]["run_id"] / "traceback.txt").exists()
