@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dnfa_cli import report as rp
 from dnfa_cli import runs
 from dnfa_cli.config import load_config
 
@@ -238,7 +237,7 @@ TASKS = ("parity", "mnist1d")
 TIE = 1e-9  # |pearson_a05 - pearson_a1| below this is a tie (a rank-1 agop makes every power equal)
 
 
-def t_training(rows, counts) -> str:
+def t_training(counts) -> str:
     body = []
     for task in TASKS:
         m, f90 = counts["acc"].get(task, (math.nan, math.nan))
@@ -410,7 +409,7 @@ def main():
     if a.numbers:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in nums.items()}
         Path(a.numbers).write_text(json.dumps({"counts": counts, "numbers": clean}, indent=1, allow_nan=False))
-    tables = {"training": t_training(rows, counts), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
+    tables = {"training": t_training(counts), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
               "q4": t_q4(rows), "q4b": t_q4b(rows), "q5_loss": t_q5(rows, "loss"), "q5_act": t_q5(rows, "activation")}
     out.write_text(render(counts, nums, tables, figs))
     print(f"wrote {out} and {len(figs)} figures in {figdir}/ from {counts['ok']} runs ({len(rows)} layers)")
@@ -482,10 +481,10 @@ def _half_vs_isotropy(n) -> str:
     best = max(n[f"{t}.low_tr.half_range_pearson"] for t in TASKS)
     level = "moderate at best" if best < 0.75 else "fairly strong"
     if lower:
-        return (f"lower than", f"So the left identity is {level} and weakest exactly where isotropy fails: neither "
+        return ("lower than", f"So the left identity is {level} and weakest exactly where isotropy fails: neither "
                 "exact identity on range(W) explains why the alpha = 1/2 correlation stays high.")
     if higher:
-        return (f"higher than", f"So the left identity ({level}) does hold better where isotropy fails.")
+        return ("higher than", f"So the left identity ({level}) does hold better where isotropy fails.")
     return ("against", f"The left identity is {level}, with no consistent relation to isotropy across the tasks.")
 
 

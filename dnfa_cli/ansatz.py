@@ -156,7 +156,6 @@ def _accumulate(params, X, wb, activation, method, m):
     """Gram sums over the rows of X (n, d) in chunks of m rows, one lax.scan step each. The
     last chunk is clamped to end at row n; rows it shares with the previous chunk get
     weight 0, so every row counts once and X is never padded or copied."""
-    L = len(params)
     kin = [p["W"].shape[1] for p in params]
     kout = [p["W"].shape[0] for p in params]
     c = kout[-1]

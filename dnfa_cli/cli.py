@@ -64,6 +64,13 @@ def layer_summary_table(result: dict, title: str | None = None) -> Table:
     return t
 
 
+def _show_done(root, rid: str, what: str) -> None:
+    from . import runs
+
+    out.print(f"run {rid} {what}: {root / rid}")
+    out.print(layer_summary_table(runs.load_result(root, rid)))
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file.")],
@@ -85,18 +92,14 @@ def train(
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
         rid = cfg.run_id
         if not force and runs.result_status(root, rid) == "ok":
-            out.print(f"run {rid} already finished ok (use --force to retrain): {root / rid}")
-            out.print(layer_summary_table(runs.load_result(root, rid)))
-            return
+            return _show_done(root, rid, "already finished ok (use --force to retrain)")
         try:
             ds = runs.prepare(cfg)  # every input check, before anything is written
         except DnfaInputError as e:
             raise DnfaInputError(f"{config}: {e}") from None
         with runs.run_lock(root, rid):
             if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
-                out.print(f"run {rid} finished ok in another process meanwhile: {root / rid}")
-                out.print(layer_summary_table(runs.load_result(root, rid)))
-                return
+                return _show_done(root, rid, "finished ok in another process meanwhile")
             out.print(f"run {rid} -> {root / rid}")
             with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as prog:
@@ -189,7 +192,7 @@ def sweep(
                 prog.advance(task)
 
             state = sw.run_sweep(plan, root, executor, force=force, rerun_failed=rerun_failed,
-                                 seed_batch=seed_batch, on_done=done)
+                                 seed_batch=seed_batch, on_done=done, todo=todo)
     finally:
         if executor:
             executor.close()

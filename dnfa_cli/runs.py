@@ -23,7 +23,6 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -319,11 +318,7 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
     except Exception as e:  # noqa: BLE001 - a broken run is recorded, the sweep goes on
         msg = f"{type(e).__name__}: {e}".splitlines()[0]
         tb = traceback.format_exc()
-        outs = [train.Outcome("failed", checkpoints=[], error=msg) for _ in cfgs]
-        for w in writers:
-            (w.dir / "traceback.txt").write_text(tb)
-            done = read_metrics(w.dir)
-            outs[writers.index(w)].checkpoints = done
+        outs = [train.Outcome("failed", checkpoints=read_metrics(w.dir), error=msg, traceback=tb) for w in writers]
     for w, o in zip(writers, outs):
         if o.traceback:
             (w.dir / "traceback.txt").write_text(o.traceback)

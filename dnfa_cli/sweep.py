@@ -311,13 +311,17 @@ def todo_of(p: Plan, root: Path, rerun: list[str]) -> tuple[list[Config], dict[s
 
 
 def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_failed: bool = False,
-              seed_batch: str = "auto", on_done: Callable[[dict], None] | None = None) -> dict[str, dict]:
-    """Execute a plan; returns the final per-run summaries keyed by run id."""
+              seed_batch: str = "auto", on_done: Callable[[dict], None] | None = None,
+              todo: list[Config] | None = None) -> dict[str, dict]:
+    """Execute a plan; returns the final per-run summaries keyed by run id. `todo`: the
+    runs to execute if the caller already has todo_of()'s answer (saves reading every
+    result.json again)."""
     root = Path(root).resolve()  # Dask workers run elsewhere: never hand them a relative path
     rerun = rerun_statuses(force, rerun_failed)
     created = runs.now_iso()
     state: dict[str, dict] = {}
-    todo, status = todo_of(p, root, rerun)
+    if todo is None:
+        todo, _ = todo_of(p, root, rerun)
     for c in p.configs:
         if c not in todo:
             state[c.run_id] = {**_summary(runs.load_result(root, c.run_id), ran=False), "skipped": True}

@@ -167,8 +167,6 @@ def test_steps_budget_ends_mid_epoch():
 def test_weights_that_overflow_before_a_checkpoint_are_diverged_not_failed(monkeypatch):
     """The losses are taken before each update, so the last update of a segment can blow up
     unseen; the checkpoint must catch it, for that run only."""
-    import functools
-
     cfgs = [_cfg(**{"seed": s, "train.epochs": 2, "metrics.checkpoints": 0}) for s in (0, 1)]
     dss = [data.make_dataset(c) for c in cfgs]
     real = train.epoch_fn
