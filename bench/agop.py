@@ -22,7 +22,7 @@ SIZES = [784, 1024, 1024, 1024, 10]
 
 def useful_flops(sizes, n, method):
     """Flops the method must do (2 per multiply-add): forward, Jacobians, Gram sums."""
-    from dnfa_cli.ansatz import flops_estimate
+    from dnfa_cli.grams import flops_estimate
 
     return 2 * n * flops_estimate(sizes, method)
 
@@ -74,7 +74,7 @@ def run(n, methods, jacfwd_n, chunk):
     import jax.numpy as jnp
 
     import dnfa_cli  # noqa: F401
-    from dnfa_cli import ansatz
+    from dnfa_cli import grams as ansatz
     from dnfa_cli import model as mdl
 
     params = mdl.init_params(jax.random.PRNGKey(0), SIZES, bias=False, init="gaussian", init_scale=1.0, dtype=jnp.float32)
@@ -118,7 +118,7 @@ def peak_rss(n, chunk):
     with numpy so that no second copy of it exists before the call."""
     code = (
         "import resource, numpy as np, jax, jax.numpy as jnp\n"
-        "import dnfa_cli\nfrom dnfa_cli import ansatz, model as mdl\n"
+        "import dnfa_cli\nfrom dnfa_cli import grams as ansatz, model as mdl\n"
         f"p = mdl.init_params(jax.random.PRNGKey(0), {SIZES}, bias=False, init='gaussian', init_scale=1.0, dtype=jnp.float32)\n"
         f"X = np.random.default_rng(1).standard_normal(({n}, {SIZES[0]}), dtype=np.float32)\n"
         "ansatz.compute_grams(p, X[:64], 'relu', method='preact', dtype=jnp.float32)  # runtime up\n"

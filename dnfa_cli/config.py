@@ -195,6 +195,8 @@ class MetricsCfg(_Strict):
     dtype: Literal["float32", "float64"] = "float64"
     chunk: PosInt | None = None  # samples per AGOP chunk; None: sized to ~64 MB
     bootstrap: Annotated[int, Field(ge=0, le=1000)] = 0  # memory: B k^2 per layer
+    # which checkpoints write matrices_<step>.npz: the first and the last, every one, none
+    save_matrices: Literal["ends", "all", "none"] = "ends"
 
 
 class Config(_Strict):
@@ -449,10 +451,19 @@ def _file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# Keys added after schema 1, left out of the run id while they hold their default, so that
+# a config that does not use them keeps the id (and the finished run) it always had.
+LATER_KEYS = {("metrics", "save_matrices"): "ends"}
+
+
 def run_id(cfg: Config) -> str:
     """`<name>-<10 hex of sha256(canonical resolved config + schema)>`; a user .npz file's
     content is hashed in too, so editing the data file gives a new run."""
-    payload = {"schema": SCHEMA, "config": cfg.to_dict()}
+    d = cfg.to_dict()
+    for (sec, key), default in LATER_KEYS.items():
+        if d[sec].get(key) == default:
+            del d[sec][key]
+    payload = {"schema": SCHEMA, "config": d}
     if cfg.data.task == "npz":
         payload["npz_sha256"] = _file_sha256(cfg.data.path)
     digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:10]

@@ -228,7 +228,7 @@ def fig_matrices(v: RunView, layer: int, path: Path) -> Path | None:
     fig, axes = plt.subplots(len(mfiles), 3, figsize=(10.5, 3.5 * len(mfiles)), squeeze=False)
     for row, (step, f) in enumerate(mfiles):
         z = np.load(f)
-        nfm, half, agop = (z[f"{n}_{layer}"] for n in ("nfm", "agop_half", "agop"))
+        nfm, half, agop = (z[f"{n}_{layer}"].astype(np.float64) for n in ("nfm", "agop_half", "agop"))
         k = nfm.shape[0]
         if k > 2 * BLOCK:
             lam, V = np.linalg.eigh(nfm)
@@ -257,16 +257,16 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
     mfiles = _mat_files(v)
     if not mfiles:
         return None
-    from .ansatz import svd_range
+    from .stats import svd_range
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for step, f in mfiles:
-        G = np.load(f)[f"pgop_{layer}"]
+        G = np.load(f)[f"pgop_{layer}"].astype(np.float64)
         pf = v.dir / "checkpoints" / f"step_{step:07d}.npz"
         U = None
         if pf.exists():
             W = np.load(pf)[f"W{layer}"].astype(np.float64)
-            Uf, s, _, r = svd_range(W)
+            Uf, s, r = svd_range(W)
             U = Uf[:, :r]
         for ax, M, where in ((axes[0], G, "full"), (axes[1], None if U is None else U.T @ G @ U, "range(W)")):
             if M is None:

@@ -3,8 +3,8 @@ loading, and `execute`, which turns a validated config into a finished run direc
 
     runs/<run_id>/config.yaml  env.json  metrics.jsonl  result.json (last, atomic)
     runs/<run_id>/checkpoints/step_<NNNNNNN>.npz      W1, b1, ..., WL, bL
-    runs/<run_id>/checkpoints/matrices_<NNNNNNN>.npz  nfm_i, agop_i, agop_half_i, pgop_i
-                                                      (first and latest checkpoint)
+    runs/<run_id>/checkpoints/matrices_<NNNNNNN>.npz  nfm_i, agop_i, agop_half_i, pgop_i (float32;
+                                                      which checkpoints: metrics.save_matrices)
     runs/sweeps/<sweep_id>.json
 """
 from __future__ import annotations
@@ -241,7 +241,7 @@ class RunWriter:
         atomic_write_json(self.dir / "env.json", env)
         (self.dir / "metrics.jsonl").touch()
 
-    def checkpoint(self, rec: dict, params: list, mats: dict) -> None:
+    def checkpoint(self, rec: dict, params: list) -> None:
         step = rec["step"]
         arrays = {}
         for i, layer in enumerate(params, start=1):
@@ -249,16 +249,14 @@ class RunWriter:
             arrays[f"W{i}"] = W
             arrays[f"b{i}"] = np.asarray(layer["b"]) if "b" in layer else np.zeros(W.shape[0], W.dtype)
         atomic_savez(self.dir / "checkpoints" / f"step_{step:07d}.npz", arrays)
-        if mats:
-            # keep the matrices of the first and the latest checkpoint only: the latest is
-            # the last one even for a run that diverges before its planned end
-            atomic_savez(self.dir / "checkpoints" / f"matrices_{step:07d}.npz", mats)
-            for old in (self.dir / "checkpoints").glob("matrices_*.npz"):
-                if old.name not in (f"matrices_{step:07d}.npz", "matrices_0000000.npz"):
-                    old.unlink()
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
             f.flush()
+
+    def matrices(self, step: int, mats: dict) -> None:
+        """The layer matrices of a checkpoint, as float32 (metrics.save_matrices says which)."""
+        atomic_savez(self.dir / "checkpoints" / f"matrices_{step:07d}.npz",
+                     {k: np.asarray(v, np.float32) for k, v in mats.items()})
 
     def finish(self, outcome, info: dict, created: str) -> dict:
         result = {
@@ -314,7 +312,8 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
     for w in writers:
         w.start(env)
     try:
-        outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers], on_progress=on_progress)
+        outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers],
+                                   on_matrices=[w.matrices for w in writers], on_progress=on_progress)
     except Exception as e:  # noqa: BLE001 - a broken run is recorded, the sweep goes on
         msg = f"{type(e).__name__}: {e}".splitlines()[0]
         tb = traceback.format_exc()

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import ansatz
+from . import baselines as bl
+from . import grams, stats
 from . import model as mdl
 from .config import Config, DnfaInputError
 from .data import Dataset
@@ -202,25 +203,24 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
-def random_baselines(cfg: Config, params) -> list:
-    """Each layer's random-W factors, drawn once per run from the metrics key."""
+def random_baselines(cfg: Config, params) -> list[bl.Terms]:
+    """Each layer's random-W terms (baselines.py), drawn once per run from the metrics key
+    and kept on the device."""
     _, _, k_metrics = run_keys(cfg.seed)
     k = jax.random.fold_in(k_metrics, 2)
-    return [ansatz.draw_random_baselines(jax.random.fold_in(k, l), layer["W"].shape) for l, layer in enumerate(params)]
+    return [bl.draw_terms(jax.random.fold_in(k, l), layer["W"].shape) for l, layer in enumerate(params)]
 
 
-def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: int, *, method: str,
-            baselines: list | None = None) -> tuple[dict, dict]:
-    """The checkpoint record (losses and every per-layer statistic) and the layer matrices
-    nfm/agop/agop_half/pgop keyed `<name>_<layer>`. `baselines`: random_baselines(), drawn
-    once per run and passed to every checkpoint."""
+def loss_record(cfg: Config, ds: Dataset, params, step: int, spe: int, arrays=None) -> dict:
+    """The checkpoint record's step and losses (accuracies for classification)."""
     tc, mc = cfg.train, cfg.model
     kw = dict(activation=mc.activation, loss=tc.loss, kind=ds.kind)
     dt = jnp.dtype(tc.dtype)
-    tr_loss, tr_acc = evaluate(params, jnp.asarray(ds.X_train, dt), jnp.asarray(ds.T_train, dt), jnp.asarray(ds.y_train), **kw)
+    Xtr, Ttr, ytr = arrays or (jnp.asarray(ds.X_train, dt), jnp.asarray(ds.T_train, dt), jnp.asarray(ds.y_train))
+    tr_loss, tr_acc = evaluate(params, Xtr, Ttr, ytr, **kw)
     te_loss, te_acc = evaluate(params, jnp.asarray(ds.X_test, dt), jnp.asarray(ds.T_test, dt), jnp.asarray(ds.y_test), **kw)
     cls = ds.kind != "regression"
-    rec = {
+    return {
         "step": int(step),
         "epoch": step / spe,
         "train_loss": _num(tr_loss),
@@ -228,28 +228,46 @@ def measure(cfg: Config, ds: Dataset, params, params0, subset, step: int, spe: i
         "train_acc": _num(tr_acc) if cls else None,
         "test_acc": _num(te_acc) if cls else None,
     }
-    X = (ds.X_train if cfg.metrics.split == "train" else ds.X_test)[subset]
-    _, _, k_metrics = run_keys(cfg.seed)
-    mdt = jnp.dtype(cfg.metrics.dtype)
-    baselines = baselines or random_baselines(cfg, params)
+
+
+def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, subsets, step: int, spe: int, *,
+            method: str, terms: list, arrays=None) -> list[tuple[dict, dict]]:
+    """For runs of one seed batch (one run is the usual case) at `step`: each run's
+    checkpoint record (losses and every per-layer statistic) and its layer matrices
+    nfm/agop/agop_half/pgop keyed `<name>_<layer>` (float32 device arrays). The Grams and
+    the statistics are computed on the device, runs and layers of one shape together.
+    `terms`: each run's random_baselines(), drawn once per run."""
+    cfg0 = cfgs[0]
+    mc, mt = cfg0.model, cfg0.metrics
+    recs = [loss_record(c, d, p, step, spe, a) for c, d, p, a in zip(cfgs, dss, params_list, arrays or [None] * len(cfgs))]
+    Xs = [(d.X_train if mt.split == "train" else d.X_test)[s] for d, s in zip(dss, subsets)]
+    mdt = jnp.dtype(mt.dtype)
     # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use the
     # same random factors for the whole run
-    grams = ansatz.compute_grams(params, X, mc.activation, method=method, dtype=mdt,
-                                 chunk=cfg.metrics.chunk, bootstrap=cfg.metrics.bootstrap,
-                                 key=jax.random.fold_in(jax.random.fold_in(k_metrics, 1), step))
-    layers, mats = [], {}
-    L = len(params)
-    for l in range(L):
-        W = np.asarray(params[l]["W"], np.float64)
-        W0 = np.asarray(params0[l]["W"], np.float64)
-        k = max(W.shape)
-        row, m = ansatz.layer_stats(W, W0, grams, l, trivial=(l == L - 1),
-                                    rel_tol=k * float(jnp.finfo(mdt).eps), baselines=baselines[l])
-        layers.append({k_: (_num(v) if isinstance(v, float) else v) for k_, v in row.items()})
-        for name, a in m.items():
-            mats[f"{name}_{l + 1}"] = a
-    rec["layers"] = layers
-    return rec, mats
+    keys = [jax.random.fold_in(jax.random.fold_in(run_keys(c.seed)[2], 1), step) for c in cfgs]
+    gs = grams.compute_grams_batch(params_list, Xs, mc.activation, method=method, dtype=mdt, chunk=mt.chunk,
+                                   bootstrap=mt.bootstrap, keys=keys)
+    L = len(params_list[0])
+    eps = float(jnp.finfo(mdt).eps)
+    items = [(stats.layer_input(p[l]["W"], p0[l]["W"], g, l, max(p[l]["W"].shape) * eps, t[l]), l == L - 1)
+             for p, p0, g, t in zip(params_list, params0_list, gs, terms) for l in range(L)]
+    outs = stats.compute(items)
+    res = []
+    for r, rec in enumerate(recs):
+        layers, mats = [], {}
+        for l in range(L):
+            row, m = outs[r * L + l]
+            W = params_list[r][l]["W"]
+            layers.append({"layer": l + 1, "shape": [int(W.shape[0]), int(W.shape[1])], "trivial": l == L - 1,
+                           **{k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()}})
+            mats.update({f"{name}_{l + 1}": a for name, a in m.items()})
+        res.append(({**rec, "layers": layers}, mats))
+    return res
+
+
+@jax.jit
+def all_finite(params):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(params)]))
 
 
 # ----------------------------------------------------------------------------- one run
@@ -263,11 +281,15 @@ class Outcome:
     info: dict = field(default_factory=dict)
 
 
-def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any, dict], None] | None = None,
+def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any], None] | None = None,
+          on_matrices: Callable[[int, dict], None] | None = None,
           on_progress: Callable[[int, int], None] | None = None) -> Outcome:
-    """Train one run, measuring at every checkpoint. `on_checkpoint(record, params, mats)`
-    is called as each is measured; `on_progress(step, total)` after each epoch segment."""
-    return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_progress=on_progress)[0]
+    """Train one run, measuring at every checkpoint. `on_checkpoint(record, params)` is
+    called as each is measured, `on_matrices(step, mats)` with the layer matrices of the
+    checkpoints that metrics.save_matrices keeps, `on_progress(step, total)` after each
+    epoch segment."""
+    return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_matrices=[on_matrices],
+                         on_progress=on_progress)[0]
 
 
 def seed_free(cfg: Config) -> Config:
@@ -281,27 +303,36 @@ def batch_compatible(cfgs: list[Config]) -> bool:
     return all(seed_free(c) == first for c in cfgs[1:])
 
 
-def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None, on_progress=None) -> list[Outcome]:
+def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None, on_matrices=None,
+                  on_progress=None) -> list[Outcome]:
     """Train runs that differ only in seed as one `jax.vmap`ped program (a single run is
-    the unbatched case). Each run keeps its own keys, data and divergence status."""
+    the unbatched case), and measure them together at each checkpoint. Each run keeps its
+    own keys, data and divergence status."""
     if not batch_compatible(cfgs):
         raise ValueError("train_batched: runs in one batch must differ only in seed")
     R = len(cfgs)
     cfg0, ds0 = cfgs[0], dss[0]
     on_checkpoint = on_checkpoint or [None] * R
+    on_matrices = on_matrices or [None] * R
     tc, mc = cfg0.train, cfg0.model
+    mt0 = cfg0.metrics
+    save = mt0.save_matrices
     dt = jnp.dtype(tc.dtype)
     n = len(ds0.X_train)
     spe = steps_per_epoch(n, tc.batch_size)
     total = total_steps(cfg0, n)
     cks = checkpoint_steps(cfg0, total)
     sizes = sizes_for(cfg0, ds0)
-    method = ansatz.choose_method(sizes, cfg0.metrics.jacobian)
+    method = grams.choose_method(sizes, cfg0.metrics.jacobian)
     t_start = time.perf_counter()
 
     states = [init_state(c, d) for c, d in zip(cfgs, dss)]
     params0 = [s.params for s in states]
-    rand_draws = [None] * R  # drawn at each run's first checkpoint
+    rand_terms = [None] * R  # drawn at each run's first checkpoint
+    # save_matrices: ends keeps the params (not the 50 MB of matrices at width 1024) of a
+    # run's latest checkpoint: should the run end before its last step, that checkpoint's
+    # matrices are measured again from them
+    held = [None] * R
     subsets = [metrics_subset(c, d) for c, d in zip(cfgs, dss)]
     shuffle_keys = [run_keys(c.seed)[1] for c in cfgs]
     arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
@@ -310,35 +341,90 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                                 "n_samples": int(len(s)), "sizes": sizes, "checkpoint_steps": cks})
             for s in subsets]
     alive = list(range(R))
-    t_train = t_metrics = 0.0
+    t_train = t_metrics = t_base = 0.0
+    t_ck: list[float] = []  # measuring seconds of each checkpoint (the whole batch's)
 
-    def checkpoint(r, st, step) -> bool:
-        """Measure run r at `step`; False (and the run's status set) if it cannot go on."""
+    def fail(r, step, e):
+        outs[r].status, outs[r].error = "failed", f"{type(e).__name__} at step {step}: {e}".splitlines()[0]
+        outs[r].traceback = traceback.format_exc()
+
+    def write_held(r):
+        if held[r] is not None and on_matrices[r]:
+            step, params = held[r]
+            try:
+                mats = measure([cfgs[r]], [dss[r]], [params], [params0[r]], [subsets[r]], step, spe, method=method,
+                               terms=[rand_terms[r]])[0][1]
+            except Exception:  # noqa: BLE001 - the run's status already says why it ended
+                mats = None
+            if mats is not None:
+                on_matrices[r](step, mats)
+        held[r] = None
+
+    def measure_runs(rs, st, step) -> dict:
+        """{run: (record, matrices)} for the runs rs, measured together; if that raises,
+        each alone, so one run's failure does not take its batch down."""
+        params = {r: take(st, r).params for r in rs}
+
+        def run(idx):
+            nonlocal t_base
+            for r in idx:
+                if rand_terms[r] is None:
+                    t0 = time.perf_counter()
+                    rand_terms[r] = jax.block_until_ready(random_baselines(cfgs[r], params0[r]))
+                    t_base += time.perf_counter() - t0
+            return dict(zip(idx, measure([cfgs[r] for r in idx], [dss[r] for r in idx], [params[r] for r in idx],
+                                         [params0[r] for r in idx], [subsets[r] for r in idx], step, spe,
+                                         method=method, terms=[rand_terms[r] for r in idx],
+                                         arrays=[arrays_of(r) for r in idx])))
+
+        if len(rs) > 1:
+            try:
+                return run(rs)
+            except Exception:  # noqa: BLE001 - find the run that raised
+                pass
+        got = {}
+        for r in rs:
+            try:
+                got.update(run([r]))
+            except Exception as e:  # noqa: BLE001
+                fail(r, step, e)
+        return got
+
+    def checkpoint(rs, st, step) -> list[int]:
+        """Measure the runs rs at `step`; returns those that go on (the others have their
+        status set)."""
         nonlocal t_metrics
         t0 = time.perf_counter()
+        go = []
         try:
-            # the minibatch losses are taken before each update: the last update of a
-            # segment can still overflow the weights
-            if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(st.params)):
-                outs[r].status, outs[r].error = "diverged", f"parameters became non-finite by step {step}"
-                return False
-            if rand_draws[r] is None:
-                rand_draws[r] = random_baselines(cfgs[r], params0[r])
-            rec, mats = measure(cfgs[r], dss[r], st.params, params0[r], subsets[r], step, spe, method=method,
-                                baselines=rand_draws[r])
-            if rec["train_loss"] is None:
-                outs[r].status, outs[r].error = "diverged", f"training loss is not finite at step {step}"
-                return False
-            outs[r].checkpoints.append(rec)
-            if on_checkpoint[r]:
-                on_checkpoint[r](rec, st.params, mats)
-            return True
-        except Exception as e:  # noqa: BLE001 - one run's failure must not take its batch down
-            outs[r].status, outs[r].error = "failed", f"{type(e).__name__} at step {step}: {e}".splitlines()[0]
-            outs[r].traceback = traceback.format_exc()
-            return False
+            finite = []
+            for r in rs:
+                # the minibatch losses are taken before each update: the last update of a
+                # segment can still overflow the weights
+                if bool(all_finite(take(st, r).params)):
+                    finite.append(r)
+                else:
+                    outs[r].status, outs[r].error = "diverged", f"parameters became non-finite by step {step}"
+            for r, (rec, mats) in (measure_runs(finite, st, step) if finite else {}).items():
+                if rec["train_loss"] is None:
+                    outs[r].status, outs[r].error = "diverged", f"training loss is not finite at step {step}"
+                    continue
+                outs[r].checkpoints.append(rec)
+                if on_checkpoint[r]:
+                    on_checkpoint[r](rec, take(st, r).params)
+                if save == "all" or (save == "ends" and step in (0, total)):
+                    if on_matrices[r]:
+                        on_matrices[r](step, mats)
+                elif save == "ends":
+                    held[r] = (step, take(st, r).params)
+                go.append(r)
+            for r in rs:
+                if r not in go:
+                    write_held(r)  # the run ends here: keep its latest matrices
         finally:
-            t_metrics += time.perf_counter() - t0
+            t_ck.append(time.perf_counter() - t0)
+            t_metrics += t_ck[-1]
+        return go
 
     if R == 1:
         run_epoch = functools.partial(epoch_fn, **static)
@@ -346,6 +432,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
         fold = jax.random.fold_in
         skeys = shuffle_keys[0]
         take = lambda st, r: st
+        arrays_of = lambda r: (Xs, Ts, ys)
     else:
         run_epoch = jax.vmap(functools.partial(epoch_fn, **static), in_axes=(0, 0, 0, 0, 0, None, None))
         state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
@@ -353,9 +440,10 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
         fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
         skeys = jnp.stack(shuffle_keys)
         take = lambda st, r: jax.tree_util.tree_map(lambda a: a[r], st)
+        arrays_of = lambda r: (Xs[r], Ts[r], ys[r])
     del states, arrays
 
-    alive = [r for r in alive if checkpoint(r, take(state, r), 0)]
+    alive = checkpoint(alive, state, 0)
     step = 0
     for target in cks[1:]:
         while step < target and alive:
@@ -376,11 +464,18 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                 bad = int(np.argmin(np.isfinite(lv)))
                 outs[r].status = "diverged"
                 outs[r].error = f"loss became {lv[bad]} at step {step - (i1 - i0) + bad + 1} (epoch {e + 1})"
+            for r in alive:
+                if r not in still:
+                    write_held(r)
             alive = still
             if on_progress:
                 on_progress(step, total)
-        alive = [r for r in alive if checkpoint(r, take(state, r), target)]
+        if alive:
+            alive = checkpoint(alive, state, target)
     wall = time.perf_counter() - t_start
     for o in outs:
-        o.seconds = {"total": wall, "train": t_train, "metrics": t_metrics}
+        # metrics: every checkpoint's measuring (its Grams, statistics and files), the
+        # random-W draws (once per run, inside the first) included
+        o.seconds = {"total": wall, "train": t_train, "metrics": t_metrics, "baseline_draws": t_base,
+                     "metrics_per_checkpoint": t_ck}
     return outs

@@ -64,6 +64,20 @@ def test_run_id_is_content_addressed():
     assert config.validate({"name": "x", "model": {"width": 8, "depth": 2, "activation": "relu"}}).run_id == a.run_id
 
 
+def test_keys_added_later_keep_old_run_ids_at_their_default():
+    """A key added after schema 1 (metrics.save_matrices) is left out of the hash at its
+    default, so every run finished before it existed keeps its id."""
+    import hashlib
+    import json
+
+    cfg = config.validate({"name": "x", "model": {"width": 8}})
+    d = cfg.to_dict()
+    del d["metrics"]["save_matrices"]
+    payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
+    assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
+    assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {"save_matrices": "all"}}).run_id != cfg.run_id
+
+
 def test_files_and_overrides(tmp_path):
     p = tmp_path / "my-exp.yaml"
     p.write_text("model: {width: 8, depth: 1}\n")

@@ -134,9 +134,10 @@ def test_wide_layer_heatmaps_say_they_show_a_block(tmp_path):
     assert _png_size(p) == (1050, 700)
     # the leading block in the NFM's eigenbasis is V^T M V restricted to the top 64
     z = np.load(next((tmp_path / "runs" / res["run_id"] / "checkpoints").glob("matrices_*.npz")))
-    lam, V = np.linalg.eigh(z["nfm_2"])
+    nfm = z["nfm_2"].astype(np.float64)  # stored as float32; the report works in float64
+    lam, V = np.linalg.eigh(nfm)
     top = V[:, ::-1][:, :64]
-    np.testing.assert_allclose(top.T @ z["nfm_2"] @ top, np.diag(lam[::-1][:64]), atol=1e-10 * lam.max())
+    np.testing.assert_allclose(top.T @ nfm @ top, np.diag(lam[::-1][:64]), atol=1e-10 * lam.max())
 
 
 def test_sweep_report_rows_grouping_and_figures(made, tmp_path):

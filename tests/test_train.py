@@ -114,13 +114,13 @@ def test_same_config_same_numbers_and_mid_epoch_checkpoints_change_nothing():
     cfg = _cfg(**{"train.epochs": 3, "metrics.checkpoints": [4]})  # step 4 is inside epoch 2
     ds = data.make_dataset(cfg)
     params_at = {}
-    out1 = train.train(cfg, ds, on_checkpoint=lambda rec, p, m: params_at.setdefault(rec["step"], p))
+    out1 = train.train(cfg, ds, on_checkpoint=lambda rec, p: params_at.setdefault(rec["step"], p))
     out2 = train.train(cfg, data.make_dataset(cfg))
     assert [c["step"] for c in out1.checkpoints] == [0, 4, 9]
     assert out1.checkpoints == out2.checkpoints  # bit-for-bit, every statistic
     cfg_plain = _cfg(**{"train.epochs": 3, "metrics.checkpoints": 0})
     final = {}
-    train.train(cfg_plain, ds, on_checkpoint=lambda rec, p, m: final.setdefault(rec["step"], p))
+    train.train(cfg_plain, ds, on_checkpoint=lambda rec, p: final.setdefault(rec["step"], p))
     assert sorted(final) == [0, 9]
     for x, y in zip(jax.tree_util.tree_leaves(final[9]), jax.tree_util.tree_leaves(params_at[9])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -195,10 +195,10 @@ def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeyp
     cfgs = [_cfg(**{"seed": s, "train.epochs": 1, "metrics.checkpoints": 0}) for s in (0, 1)]
     real = train.measure
 
-    def flaky(cfg, *a, **k):
-        if cfg.seed == 1 and a[4] > 0:  # seed 1, after initialisation
+    def flaky(cfgs, *a, **k):
+        if any(c.seed == 1 for c in cfgs) and a[4] > 0:  # a batch holding seed 1, after initialisation
             raise np.linalg.LinAlgError("SVD did not converge")
-        return real(cfg, *a, **k)
+        return real(cfgs, *a, **k)
 
     monkeypatch.setattr(train, "measure", flaky)
     res = runs.execute(cfgs, tmp_path)
@@ -206,3 +206,35 @@ def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeyp
     assert res[1]["error"].startswith("LinAlgError at step 3: SVD did not converge")
     assert "SVD did not converge" in (tmp_path / res[1]["run_id"] / "traceback.txt").read_text()
     assert not (tmp_path / res[0]["run_id"] / "traceback.txt").exists()
+
+
+@pytest.mark.parametrize("save,want", [("ends", [0, 6]), ("all", [0, 1, 2, 6]), ("none", [])])
+def test_save_matrices_writes_the_checkpoints_it_names(save, want, tmp_path):
+    from dnfa_cli import runs
+
+    cfg = _cfg(**{"metrics.checkpoints": [1, 2], "metrics.save_matrices": save})
+    res = runs.execute([cfg], tmp_path)[0]
+    assert [c["step"] for c in res["checkpoints"]] == [0, 1, 2, 6]
+    files = sorted((tmp_path / cfg.run_id / "checkpoints").glob("matrices_*.npz"))
+    assert [int(f.stem.split("_")[1]) for f in files] == want
+    for f in files:
+        z = np.load(f)
+        assert sorted(z.files) == sorted(f"{m}_{i}" for m in ("nfm", "agop", "agop_half", "pgop") for i in (1, 2))
+        assert all(z[k].dtype == np.float32 for k in z.files)
+        # agop_half is the square root of agop (from the same eigendecomposition)
+        half = z["agop_half_1"].astype(np.float64)
+        np.testing.assert_allclose(half @ half, z["agop_1"], rtol=1e-4, atol=1e-5 * np.abs(z["agop_1"]).max())
+    s = res["seconds"]
+    assert len(s["metrics_per_checkpoint"]) == 4 and s["metrics"] == pytest.approx(sum(s["metrics_per_checkpoint"]))
+
+
+def test_a_diverging_run_keeps_the_matrices_of_its_last_checkpoint(tmp_path):
+    from dnfa_cli import runs
+
+    cfg = _cfg(**{"model.activation": "identity", "train.lr": 5.0, "train.epochs": 30, "metrics.checkpoints": [1, 2]})
+    res = runs.execute([cfg], tmp_path)[0]
+    assert res["status"] == "diverged"
+    last = res["checkpoints"][-1]["step"]
+    assert 0 < last < 30 * 3  # measured after initialisation, diverged before the end
+    files = sorted((tmp_path / cfg.run_id / "checkpoints").glob("matrices_*.npz"))
+    assert [int(f.stem.split("_")[1]) for f in files] == sorted({0, last})

@@ -1,206 +1,19 @@
-"""The math of docs/SCIENCE.md: AGOP and pgop (two exact methods), NFM, the two correlation
-conventions, matrix powers, alpha*, the isotropy (tight-frame) statistics and baselines.
+"""The independent reference for dnfa_cli.stats: the numpy implementation of every
+per-layer statistic that dnfa used before the statistics moved onto the device (one
+formula at a time, the obvious way: explicit matrices, numpy LAPACK on the host). The
+device path must equal it to 1e-10 in float64.
 
-Gram accumulation runs in JAX (chunks of samples under one `lax.scan`, so memory is flat
-in n); the statistics of the resulting k x k matrices run in numpy float64 on the host.
+One definition differs from that old code: half_range_pearson was pearson(U_r^T G U_r,
+S^2) in the SVD basis, whose value depended on the sign LAPACK gives each singular
+vector; it is now the same identity in the standard basis, pearson(Pi G Pi, W W^T).
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from . import model as mdl
 
-CHUNK_BYTES = 64 * 2**20  # target size of the largest per-chunk Jacobian stack
-
-
-# ============================================================================ Grams
-class Grams(NamedTuple):
-    """Per layer l (0-based), over n samples (sums divided by n):
-    agop[l]  (k_l, k_l)          E[J^T J], J = df/dh_l (c, k_l)
-    pgop[l]  (k_{l+1}, k_{l+1})  E[g^T g], g = df/dp_{l+1}; for the output layer I_c
-    jbar[l]  (c, k_l)            E[J]
-    gbar[l]  (c, k_{l+1})        E[g]
-    pcov[l]  (k_{l+1}, k_{l+1})  E[p p^T], p the pre-activation (the output f for the last)
-    pgop_boot[l] (B, k, k) or None: pgop under B multinomial resamples of the n samples
-    """
-
-    agop: list
-    pgop: list
-    jbar: list
-    gbar: list
-    pcov: list
-    pgop_boot: list | None
-    n: int
-
-
-def _stack_grams(G_cmk, w_m):
-    """sum_m w_m G[:, m]^T G[:, m] as one GEMM over the (c*m) rows."""
-    sw = jnp.sqrt(w_m)[None, :, None]
-    Gw = (G_cmk * sw).reshape(-1, G_cmk.shape[-1])
-    return Gw.T @ Gw
-
-
-def _weighted_sum(G_cmk, w_m):
-    """sum_m w_m G[:, m]; written as multiply-and-reduce because XLA:CPU lowers the
-    equivalent einsum('cmk,m->ck') to a slow matrix-vector product (12x here)."""
-    return (G_cmk * w_m[None, :, None]).sum(1)
-
-
-def _preact_chunk(params, X, activation):
-    """All layers from one forward pass and c reverse passes w.r.t. zero perturbations of
-    every pre-activation: g_l = df/dp_{l+1} of shape (c, m, k_{l+1})."""
-    m = X.shape[0]
-    eps0 = [jnp.zeros((m, layer["W"].shape[0]), X.dtype) for layer in params]
-
-    def f_sum(eps):
-        hs, ps = mdl.forward_all(params, X, activation, eps)
-        # f(x_m) depends only on eps[.][m], so d(sum_m f)/d eps[l][m] = df(x_m)/dp_{l+1}
-        return ps[-1].sum(0), ps
-
-    gs, ps = jax.jacrev(f_sum, has_aux=True)(eps0)  # gs[l]: (c, m, k_{l+1})
-    return gs, ps
-
-
-def _jacfwd_chunk(params, X, activation):
-    """Per layer, as written in the paper: vmap over samples of jacfwd of f_l (the map from
-    h_l to the output) and of the map from p_{l+1} to the output."""
-    hs, ps = mdl.forward_all(params, X, activation)
-    Js, gs = [], []
-    for l in range(len(params)):
-        fl = lambda h, l=l: mdl.f_from_input(params, l, h, activation)
-        fp = lambda p, l=l: mdl.f_from_preact(params, l, p, activation)
-        Js.append(jnp.moveaxis(jax.vmap(jax.jacfwd(fl))(hs[l]), 0, 1))  # (c, m, k_l)
-        gs.append(jnp.moveaxis(jax.vmap(jax.jacfwd(fp))(ps[l]), 0, 1))  # (c, m, k_{l+1})
-    return Js, gs, ps
-
-
-def flops_estimate(sizes: list[int], method: str) -> float:
-    """Multiply-adds per sample of each method (forward, Jacobians, Gram sums), to pick one."""
-    L, c = len(sizes) - 1, sizes[-1]
-    fwd = sum(sizes[l] * sizes[l + 1] for l in range(L))
-    if method == "preact":
-        back = c * sum(sizes[l] * sizes[l + 1] for l in range(1, L))
-        gram = c * sum(sizes[l + 1] ** 2 for l in range(L))
-        return fwd + back + gram
-    total = fwd
-    for l in range(L):
-        tail = sum(sizes[j] * sizes[j + 1] for j in range(l, L))
-        tail_p = sum(sizes[j] * sizes[j + 1] for j in range(l + 1, L))
-        total += sizes[l] * tail + sizes[l + 1] * tail_p + c * (sizes[l] ** 2 + sizes[l + 1] ** 2)
-    return total
-
-
-def choose_method(sizes: list[int], method: str) -> str:
-    if method != "auto":
-        return method
-    return "preact" if flops_estimate(sizes, "preact") <= flops_estimate(sizes, "jacfwd") else "jacfwd"
-
-
-def auto_chunk(sizes: list[int], method: str, itemsize: int) -> int:
-    c = sizes[-1]
-    if method == "preact":
-        per_sample = c * sum(sizes[1:]) + 2 * sum(sizes)
-    else:  # jacfwd pushes k_l tangents through the layers above l
-        per_sample = max(sizes[l] * max(sizes[l:]) for l in range(len(sizes) - 1)) + c * max(sizes)
-    return int(max(1, min(4096, CHUNK_BYTES // (itemsize * per_sample))))
-
-
-def _bootstrap_weights(key, n: int, B: int) -> np.ndarray:
-    """(B, n) multinomial resample counts: resample b draws n samples with replacement."""
-    idx = np.asarray(jax.random.randint(key, (B, n), 0, n))
-    w = np.zeros((B, n))
-    for b in range(B):
-        w[b] = np.bincount(idx[b], minlength=n)
-    return w
-
-
-def compute_grams(params, X, activation: str, *, method: str = "auto", dtype=jnp.float64,
-                  chunk: int | None = None, bootstrap: int = 0, key=None) -> Grams:
-    """AGOP, pgop and their companions over the rows of X (n, d), exactly, in chunks.
-
-    `method`: "preact" (one pass for all layers; agop = W^T pgop W), "jacfwd" (per layer
-    vmap(jacfwd(f_l)), agop from the Jacobians themselves) or "auto" (fewer flops)."""
-    dtype = jnp.dtype(dtype)
-    params = mdl.cast(params, dtype)
-    X = jnp.asarray(X, dtype)
-    n = X.shape[0]
-    sizes = [params[0]["W"].shape[1]] + [layer["W"].shape[0] for layer in params]
-    method = choose_method(sizes, method)
-    m = chunk or auto_chunk(sizes, method, dtype.itemsize)
-    m = min(m, n)
-    if bootstrap:
-        wb = jnp.asarray(_bootstrap_weights(key, n, bootstrap), dtype)  # (B, n)
-    else:
-        wb = jnp.zeros((0, n), dtype)
-    # no padded copy of X: chunks are sliced out of it in place (memory flat in n beyond X)
-    sums = _accumulate(params, X, wb, activation, method, m)
-    agop_s, pgop_s, jbar_s, gbar_s, pcov_s, boot_s = sums
-    if method == "preact":
-        agop_s = [p["W"].T @ G @ p["W"] for p, G in zip(params, pgop_s)]
-        jbar_s = [g @ p["W"] for p, g in zip(params, gbar_s)]
-    to_np = lambda xs: [np.asarray(x, np.float64) / n for x in xs]
-    return Grams(
-        agop=to_np(agop_s), pgop=to_np(pgop_s), jbar=to_np(jbar_s), gbar=to_np(gbar_s),
-        pcov=to_np(pcov_s), pgop_boot=to_np(boot_s) if bootstrap else None, n=n,
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("activation", "method", "m"))
-def _accumulate(params, X, wb, activation, method, m):
-    """Gram sums over the rows of X (n, d) in chunks of m rows, one lax.scan step each. The
-    last chunk is clamped to end at row n; rows it shares with the previous chunk get
-    weight 0, so every row counts once and X is never padded or copied."""
-    kin = [p["W"].shape[1] for p in params]
-    kout = [p["W"].shape[0] for p in params]
-    c = kout[-1]
-    n = X.shape[0]
-    dt = X.dtype
-    B = wb.shape[0]
-    n_chunks = -(-n // m)
-    zeros = lambda shape: jnp.zeros(shape, dt)
-    init = (
-        [zeros((k, k)) for k in kin] if method == "jacfwd" else [],
-        [zeros((k, k)) for k in kout],
-        [zeros((c, k)) for k in kin] if method == "jacfwd" else [],
-        [zeros((c, k)) for k in kout],
-        [zeros((k, k)) for k in kout],
-        [zeros((B, k, k)) for k in kout],
-    )
-
-    def slices(i):
-        start = jnp.minimum(i * m, n - m)
-        w = (start + jnp.arange(m) >= i * m).astype(dt)
-        Xc = jax.lax.dynamic_slice_in_dim(X, start, m)
-        wbc = jax.lax.dynamic_slice_in_dim(wb, start, m, axis=1) * w[None, :]
-        return Xc, w, wbc
-
-    def body(carry, i):
-        X, w, wb = slices(i)
-        agop, pgop, jbar, gbar, pcov, boot = carry
-        if method == "preact":
-            gs, ps = _preact_chunk(params, X, activation)
-        else:
-            Js, gs, ps = _jacfwd_chunk(params, X, activation)
-            agop = [a + _stack_grams(J, w) for a, J in zip(agop, Js)]
-            jbar = [a + _weighted_sum(J, w) for a, J in zip(jbar, Js)]
-        pgop = [a + _stack_grams(G, w) for a, G in zip(pgop, gs)]
-        gbar = [a + _weighted_sum(G, w) for a, G in zip(gbar, gs)]
-        pcov = [a + (p * w[:, None]).T @ p for a, p in zip(pcov, ps)]
-        if B:
-            boot = [a + jax.lax.map(lambda wr, G=G: _stack_grams(G, wr), wb) for a, G in zip(boot, gs)]
-        return (agop, pgop, jbar, gbar, pcov, boot), None
-
-    out, _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
-    return out
-
-
-# ============================================================================ statistics
 def _sym(A):
     return 0.5 * (A + A.T)
 
@@ -368,17 +181,16 @@ def principal_cos_max_angle(A, B) -> float:
 
 
 # ============================================================================ per layer
-def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, key=None,
-                baselines: "RandomBaselines | None" = None) -> tuple[dict, dict]:
+def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors) -> tuple[dict, dict]:
     """Every per-layer statistic of docs/SCIENCE.md for layer l (0-based) -> (json row, matrices).
     W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) sets the noise floors: an
     eigenvalue of agop counts as zero below max(rel_tol l_max(agop), rel_tol s_max(W)^2
     l_max(pgop)) (the rounding scale of W^T pgop W), and cond is undefined when l_min <=
-    rel_tol l_max. `baselines`: the layer's RandomBaselines; only when it is None are new
-    ones drawn from `key`."""
+    rel_tol l_max. `factors`: the layer's random factors, (R, Q_out, q = Q_in^T 1) for each
+    draw; Q_in is rebuilt from q (columns_with_sum)."""
     W = np.asarray(W, np.float64)
     W0 = np.asarray(W0, np.float64)
-    agop, G = grams.agop[l], grams.pgop[l]
+    agop, G = (np.asarray(a, np.float64) for a in (grams.agop[l], grams.pgop[l]))
     k_out, k_in = W.shape
     nfm = W.T @ W
     U, s, Vt, r = svd_range(W)
@@ -412,10 +224,10 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     row["left_pearson"] = pearson(WWt, G)
 
     # ---- baselines (docs/SCIENCE.md, "Baselines")
-    rb = baselines if baselines is not None else draw_random_baselines(
-        key if key is not None else jax.random.PRNGKey(l), W.shape)
     rand, spec = [], []
-    for R, Qo, Qi in rb.factors():
+    for R, Qo, q in factors:
+        R, Qo, q = (np.asarray(a, np.float64) for a in (R, Qo, q))
+        Qi = columns_with_sum(q, W.shape[1])
         rand.append(pearson(R.T @ R, R.T @ G @ R))
         Rs = random_with_spectrum(Qo, Qi, s)
         spec.append(pearson(Rs.T @ Rs, Rs.T @ G @ Rs))
@@ -427,7 +239,7 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     row["centered_pearson"] = pearson(dW.T @ G @ dW, dW.T @ dW)
     row["delta_cosine_a1"] = cosine(dW.T @ dW, agop)
     row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
-    jbar = grams.jbar[l]
+    jbar = np.asarray(grams.jbar[l], np.float64)
     agop_gc = agop - jbar.T @ jbar
     if np.linalg.norm(agop_gc) > max(1e-12 * np.linalg.norm(agop), k_in * floor):
         row["gc_pearson_a1"] = pearson(nfm, agop_gc)
@@ -436,8 +248,9 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
         # every sample has the same Jacobian (the read-out layer always): the centred AGOP
         # is zero and what is left of the subtraction is rounding noise
         row["gc_pearson_a1"] = row["gc_pearson_a05"] = math.nan
-    row["left_act_pearson"] = pearson(WWt, grams.pcov[l])
-    row["half_range_pearson"] = pearson(Gr, np.diag(s[:r] ** 2))
+    row["left_act_pearson"] = pearson(WWt, np.asarray(grams.pcov[l], np.float64))
+    P = Ur @ Ur.T  # the projector on range(W)
+    row["half_range_pearson"] = pearson(P @ G @ P, WWt)
     order = np.argsort(lamA)[::-1]
     rmax = min(8, r)
     for rr in range(1, 9):
@@ -445,7 +258,7 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
 
     if grams.pgop_boot is not None:
         b_a05, b_a1, b_tr = [], [], []
-        for Gb in grams.pgop_boot[l]:
+        for Gb in np.asarray(grams.pgop_boot[l], np.float64):
             Ab = W.T @ Gb @ W
             b_a1.append(pearson(nfm, Ab))
             b_a05.append(pearson(nfm, psd_power(Ab, 0.5, rel_tol, floor)))
@@ -460,39 +273,11 @@ def layer_stats(W, W0, grams: Grams, l: int, *, trivial: bool, rel_tol: float, k
     return row, mats
 
 
-N_DRAWS = 4  # random matrices per baseline; the mean is reported, the spread as *_sd
-
-
-class RandomBaselines:
-    """The random factors of the random-W baselines of one layer, from keys fixed once per
-    run: Gaussian R (k_out, k_in), and Haar Q_out (k_out, r), Q_in (k_in, r), r = min(shape),
-    for R_s = Q_out diag(s) Q_in^T. The Gaussian baseline's change over training is then
-    pgop's alone; R_s also follows W's current singular values. Factors are kept in memory
-    when small (<= 64 MB per layer) and otherwise redrawn, identically, from their keys."""
-
-    CACHE_BYTES = 64 * 2**20
-
-    def __init__(self, key, shape, n: int = N_DRAWS):
-        self.keys = list(jax.random.split(key, n))
-        self.shape = tuple(shape)
-        r = min(shape)
-        self._cache = [] if n * 8 * (shape[0] * shape[1] + (shape[0] + shape[1]) * r) <= self.CACHE_BYTES else None
-        if self._cache is not None:
-            self._cache = [self._draw(k) for k in self.keys]
-
-    def _draw(self, k):
-        k1, k2, k3 = jax.random.split(k, 3)
-        r = min(self.shape)
-        return (np.asarray(jax.random.normal(k1, self.shape, jnp.float64)),
-                _haar(k2, self.shape[0], r), _haar(k3, self.shape[1], r))
-
-    def factors(self):
-        """(R, Q_out, Q_in) for each draw."""
-        return self._cache if self._cache is not None else (self._draw(k) for k in self.keys)
-
-
-def draw_random_baselines(key, shape, n: int = N_DRAWS) -> RandomBaselines:
-    return RandomBaselines(key, shape, n)
+def _mean_sd(vals) -> tuple[float, float]:
+    v = np.asarray([x for x in vals if np.isfinite(x)], np.float64)
+    if not v.size:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
 
 
 def random_with_spectrum(Qo, Qi, s):
@@ -501,17 +286,17 @@ def random_with_spectrum(Qo, Qi, s):
     return (Qo[:, :m] * s) @ Qi[:, :m].T
 
 
-def _mean_sd(vals) -> tuple[float, float]:
-    v = np.asarray([x for x in vals if np.isfinite(x)], np.float64)
-    if not v.size:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
-
-
-def _haar(key, k: int, r: int):
-    """k x r matrix with orthonormal columns, Haar-distributed: the polar factor
-    A (A^T A)^(-1/2) of a Gaussian A (the distribution of A is invariant under rotations, and
-    so is its polar factor). One r x r eigh; OpenBLAS's QR took 75 ms at 1024 x 122."""
-    A = np.asarray(jax.random.normal(key, (k, r), jnp.float64))
-    lam, V = np.linalg.eigh(A.T @ A)
-    return A @ ((V / np.sqrt(lam)) @ V.T)
+def columns_with_sum(q, k: int):
+    """A k x r matrix Q with orthonormal columns and Q^T 1 = q (|q|^2 <= k): the first r
+    columns of the Householder reflection H that maps 1/sqrt(k) to
+    v = (q / sqrt(k), sqrt(1 - |q|^2 / k), 0, ...), since Q^T 1 = sqrt(k) (H u)[:r]."""
+    r = len(q)
+    u = np.full(k, 1.0 / np.sqrt(k))
+    v = np.zeros(k)
+    v[:r] = q / np.sqrt(k)
+    if r < k:
+        v[r] = np.sqrt(max(1.0 - q @ q / k, 0.0))
+    w = u - v
+    nw = w @ w
+    H = np.eye(k) - (2.0 / nw) * np.outer(w, w) if nw > 1e-30 else np.eye(k)
+    return H[:, :r]
