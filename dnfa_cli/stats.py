@@ -23,6 +23,7 @@ from . import baselines as bl
 F64 = jnp.float64
 ALPHA_RANGE = (0.05, 2.0)
 ALPHA_GRID = 391  # step 0.005
+EDGE = 1e-6  # a maximiser this close to an end of ALPHA_RANGE is at that end
 GOLDEN_STEPS = 40
 N_ALIGN = 8
 # Gram-route reliability: eigh(W W^T) gives every singular value above sqrt(TAU_LEFT) s_max
@@ -31,6 +32,11 @@ N_ALIGN = 8
 TAU_LEFT = 1e-12
 TAU_RIGHT = 1e-4
 MATRICES = ("nfm", "agop", "agop_half", "pgop")
+# Decisions (is this eigenvalue zero, is this curve flat, is G singular) are taken at the
+# rounding scale of what they judge, with this margin above it, so that a rounding
+# difference between machines or thread counts cannot flip them (docs/SCIENCE.md).
+MARGIN = 10.0
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 class LayerIn(NamedTuple):
@@ -83,12 +89,12 @@ def pearson_from_sums(K, sA, sB, sAA, sBB, sAB):
 
 
 def clip_spectrum(lam, rel_tol, floor=0.0):
-    """Eigenvalues of a PSD matrix with the numerically zero ones set to 0: negative ones,
-    those below rel_tol * l_max and those below `floor` (the rounding scale of the
-    computation that formed the matrix). Raised to a small power alpha, a rounding-level
+    """Eigenvalues of a PSD matrix with the numerically zero ones set to 0: negative ones and
+    those within MARGIN of the rounding scale, max(rel_tol * l_max, floor) (`floor`: that of
+    the computation that formed the matrix). Raised to a small power alpha, a rounding-level
     1e-17 would become 1e-17^0.05 = 0.14, so 'zero' must mean zero."""
     top = lam.max()
-    keep = lam > jnp.maximum(rel_tol * top, floor)
+    keep = lam > MARGIN * jnp.maximum(rel_tol * top, floor)
     return jnp.where((top > 0) & keep, lam, 0.0)
 
 
@@ -136,13 +142,18 @@ class PowerPearson(NamedTuple):
 
 def alpha_star(pp: PowerPearson):
     """The alpha in [0.05, 2] maximising pearson(nfm, agop^alpha): a grid of step 0.005,
-    then golden-section refinement on the bracket around the best grid point. nan where
-    the correlation does not depend on alpha."""
+    then golden-section refinement on the bracket around the best grid point. Returns
+    (alpha_star, edge, maximum): alpha_star is nan where the correlation does not depend on
+    alpha (then the maximum is nan too) and where the maximum sits at an end of the range,
+    which edge says (-1 low, +1 high, 0 otherwise)."""
     lo, hi = ALPHA_RANGE
     grid = jnp.linspace(lo, hi, ALPHA_GRID, dtype=F64)
     vals = pp.many(grid)
     fin = jnp.isfinite(vals)
-    flat = jnp.nanmax(vals) - jnp.nanmin(vals) <= 1e-12  # e.g. a rank-1 NFM: no maximiser
+    # the curve's values are float64 sums over the k eigenvalues: flat within that rounding
+    # (e.g. a rank-1 agop, whose powers are all proportional) has no maximiser
+    tol = MARGIN * pp.lam.shape[0] * EPS64
+    flat = jnp.nanmax(vals) - jnp.nanmin(vals) <= tol
     i = jnp.nanargmax(jnp.where(fin, vals, -jnp.inf))
     a, b = grid[jnp.maximum(i - 1, 0)], grid[jnp.minimum(i + 1, ALPHA_GRID - 1)]
     g = (math.sqrt(5) - 1) / 2
@@ -162,8 +173,12 @@ def alpha_star(pp: PowerPearson):
     fx, x = jnp.where(f1 >= f2, f1, f2), jnp.where(f1 >= f2, x1, x2)
     # keep the refined point unless the grid point is better by more than rounding: on a
     # nearly flat curve a bare max() would flip between the two on 1e-16 noise
-    best = jnp.where(~jnp.isfinite(fx) | (vals[i] > fx + 1e-12 * jnp.abs(fx)), grid[i], x)
-    return jnp.where(jnp.any(fin) & ~flat, best, jnp.nan)
+    best = jnp.where(~jnp.isfinite(fx) | (vals[i] > fx + tol * jnp.maximum(1.0, jnp.abs(fx))), grid[i], x)
+    # a maximum at an end of the range is no best exponent: the best lies beyond it
+    edge = jnp.where(best <= lo + EDGE, -1, jnp.where(best >= hi - EDGE, 1, 0))
+    ok = jnp.any(fin) & ~flat
+    at_best = jnp.where(best == grid[i], vals[i], fx)
+    return jnp.where(ok & (edge == 0), best, jnp.nan), jnp.where(ok, edge, 0), jnp.where(ok, at_best, jnp.nan)
 
 
 def tightness_of(tr, tr2, k):
@@ -188,7 +203,7 @@ def isotropy(G, r, lmin, lmax, rel_tol):
     mean = tr / jnp.where(r > 0, r, 1)
     dev = jnp.where(inside[:, None] & inside[None, :], G / jnp.where(mean != 0, mean, 1.0) - jnp.eye(k), 0.0)
     ok = jnp.isfinite(t)
-    cond = jnp.where((lmin > rel_tol * lmax) & (lmin > 0), lmax / jnp.where(lmin > 0, lmin, 1.0), jnp.nan)
+    cond = jnp.where((lmin > MARGIN * rel_tol * lmax) & (lmin > 0), lmax / jnp.where(lmin > 0, lmin, 1.0), jnp.nan)
     return {
         "tightness": t,
         "iso_dev": jnp.where(ok, jnp.linalg.norm(dev) / jnp.sqrt(jnp.where(r > 0, r, 1)), jnp.nan),
@@ -281,7 +296,7 @@ def rank90(s):
     e = s * s
     tot = e.sum()
     frac = jnp.cumsum(e) / jnp.where(tot > 0, tot, 1.0)
-    return jnp.where(tot > 0, jnp.searchsorted(frac, 0.9 - 1e-12) + 1, 0)
+    return jnp.where(tot > 0, jnp.searchsorted(frac, 0.9 - MARGIN * s.shape[0] * EPS64) + 1, 0)
 
 
 def align(A, B):
@@ -354,9 +369,7 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
     o["pearson_a05"] = pp(0.5)
     o["cosine_a1"] = cosine(nfm, agop)
     o["cosine_a05"] = pp.cosine(0.5)
-    a_star = alpha_star(pp)
-    o["alpha_star"] = a_star
-    o["pearson_alpha_star"] = jnp.where(jnp.isfinite(a_star), pp(jnp.where(jnp.isfinite(a_star), a_star, 1.0)), jnp.nan)
+    o["alpha_star"], o["alpha_star_edge"], o["pearson_alpha_star"] = alpha_star(pp)
 
     o.update(isotropy(_sym(G), k_out, lamG[0], lamG[-1], rel_tol))
     # G on range(W): U_r^T G U_r, the leading r x r block of U^T G U
@@ -386,13 +399,16 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
     o["rand_gap_a1"] = o["pearson_a1"] - o["rand_pearson_a1"]
     dW = W - W0
     dN = dW.T @ dW
+    # how far training moved W: small in the lazy (kernel) regime, order one in the rich one
+    n0 = jnp.linalg.norm(W0)
+    o["delta_rel"] = jnp.where(n0 > 0, jnp.linalg.norm(dW) / jnp.where(n0 > 0, n0, 1.0), jnp.nan)
     o["centered_pearson"] = pearson(dW.T @ (G @ dW), dN)
     o["delta_cosine_a1"] = cosine(dN, agop)
     o["delta_pearson_a1"] = pearson(dN, agop)
     agop_gc = agop - x.jbar.T @ x.jbar
     # every sample with the same Jacobian (the read-out layer always): the centred AGOP is
     # zero and what is left of the subtraction is rounding noise
-    real = jnp.linalg.norm(agop_gc) > jnp.maximum(1e-12 * jnp.linalg.norm(agop), k_in * floor)
+    real = jnp.linalg.norm(agop_gc) > jnp.maximum(MARGIN * rel_tol * jnp.linalg.norm(agop), k_in * floor)
     if trivial:  # f is linear in h_L: J = W_L for every sample, exactly
         o["gc_pearson_a1"] = o["gc_pearson_a05"] = _nan()
     else:
@@ -459,16 +475,50 @@ def layers_batch(xs: tuple, *, route: str, trivial: bool):
     return flat(o, ok), [{k: v[j].astype(jnp.float32) for k, v in mats.items()} for j in range(len(xs))]
 
 
+# ============================================================================ counterfactuals
+def signed_sqrt(A):
+    """A^(1/2) as the published scripts take it, U diag(s^(1/2)) V^T from the SVD: for a
+    symmetric A, sum_j sign(l_j) |l_j|^(1/2) v_j v_j^T (a rounding-level negative eigenvalue
+    keeps its sign instead of being clipped)."""
+    lam, V = jnp.linalg.eigh(A)
+    return (V * (jnp.sign(lam) * jnp.sqrt(jnp.abs(lam)))) @ V.T
+
+
+@jax.jit
+def published_row(dW, agop, jbar):
+    """What the published scripts print for one layer: dNFM = dW^T dW / k against the AGOP'
+    of the net whose W is dW, and against its gradient-centred version; Pearson with
+    AGOP'^(1/2) (Science era), cosine with AGOP' (arXiv era)."""
+    M = dW.T @ dW / dW.shape[0]
+    gc = agop - jbar.T @ jbar
+    return {"published_pearson_a05": pearson(M, signed_sqrt(agop)),
+            "published_gc_pearson_a05": pearson(M, signed_sqrt(gc)),
+            "published_cosine_a1": cosine(M, agop),
+            "published_gc_cosine_a1": cosine(M, gc)}
+
+
+@jax.jit
+def swap_row(R, agop, pgop, U, r):
+    """The ansatz at alpha = 1 of a swapped-in R, pearson(R^T R, agop') with its own
+    gradients, and the tightness of its pgop' on range(R) = span of U's first r columns."""
+    inside = jnp.arange(U.shape[1]) < r
+    Ur = U * inside[None, :]
+    Gr = Ur.T @ (pgop @ Ur)
+    return pearson(R.T @ R, agop), tightness_of(jnp.trace(Gr), jnp.sum(Gr * Gr), r)
+
+
 # ============================================================================ driving
 ROW_ORDER = (
-    "w_rank", "pearson_a1", "pearson_a05", "cosine_a1", "cosine_a05", "alpha_star", "pearson_alpha_star",
+    "w_rank", "pearson_a1", "pearson_a05", "cosine_a1", "cosine_a05", "alpha_star", "alpha_star_edge",
+    "pearson_alpha_star",
     "tightness", "iso_dev", "eff_rank", "cond", "tightness_range", "iso_dev_range", "eff_rank_range", "cond_range",
     "w_rank90", "tightness_top", "left_pearson", "rand_pearson_a1", "rand_pearson_a1_sd", "rand_spec_pearson_a1",
-    "rand_spec_pearson_a1_sd", "rand_gap_a1", "centered_pearson", "delta_cosine_a1", "delta_pearson_a1",
+    "rand_spec_pearson_a1_sd", "rand_gap_a1", "delta_rel", "centered_pearson", "delta_cosine_a1", "delta_pearson_a1",
     "gc_pearson_a1", "gc_pearson_a05", "left_act_pearson", "half_range_pearson",
     *(f"align_{i}" for i in range(1, N_ALIGN + 1)),
 )
 INT_KEYS = ("w_rank", "w_rank90")
+EDGES = {-1: "low", 0: None, 1: "high"}  # alpha_star_edge
 
 
 def row_keys(o) -> tuple:
@@ -503,7 +553,8 @@ def compute(items: list[tuple[LayerIn, bool]]) -> list[tuple[dict, dict]]:
             for jj, j in enumerate(redo):
                 mats[j] = m2[jj]
         for j, i in enumerate(idx):
-            row = {k: (int(v) if k in INT_KEYS else float(v)) for k, v in zip(keys, vals[j, :-1])}
+            row = {k: (int(v) if k in INT_KEYS else EDGES[int(v)] if k == "alpha_star_edge" else float(v))
+                   for k, v in zip(keys, vals[j, :-1])}
             outs[i] = (row, mats[j])
     return outs
 

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from . import baselines as bl
+from . import counterfactual as cf
 from . import grams, stats
 from . import model as mdl
 from .config import Config, DnfaInputError
@@ -230,13 +231,39 @@ def loss_record(cfg: Config, ds: Dataset, params, step: int, spe: int, arrays=No
     }
 
 
+def swap_factors(cfg: Config, params) -> list:
+    """Each hidden layer's swap-test factors, drawn once per run from the metrics key."""
+    _, _, k_metrics = run_keys(cfg.seed)
+    k = jax.random.fold_in(k_metrics, 3)
+    return [cf.SwapFactors(jax.random.fold_in(k, l), layer["W"].shape) for l, layer in enumerate(params[:-1])]
+
+
+def counterfactuals(cfg: Config, params, params0, X, what: set, swaps) -> list[dict]:
+    """published_* and swap_* keys of every hidden layer (the read-out's are null)."""
+    mdt = jnp.dtype(cfg.metrics.dtype)
+    hs = cf.layer_inputs(params, jnp.asarray(X, mdt), cfg.model.activation)
+    L = len(params)
+    rows = []
+    for i in range(L):
+        row = {}
+        if "published" in what:
+            row.update(cf.published(cfg, params, params0, jnp.asarray(X, mdt), hs, i, dtype=mdt)
+                       if i < L - 1 else dict.fromkeys(cf.PUBLISHED_KEYS))
+        if "swap" in what:
+            row.update(cf.swap(cfg, params, hs, i, swaps[i], dtype=mdt) if i < L - 1 else dict.fromkeys(cf.SWAP_KEYS))
+        rows.append(row)
+    return rows
+
+
 def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, subsets, step: int, spe: int, *,
-            method: str, terms: list, arrays=None) -> list[tuple[dict, dict]]:
+            method: str, terms: list, arrays=None, what: set = frozenset(), swaps=None) -> list[tuple[dict, dict]]:
     """For runs of one seed batch (one run is the usual case) at `step`: each run's
     checkpoint record (losses and every per-layer statistic) and its layer matrices
     nfm/agop/agop_half/pgop keyed `<name>_<layer>` (float32 device arrays). The Grams and
     the statistics are computed on the device, runs and layers of one shape together.
-    `terms`: each run's random_baselines(), drawn once per run."""
+    `terms`: each run's random_baselines(), drawn once per run. `what`: the counterfactuals
+    ("published", "swap") this checkpoint computes (swap needs `swaps`, each run's
+    swap_factors()); a run that asks for one elsewhere gets its keys as null."""
     cfg0 = cfgs[0]
     mc, mt = cfg0.model, cfg0.metrics
     recs = [loss_record(c, d, p, step, spe, a) for c, d, p, a in zip(cfgs, dss, params_list, arrays or [None] * len(cfgs))]
@@ -252,11 +279,17 @@ def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, s
     items = [(stats.layer_input(p[l]["W"], p0[l]["W"], g, l, max(p[l]["W"].shape) * eps, t[l]), l == L - 1)
              for p, p0, g, t in zip(params_list, params0_list, gs, terms) for l in range(L)]
     outs = stats.compute(items)
+    asked = {k for k in ("published", "swap") if getattr(mt, k) != "none"}
     res = []
     for r, rec in enumerate(recs):
         layers, mats = [], {}
+        extra = (counterfactuals(cfgs[r], params_list[r], params0_list[r], Xs[r], what & asked, (swaps or [None] * len(cfgs))[r])
+                 if what & asked else [{} for _ in range(L)])
         for l in range(L):
             row, m = outs[r * L + l]
+            for k, keys in (("published", cf.PUBLISHED_KEYS), ("swap", cf.SWAP_KEYS)):
+                if k in asked:  # null at the checkpoints that do not compute them
+                    row.update({key: extra[l].get(key) for key in keys})
             W = params_list[r][l]["W"]
             layers.append({"layer": l + 1, "shape": [int(W.shape[0]), int(W.shape[1])], "trivial": l == L - 1,
                            **{k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()}})
@@ -329,6 +362,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     states = [init_state(c, d) for c, d in zip(cfgs, dss)]
     params0 = [s.params for s in states]
     rand_terms = [None] * R  # drawn at each run's first checkpoint
+    swaps = [None] * R  # the swap test's factors, drawn when first needed
     # save_matrices: ends keeps the params (not the 50 MB of matrices at width 1024) of a
     # run's latest checkpoint: should the run end before its last step, that checkpoint's
     # matrices are measured again from them
@@ -365,6 +399,9 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
         each alone, so one run's failure does not take its batch down."""
         params = {r: take(st, r).params for r in rs}
 
+        what = {k for k in ("published", "swap")
+                if getattr(mt0, k) == "all" or (getattr(mt0, k) == "ends" and step in (0, total))}
+
         def run(idx):
             nonlocal t_base
             for r in idx:
@@ -372,10 +409,13 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                     t0 = time.perf_counter()
                     rand_terms[r] = jax.block_until_ready(random_baselines(cfgs[r], params0[r]))
                     t_base += time.perf_counter() - t0
+                if "swap" in what and swaps[r] is None:
+                    swaps[r] = swap_factors(cfgs[r], params0[r])
             return dict(zip(idx, measure([cfgs[r] for r in idx], [dss[r] for r in idx], [params[r] for r in idx],
                                          [params0[r] for r in idx], [subsets[r] for r in idx], step, spe,
                                          method=method, terms=[rand_terms[r] for r in idx],
-                                         arrays=[arrays_of(r) for r in idx])))
+                                         arrays=[arrays_of(r) for r in idx], what=what,
+                                         swaps=[swaps[r] for r in idx])))
 
         if len(rs) > 1:
             try:

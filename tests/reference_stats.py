@@ -13,6 +13,9 @@ import math
 
 import numpy as np
 
+MARGIN = 10.0  # decisions sit this far above the rounding scale of what they judge
+EPS = np.finfo(np.float64).eps
+
 
 def _sym(A):
     return 0.5 * (A + A.T)
@@ -27,7 +30,7 @@ def clip_spectrum(lam, rel_tol: float | None = None, floor: float = 0.0):
     if rel_tol is None:
         rel_tol = lam.size * np.finfo(np.float64).eps
     top = lam.max() if lam.size else 0.0
-    return np.where(lam > max(rel_tol * top, floor), lam, 0.0) if top > 0 else np.zeros_like(lam)
+    return np.where(lam > MARGIN * max(rel_tol * top, floor), lam, 0.0) if top > 0 else np.zeros_like(lam)
 
 
 def psd_power(A, alpha: float, rel_tol: float | None = None, floor: float = 0.0):
@@ -96,17 +99,19 @@ class PowerPearson:
 ALPHA_RANGE = (0.05, 2.0)
 
 
-def alpha_star(pp: PowerPearson) -> float:
-    """The alpha in [0.05, 2] maximising pearson(nfm, agop^alpha): a grid of step 0.005,
-    then golden-section refinement on the bracket around the best grid point. nan where
-    the correlation does not depend on alpha."""
+def alpha_star(pp: PowerPearson):
+    """(alpha*, edge, maximum): the alpha in [0.05, 2] maximising pearson(nfm, agop^alpha)
+    (a grid of step 0.005, then golden-section refinement around the best grid point);
+    nan (and no maximum) where the correlation does not depend on alpha, nan with edge
+    "low"/"high" where the maximum is at an end of the range."""
     lo, hi = ALPHA_RANGE
     grid = np.linspace(lo, hi, 391)
     vals = pp.many(grid)
     if not np.any(np.isfinite(vals)):
-        return math.nan
-    if np.nanmax(vals) - np.nanmin(vals) <= 1e-12:
-        return math.nan  # flat in alpha (e.g. a rank-1 NFM): no maximiser to report
+        return math.nan, None, math.nan
+    tol = MARGIN * len(pp.lam) * EPS
+    if np.nanmax(vals) - np.nanmin(vals) <= tol:
+        return math.nan, None, math.nan  # flat in alpha (e.g. a rank-1 agop): no maximiser
     i = int(np.nanargmax(vals))
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     g = (math.sqrt(5) - 1) / 2
@@ -124,9 +129,14 @@ def alpha_star(pp: PowerPearson) -> float:
     fx, x = (f1, x1) if f1 >= f2 else (f2, x2)
     # keep the refined point unless the grid point is better by more than rounding: on a
     # nearly flat curve a bare max() would flip between the two on 1e-16 noise
-    if not np.isfinite(fx) or vals[i] > fx + 1e-12 * abs(fx):
-        return float(grid[i])
-    return float(x)
+    if not np.isfinite(fx) or vals[i] > fx + tol * max(1.0, abs(fx)):
+        x, fx = float(grid[i]), float(vals[i])
+    # the maximum at an end of [0.05, 2]: the best exponent lies beyond, none is reported
+    if x <= lo + 1e-6:
+        return math.nan, "low", float(fx)
+    if x >= hi - 1e-6:
+        return math.nan, "high", float(fx)
+    return float(x), None, float(fx)
 
 
 def tightness(G) -> float:
@@ -152,7 +162,7 @@ def isotropy(G, rel_tol: float = 0.0, eigvals=None) -> dict:
         "tightness": t,
         "iso_dev": float(np.linalg.norm(G / (tr / k) - np.eye(k)) / math.sqrt(k)),
         "eff_rank": k * t,  # (tr G)^2 / tr G^2
-        "cond": lmax / lmin if lmin > rel_tol * lmax and lmin > 0 else math.nan,
+        "cond": lmax / lmin if lmin > MARGIN * rel_tol * lmax and lmin > 0 else math.nan,
     }
 
 
@@ -170,7 +180,7 @@ def rank90(s) -> int:
     tot = e.sum()
     if tot <= 0:
         return 0
-    return int(np.searchsorted(np.cumsum(e) / tot, 0.9 - 1e-12) + 1)
+    return int(np.searchsorted(np.cumsum(e) / tot, 0.9 - MARGIN * len(e) * EPS) + 1)
 
 
 def principal_cos_max_angle(A, B) -> float:
@@ -208,8 +218,7 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors)
     row["pearson_a05"] = pearson(nfm, agop_half)
     row["cosine_a1"] = cosine(nfm, agop)
     row["cosine_a05"] = cosine(nfm, agop_half)
-    row["alpha_star"] = alpha_star(pp)
-    row["pearson_alpha_star"] = pp(row["alpha_star"]) if np.isfinite(row["alpha_star"]) else math.nan
+    row["alpha_star"], row["alpha_star_edge"], row["pearson_alpha_star"] = alpha_star(pp)
 
     iso = isotropy(G, rel_tol=rel_tol, eigvals=lamG)
     row.update(iso)
@@ -236,12 +245,13 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors)
     # what W itself contributes beyond any matrix of its shape at the same pgop
     row["rand_gap_a1"] = row["pearson_a1"] - row["rand_pearson_a1"]
     dW = W - W0
+    row["delta_rel"] = float(np.linalg.norm(dW) / np.linalg.norm(W0)) if np.linalg.norm(W0) > 0 else math.nan
     row["centered_pearson"] = pearson(dW.T @ G @ dW, dW.T @ dW)
     row["delta_cosine_a1"] = cosine(dW.T @ dW, agop)
     row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
     jbar = np.asarray(grams.jbar[l], np.float64)
     agop_gc = agop - jbar.T @ jbar
-    if np.linalg.norm(agop_gc) > max(1e-12 * np.linalg.norm(agop), k_in * floor):
+    if np.linalg.norm(agop_gc) > max(MARGIN * rel_tol * np.linalg.norm(agop), k_in * floor):
         row["gc_pearson_a1"] = pearson(nfm, agop_gc)
         row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5, rel_tol, floor))
     else:

@@ -20,7 +20,7 @@ def _err(raw, src="c.yaml"):
     ({"model": {"widht": 3}}, "c.yaml: model.widht: unknown key (allowed in model: depth, width, widths, activation, bias, init, init_scale)"),
     ({"bogus": 1}, "c.yaml: bogus: unknown key (allowed at top level: name, seed, data, model, train, metrics)"),
     ({"model": {"activation": "sigmoid"}}, "c.yaml: model.activation = 'sigmoid': must be one of 'relu', 'gelu', 'tanh', 'silu', 'quadratic' or 'identity'"),
-    ({"data": {"task": "imagenet"}}, "c.yaml: data.task = 'imagenet': unknown task (allowed: monomial, multi_index, linear, sparse_parity, modular, mnist1d, npz)"),
+    ({"data": {"task": "imagenet"}}, "c.yaml: data.task = 'imagenet': unknown task (allowed: monomial, multi_index, linear, sparse_parity, modular, mnist1d, mnist, npz)"),
     ({"train": {"optimizer": "rmsprop"}}, "c.yaml: train.optimizer = 'rmsprop': must be one of 'sgd', 'adam' or 'adamw'"),
     ({"train": {"loss": "hinge"}}, "c.yaml: train.loss = 'hinge': must be one of 'mse' or 'cross_entropy'"),
     ({"data": {"task": "modular", "d": 3}}, "c.yaml: data.d: unknown key (allowed for task modular: seed, task, p, op, train_frac)"),
@@ -65,17 +65,19 @@ def test_run_id_is_content_addressed():
 
 
 def test_keys_added_later_keep_old_run_ids_at_their_default():
-    """A key added after schema 1 (metrics.save_matrices) is left out of the hash at its
-    default, so every run finished before it existed keeps its id."""
+    """Keys added after schema 1 (metrics.save_matrices, published, swap) are left out of the
+    hash at their defaults, so every run finished before they existed keeps its id."""
     import hashlib
     import json
 
     cfg = config.validate({"name": "x", "model": {"width": 8}})
     d = cfg.to_dict()
-    del d["metrics"]["save_matrices"]
+    for k in ("save_matrices", "published", "swap"):
+        del d["metrics"][k]
     payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
-    assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {"save_matrices": "all"}}).run_id != cfg.run_id
+    for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all")):
+        assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {k: v}}).run_id != cfg.run_id
 
 
 def test_files_and_overrides(tmp_path):

@@ -195,7 +195,20 @@ def test_pearson_cosine_and_spectral_pearson():
     for a0 in (0.37, 0.5, 1.0, 1.62):  # N = A^a0: the maximiser is a0
         N = (V * lam**a0) @ V.T
         ppn = stats.PowerPearson.make(jnp.asarray(N), jnp.asarray(lam), jnp.asarray(V), 1e-13)
-        assert float(stats.alpha_star(ppn)) == pytest.approx(a0, abs=1e-6)
+        assert float(stats.alpha_star(ppn)[0]) == pytest.approx(a0, abs=1e-6)
+
+
+def test_an_exponent_beyond_the_search_range_is_an_edge_not_a_best_exponent():
+    A = _rand_psd(6, 9)
+    lam, V = np.linalg.eigh(A)
+    for a0, edge in ((3.0, 1), (0.01, -1), (0.8, 0)):
+        N = (V * lam**a0) @ V.T
+        pp = stats.PowerPearson.make(jnp.asarray(N), jnp.asarray(lam), jnp.asarray(V), 1e-13)
+        a, e, top = (float(v) for v in stats.alpha_star(pp))
+        assert int(e) == edge
+        assert math.isnan(a) if edge else a == pytest.approx(a0, abs=1e-6)
+        want = max(float(pp(x)) for x in np.linspace(0.05, 2.0, 391))  # the curve's best on the range
+        assert top == pytest.approx(want, abs=1e-9) and (top <= want + 1e-12 if edge else True)
 
 
 def test_rank90_and_alignment_against_scipy():
@@ -350,7 +363,7 @@ def test_rounding_level_eigenvalues_do_not_leak_into_small_powers():
     lam, V = np.linalg.eigh(A)
     # pearson(v v^T, A^alpha) is the same for every alpha: no alpha_star to report
     pp = stats.PowerPearson.make(jnp.asarray(np.outer(v, v)), jnp.asarray(lam), jnp.asarray(V), 4 * EPS)
-    assert math.isnan(float(stats.alpha_star(pp)))
+    assert all(math.isnan(float(v)) for v in (stats.alpha_star(pp)[0], stats.alpha_star(pp)[2]))
     clipped = np.asarray(stats.clip_spectrum(jnp.asarray(lam), 4 * EPS))
     np.testing.assert_allclose((V * clipped**0.05) @ V.T, np.outer(v, v), atol=1e-12)
     # with the clipping turned off the noise floor shows: 1e-17^0.05 is not small

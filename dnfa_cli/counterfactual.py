@@ -1,0 +1,118 @@
+"""Counterfactual nets: one layer's W replaced and the gradients recomputed through the
+changed net, forward and backward, on the device.
+
+- The swap test (docs/SCIENCE.md): W_i replaced by a Gaussian matrix of its shape (scaled
+  to W_i's Frobenius norm) and by a matrix with W_i's singular values and Haar singular
+  vectors. Does the pre-activation gradients' isotropy belong to the trained W_i, or would
+  any W_i do? (the seed note's open caveat)
+- What the published verification scripts print (verify_deep_NFA.py of
+  aradha/deep_neural_feature_ansatz and aradha/agop_feature_learning), bug for bug: the
+  AGOP of the net whose layer weight is W - W0 (subtracted in place from the net's own
+  parameter), at the inputs their get_layer_output returns.
+
+Both are the Grams of a sub-network that starts at layer i with a replaced weight, over
+inputs Z to that layer (grams.compute_grams), and a few correlations (stats).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from . import baselines as bl
+from . import grams
+from . import model as mdl
+from . import stats
+
+PUBLISHED_KEYS = ("published_pearson_a05", "published_gc_pearson_a05", "published_cosine_a1", "published_gc_cosine_a1")
+SWAP_KEYS = ("swap_pearson_a1", "swap_tightness_range", "swap_spec_pearson_a1", "swap_spec_tightness_range")
+F64 = jnp.float64
+
+
+def subnet(params, i: int, W):
+    """Layers i.. of the net, with W in place of W_i (its bias, if any, kept)."""
+    return [{**params[i], "W": W}] + list(params[i + 1:])
+
+
+@functools.partial(jax.jit, static_argnames=("activation",))
+def layer_inputs(params, X, activation):
+    """h_i for every layer: the inputs of W_i over the rows of X."""
+    return mdl.forward_all(params, X, activation)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("i", "activation"))
+def published_inputs(params, dW, hs, X, *, i: int, activation: str):
+    """The rows the published scripts' get_layer_output(net, ..., layer_idx=i) returns once
+    W_i has been replaced by W_i - W0_i in place: X for i = 0; ReLU(p_1) for i = 1 (its
+    Nonlinearity() is ReLU whatever the net's activation); for i >= 2, ReLU of the output
+    of layer i itself (its loop stops one layer late), which passes through the replaced
+    W_i: ReLU(dW_i h_i + b_i). (Their nets have no biases; a bias is kept as the net has it.)"""
+    del activation
+    if i == 0:
+        return X
+    if i == 1:
+        return jax.nn.relu(mdl.forward_all(params[:1], X, "identity")[1][0])
+    layer = {**params[i], "W": dW}
+    return jax.nn.relu(mdl.forward_all([layer], hs[i], "identity")[1][0])
+
+
+class SwapFactors:
+    """Per run and layer, drawn once: the Gaussian R of the first random-W draw and the
+    left singular vectors of it (its range), and for the same-spectrum swap the first
+    draw's Q_out with a Haar Q_in of its own (the baseline keeps only Q_in^T 1)."""
+
+    def __init__(self, key, shape):
+        f = bl.draw(key, shape, 1)
+        self.R = f.R[0]
+        self.Qo = f.Qo[0]
+        self.Qi = bl.haar(jax.random.fold_in(key, 0x5A9), shape[1], min(shape))
+        self.U_R, self.r_R = _range_of(self.R)
+
+
+@jax.jit
+def _range_of(W):
+    sv = stats.svd_of(W, None, None, "svd")
+    return sv.U, sv.r
+
+
+def published(cfg, params, params0, X, hs, i: int, *, dtype) -> dict:
+    """The four published_* keys of hidden layer i."""
+    act = cfg.model.activation
+    dW = jnp.asarray(params[i]["W"], F64) - jnp.asarray(params0[i]["W"], F64)
+    Z = published_inputs(params, dW, hs, X, i=i, activation=act)
+    g = grams.compute_grams(subnet(params, i, dW), Z, act, method=cfg.metrics.jacobian, dtype=dtype,
+                            chunk=cfg.metrics.chunk)
+    return _float(stats.published_row(dW, g.agop[0], g.jbar[0]))
+
+
+def swap(cfg, params, hs, i: int, f: SwapFactors, *, dtype) -> dict:
+    """The four swap_* keys of hidden layer i: W_i replaced, the net re-evaluated."""
+    W = jnp.asarray(params[i]["W"], F64)
+    R, Rs, r = _swap_matrices(W, f.R, f.Qo, f.Qi)
+    out = {}
+    for name, M, U, rk in (("swap", R, f.U_R, f.r_R), ("swap_spec", Rs, f.Qo, r)):
+        p, t = swapped(cfg, params, hs, i, M, U, rk, dtype=dtype)
+        out[f"{name}_pearson_a1"], out[f"{name}_tightness_range"] = p, t
+    return out
+
+
+def swapped(cfg, params, hs, i: int, M, U, r, *, dtype) -> tuple[float, float]:
+    """pearson(M^T M, agop') and the tightness of pgop' on range(M) (U's first r columns),
+    with agop' and pgop' the Grams of the net whose W_i is M, at the inputs hs[i]."""
+    g = grams.compute_grams(subnet(params, i, M), hs[i], cfg.model.activation, method=cfg.metrics.jacobian,
+                            dtype=dtype, chunk=cfg.metrics.chunk)
+    p, t = stats.swap_row(jnp.asarray(M, F64), g.agop[0], g.pgop[0], jnp.asarray(U, F64), r)
+    return float(p), float(t)
+
+
+@jax.jit
+def _swap_matrices(W, R, Qo, Qi):
+    """R scaled to |W|_F; Q_out diag(s) Q_in^T with W's singular values; W's rank."""
+    sv = stats.svd_of(W, None, None, "svd")
+    R = R * (jnp.linalg.norm(W) / jnp.linalg.norm(R))
+    return R, (Qo * sv.s) @ Qi.T, sv.r
+
+
+def _float(d):
+    return {k: float(v) for k, v in jax.device_get(d).items()}

@@ -1,0 +1,164 @@
+"""Counterfactual nets against independent references: a step-by-step transcription of the
+published verification scripts, closed forms of linear nets, and the plain statistics."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference_published
+import reference_stats as ref
+
+import dnfa_cli  # noqa: F401  (enables x64)
+from dnfa_cli import config, data, runs, stats, train
+from dnfa_cli import counterfactual as cf
+from dnfa_cli import grams as gm
+from dnfa_cli import model as mdl
+
+
+def _cfg(act="tanh", **metrics):
+    return config.validate({"model": {"activation": act}, "metrics": {"jacobian": "preact", **metrics}})
+
+
+def _net(key, sizes, act, scale=1.2):
+    return mdl.init_params(jax.random.PRNGKey(key), sizes, bias=False, init="gaussian", init_scale=scale,
+                           dtype=jnp.float64)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_published_keys_equal_the_transcribed_scripts(act):
+    """Layers 0, 1, 2 of a 4-weight net: the in-place W - W0, the ReLU of get_layer_output
+    and its late stop at layer 2 all show in what the scripts print."""
+    sizes = [5, 8, 8, 8, 2]
+    params, params0 = _net(1, sizes, act), _net(2, sizes, act, 0.6)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (120, 5), jnp.float64))
+    hs = cf.layer_inputs(params, jnp.asarray(X), act)
+    Ws, W0s = [p["W"] for p in params], [p["W"] for p in params0]
+    for i in range(3):
+        got = cf.published(_cfg(act), params, params0, jnp.asarray(X), hs, i, dtype=jnp.float64)
+        want = reference_published.published(Ws, W0s, X, i, act)
+        for k, v in want.items():
+            # a square root turns rounding-level eigenvalues (exact zeros from dead ReLU units,
+            # agop' - jbar'^T jbar' against centred Jacobians) into ~1e-8 |A|^(1/2): there two
+            # exact routes agree to ~sqrt(eps), not eps (the scripts themselves run float32)
+            assert got[k] == pytest.approx(v, abs=1e-6 if k.endswith("a05") else 1e-10), (i, k)
+    # the quirks matter: at layer 2 the scripts' rows are not the layer's inputs
+    dW = Ws[2] - W0s[2]
+    honest = gm.compute_grams(cf.subnet(params, 2, dW), hs[2], act)
+    M = np.asarray(dW.T @ dW)
+    assert abs(ref.cosine(M, np.asarray(honest.agop[0])) - got["published_cosine_a1"]) > 1e-3
+
+
+def test_with_W0_zero_the_first_layers_published_keys_are_the_plain_ones():
+    """W0 = 0 removes the in-place subtraction; at layer 0 the rows are the inputs and the
+    sub-network the net itself, so the scripts print the plain (intended) statistics."""
+    sizes = [4, 6, 6, 2]
+    params = _net(4, sizes, "tanh")
+    zeros = [{"W": jnp.zeros_like(p["W"])} for p in params]
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (200, 4), jnp.float64))
+    g = gm.compute_grams(params, X, "tanh")
+    W = np.asarray(params[0]["W"])
+    nfm, agop = W.T @ W, np.asarray(g.agop[0])
+    gc = agop - np.asarray(g.jbar[0]).T @ np.asarray(g.jbar[0])
+    got = cf.published(_cfg(), params, zeros, jnp.asarray(X), cf.layer_inputs(params, jnp.asarray(X), "tanh"), 0,
+                       dtype=jnp.float64)
+    assert got["published_pearson_a05"] == pytest.approx(ref.pearson(nfm, ref.psd_power(agop, 0.5)), abs=1e-10)
+    assert got["published_gc_pearson_a05"] == pytest.approx(ref.pearson(nfm, ref.psd_power(gc, 0.5)), abs=1e-10)
+    assert got["published_cosine_a1"] == pytest.approx(ref.cosine(nfm, agop), abs=1e-12)
+    assert got["published_gc_cosine_a1"] == pytest.approx(ref.cosine(nfm, gc), abs=1e-12)
+
+
+def test_swapping_in_W_itself_gives_the_plain_statistics():
+    sizes = [4, 7, 7, 2]
+    params = _net(6, sizes, "tanh")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (80, 4), jnp.float64))
+    g = gm.compute_grams(params, X, "tanh")
+    hs = cf.layer_inputs(params, jnp.asarray(X), "tanh")
+    for i in range(2):
+        W = np.asarray(params[i]["W"])
+        U, s, _ = np.linalg.svd(W, full_matrices=False)
+        p, t = cf.swapped(_cfg(), params, hs, i, W, U, len(s), dtype=jnp.float64)
+        G = np.asarray(g.pgop[i])
+        assert p == pytest.approx(ref.pearson(W.T @ W, W.T @ G @ W), abs=1e-10)
+        assert t == pytest.approx(ref.tightness(U.T @ G @ U), abs=1e-10)
+
+
+def test_in_a_linear_net_a_swap_leaves_the_gradients_alone():
+    """Closed form: with identity activations df/dp_{i+1} = W_L ... W_{i+1} whatever W_i is,
+    so the swapped layer's pgop is the original one and the swap test is the random-W
+    baseline of the same matrix: pearson(R^T R, R^T G R), tightness of G on range(R)."""
+    sizes = [5, 9, 6, 3]
+    params = _net(8, sizes, "identity")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (60, 5), jnp.float64))
+    g = gm.compute_grams(params, X, "identity")
+    hs = cf.layer_inputs(params, jnp.asarray(X), "identity")
+    for i in range(2):
+        W = np.asarray(params[i]["W"])
+        f = cf.SwapFactors(jax.random.PRNGKey(10 + i), W.shape)
+        got = cf.swap(_cfg("identity"), params, hs, i, f, dtype=jnp.float64)
+        G = np.asarray(g.pgop[i])
+        R = np.asarray(f.R)
+        UR = np.linalg.svd(R, full_matrices=False)[0]
+        assert got["swap_pearson_a1"] == pytest.approx(ref.pearson(R.T @ R, R.T @ G @ R), abs=1e-10)
+        assert got["swap_tightness_range"] == pytest.approx(ref.tightness(UR.T @ G @ UR), abs=1e-10)
+        s = np.linalg.svd(W, compute_uv=False)
+        Qo, Qi = np.asarray(f.Qo), np.asarray(f.Qi)
+        Rs = (Qo * s) @ Qi.T
+        np.testing.assert_allclose(np.linalg.svd(Rs, compute_uv=False), s, rtol=1e-12)  # W's spectrum
+        assert got["swap_spec_pearson_a1"] == pytest.approx(ref.pearson(Rs.T @ Rs, Rs.T @ G @ Rs), abs=1e-10)
+        assert got["swap_spec_tightness_range"] == pytest.approx(ref.tightness(Qo.T @ G @ Qo), abs=1e-10)
+
+
+def test_a_run_writes_the_counterfactual_keys_where_it_was_asked(tmp_path):
+    cfg = config.validate({
+        "name": "cf", "data": {"task": "monomial", "d": 4, "n_train": 40, "n_test": 10},
+        "model": {"depth": 2, "width": 6, "activation": "tanh"},
+        "train": {"epochs": 3, "batch_size": 10, "lr": 0.05, "dtype": "float64"},
+        "metrics": {"checkpoints": [2], "published": "all", "swap": "ends"}})
+    res = runs.execute([cfg], tmp_path)[0]
+    assert [c["step"] for c in res["checkpoints"]] == [0, 2, 12]
+    for c in res["checkpoints"]:
+        for L in c["layers"]:
+            trivial = L["trivial"]
+            pub = [L[k] for k in cf.PUBLISHED_KEYS]
+            sw = [L[k] for k in cf.SWAP_KEYS]
+            assert all(v is None for v in pub) if (trivial or c["step"] == 0) else all(v is not None for v in pub)
+            assert all(v is None for v in sw) if (trivial or c["step"] == 2) else all(v is not None for v in sw)
+    # and the same config without them has neither the keys nor another id than before
+    plain = config.validate({**cfg.to_dict(), "metrics": {**cfg.to_dict()["metrics"], "published": "none", "swap": "none"}})
+    assert plain.run_id != cfg.run_id
+    out = train.train(plain, data.make_dataset(plain))
+    assert not any(k in out.checkpoints[-1]["layers"][0] for k in cf.PUBLISHED_KEYS + cf.SWAP_KEYS)
+
+
+def test_mnist_is_real_digits_loaded_offline():
+    cfg = config.validate({"seed": 3, "data": {"task": "mnist", "n_train": 300, "n_test": 100}})
+    ds = data.make_dataset(cfg)
+    assert ds.X_train.shape == (300, 784) and ds.X_test.shape == (100, 784) and ds.c == 10
+    assert ds.kind == "classification" and 0.0 <= ds.X_train.min() and ds.X_train.max() <= 1.0
+    X, y = data.mnist_subset()
+    assert X.shape == (5000, 784) and np.array_equal(np.bincount(y), [500] * 10)  # 500 per class
+    # a digit is strokes on a blank page: most pixels are 0, the centre is inked on average
+    assert (X == 0).mean() > 0.7 and X.reshape(-1, 28, 28)[:, 10:18, 10:18].mean() > 3 * X.mean() / 2
+    # train and test are disjoint draws of the 5000, fixed by the data seed
+    rows = {r.tobytes() for r in ds.X_train}
+    assert not any(r.tobytes() in rows for r in ds.X_test)
+    again = data.make_dataset(cfg)
+    np.testing.assert_array_equal(again.X_train, ds.X_train)
+    with pytest.raises(config.ConfigError, match="exceeds the 5000 images"):
+        config.validate({"data": {"task": "mnist", "n_train": 4500, "n_test": 1000}})
+
+
+def test_mnist_without_its_package_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(config.DnfaInputError, match=r"pip install 'dnfa\[mnist\]'"):
+        data.check(config.validate({"data": {"task": "mnist"}}))
+
+
+def test_swap_and_published_row_helpers_handle_a_zero_difference():
+    """At initialisation W - W0 = 0: the published statistics are undefined (null), not 0."""
+    dW = jnp.zeros((3, 4))
+    row = {k: float(v) for k, v in stats.published_row(dW, jnp.zeros((4, 4)), jnp.zeros((1, 4))).items()}
+    assert all(math.isnan(v) for v in row.values())
