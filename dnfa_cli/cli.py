@@ -19,11 +19,23 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Train MLPs and measure the Deep Neural Feature Ansatz and its tight-frame reformulation.",
 )
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """`dnfa report ID | head -1`: the reader has what it wanted; stop quietly, exit 0
+        (rich's own handler exits 1)."""
+        import os
+
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0)
+
+
 # piped output is read later, often in a wide editor: do not squeeze tables into 80 columns
-out = Console(highlight=False, soft_wrap=True)
+out = _Console(highlight=False, soft_wrap=True)
 if not out.is_terminal and "COLUMNS" not in __import__("os").environ:
-    out = Console(highlight=False, soft_wrap=True, width=160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = _Console(highlight=False, soft_wrap=True, width=160)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 RunsDir = Annotated[Optional[Path], typer.Option("--runs-dir", help="Run directory root (default: $DNFA_RUNS_DIR or runs/).")]
 
@@ -87,7 +99,7 @@ def train(
     try:
         cf = cfgmod.load_config(config, set_)
         cfg = cf.base
-        root = runs.runs_root(runs_dir)
+        root = runs.check_root(runs.runs_root(runs_dir))
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
         rid = cfg.run_id
@@ -97,6 +109,7 @@ def train(
             ds = runs.prepare(cfg)  # every input check, before anything is written
         except DnfaInputError as e:
             raise DnfaInputError(f"{config}: {e}") from None
+        runs.check_inside(root, rid)
         with runs.run_lock(root, rid):
             if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
                 return _show_done(root, rid, "finished ok in another process meanwhile")
@@ -107,6 +120,8 @@ def train(
                 res = runs.execute([cfg], root, [ds], on_progress=lambda s, n: prog.update(task, completed=s, total=n))[0]
     except DnfaInputError as e:
         _fail(str(e))
+    except runs.RunBusy as e:
+        _fail(str(e), 1)
     status = res["status"]
     secs = res["seconds"].get("total")
     out.print(layer_summary_table(res, title=f"{rid}: {status}" + (f" in {secs:.1f} s" if secs else "")))
@@ -122,27 +137,31 @@ def train(
 def sweep(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Config files; each one's sweep: block is expanded.")],
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Local worker processes (default: the usable cores).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786.")] = None,
+    scheduler_timeout: Annotated[float, typer.Option("--scheduler-timeout", metavar="SECONDS", min=1, help="Give up on a Dask scheduler that has not answered by then.")] = 30.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs, their ids and which are done; run nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every run, finished or not.")] = False,
     rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Also rerun runs that failed or diverged.")] = False,
-    seed_batch: Annotated[str, typer.Option("--seed-batch", help="Train runs differing only in seed as one vmapped program: auto (when a step is cheap), on, off.")] = "auto",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key in every file, e.g. --set train.epochs=5.")] = None,
+    seed_batch: Annotated[str, typer.Option("--seed-batch", metavar="auto|on|off", help="Train runs differing only in seed as one vmapped program: auto (when a step is cheap), on, off.")] = "auto",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a key in every file, e.g. --set train.epochs=5.")] = None,
+    max_runs: Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse a sweep of more runs than this.")] = 10_000,
+    finish_running: Annotated[bool, typer.Option("--finish-running", help="On Ctrl-C / SIGTERM, let the runs in flight finish (a second signal stops them).")] = False,
     runs_dir: RunsDir = None,
 ):
     """Run every config of one or more files; skip finished runs; resume after interruption."""
+    import signal
     import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from . import runs
     from . import sweep as sw
 
     if seed_batch not in ("auto", "on", "off"):
         _fail(f"--seed-batch {seed_batch!r}: must be auto, on or off")
-    root = runs.runs_root(runs_dir)
     try:
-        plan = sw.plan([str(f) for f in files], set_)
+        root = runs.check_root(runs.runs_root(runs_dir), write=not dry_run)
+        plan = sw.plan([str(f) for f in files], set_, max_runs=max_runs)
+        for c in plan.configs:
+            runs.check_inside(root, c.run_id)
     except DnfaInputError as e:
         _fail(str(e))
     ids = [c.run_id for c in plan.configs]
@@ -150,69 +169,112 @@ def sweep(
     out.print(f"sweep {plan.sweep_id}: {len(ids)} runs, {len(ids) - len(todo)} done, {len(todo)} to run"
               + (f"; varying {', '.join(plan.varied)}" if plan.varied else ""))
     if dry_run:
-        t = Table()
-        t.add_column("run id")
-        for k in plan.varied:
-            t.add_column(k)
-        t.add_column("status")
-        for c in plan.configs:
-            st = status[c.run_id]
-            label = "to run" if c in todo else f"done ({st})"
-            if c in todo and st:
-                label = f"to rerun ({st})"
-            t.add_row(c.run_id, *[str(plan.params[c.run_id].get(k)) for k in plan.varied], label)
-        out.print(t)
-        groups = sw.group_runs(todo, seed_batch, workers or sw.default_workers())
-        batched = [g for g in groups if len(g) > 1]
-        if batched:
-            out.print(f"seed batching: {sum(map(len, batched))} runs in {len(batched)} vmapped programs")
-        return
+        return _dry_run_table(plan, todo, status, seed_batch, workers)
     t0 = time.perf_counter()
     executor = None
     try:
         if scheduler:
-            executor = sw.DaskExecutor(scheduler)
+            executor = sw.DaskExecutor(scheduler, timeout=scheduler_timeout)
         elif todo:
             n = workers or sw.default_workers()
             n = min(n, len(sw.group_runs(todo, seed_batch, n)))
             executor = sw.InlineExecutor() if n <= 1 else sw.LocalExecutor(n)
     except DnfaInputError as e:
         _fail(str(e))
+
+    # Ctrl-C / SIGTERM: stop within seconds, record what finished, say how to resume
+    caught: list[int] = []
+
+    def on_signal(signum, frame):
+        caught.append(signum)
+        if len(caught) == 1 and finish_running:
+            err.print(f"{signal.Signals(signum).name}: no new runs; waiting for the runs in flight "
+                      "(signal again to stop them now)", markup=False)
+            return
+        raise sw.Interrupted(signum)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    n_todo, done_n = len(todo), 0
+
+    def done(r):
+        nonlocal done_n
+        done_n += 1
+        el = time.perf_counter() - t0
+        eta = el / done_n * (n_todo - done_n)
+        secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
+        extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
+                 if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")
+        tag = r["status"] if r.get("ran") else f"{r['status']}*"
+        err.print(f"[{done_n}/{n_todo}] {tag:9} {r['run_id']}  {secs}{extra}  (eta {_clock(eta)})", markup=False,
+                  highlight=False)
+
+    interrupted = None
+    state: dict = {}
     try:
-        with Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True) as prog:
-            task = prog.add_task("sweep", total=len(todo))
-
-            def done(r):
-                secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
-                extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
-                         if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")
-                tag = r["status"] if r.get("ran") else f"{r['status']}*"
-                prog.console.print(f"{tag:9} {r['run_id']}  {secs}{extra}", markup=False, highlight=False)
-                prog.advance(task)
-
-            state = sw.run_sweep(plan, root, executor, force=force, rerun_failed=rerun_failed,
-                                 seed_batch=seed_batch, on_done=done, todo=todo)
+        state = sw.run_sweep(plan, root, executor, force=force, rerun_failed=rerun_failed, seed_batch=seed_batch,
+                             on_done=done, todo=todo, stop=lambda: bool(caught))
+    except sw.Interrupted as e:
+        interrupted = e.signum
     finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
         if executor:
-            executor.close()
+            executor.close(kill=bool(caught) and not (finish_running and len(caught) == 1))
+    if caught and interrupted is None:
+        interrupted = caught[0]
+    rd = f" --runs-dir {runs_dir}" if runs_dir else ""
+    if interrupted is not None:
+        final = {rid: runs.result_status(root, rid) for rid in ids}
+        n_fin = sum(v in runs.STATUSES for v in final.values())
+        sw.write_sweep_record(root, plan, {rid: {"status": v} for rid, v in final.items() if v in runs.STATUSES},
+                              runs.now_iso())
+        name = signal.Signals(interrupted).name
+        err.print(f"{name}: stopped after {time.perf_counter() - t0:.1f} s; {n_fin} of {len(ids)} runs finished "
+                  f"({done_n} this time); resume with: dnfa sweep {' '.join(map(str, files))}{rd}", markup=False)
+        raise typer.Exit(128 + interrupted)
     counts = {k: 0 for k in ("ok", "diverged", "failed")}
     ran = skipped = finished_elsewhere = 0
     for rid in ids:
-        s = state.get(rid, {})
-        counts[s.get("status", "failed")] = counts.get(s.get("status", "failed"), 0) + 1
-        skipped += bool(s.get("skipped"))
-        ran += bool(s.get("ran"))
-        finished_elsewhere += bool(s.get("elsewhere"))
+        st = state.get(rid, {})
+        counts[st.get("status", "failed")] = counts.get(st.get("status", "failed"), 0) + 1
+        skipped += bool(st.get("skipped"))
+        ran += bool(st.get("ran"))
+        finished_elsewhere += bool(st.get("elsewhere"))
     out.print(f"sweep {plan.sweep_id}: ok {counts['ok']}, diverged {counts['diverged']}, failed {counts['failed']}; "
               f"ran {ran}, skipped {skipped} (already done)"
               + (f", {finished_elsewhere} finished by another process" if finished_elsewhere else "")
               + f" in {time.perf_counter() - t0:.1f} s")
     out.print(f"record: {sw.sweep_file(root, plan.sweep_id)}")
-    rd = f" --runs-dir {runs_dir}" if runs_dir else ""
     out.print(f"report: dnfa report {plan.sweep_id}{rd} --html")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _dry_run_table(plan, todo, status, seed_batch, workers, limit: int = 200):
+    from . import sweep as sw
+
+    t = Table()
+    t.add_column("run id")
+    for k in plan.varied:
+        t.add_column(k)
+    t.add_column("status")
+    todo_ids = {c.run_id for c in todo}
+    for c in plan.configs[:limit]:
+        st = status[c.run_id]
+        label = ("to rerun (" + st + ")" if st else "to run") if c.run_id in todo_ids else f"done ({st})"
+        t.add_row(c.run_id, *[str(plan.params[c.run_id].get(k)) for k in plan.varied], label)
+    out.print(t)
+    if len(plan.configs) > limit:
+        out.print(f"... and {len(plan.configs) - limit} more runs (the first {limit} shown)")
+    groups = sw.group_runs(todo, seed_batch, workers or sw.default_workers())
+    batched = [g for g in groups if len(g) > 1]
+    if batched:
+        out.print(f"seed batching: {sum(map(len, batched))} runs in {len(batched)} vmapped programs")
 
 
 def _rich_table(title, header, rows) -> Table:
@@ -240,20 +302,24 @@ def report(
 
     if format not in ("table", "json", "csv"):
         _fail(f"--format {format!r}: must be table, json or csv")
-    root = runs.runs_root(runs_dir)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir}: exists and is not a directory (figures and HTML go into a directory)")
     try:
+        root = runs.check_root(runs.runs_root(runs_dir), write=False)
         kind, ident = rp.resolve(root, ident)
+        rec = sw.load_sweep(root, ident) if kind == "sweep" else None
     except DnfaInputError as e:
         _fail(str(e))
     if kind == "run":
         v = rp.load_run(root, ident)
+        if v.status == "corrupt":
+            _fail(f"run {ident} is corrupt: {v.error} ({v.dir.absolute()})", 1)
         rows = rp.run_rows(v, all_checkpoints)
         tables = html_tables = rp.run_tables(v, all_checkpoints)
         title, intro = f"dnfa run {ident}", [rp.run_headline(v)]
         dest = out_dir or v.dir / "report"
         make_figs = lambda: rp.run_figures(v, dest)
     else:
-        rec = sw.load_sweep(root, ident)
         rows = rp.sweep_rows(root, rec)
         grouped = rp.grouped_rows(rows, rec["varied"])
         tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True)
@@ -303,12 +369,13 @@ def ls_(
     from . import report as rp
     from . import runs
 
-    root = runs.runs_root(runs_dir)
     try:
+        root = runs.check_root(runs.runs_root(runs_dir), write=False)
         rows = rp.ls_rows(root, sweep_id)
     except DnfaInputError as e:
         _fail(str(e))
-    t = Table(title=f"{len(rows)} runs in {root}" + (f" (sweep {sweep_id})" if sweep_id else ""), title_justify="left")
+    t = Table(title=f"{len(rows)} runs in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else ""),
+              title_justify="left")
     cols = ["created", "run_id", "status", "step", "test_loss", "pearson_a05", "pearson_a1", "tightness_range"]
     for c in cols:
         t.add_column(c if c not in ("pearson_a05", "pearson_a1", "tightness_range") else f"L1 {c}",
@@ -316,6 +383,9 @@ def ls_(
     for r in rows:
         t.add_row(*[(r[c] or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r[c]) for c in cols])
     out.print(t)
+    for r in rows:
+        if r["status"] == "corrupt":
+            err.print(f"corrupt: {r['run_id']}: {r['error']}", markup=False)
 
 
 def main():
@@ -328,6 +398,13 @@ def main():
 
     try:
         rv = app(standalone_mode=False)
+    except BrokenPipeError:
+        # `dnfa report ID | head -1`: the reader has what it wanted; say nothing, exit 0
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
     except getattr(cx, "NoArgsIsHelpError", ()) as e:  # click >= 8.2 only
         print(e.ctx.get_help() if e.ctx else e.format_message())
         sys.exit(2)

@@ -181,40 +181,61 @@ def _mnist(cfg, key):
     return _classification(X[tr], y[tr], X[te], y[te], 10)
 
 
+MAX_CLASSES = 10_000
+
+
 def _npz(cfg, key):
     dc = cfg.data
+    bad = lambda msg: DnfaInputError(f"data.path = {dc.path!r}: {msg}")
     try:
         z = np.load(dc.path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise DnfaInputError(f"data.path = {dc.path!r}: cannot read as .npz: {e}") from None
+        raise bad(f"cannot read as .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise bad("is a single .npy array, not an .npz archive of X_train, y_train, X_test, y_test")
     need = ("X_train", "y_train", "X_test", "y_test")
     missing = [k for k in need if k not in z.files]
     if missing:
-        raise DnfaInputError(f"data.path = {dc.path!r}: missing arrays {', '.join(missing)} (needs {', '.join(need)})")
-    Xtr, ytr, Xte, yte = (np.asarray(z[k]) for k in need)
+        raise bad(f"missing arrays {', '.join(missing)} (needs {', '.join(need)})")
+    arrays = {}
+    for k in need:
+        try:
+            a = np.asarray(z[k])
+        except Exception as e:  # noqa: BLE001 - object arrays (pickles) and broken members
+            raise bad(f"{k} cannot be read without pickle or is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise bad(f"{k} has dtype {a.dtype}; numbers only")
+        arrays[k] = a
+    Xtr, ytr, Xte, yte = (arrays[k] for k in need)
     for nm, X in (("X_train", Xtr), ("X_test", Xte)):
         if X.ndim != 2:
-            raise DnfaInputError(f"data.path = {dc.path!r}: {nm} must be 2-D (n, d), got shape {X.shape}")
+            raise bad(f"{nm} must be 2-D (n, d), got shape {X.shape}")
+        if X.shape[1] < 1:
+            raise bad(f"{nm} has d = 0 input features")
     if Xtr.shape[1] != Xte.shape[1]:
-        raise DnfaInputError(f"data.path = {dc.path!r}: X_train has d = {Xtr.shape[1]} but X_test has d = {Xte.shape[1]}")
+        raise bad(f"X_train has d = {Xtr.shape[1]} but X_test has d = {Xte.shape[1]}")
     for nm, X, y in (("train", Xtr, ytr), ("test", Xte, yte)):
+        if y.ndim == 0:
+            raise bad(f"y_{nm} is a scalar; it needs one row per sample of X_{nm}")
         if len(y) != len(X):
-            raise DnfaInputError(f"data.path = {dc.path!r}: y_{nm} has {len(y)} rows but X_{nm} has {len(X)}")
+            raise bad(f"y_{nm} has {len(y)} rows but X_{nm} has {len(X)}")
     if len(Xtr) == 0 or len(Xte) == 0:
-        raise DnfaInputError(f"data.path = {dc.path!r}: X_train and X_test must not be empty")
+        raise bad("X_train and X_test must not be empty")
     if not (np.all(np.isfinite(Xtr)) and np.all(np.isfinite(Xte))):
-        raise DnfaInputError(f"data.path = {dc.path!r}: X contains NaN or inf")
+        raise bad("X contains NaN or inf")
     if dc.kind == "classification":
         for nm, y in (("y_train", ytr), ("y_test", yte)):
-            if y.ndim != 1 or not np.all(np.equal(np.mod(y, 1), 0)) or (len(y) and y.min() < 0):
-                raise DnfaInputError(f"data.path = {dc.path!r}: {nm} must hold integer class labels >= 0 for kind classification")
+            if y.ndim != 1 or not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)) or (len(y) and y.min() < 0):
+                raise bad(f"{nm} must hold integer class labels >= 0 for kind classification")
         c = int(max(ytr.max(), yte.max())) + 1
+        if c > MAX_CLASSES:
+            raise bad(f"labels go up to {c - 1}: {c:,} classes, more than {MAX_CLASSES:,} (labels must be 0 .. c-1)")
         return _classification(Xtr, ytr.astype(np.int64), Xte, yte.astype(np.int64), c)
     for nm, y in (("y_train", ytr), ("y_test", yte)):
         if y.ndim not in (1, 2) or not np.all(np.isfinite(y)):
-            raise DnfaInputError(f"data.path = {dc.path!r}: {nm} must be finite, of shape (n,) or (n, c)")
+            raise bad(f"{nm} must be finite, of shape (n,) or (n, c)")
     if ytr.ndim != yte.ndim or (ytr.ndim == 2 and ytr.shape[1] != yte.shape[1]):
-        raise DnfaInputError(f"data.path = {dc.path!r}: y_train and y_test have different output dimensions")
+        raise bad("y_train and y_test have different output dimensions")
     return _regression(Xtr, ytr, Xte, yte)
 
 
@@ -267,10 +288,53 @@ def dims_of(cfg: Config) -> tuple[int, int] | None:
     return dc.d, (dc.outputs if dc.task == "linear" else 1)
 
 
+def memory_estimate(cfg: Config, d: int, c: int, n: int) -> float:
+    """Bytes a run will hold at its peak, roughly: the parameters with their gradients and
+    optimizer state, the data, and per layer the Grams (3 k^2), the kept random factors
+    (8 k^2) and the statistics' temporaries (16 k^2 of the widest), float64; plus the
+    Jacobian chunks (64 MB) and the JAX runtime (0.5 GB). Measured at width 1024: 1.1 GB
+    (README, "How the statistics are computed"); this says 1.0 GB."""
+    sizes = [d, *cfg.model.hidden(), c]
+    P = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    kmax = max(sizes)
+    grams = sum(3 * a * a + 8 * max(a, b) ** 2 for a, b in zip(sizes[:-1], sizes[1:]))
+    return 8.0 * (grams + 16 * kmax * kmax) + 16.0 * P + 16.0 * n * (d + c) + 64e6 + 5e8
+
+
+def available_memory() -> float | None:
+    """MemAvailable of this machine (Linux), in bytes; None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e12:,.0f} TB" if x >= 1e12 else f"{x / 1e9:.1f} GB"
+
+
+def check_memory(cfg: Config, d: int, c: int, n: int) -> None:
+    need, have = memory_estimate(cfg, d, c, n), available_memory()
+    if have is not None and need > have:
+        widths = cfg.model.widths if cfg.model.widths is not None else cfg.model.width
+        key = "model.widths" if cfg.model.widths is not None else "model.width"
+        raise DnfaInputError(f"{key} = {widths}: this run would need about {_gb(need)} of memory "
+                             f"(parameters, data, Grams and statistics); this machine has {_gb(have)} available")
+
+
 def check(cfg: Config, n_train: int | None = None) -> None:
     """The rules that tie the config to its data: raise DnfaInputError before anything runs."""
     if cfg.data.task == "mnist":
         mnist_path()
+    dims = dims_of(cfg)
+    if dims is not None:
+        dc = cfg.data
+        n = getattr(dc, "n_train", 0) + getattr(dc, "n_test", 0) or (dc.p * dc.p if dc.task == "modular" else 0)
+        check_memory(cfg, dims[0], dims[1], n)
     if cfg.train.loss == "cross_entropy" and task_kind(cfg) == "regression":
         raise DnfaInputError(
             f"train.loss = 'cross_entropy' needs a classification task or sparse_parity; "
@@ -284,4 +348,6 @@ def make_dataset(cfg: Config) -> Dataset:
     """The run's dataset, a pure function of the config (and the .npz file's content)."""
     ds = _MAKERS[cfg.data.task](cfg, data_key(cfg))
     check(cfg, len(ds.X_train))
+    if cfg.data.task == "npz":
+        check_memory(cfg, ds.d, ds.c, len(ds.X_train) + len(ds.X_test))
     return ds

@@ -64,21 +64,37 @@ class RunView:
     created: str | None = None
 
 
+def _read_side(d: Path) -> tuple[dict, str | None]:
+    """config.yaml and the creation time from env.json, as far as they read."""
+    import yaml
+
+    cfg, created = {}, None
+    try:
+        c = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").exists() else {}
+        cfg = c if isinstance(c, dict) else {}
+        e = json.loads((d / "env.json").read_text()) if (d / "env.json").exists() else {}
+        created = e.get("time") if isinstance(e, dict) else None
+    except (OSError, ValueError, yaml.YAMLError):
+        pass
+    return cfg, created
+
+
 def load_run(root: Path, run_id: str) -> RunView:
+    """A run as its files say; status `corrupt` (the reason in `error`) where they are not
+    what dnfa writes, so a listing goes on with the other runs."""
     d = runs.run_dir(root, run_id)
     if not d.exists():
         return RunView(run_id, d, "missing", {}, [])
-    res = runs.load_result(root, run_id)
+    try:
+        res = runs.load_result(root, run_id, files=True)
+    except runs.CorruptRun as e:
+        cfg, created = _read_side(d)
+        return RunView(run_id, d, "corrupt", cfg, [], {}, str(e), created)
     if res is not None:
         return RunView(run_id, d, res["status"], res["config"], res["checkpoints"], res.get("seconds") or {},
                        res.get("error"), res.get("created"))
-    import yaml
-
-    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").exists() else {}
+    cfg, created = _read_side(d)
     status = "running" if runs.is_locked(root, run_id) else "interrupted"
-    created = None
-    if (d / "env.json").exists():
-        created = json.loads((d / "env.json").read_text()).get("time")
     return RunView(run_id, d, status, cfg, runs.read_metrics(d), {}, None, created)
 
 
@@ -312,10 +328,11 @@ def sweep_rows(root: Path, rec: dict) -> list[dict]:
     for r in rec["runs"]:
         try:
             v = load_run(root, r["run_id"])
-        except (OSError, json.JSONDecodeError):
+        except OSError:
             v = None
         if v is None or not v.checkpoints:
-            rows.append({"run_id": r["run_id"], "status": v.status if v else "unreadable", **r["params"], "layer": None})
+            rows.append({"run_id": r["run_id"], "status": v.status if v else "unreadable", **r["params"], "layer": None,
+                         **({"error": v.error} if v is not None and v.error else {})})
             continue
         last = v.checkpoints[-1]
         for L in last["layers"]:
@@ -515,7 +532,7 @@ def ls_rows(root: Path, sweep_id: str | None = None) -> list[dict]:
         v = load_run(root, rid)
         end = v.checkpoints[-1] if v.checkpoints else {}
         L1 = (end.get("layers") or [{}])[0]
-        rows.append({"created": v.created, "run_id": rid, "status": v.status, "name": v.config.get("name"),
+        rows.append({"created": v.created, "run_id": rid, "status": v.status, "error": v.error, "name": v.config.get("name"),
                      "step": end.get("step"), "test_loss": end.get("test_loss"), "test_acc": end.get("test_acc"),
                      "pearson_a05": L1.get("pearson_a05"), "pearson_a1": L1.get("pearson_a1"),
                      "tightness_range": L1.get("tightness_range")})

@@ -175,21 +175,76 @@ def run_dir(root: Path, run_id: str) -> Path:
     return Path(root) / check_id(run_id)
 
 
-def load_result(root: Path, run_id: str) -> dict | None:
-    p = run_dir(root, run_id) / RESULT
+class CorruptRun(Exception):
+    """A run directory whose files are not what dnfa writes (truncated, foreign, edited)."""
+
+
+STATUSES = ("ok", "diverged", "failed")
+
+
+def _check_result(r) -> None:
+    if not isinstance(r, dict):
+        raise CorruptRun(f"result.json holds a JSON {type(r).__name__}, not a run's result")
+    for key, typ in (("status", str), ("config", dict), ("checkpoints", list), ("seconds", dict)):
+        if not isinstance(r.get(key), typ):
+            raise CorruptRun(f"result.json has no {key!r}" if key not in r else f"result.json: {key!r} is not a {typ.__name__}")
+    if r["status"] not in STATUSES:
+        raise CorruptRun(f"result.json: status {r['status']!r} is none of {', '.join(STATUSES)}")
+    for i, ck in enumerate(r["checkpoints"]):
+        if not isinstance(ck, dict) or not isinstance(ck.get("step"), int) or not isinstance(ck.get("layers"), list) \
+                or not all(isinstance(L, dict) for L in ck["layers"]):
+            raise CorruptRun(f"result.json: checkpoint {i} is not a record of step and layers")
+
+
+def check_files(d: Path) -> None:
+    """The files beside a result.json: every checkpoint .npz opens (a truncated zip has no
+    central directory) and every metrics.jsonl line parses. CorruptRun says which does not."""
+    import zipfile
+
+    for f in sorted((Path(d) / "checkpoints").glob("*.npz")):
+        try:
+            with zipfile.ZipFile(f) as z:
+                if not z.namelist():
+                    raise zipfile.BadZipFile("empty")
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CorruptRun(f"checkpoints/{f.name} is damaged ({e})") from None
+    p = Path(d) / "metrics.jsonl"
+    if p.exists():
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                raise CorruptRun(f"metrics.jsonl line {i} is not JSON") from None
+
+
+def load_result(root: Path, run_id: str, *, files: bool = False) -> dict | None:
+    """result.json, validated (CorruptRun if it is not one dnfa wrote); None if there is
+    none yet. `files`: check the checkpoint files and metrics.jsonl beside it too."""
+    d = run_dir(root, run_id)
+    p = d / RESULT
     if not p.exists():
         return None
-    with open(p) as f:
-        return json.load(f)
+    try:
+        with open(p) as f:
+            r = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptRun(f"result.json is not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    _check_result(r)
+    if files:
+        check_files(d)
+    return r
 
 
 def result_status(root: Path, run_id: str) -> str | None:
-    """'ok' | 'diverged' | 'failed' from result.json; None if the run has none yet."""
+    """'ok' | 'diverged' | 'failed' from result.json, 'corrupt' if its files are not what
+    dnfa writes; None if the run has no result.json yet."""
     try:
-        r = load_result(root, run_id)
-    except (OSError, json.JSONDecodeError):
+        r = load_result(root, run_id, files=True)
+    except CorruptRun:
+        return "corrupt"
+    except OSError:
         return None
-    return r.get("status") if r else None
+    return r["status"] if r else None
 
 
 def read_metrics(d: Path) -> list[dict]:
@@ -211,7 +266,43 @@ def list_run_ids(root: Path) -> list[str]:
     if not root.exists():
         return []
     return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and p.name not in ("sweeps", ".locks") and (p / "config.yaml").exists())
+                  if p.is_dir() and not p.is_symlink() and ID_RE.match(p.name) and p.name != "sweeps"
+                  and (p / "config.yaml").exists())
+
+
+def check_root(root: Path, write: bool = True) -> Path:
+    """The runs directory as given, checked: a directory (or creatable), and writable when
+    `write` (tried, not guessed: a file is made and removed, or the missing directories
+    are made and removed again). DnfaInputError names what is wrong; nothing is left."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DnfaInputError(f"runs directory {root} is a file, not a directory (--runs-dir or $DNFA_RUNS_DIR)")
+    if not write:
+        return root
+    try:
+        if root.exists():
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        else:
+            missing = [p for p in [root, *root.absolute().parents] if not p.exists()]
+            root.mkdir(parents=True)
+            for p in missing:
+                p.rmdir()
+    except OSError as e:
+        raise DnfaInputError(f"runs directory {root} is not writable ({e.strerror or e})") from None
+    return root
+
+
+def check_inside(root: Path, run_id: str) -> Path:
+    """The run's directory, refusing one that is a symbolic link or resolves outside the
+    runs directory: dnfa creates and cleans run directories there and nowhere else."""
+    d = run_dir(root, run_id)
+    if d.is_symlink():
+        raise DnfaInputError(f"{d} is a symbolic link (to {os.readlink(d)}); dnfa writes run directories only "
+                             f"inside {root}: remove the link")
+    if d.exists() and d.resolve().parent != Path(root).resolve():
+        raise DnfaInputError(f"{d} resolves to {d.resolve()}, outside {Path(root).resolve()}; dnfa writes there only")
+    return d
 
 
 def list_sweep_ids(root: Path) -> list[str]:
@@ -220,22 +311,46 @@ def list_sweep_ids(root: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- writing
+class RunBusy(Exception):
+    """Another process holds the run directory itself (its lock file was removed)."""
+
+
 class RunWriter:
-    """Writes one run's directory in the order of the contract."""
+    """Writes one run's directory in the order of the contract. While it writes it holds an
+    exclusive flock on the directory itself, besides the caller's runs/.locks file: a lock
+    file deleted under a running training cannot let a second writer in."""
 
     def __init__(self, root: Path, cfg: Config):
         self.cfg = cfg
+        self.root = Path(root)
         self.run_id = cfg.run_id
         self.dir = run_dir(root, self.run_id)
+        self._fd = None
 
     def start(self, env: dict) -> None:
-        """A fresh directory: anything left by an interrupted or failed attempt goes."""
-        if self.dir.exists():
+        """A fresh directory: anything left by an interrupted or failed attempt goes; a
+        corrupt one is moved aside to runs/.corrupt/, never deleted."""
+        check_inside(self.root, self.run_id)
+        corrupt = self.dir.exists() and result_status(self.root, self.run_id) == "corrupt"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise RunBusy(f"run {self.run_id}: another process is writing {self.dir} (its lock file "
+                          f"{self.root / '.locks' / (self.run_id + '.lock')} was removed?); not starting a second writer") from None
+        if corrupt:
+            aside = self.root / ".corrupt" / f"{self.run_id}-{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}"
+            aside.mkdir(parents=True)
             for child in self.dir.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+                os.replace(child, aside / child.name)
+        for child in self.dir.iterdir():
+            if child.is_symlink() or not child.is_dir():
+                child.unlink()
+            else:
+                shutil.rmtree(child)
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.dir / "config.yaml", config_to_yaml(self.cfg).encode())
         atomic_write_json(self.dir / "env.json", env)
@@ -272,7 +387,13 @@ class RunWriter:
             "checkpoints": outcome.checkpoints,
         }
         atomic_write_json(self.dir / RESULT, result)
+        self.release()
         return result
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the directory's flock
+            self._fd = None
 
 
 def _data_info(ds) -> dict:
@@ -309,8 +430,13 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
     env = env or env_info()
     created = now_iso()
     writers = [RunWriter(root, c) for c in cfgs]
-    for w in writers:
-        w.start(env)
+    try:
+        for w in writers:
+            w.start(env)
+    except BaseException:
+        for w in writers:
+            w.release()
+        raise
     try:
         outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers],
                                    on_matrices=[w.matrices for w in writers], on_progress=on_progress)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import runs
-from .config import Config, ConfigError, DnfaInputError, load_config
+from .config import MAX_RUNS, Config, ConfigError, DnfaInputError, load_config
 
 # Seed batching (auto): with one jit per epoch a CPU step costs ~100 us of overhead, and
 # bench/seed_batch.py measured 8 vmapped seeds against 8 sequential ones on this 2-core
@@ -57,17 +58,21 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def plan(files: list[str], overrides: list[str] | None = None) -> Plan:
-    """Read, expand and validate every file (and every expanded run) before anything runs."""
+def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = MAX_RUNS) -> Plan:
+    """Read, expand and validate every file (and every expanded run) before anything runs;
+    more than `max_runs` runs in all is refused."""
     if not files:
         raise ConfigError("no config files given")
     seen, unique, source = set(), [], {}
     for f in files:
-        for c in load_config(f, overrides).expand():
+        for c in load_config(f, overrides).expand(max_runs):
             if c.run_id not in seen:
                 seen.add(c.run_id)
                 unique.append(c)
                 source[c.run_id] = str(f)
+    if len(unique) > max_runs:
+        raise ConfigError(f"{', '.join(map(str, files))}: {len(unique):,} runs in all, more than --max-runs {max_runs:,} "
+                          "(raise --max-runs if you mean it)")
     varied, params = _varied_values(unique)
     for c in unique:
         try:
@@ -151,7 +156,7 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
                 out.append({"run_id": c.run_id, "status": "busy", "ran": False})
                 continue
             st = runs.result_status(rootp, c.run_id)
-            if st is not None and st not in rerun:
+            if st is not None and st != "corrupt" and st not in rerun:
                 # finished by another process between planning and taking the lock
                 out.append({**_summary(runs.load_result(rootp, c.run_id), ran=False), "elsewhere": True})
                 continue
@@ -162,14 +167,57 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
             except Exception as e:  # noqa: BLE001 - reported per run, the sweep goes on
                 return out + [{"run_id": c.run_id, "status": "failed", "error": f"{type(e).__name__}: {e}", "ran": False}
                               for c in todo]
-            for res in runs.execute(todo, rootp, datasets):
+            try:
+                results = runs.execute(todo, rootp, datasets)
+            except (runs.RunBusy, DnfaInputError) as e:  # another writer, a symlink: nothing written
+                return out + [{"run_id": c.run_id, "status": "failed", "error": str(e), "ran": False} for c in todo]
+            for res in results:
                 out.append(_summary(res, ran=True))
     return out
 
 
 # ----------------------------------------------------------------------------- executors
-def _worker_init(share: int, slots, lock) -> None:
-    """Pin this worker to its own `share` cores, so N workers never oversubscribe."""
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the sweep's parent."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _die_with_parent(parent: int) -> None:
+    """A pool worker must not outlive its sweep (a SIGKILLed parent cannot clean up): the
+    kernel's parent-death signal on Linux, and a watchdog on the parent's pid everywhere
+    (which also catches a parent that died while this worker was still starting)."""
+    import signal
+    import threading
+    import time
+
+    if os.getppid() != parent:
+        os._exit(1)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="dnfa-parent-watch").start()
+
+
+def _worker_init(share: int, slots, lock, parent: int) -> None:
+    """Pin this worker to its own `share` cores, so N workers never oversubscribe; leave
+    Ctrl-C to the parent (it stops the workers itself) and die with it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
     try:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -198,7 +246,7 @@ class LocalExecutor:
         os.environ.update(env)
         try:
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                            initargs=(share, ctx.Value("i", 0), ctx.Lock()))
+                                            initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid()))
             # start the workers now, while the environment is theirs
             list(self.pool.map(int, range(workers)))
         finally:
@@ -211,8 +259,15 @@ class LocalExecutor:
     def submit(self, *args):
         return self.pool.submit(run_group, *args)
 
-    def close(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, kill: bool = False):
+        """Shut the pool down; `kill`: stop the runs in flight now (they leave no
+        result.json, so the next sweep reruns them)."""
+        if kill:
+            for p in list(getattr(self.pool, "_processes", {}).values()):
+                p.terminate()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Deferred:
@@ -220,6 +275,9 @@ class _Deferred:
 
     def __init__(self, args):
         self.args, self._done, self._value, self._exc = args, False, None, None
+
+    def cancel(self) -> bool:
+        return not self._done
 
     def result(self):
         if not self._done:
@@ -242,29 +300,55 @@ class InlineExecutor:
     def submit(self, *args):
         return _Deferred(args)
 
-    def close(self):
+    def close(self, kill: bool = False):
         pass
+
+
+DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):\d{1,5}$")
 
 
 class DaskExecutor:
     """Runs groups on a Dask distributed cluster; its workers need dnfa installed and the
-    same runs directory (a shared filesystem)."""
+    same runs directory (a shared filesystem). The connection and the scheduler's first
+    answer must both come within `timeout` seconds."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, timeout: float = 30.0):
+        if not DASK_ADDRESS.match(address):
+            raise ConfigError(f"--scheduler {address!r}: not a Dask scheduler address (tcp://HOST:PORT or HOST:PORT)")
         try:
             from distributed import Client
         except ImportError:
             raise ConfigError("--scheduler needs Dask distributed: pip install 'dnfa[dask]'") from None
-        try:
-            self.client = Client(address, timeout="10s")
-        except (OSError, TimeoutError) as e:
-            raise ConfigError(f"--scheduler {address}: cannot connect to a Dask scheduler ({e})") from None
-        self.workers = max(1, sum(w.get("nthreads", 1) for w in self.client.scheduler_info().get("workers", {}).values()))
+        import threading
+
+        box: dict = {}
+
+        def connect():  # in a thread: a port that accepts and never answers must not hang us
+            try:
+                c = Client(address, timeout=f"{timeout}s")
+                box["workers"] = c.scheduler_info().get("workers", {})
+                box["client"] = c
+            except Exception as e:  # noqa: BLE001 - reported as one line below
+                box["error"] = e
+
+        t = threading.Thread(target=connect, daemon=True, name="dnfa-dask-connect")
+        t.start()
+        t.join(timeout + 2)
+        if "client" not in box:
+            why = box.get("error")
+            reason = f"{type(why).__name__}: {str(why).splitlines()[0] if str(why) else ''}" if why else \
+                f"no answer within {timeout:g} s"
+            raise ConfigError(f"--scheduler {address}: cannot reach a Dask scheduler ({reason}); "
+                              "see --scheduler-timeout")
+        self.client = box["client"]
+        self.workers = max(1, sum(w.get("nthreads", 1) for w in box["workers"].values()))
 
     def submit(self, *args):
         return self.client.submit(run_group, *args, pure=False)
 
-    def close(self):
+    def close(self, kill: bool = False):
+        if kill:
+            self.client.cancel(list(getattr(self, "_futures", [])), force=True)
         self.client.close()
 
 
@@ -305,17 +389,18 @@ def rerun_statuses(force: bool, rerun_failed: bool) -> list[str]:
 
 
 def todo_of(p: Plan, root: Path, rerun: list[str]) -> tuple[list[Config], dict[str, str | None]]:
-    """The runs to execute, and every run's current status (None: no result.json)."""
+    """The runs to execute, and every run's current status (None: no result.json; 'corrupt':
+    files that are not what dnfa writes, always rerun, the bad files kept aside)."""
     status = {c.run_id: runs.result_status(root, c.run_id) for c in p.configs}
-    return [c for c in p.configs if status[c.run_id] is None or status[c.run_id] in rerun], status
+    return [c for c in p.configs if status[c.run_id] in (None, "corrupt") or status[c.run_id] in rerun], status
 
 
 def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_failed: bool = False,
               seed_batch: str = "auto", on_done: Callable[[dict], None] | None = None,
-              todo: list[Config] | None = None) -> dict[str, dict]:
+              todo: list[Config] | None = None, stop: Callable[[], bool] = lambda: False) -> dict[str, dict]:
     """Execute a plan; returns the final per-run summaries keyed by run id. `todo`: the
     runs to execute if the caller already has todo_of()'s answer (saves reading every
-    result.json again)."""
+    result.json again). Once `stop()` says so, no new group starts; those in flight finish."""
     root = Path(root).resolve()  # Dask workers run elsewhere: never hand them a relative path
     rerun = rerun_statuses(force, rerun_failed)
     created = runs.now_iso()
@@ -350,10 +435,16 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
 
     try:
         while pending:
+            if stop():
+                for fut in list(pending):
+                    if fut.cancel():
+                        pending.pop(fut)
+                if not pending:
+                    break
             for fut in _wait_any(set(pending)):
                 collect(fut, pending.pop(fut), blocking=False)
         # runs another sweep held: wait for its lock, then train them only if it did not finish
-        if busy:
+        if busy and not stop():
             waits = {executor.submit([c.to_dict()], str(root), rerun if not force else [], True): [c] for c in busy}
             while waits:
                 for fut in _wait_any(set(waits)):
@@ -364,10 +455,24 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
 
 
 def load_sweep(root: Path, sweep_id: str) -> dict:
+    """runs/sweeps/<id>.json, checked: DnfaInputError (one line) if it is not one dnfa wrote."""
     import json
 
-    with open(sweep_file(root, sweep_id)) as f:
-        return json.load(f)
+    p = sweep_file(root, sweep_id)
+    try:
+        with open(p) as f:
+            rec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DnfaInputError(f"sweep record {p} cannot be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    ok = isinstance(rec, dict) and isinstance(rec.get("runs"), list) and isinstance(rec.get("varied"), list) \
+        and isinstance(rec.get("files"), list) and all(isinstance(r, dict) and isinstance(r.get("run_id"), str)
+                                                       and isinstance(r.get("params", {}), dict) for r in rec["runs"])
+    if not ok:
+        raise DnfaInputError(f"sweep record {p} is corrupt: not the runs, files and varied keys dnfa writes")
+    for r in rec["runs"]:
+        r.setdefault("params", {})
+        r.setdefault("status", "pending")
+    return rec
 
 
 def default_workers() -> int:

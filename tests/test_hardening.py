@@ -1,0 +1,282 @@
+"""Faults a user can cause, each tried for real (subprocesses where signals, pipes or a
+second writer are involved): nothing lost, nothing trained twice, no traceback."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dnfa_cli import config
+from dnfa_cli.cli import app
+
+TINY = """name: tiny
+data: {task: monomial, d: 4, n_train: 64, n_test: 16}
+model: {depth: 1, width: 8}
+train: {epochs: 3, batch_size: 16}
+metrics: {checkpoints: 1, samples: 64}
+"""
+
+
+def _dnfa(*args, cwd, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", "dnfa_cli.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def _cfg(tmp_path, text=TINY, name="tiny.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _rid(p):
+    return config.load_config(p).base.run_id
+
+
+def test_a_symlinked_run_directory_is_refused_and_its_target_survives(tmp_path):
+    p = _cfg(tmp_path)
+    (tmp_path / "sl").mkdir()
+    target = tmp_path / "p"
+    target.mkdir()
+    (target / "keep").write_text("mine")
+    (tmp_path / "sl" / _rid(p)).symlink_to(target)
+    for cmd in ("train", "sweep"):
+        r = CliRunner().invoke(app, [cmd, str(p), "--runs-dir", str(tmp_path / "sl")])
+        assert r.exit_code == 2 and "is a symbolic link" in r.output and str(target) in r.output
+    assert (target / "keep").read_text() == "mine" and sorted(os.listdir(target)) == ["keep"]
+
+
+def test_a_removed_lock_file_never_yields_two_writers(tmp_path):
+    slow = TINY.replace("epochs: 3", "epochs: 4000").replace("checkpoints: 1", "checkpoints: 30")
+    p = _cfg(tmp_path, slow, "slow.yaml")
+    rid = _rid(p)
+    a = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "train", str(p), "--runs-dir", "runs"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / rid / "metrics.jsonl"
+    for _ in range(600):
+        if metrics.exists() and metrics.read_text():
+            break
+        time.sleep(0.1)
+    (tmp_path / "runs" / ".locks" / f"{rid}.lock").unlink()
+    b = CliRunner().invoke(app, ["train", str(p), "--runs-dir", str(tmp_path / "runs")])
+    assert b.exit_code == 1 and "another process is writing" in b.output and "not starting a second writer" in b.output
+    assert a.wait(timeout=600) == 0
+    res = json.loads((tmp_path / "runs" / rid / "result.json").read_text())
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert res["status"] == "ok" and lines == res["checkpoints"]  # one writer's lines, none interleaved
+
+
+@pytest.mark.parametrize("damage", ["truncated", "status only", "a list", "truncated npz"])
+def test_corrupt_runs_are_reported_and_rerun_with_the_originals_kept(tmp_path, damage):
+    p = _cfg(tmp_path)
+    rid = _rid(p)
+    runs = tmp_path / "runs"
+    assert CliRunner().invoke(app, ["train", str(p), "--runs-dir", str(runs)]).exit_code == 0
+    _cfg(tmp_path, TINY.replace("name: tiny", "name: other"), "other.yaml")
+    assert CliRunner().invoke(app, ["train", str(tmp_path / "other.yaml"), "--runs-dir", str(runs)]).exit_code == 0
+    d = runs / rid
+    res = d / "result.json"
+    if damage == "truncated":
+        res.write_text(res.read_text()[:200])
+    elif damage == "status only":
+        res.write_text('{"status": "ok"}')
+    elif damage == "a list":
+        res.write_text("[1, 2]")
+    else:
+        npz = next((d / "checkpoints").glob("step_*.npz"))
+        npz.write_bytes(npz.read_bytes()[:100])
+    bad = {f.relative_to(d): f.read_bytes() for f in d.rglob("*") if f.is_file()}
+    ls = CliRunner().invoke(app, ["ls", "--runs-dir", str(runs)])
+    assert ls.exit_code == 0 and "corrupt" in ls.output and "other-" in ls.output
+    assert sum(f"corrupt: {rid}" in line for line in ls.output.splitlines()) == 1
+    rep = CliRunner().invoke(app, ["report", rid, "--runs-dir", str(runs)])
+    assert rep.exit_code == 1 and f"run {rid} is corrupt" in rep.output and "Traceback" not in rep.output
+    sw = CliRunner().invoke(app, ["sweep", str(p), "--runs-dir", str(runs), "--workers", "1"])
+    assert sw.exit_code == 0 and "ran 1" in sw.output
+    assert json.loads(res.read_text())["status"] == "ok"
+    kept = list((runs / ".corrupt").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith(rid)
+    assert {f.relative_to(kept[0]): f.read_bytes() for f in kept[0].rglob("*") if f.is_file()} == bad
+
+
+def _wait_for(path: Path, text: str, timeout=600):
+    for _ in range(int(timeout * 10)):
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+SWEEP = TINY.replace("name: tiny", "name: sw").replace("epochs: 3", "epochs: 400").replace("width: 8", "width: 64") + """sweep:
+  method: grid
+  parameters:
+    seed: {values: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_sweep_within_5_s_with_its_record_up_to_date(tmp_path, sig, code):
+    p = _cfg(tmp_path, SWEEP, "sw.yaml")
+    err = tmp_path / "err.txt"
+    with open(err, "w") as fe:
+        s = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--runs-dir", "runs", "--workers", "2"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe)
+        _wait_for(err, "[1/10]")
+        t0 = time.monotonic()
+        s.send_signal(sig)
+        rc = s.wait(timeout=30)
+        took = time.monotonic() - t0
+    assert rc == code and took < 5, (rc, took)
+    text = err.read_text()
+    assert "Traceback" not in text and "resume with: dnfa sweep" in text
+    rec = json.loads(next((tmp_path / "runs" / "sweeps").glob("*.json")).read_text())
+    on_disk = {r["run_id"]: (tmp_path / "runs" / r["run_id"] / "result.json").exists() for r in rec["runs"]}
+    assert any(on_disk.values())
+    for r in rec["runs"]:
+        assert (r["status"] == "ok") == on_disk[r["run_id"]]  # finished runs are not listed as pending
+    assert not [q for q in _children(s.pid)]
+
+
+def _children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+
+
+def test_killing_the_parent_ends_the_workers_within_5_s(tmp_path):
+    p = _cfg(tmp_path, SWEEP.replace("epochs: 400", "epochs: 5000"), "sw.yaml")
+    err = tmp_path / "err.txt"
+    with open(err, "w") as fe:
+        s = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--runs-dir", "runs", "--workers", "2"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe)
+        workers = []
+        for _ in range(600):
+            workers = [c for c in _children(s.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+            if len(workers) == 2:
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2
+        s.kill()
+        s.wait()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5 and any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers)
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return "Z"
+
+
+def test_a_silent_dask_port_times_out_and_bad_addresses_are_one_line(tmp_path):
+    p = _cfg(tmp_path)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    held = []
+    stop = threading.Event()
+
+    def accept():  # accept and never answer
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept())
+            except OSError:
+                pass
+
+    th = threading.Thread(target=accept, daemon=True)
+    th.start()
+    try:
+        t0 = time.monotonic()
+        r = _dnfa("sweep", p, "--runs-dir", "runs", "--scheduler", f"tcp://127.0.0.1:{port}", "--scheduler-timeout", "2",
+                  cwd=tmp_path, timeout=120)
+        assert r.returncode == 2 and "cannot reach a Dask scheduler" in r.stderr and time.monotonic() - t0 < 60
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+    for addr in ("foo", "http://127.0.0.1:8799"):
+        r = CliRunner().invoke(app, ["sweep", str(p), "--runs-dir", str(tmp_path / "runs"), "--scheduler", addr])
+        assert r.exit_code == 2 and "not a Dask scheduler address" in r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def _npz(tmp_path, name, **arrays):
+    base = {"X_train": np.zeros((4, 2)), "y_train": np.zeros(4), "X_test": np.zeros((2, 2)), "y_test": np.zeros(2)}
+    np.savez(tmp_path / name, **{**base, **arrays})
+    return name
+
+
+NPZ = "name: npz\ndata: {task: npz, path: PATH, kind: KIND}\nmodel: {depth: 1, width: 4}\ntrain: {epochs: 1, batch_size: 2}\n"
+
+
+def _bad_inputs(tmp_path):
+    p = _cfg(tmp_path)
+    (tmp_path / "dup.yaml").write_text("name: dup\nmodel: {width: 8}\nmodel: {width: 16}\n")
+    (tmp_path / "afile").write_text("")
+    np.save(tmp_path / "one.npy", np.zeros((3, 2)))
+    cases = [
+        (["--set", "train.lr=.inf"], "must be a finite number"),
+        (["--set", "model.init_scale=.inf"], "must be a finite number"),
+        (["--set", "train.lr=1e400"], "must be a valid number"),
+        (["--set", "seed=99999999999999999999999"], "must be less than 4294967296"),
+        (["--set", "model.width=true"], "must be a valid integer"),
+        (["--set", "model.width=1000000"], "would need about"),
+        (["--runs-dir", str(tmp_path / "afile")], "is a file, not a directory"),
+        (["--runs-dir", "/proc/dnfa-runs"], "is not writable"),
+    ]
+    out = [(["train", str(p), *a], m) for a, m in cases]
+    out.append((["train", str(tmp_path / "dup.yaml")], "given twice"))
+    for name, kind, arrays, msg in [
+        ("obj.npz", "regression", {"X_train": np.array([[1, 2]] * 4, dtype=object)}, "cannot be read without pickle"),
+        ("str.npz", "regression", {"X_train": np.array([["a", "b"]] * 4)}, "numbers only"),
+        ("scalar.npz", "regression", {"y_train": np.array(1.0)}, "is a scalar"),
+        ("d0.npz", "regression", {"X_train": np.zeros((4, 0)), "X_test": np.zeros((2, 0))}, "d = 0"),
+        ("labels.npz", "classification", {"y_train": np.array([0, 1, 1, 1e9])}, "more than 10,000"),
+    ]:
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(NPZ.replace("PATH", _npz(tmp_path, name, **arrays)).replace("KIND", kind))
+        out.append((["train", str(f)], msg))
+    f = tmp_path / "npy.yaml"
+    f.write_text(NPZ.replace("PATH", "one.npy").replace("KIND", "regression"))
+    out.append((["train", str(f)], "not an .npz archive"))
+    (tmp_path / "rnd.yaml").write_text(TINY + "sweep:\n  method: random\n  count: 100000000\n  parameters:\n"
+                                       "    train.lr: {distribution: log_uniform, min: 0.001, max: 0.1}\n")
+    out.append((["sweep", str(tmp_path / "rnd.yaml"), "--dry-run"], "more than --max-runs 10,000"))
+    out.append((["report", "tiny", "--out", str(tmp_path / "afile")], "exists and is not a directory"))
+    return out
+
+
+def test_each_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path):
+    for args, msg in _bad_inputs(tmp_path):
+        before = set(os.listdir(tmp_path))
+        r = _dnfa(*args, *([] if "--runs-dir" in args else ["--runs-dir", "runs"]), cwd=tmp_path, timeout=120)
+        assert r.returncode == 2, (args, r.stderr[-500:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], (args, r.stderr[-500:])
+        assert set(os.listdir(tmp_path)) == before, args
+
+
+def test_a_closed_stdout_pipe_exits_0_quietly(tmp_path):
+    p = _cfg(tmp_path)
+    assert CliRunner().invoke(app, ["train", str(p), "--runs-dir", str(tmp_path / "runs")]).exit_code == 0
+    for fmt in ("table", "json", "csv"):
+        r = subprocess.run(f"{sys.executable} -m dnfa_cli.cli report tiny --runs-dir runs --format {fmt} | head -c 10",
+                           shell=True, cwd=tmp_path, capture_output=True, text=True, executable="/bin/bash",
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        status = subprocess.run(f"set -o pipefail; {sys.executable} -m dnfa_cli.cli report tiny --runs-dir runs "
+                                f"--format {fmt} | head -c 10 > /dev/null", shell=True, cwd=tmp_path,
+                                capture_output=True, text=True, executable="/bin/bash")
+        assert status.returncode == 0 and status.stderr == "", (fmt, status.stderr[-300:])
+        assert len(r.stdout) == 10
