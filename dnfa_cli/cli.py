@@ -10,7 +10,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
 from .config import DnfaInputError
+
+
+def _plain_usage_names() -> None:
+    """typer >= 0.2x prints a required argument as {CONFIG} in the usage line; show it as
+    CONFIG, the way click and man pages do."""
+    try:
+        from typer.core import TyperArgument
+
+        def name(self):
+            n = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+            return n + ("..." if self.nargs != 1 else "")
+
+        if hasattr(TyperArgument, "_usage_display_name"):
+            TyperArgument._usage_display_name = name
+    except ImportError:  # pragma: no cover - older typer prints plain names already
+        pass
+
+
+_plain_usage_names()
 
 app = typer.Typer(
     add_completion=False,
@@ -37,11 +57,18 @@ if not out.is_terminal and "COLUMNS" not in __import__("os").environ:
     out = _Console(highlight=False, soft_wrap=True, width=160)
 err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
-RunsDir = Annotated[Optional[Path], typer.Option("--runs-dir", help="Run directory root (default: $DNFA_RUNS_DIR or runs/).")]
+RunsDir = Annotated[Optional[Path], typer.Option("--runs-dir", metavar="DIR", help="Run directory root (default: $DNFA_RUNS_DIR or runs/).")]
+
+
+def _version(value: bool):
+    if value:
+        print(f"dnfa {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def _root():
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
     """Train MLPs and measure the Deep Neural Feature Ansatz and its tight-frame reformulation."""
 
 
@@ -76,6 +103,44 @@ def layer_summary_table(result: dict, title: str | None = None) -> Table:
     return t
 
 
+class _RunProgress:
+    """A run's progress on stderr: a live line in a terminal, plain lines (one per
+    checkpoint) otherwise. It says which phase is running (training, or measuring
+    checkpoint k of K) and an ETA from the time both phases have taken (train.Progress)."""
+
+    def __init__(self):
+        self.live = err.is_terminal
+        self.prog = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                 TextColumn("eta {task.fields[eta]}"), console=err, transient=True)
+            self.prog.__enter__()
+            self.task = self.prog.add_task("starting", total=1.0, eta="-")
+        return self
+
+    def __exit__(self, *exc):
+        if self.prog is not None:
+            self.prog.__exit__(*exc)
+
+    def __call__(self, p) -> None:
+        eta = p.eta()
+        eta_s = "-" if eta is None else _clock(eta)
+        if self.prog is not None:
+            what = (f"measuring checkpoint {p.checkpoint}/{p.checkpoints}" if p.phase == "measuring"
+                    else f"training step {p.step}/{p.total}")
+            done = p.elapsed / (p.elapsed + eta) if eta else 0.0
+            self.prog.update(self.task, description=what, completed=done, eta=eta_s)
+        elif p.phase == "training" and p.checkpoint_seconds and p.checkpoint == len(p.checkpoint_seconds) \
+                and getattr(self, "_said", None) != p.checkpoint:
+            self._said = p.checkpoint  # one plain line per measured checkpoint
+            err.print(f"[{_clock(p.elapsed)}] checkpoint {p.checkpoint}/{p.checkpoints} measured at step "
+                      f"{p.step}/{p.total}; eta {eta_s}", markup=False, highlight=False)
+
+
 def _show_done(root, rid: str, what: str) -> None:
     from . import runs
 
@@ -86,13 +151,11 @@ def _show_done(root, rid: str, what: str) -> None:
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set model.width=256 (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set model.width=256 (repeatable).")] = None,
     runs_dir: RunsDir = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if this exact run already finished ok.")] = False,
 ):
     """Train one run and measure the ansatz at its checkpoints."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from . import config as cfgmod
     from . import runs
 
@@ -113,11 +176,9 @@ def train(
         with runs.run_lock(root, rid):
             if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
                 return _show_done(root, rid, "finished ok in another process meanwhile")
-            out.print(f"run {rid} -> {root / rid}")
-            with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as prog:
-                task = prog.add_task("train", total=None)
-                res = runs.execute([cfg], root, [ds], on_progress=lambda s, n: prog.update(task, completed=s, total=n))[0]
+            out.print(f"run {rid} -> {(root / rid).absolute()}")
+            with _RunProgress() as show:
+                res = runs.execute([cfg], root, [ds], on_progress=show)[0]
     except DnfaInputError as e:
         _fail(str(e))
     except runs.RunBusy as e:
@@ -136,7 +197,7 @@ def train(
 @app.command()
 def sweep(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Config files; each one's sweep: block is expanded.")],
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Local worker processes (default: the usable cores).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", min=1, help="Local worker processes (default: the usable cores).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786.")] = None,
     scheduler_timeout: Annotated[float, typer.Option("--scheduler-timeout", metavar="SECONDS", min=1, help="Give up on a Dask scheduler that has not answered by then.")] = 30.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs, their ids and which are done; run nothing.")] = False,
@@ -144,6 +205,7 @@ def sweep(
     rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Also rerun runs that failed or diverged.")] = False,
     seed_batch: Annotated[str, typer.Option("--seed-batch", metavar="auto|on|off", help="Train runs differing only in seed as one vmapped program: auto (when a step is cheap), on, off.")] = "auto",
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a key in every file, e.g. --set train.epochs=5.")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2", help="Sweep a key over these values, e.g. --grid model.width=64,256 (repeatable; adds to a file's grid).")] = None,
     max_runs: Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse a sweep of more runs than this.")] = 10_000,
     finish_running: Annotated[bool, typer.Option("--finish-running", help="On Ctrl-C / SIGTERM, let the runs in flight finish (a second signal stops them).")] = False,
     runs_dir: RunsDir = None,
@@ -159,11 +221,13 @@ def sweep(
         _fail(f"--seed-batch {seed_batch!r}: must be auto, on or off")
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=not dry_run)
-        plan = sw.plan([str(f) for f in files], set_, max_runs=max_runs)
+        plan = sw.plan([str(f) for f in files], set_, max_runs=max_runs, grid=grid)
         for c in plan.configs:
             runs.check_inside(root, c.run_id)
     except DnfaInputError as e:
         _fail(str(e))
+    for note in plan.notes:
+        err.print(f"note: {note}", markup=False)
     ids = [c.run_id for c in plan.configs]
     todo, status = sw.todo_of(plan, root, sw.rerun_statuses(force, rerun_failed))
     out.print(f"sweep {plan.sweep_id}: {len(ids)} runs, {len(ids) - len(todo)} done, {len(todo)} to run"
@@ -289,10 +353,11 @@ def _rich_table(title, header, rows) -> Table:
 @app.command()
 def report(
     ident: Annotated[str, typer.Argument(metavar="ID", help="A run id, a sweep id, or a unique prefix of one.")],
-    format: Annotated[str, typer.Option("--format", help="table (terminal), json or csv (rows to stdout).")] = "table",
+    format: Annotated[str, typer.Option("--format", metavar="table|json|csv", help="table (terminal), json or csv (rows to stdout).")] = "table",
     html_: Annotated[bool, typer.Option("--html", help="Also write one self-contained HTML page; its path is printed.")] = False,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where figures and HTML go (default: runs/<id>/report/, or runs/sweeps/<id>/report/ for a sweep).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where figures and HTML go (default: runs/<id>/report/, or runs/sweeps/<id>/report/ for a sweep).")] = None,
     all_checkpoints: Annotated[bool, typer.Option("--all-checkpoints", help="Every checkpoint, not just initialisation and the end.")] = False,
+    include_readout: Annotated[bool, typer.Option("--include-readout", help="Also show the trivial read-out layer in tables and figures (json and csv always have it).")] = False,
     runs_dir: RunsDir = None,
 ):
     """Tables, figures and an HTML page for a run or a whole sweep (reads files, never trains)."""
@@ -315,22 +380,23 @@ def report(
         if v.status == "corrupt":
             _fail(f"run {ident} is corrupt: {v.error} ({v.dir.absolute()})", 1)
         rows = rp.run_rows(v, all_checkpoints)
-        tables = html_tables = rp.run_tables(v, all_checkpoints)
+        tables = rp.run_tables(v, all_checkpoints, include_readout, terminal=True)
+        html_tables = rp.run_tables(v, all_checkpoints, include_readout)
         title, intro = f"dnfa run {ident}", [rp.run_headline(v)]
         dest = out_dir or v.dir / "report"
-        make_figs = lambda: rp.run_figures(v, dest)
+        make_figs = lambda: rp.run_figures(v, dest, include_readout)
     else:
         rows = rp.sweep_rows(root, rec)
         grouped = rp.grouped_rows(rows, rec["varied"])
-        tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True)
-        html_tables = rp.sweep_tables(rows, grouped, rec["varied"])
+        tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True, include_readout=include_readout)
+        html_tables = rp.sweep_tables(rows, grouped, rec["varied"], include_readout=include_readout)
         st = [r["status"] for r in rec["runs"]]
         title = f"dnfa sweep {ident}"
         intro = [f"sweep {ident}: {len(st)} runs from {', '.join(rec['files'])}; "
                  + ", ".join(f"{k} {st.count(k)}" for k in ("ok", "diverged", "failed", "pending") if st.count(k))
                  + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")]
         dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
-        make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest)
+        make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest, include_readout)
     if format == "json":
         print(rp.to_json(rows if kind == "run" else {"runs": rows, "grouped": grouped}))
     elif format == "csv":
@@ -347,10 +413,10 @@ def report(
             console_print("per-run rows: --format csv / json, or --html")
     figs = make_figs()
     if format == "table":
-        console_print(f"figures: {dest}/ ({', '.join(f.name for f in figs)})")
+        console_print(f"figures: {dest.absolute()}/ ({', '.join(f.name for f in figs)})")
     if html_:
         page = rp.write_html(dest / "report.html", title, intro, html_tables, figs)
-        (out if format == "table" else err).print(f"html: {page}", markup=False)
+        (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
 
 
 def console_print(x):
@@ -362,30 +428,78 @@ def console_print(x):
 
 @app.command("ls")
 def ls_(
-    sweep_id: Annotated[Optional[str], typer.Option("--sweep", help="Only the runs of this sweep (id or unique prefix).")] = None,
+    sweep_id: Annotated[Optional[str], typer.Option("--sweep", metavar="ID", help="Only the runs of this sweep (id or unique prefix).")] = None,
+    where: Annotated[Optional[list[str]], typer.Option("--where", metavar="KEY=VALUE", help="Only runs whose config has this value, e.g. --where model.width=256 (repeatable: all must hold).")] = None,
+    status: Annotated[Optional[list[str]], typer.Option("--status", metavar="STATUS", help="Only runs with this status: ok, diverged, failed, corrupt, running, interrupted (repeatable).")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", metavar="KEY", help="Sort by a column or config key (-KEY: descending); default: newest first.")] = None,
     runs_dir: RunsDir = None,
 ):
-    """The runs, newest first: status, name, creation time and the headline numbers."""
+    """The runs, newest first: status, the config keys that vary among them, and the
+    headline numbers at the end."""
     from . import report as rp
     from . import runs
 
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
-        rows = rp.ls_rows(root, sweep_id)
+        rows = rp.sort_rows(rp.filter_rows(rp.ls_rows(root, sweep_id), where, status), sort)
     except DnfaInputError as e:
         _fail(str(e))
-    t = Table(title=f"{len(rows)} runs in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else ""),
+    varying = rp.varying_keys(rows)
+    where_s = f" where {' and '.join(where)}" if where else ""
+    t = Table(title=f"{len(rows)} runs in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else "") + where_s,
               title_justify="left")
-    cols = ["created", "run_id", "status", "step", "test_loss", "pearson_a05", "pearson_a1", "tightness_range"]
+    stats = ["step", "test_loss", "test_acc", "pearson_a05", "pearson_a1", "tightness_range"]
+    stats = [c for c in stats if any(r.get(c) is not None for r in rows)] or ["step"]
+    cols = ["created", "run_id", "status", *varying, *stats]
     for c in cols:
         t.add_column(c if c not in ("pearson_a05", "pearson_a1", "tightness_range") else f"L1 {c}",
-                     justify="right" if c not in ("created", "run_id", "status") else "left")
+                     justify="left" if c in ("created", "run_id", "status") else "right")
     for r in rows:
-        t.add_row(*[(r[c] or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r[c]) for c in cols])
+        t.add_row(*[(r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c)) for c in cols])
     out.print(t)
     for r in rows:
         if r["status"] == "corrupt":
             err.print(f"corrupt: {r['run_id']}: {r['error']}", markup=False)
+
+
+@app.command()
+def compare(
+    idents: Annotated[list[str], typer.Argument(metavar="ID...", help="Two or more run ids (or unique prefixes).")],
+    format: Annotated[str, typer.Option("--format", metavar="table|json|csv", help="table (terminal), json or csv (rows to stdout).")] = "table",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where the figure goes (default: runs/compare/<ids>/).")] = None,
+    include_readout: Annotated[bool, typer.Option("--include-readout", help="Also show the trivial read-out layer.")] = False,
+    runs_dir: RunsDir = None,
+):
+    """Runs side by side: the config keys that differ, the headline statistics at the end,
+    and their curves during training on one figure."""
+    import hashlib
+
+    from . import report as rp
+    from . import runs
+
+    if format not in ("table", "json", "csv"):
+        _fail(f"--format {format!r}: must be table, json or csv")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir}: exists and is not a directory")
+    try:
+        root = runs.check_root(runs.runs_root(runs_dir), write=False)
+        views = rp.compare_views(root, idents)
+    except DnfaInputError as e:
+        _fail(str(e))
+    bad = [v for v in views if v.status in ("corrupt", "missing")]
+    if bad:
+        _fail(f"run {bad[0].run_id} is {bad[0].status}" + (f": {bad[0].error}" if bad[0].error else ""), 1)
+    if format == "json":
+        print(rp.to_json(rp.compare_rows(views, include_readout=True)))
+    elif format == "csv":
+        sys.stdout.write(rp.to_csv(rp.compare_rows(views, include_readout=True)))
+    else:
+        for t in rp.compare_tables(views, include_readout):
+            console_print(_rich_table(*t))
+    tag = hashlib.sha256(" ".join(v.run_id for v in views).encode()).hexdigest()[:10]
+    dest = out_dir or root / "compare" / f"{views[0].run_id}+{len(views) - 1}-{tag}"
+    fig = rp.fig_compare(views, dest / "curves.png", include_readout)
+    (out if format == "table" else err).print(f"figure: {fig.absolute()}", markup=False)
 
 
 def main():

@@ -224,7 +224,8 @@ class MetricsCfg(_Strict):
 
 class Config(_Strict):
     _rid: str | None = PrivateAttr(default=None)
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.]*$", max_length=64)] = "run"
+    # the id's hash is a fixed-length suffix, so a hyphen in the name stays unambiguous
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)] = "run"
 
     @field_validator("name")
     @classmethod
@@ -309,7 +310,7 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> st
         return f"{source}: data.task = {_fmt_value(tag)}: unknown task (allowed: {', '.join(TASKS)})"
     if typ == "string_pattern_mismatch" and loc == ["name"]:
         return (f"{source}: name = {_fmt_value(e.get('input'))}: must start with a letter or digit and hold only "
-                "letters, digits, '_' and '.' (it becomes part of the run id)")
+                "letters, digits, '_', '-' and '.' (it becomes part of the run id)")
     if typ == "missing":
         return f"{source}: {key}: required key is missing"
     if typ == "value_error":
@@ -482,23 +483,63 @@ class ConfigFile(BaseModel):
     raw: dict
     sweep: dict | None
     base: Config
+    notes: list = []  # what the command line changed about the sweep, for the user
 
     def expand(self, max_runs: int = MAX_RUNS) -> list[Config]:
         return expand_sweep(self.raw, self.sweep, self.path, Path(self.path).parent, max_runs)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ConfigFile:
-    """Read and validate one config file; its `sweep:` block is kept for `expand()`."""
+def parse_grid(items: list[str] | None) -> list[tuple[str, list]]:
+    """`--grid KEY=V1,V2,...` strings -> (key, values), each value read as YAML."""
+    out = []
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid model.width=64,256")
+        vals = []
+        for t in text.split(","):
+            try:
+                vals.append(yaml.safe_load(t) if t.strip() else None)
+            except yaml.YAMLError:
+                vals.append(t)
+        out.append((key.strip(), vals))
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, grid: list[str] | None = None) -> ConfigFile:
+    """Read and validate one config file; its `sweep:` block is kept for `expand()`.
+    The command line wins over the file (Hydra's rule): `--set` on a swept key replaces
+    that key's sweep values with its one value, and `--grid KEY=V1,V2` sweeps KEY over
+    those values (a grid added to the file's, or replacing its values for KEY)."""
     raw = read_yaml(path)
     raw.setdefault("name", _default_name(path))
     sweep = raw.pop("sweep", None)
-    raw = apply_overrides(raw, parse_set(overrides), str(path))
+    sets, grids = parse_set(overrides), parse_grid(grid)
+    notes = []
+    both = {k for k, _ in sets} & {k for k, _ in grids}
+    if both:
+        raise ConfigError(f"{path}: {sorted(both)[0]} is given by both --set and --grid")
+    params = dict((sweep or {}).get("parameters") or {}) if isinstance(sweep, dict) else {}
+    for key, value in sets:
+        if key in params:
+            del params[key]
+            notes.append(f"--set {key}={value!r} replaces the sweep's values for {key} in {path}")
+    if grids:
+        if isinstance(sweep, dict) and sweep.get("method", "grid") != "grid":
+            raise ConfigError(f"{path}: --grid adds a grid, but the file's sweep is method {sweep.get('method')!r}")
+        for key, vals in grids:
+            if key in params:
+                notes.append(f"--grid {key} replaces the sweep's values for {key} in {path}")
+            params[key] = {"values": vals}
+    if isinstance(sweep, dict) or grids:
+        sweep = {**(sweep if isinstance(sweep, dict) else {"method": "grid"}), "parameters": params} if params else None
+    raw = apply_overrides(raw, sets, str(path))
     base = validate(raw, str(path), Path(path).parent)
-    return ConfigFile(path=str(path), raw=raw, sweep=sweep, base=base)
+    return ConfigFile(path=str(path), raw=raw, sweep=sweep, base=base, notes=notes)
 
 
 def _default_name(path) -> str:
-    stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.]", "_", Path(path).stem)) or "run"
+    stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(path).stem)) or "run"
     return stem if stem[0].isalnum() else "r" + stem
 
 

@@ -29,6 +29,7 @@ HEADLINE = ["pearson_a05", "pearson_a1", "cosine_a1", "delta_cosine_a1", "alpha_
 CI = ["pearson_a05", "pearson_a1", "tightness_range"]  # with metrics.bootstrap: *_lo, *_hi
 SWEEP_STATS = ["pearson_a05", "pearson_a1", "alpha_star", "tightness_range", "rand_pearson_a1", "half_range_pearson"]
 FIG_DPI = 100
+TINY = 1e-12  # magnitudes below this are printed as 0
 
 
 # ----------------------------------------------------------------------------- ids
@@ -45,10 +46,10 @@ def resolve(root: Path, ident: str) -> tuple[str, str]:
         return matches[0]
     if len(matches) > 1:
         shown = ", ".join(m[1] for m in matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
-        raise DnfaInputError(f"{ident!r} is ambiguous in {root}: it matches {shown}")
+        raise DnfaInputError(f"{ident!r} is ambiguous in {Path(root).absolute()}: it matches {shown}")
     close = difflib.get_close_matches(ident, sweep_ids + run_ids, n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ("" if run_ids or sweep_ids else "; it holds no runs yet")
-    raise DnfaInputError(f"no run or sweep {ident!r} in {root}{hint}")
+    raise DnfaInputError(f"no run or sweep {ident!r} in {Path(root).absolute()}{hint}")
 
 
 # ----------------------------------------------------------------------------- a run
@@ -124,7 +125,9 @@ def fmt(v, nd=4) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        if abs(v) < TINY:  # 1.9e-16 is a zero that rounding left behind
+            return f"{0.0:.{nd}f}"
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
             return f"{v:.3e}"
         return f"{v:.{nd}f}"
     if isinstance(v, list):
@@ -132,15 +135,54 @@ def fmt(v, nd=4) -> str:
     return str(v)
 
 
-def run_tables(v: RunView, all_checkpoints: bool = False) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per layer: (title, header, rows) with statistics as rows and checkpoints as columns."""
+def config_rows(cfg: dict) -> tuple[list[list[str]], int]:
+    """The run's resolved config as (key, value, default) rows, the keys that differ from
+    dnfa's defaults (for the same data task) first; and how many differ."""
+    from .config import ConfigError, validate
+
+    flat = _flat(cfg)
+    data = cfg.get("data") or {}
+    try:
+        base = {"data": {"task": data.get("task", "monomial"), **({"path": data["path"]} if "path" in data else {})}}
+        defaults = _flat(validate(base).to_dict())
+    except (ConfigError, OSError):
+        defaults = {}
+    differ = [k for k in flat if k in defaults and flat[k] != defaults[k] or k not in defaults]
+    same = [k for k in flat if k not in differ]
+    rows = [[k, fmt(flat[k]), fmt(defaults.get(k)) if k in defaults else "-"] for k in differ]
+    rows += [[k, fmt(flat[k]), "(default)"] for k in same]
+    return rows, len(differ)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_tables(v: RunView, all_checkpoints: bool = False, include_readout: bool = False, terminal: bool = False
+               ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The config (for the terminal only the keys that differ from the defaults), then per
+    layer (title, header, rows) with statistics as rows and checkpoints as columns. The
+    trivial read-out layer only with `include_readout`."""
     cks = _pick(v.checkpoints, all_checkpoints)
     tables = []
+    if v.config:
+        rows, n = config_rows(v.config)
+        title = f"config: {n} keys differ from dnfa's defaults" + (
+            f" (the other {len(rows) - n}: --html or --format json)" if terminal else ", listed first")
+        tables.append((title, ["key", "value", "default"], rows[:n] if terminal else rows))
     if not cks:
         return tables
     names = ["init" if c["step"] == 0 else ("end" if c is v.checkpoints[-1] else f"step {c['step']}") for c in cks]
     header = ["statistic"] + [f"{n} ({c['step']})" if n in ("init", "end") else n for n, c in zip(names, cks)]
     for li, L0 in enumerate(cks[0]["layers"]):
+        if L0.get("trivial") and not include_readout:
+            continue
         title = f"layer {L0['layer']}  W {fmt(L0['shape'])}" + ("  (trivial: read-out layer)" if L0.get("trivial") else "")
         rows = [[k] + [fmt(c["layers"][li].get(k)) for c in cks] for k in HEADLINE if k in L0]
         rows += [[f"{k} 95% CI"] + [f"[{fmt(c['layers'][li].get(k + '_lo'))}, {fmt(c['layers'][li].get(k + '_hi'))}]"
@@ -149,7 +191,7 @@ def run_tables(v: RunView, all_checkpoints: bool = False) -> list[tuple[str, lis
     loss = [["train_loss"] + [fmt(c.get("train_loss"), 6) for c in cks], ["test_loss"] + [fmt(c.get("test_loss"), 6) for c in cks]]
     if any(c.get("test_acc") is not None for c in cks):
         loss += [["train_acc"] + [fmt(c.get("train_acc")) for c in cks], ["test_acc"] + [fmt(c.get("test_acc")) for c in cks]]
-    tables.insert(0, ("losses", header, loss))
+    tables.insert(1 if v.config else 0, ("losses", header, loss))
     return tables
 
 
@@ -191,9 +233,10 @@ def _steps_axis(ax):
     ax.set_xlabel("training step (symlog: 0 = initialisation)")
 
 
-def fig_curves(v: RunView, path: Path) -> Path:
+def fig_curves(v: RunView, path: Path, include_readout: bool = False) -> Path:
     plt = _plt()
-    layers = [L for L in v.checkpoints[0]["layers"]]
+    layers = [L for L in v.checkpoints[0]["layers"] if include_readout or not L.get("trivial")]
+    layers = layers or v.checkpoints[0]["layers"]
     fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.6), squeeze=False)
     steps = [c["step"] for c in v.checkpoints]
     for ax, L0 in zip(axes[0], layers):
@@ -241,7 +284,8 @@ def fig_matrices(v: RunView, layer: int, path: Path) -> Path | None:
     mfiles = _mat_files(v)
     if not mfiles:
         return None
-    fig, axes = plt.subplots(len(mfiles), 3, figsize=(10.5, 3.5 * len(mfiles)), squeeze=False)
+    fig, axes = plt.subplots(len(mfiles), 3, figsize=(10.5, 3.5 * len(mfiles)), squeeze=False, layout="constrained")
+    shown = []
     for row, (step, f) in enumerate(mfiles):
         z = np.load(f)
         nfm, half, agop = (z[f"{n}_{layer}"].astype(np.float64) for n in ("nfm", "agop_half", "agop"))
@@ -254,15 +298,20 @@ def fig_matrices(v: RunView, layer: int, path: Path) -> Path | None:
         else:
             mats = [nfm, half, agop]
             how = f"all {k}x{k} entries"
-        for ax, m, name in zip(axes[row], mats, ("NFM = W^T W", "AGOP^(1/2)", "AGOP")):
-            a = np.abs(m).max() or 1.0
-            ax.imshow(m, cmap="RdBu_r", vmin=-a, vmax=a, interpolation="nearest")
+        shown.append(mats)
+        axes[row][0].set_ylabel(how, fontsize=7)
+    # one symmetric colour scale per column, shared by initialisation and the end, so the
+    # two rows compare; each column its own, since NFM, AGOP^(1/2) and AGOP differ in units
+    for col, name in enumerate(("NFM = W^T W", "AGOP^(1/2)", "AGOP")):
+        a = max(float(np.abs(m[col]).max()) for m in shown) or 1.0
+        for row, (step, _) in enumerate(mfiles):
+            ax = axes[row][col]
+            im = ax.imshow(shown[row][col], cmap="RdBu_r", vmin=-a, vmax=a, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{name}, step {step}", fontsize=9)
-        axes[row][0].set_ylabel(how, fontsize=7)
-    fig.suptitle(f"{v.run_id}, layer {layer}: each panel on its own symmetric colour scale")
-    fig.tight_layout()
+        fig.colorbar(im, ax=[axes[r][col] for r in range(len(mfiles))], shrink=0.8)
+    fig.suptitle(f"{v.run_id}, layer {layer}: each column on one colour scale (shared by its rows)", fontsize=10)
     return _save(fig, path)
 
 
@@ -276,6 +325,7 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
     from .stats import svd_range
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    seen = {0: [], 1: []}
     for step, f in mfiles:
         G = np.load(f)[f"pgop_{layer}"].astype(np.float64)
         pf = v.dir / "checkpoints" / f"step_{step:07d}.npz"
@@ -284,36 +334,43 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
             W = np.load(pf)[f"W{layer}"].astype(np.float64)
             Uf, s, r = svd_range(W)
             U = Uf[:, :r]
-        for ax, M, where in ((axes[0], G, "full"), (axes[1], None if U is None else U.T @ G @ U, "range(W)")):
+        for j, (ax, M, where) in enumerate(((axes[0], G, "full"), (axes[1], None if U is None else U.T @ G @ U, "range(W)"))):
             if M is None:
                 continue
             lam = np.clip(np.linalg.eigvalsh(0.5 * (M + M.T))[::-1], 0, None)
             mean = lam.mean()
             if mean <= 0:
                 continue
+            # eigenvalues below float32 rounding of the largest are zero (rank(G) <= n c):
+            # left out, so the axis spans the data, not the rounding
+            keep = lam > 1e-6 * lam[0]
             x = (np.arange(len(lam)) + 0.5) / len(lam)
-            ax.plot(x, lam / mean, label=f"step {step}")
+            ax.plot(x[keep], lam[keep] / mean, label=f"step {step}" + (f" ({(~keep).sum()} zero)" if (~keep).any() else ""))
+            seen[j] += list(lam[keep] / mean)
             ax.set_title(f"pgop eigenvalues / mean, {where} (k = {len(lam)})", fontsize=10)
-    for ax in axes:
+    for j, ax in enumerate(axes):
         ax.axhline(1.0, color="k", ls="--", lw=1, label="tight frame")
         ax.set_yscale("log")
-        ax.set_ylim(bottom=1e-6)  # below: zero up to rounding (rank(G) <= n c)
+        if seen[j]:
+            lo, hi = min(min(seen[j]), 1.0), max(max(seen[j]), 1.0)
+            ax.set_ylim(lo / 1.5, hi * 1.5)
         ax.set_xlabel("eigenvalue rank / k")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{v.run_id}, layer {layer}: spectrum of the pre-activation gradient Gram matrix "
-                 "(axis floor 1e-6 of the mean)")
+    fig.suptitle(f"{v.run_id}, layer {layer}: spectrum of the pre-activation gradient Gram matrix")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def run_figures(v: RunView, out: Path) -> list[Path]:
+def run_figures(v: RunView, out: Path, include_readout: bool = False) -> list[Path]:
     figs = []
     if not v.checkpoints:
         return figs
-    figs.append(fig_curves(v, out / "curves.png"))
+    figs.append(fig_curves(v, out / "curves.png", include_readout))
     figs.append(fig_loss(v, out / "loss.png"))
     for L in v.checkpoints[0]["layers"]:
+        if L.get("trivial") and not include_readout:
+            continue
         for fn, name in ((fig_matrices, "matrices"), (fig_spectrum, "spectrum")):
             p = fn(v, L["layer"], out / f"{name}_layer{L['layer']}.png")
             if p:
@@ -357,7 +414,7 @@ def grouped_rows(rows: list[dict], varied: list[str]) -> list[dict]:
         g["layer"] = members[0]["layer"]
         g["trivial"] = members[0].get("trivial")
         g["n"] = len(members)
-        for s in SWEEP_STATS + ["test_loss"]:
+        for s in SWEEP_STATS + ["test_loss", "test_acc"]:
             vals = np.array([m.get(s) for m in members if m.get(s) is not None], dtype=float)
             g[f"{s}_mean"] = float(vals.mean()) if vals.size else None
             g[f"{s}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else None
@@ -365,26 +422,56 @@ def grouped_rows(rows: list[dict], varied: list[str]) -> list[dict]:
     return out
 
 
+SEEDS = ("seed", "data.seed")
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # layer 1, 2, ...
+
+
+def fixed_colours(values) -> dict:
+    """A colour per value that does not depend on which other values a sweep has: the
+    value's stable hash picks the palette slot (the next free one on a collision), so relu
+    is the same colour in every sweep that has it."""
+    import zlib
+
+    out, used = {}, set()
+    for v in sorted({repr(x) for x in values}):
+        i = zlib.crc32(v.encode()) % len(PALETTE)
+        while i in used and len(used) < len(PALETTE):
+            i = (i + 1) % len(PALETTE)
+        used.add(i)
+        out[v] = PALETTE[i]
+    return out
+
+
 def _colour_key(varied: list[str]) -> str | None:
-    keys = [k for k in varied if k not in ("seed", "data.seed")]
-    return keys[0] if keys else (varied[0] if varied else None)
+    keys = [k for k in varied if k not in SEEDS]
+    return keys[0] if keys else None
 
 
-def _scatter(rows, xkey, ykey, ckey, path: Path, title: str) -> Path:
+def _is_numeric(vals) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals)
+
+
+def _scatter(rows, xkey, ykey, ckey, path: Path, title: str, include_readout: bool = False) -> Path:
+    """One point per run and layer: marker by layer, a fixed colour per value of `ckey`."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    pts = [r for r in rows if r.get(xkey) is not None and r.get(ykey) is not None and not r.get("trivial")]
-    vals = [r.get(ckey) for r in pts] if ckey else [None] * len(pts)
-    numeric = ckey and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals)
-    if numeric and len(set(vals)) > 6:
-        sc = ax.scatter([r[xkey] for r in pts], [r[ykey] for r in pts], c=vals, s=14, cmap="viridis")
-        fig.colorbar(sc, ax=ax, label=ckey)
-    else:
-        for val in sorted(set(map(str, vals))):
-            sel = [r for r, x in zip(pts, vals) if str(x) == val]
-            ax.scatter([r[xkey] for r in sel], [r[ykey] for r in sel], s=14, label=f"{ckey} = {val}" if ckey else None)
-        if ckey:
-            ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    pts = [r for r in rows if r.get(xkey) is not None and r.get(ykey) is not None
+           and (include_readout or not r.get("trivial"))]
+    colours = fixed_colours(r.get(ckey) for r in pts) if ckey else {}
+    for layer in sorted({r["layer"] for r in pts}):
+        for val, col in (colours.items() if ckey else [(None, PALETTE[0])]):
+            sel = [r for r in pts if r["layer"] == layer and (ckey is None or repr(r.get(ckey)) == val)]
+            if sel:
+                ax.scatter([r[xkey] for r in sel], [r[ykey] for r in sel], s=16, c=col,
+                           marker=MARKERS[(layer - 1) % len(MARKERS)], alpha=0.8, edgecolors="none")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker=MARKERS[(l - 1) % len(MARKERS)], color="k", label=f"layer {l}")
+               for l in sorted({r["layer"] for r in pts})]
+    handles += [Line2D([], [], ls="", marker="o", color=c, label=f"{ckey} = {v}") for v, c in colours.items()]
+    ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xlabel(xkey)
     ax.set_ylabel(ykey)
     ax.grid(alpha=0.3)
@@ -393,45 +480,72 @@ def _scatter(rows, xkey, ykey, ckey, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def fig_stat_vs_param(rows, param: str, path: Path) -> Path:
+def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_readout: bool = False) -> Path:
+    """A 16:9 grid, a panel per statistic: the final value against `param` (a categorical
+    axis for categorical keys), mean and std over seeds, a marker per layer and a fixed
+    colour per combination of the other swept keys (the facets)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(SWEEP_STATS), figsize=(3.2 * len(SWEEP_STATS), 3.4), squeeze=False)
-    pts = [r for r in rows if r.get("layer") is not None and not r.get("trivial")]
-    cats = sorted({str(r.get(param)) for r in pts})
-    numeric = all(isinstance(r.get(param), (int, float)) and not isinstance(r.get(param), bool) for r in pts)
+    stats = SWEEP_STATS
+    ncol = 3
+    nrow = -(-len(stats) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(16, 9), squeeze=False)
+    pts = [r for r in rows if r.get("layer") is not None and r.get("status") == "ok"
+           and (include_readout or not r.get("trivial"))]
+    others = [k for k in varied if k not in SEEDS and k != param]
+    facet = lambda r: ", ".join(f"{k}={fmt(r.get(k))}" for k in others) or "all runs"
+    xs_all = [r.get(param) for r in pts]
+    numeric = _is_numeric(xs_all)
+    cats = sorted({repr(x) for x in xs_all}) if not numeric else None
+    colours = fixed_colours(facet(r) for r in pts)
     layers = sorted({r["layer"] for r in pts})
-    for ax, s in zip(axes[0], SWEEP_STATS):
-        for j, layer in enumerate(layers):
-            sel = [r for r in pts if r["layer"] == layer and r.get(s) is not None]
-            xs = [r[param] if numeric else cats.index(str(r[param])) + (j - (len(layers) - 1) / 2) * 0.08 for r in sel]
-            ax.scatter(xs, [r[s] for r in sel], s=10, label=f"layer {layer}")
+    groups: dict = {}
+    for r in pts:
+        groups.setdefault((facet(r), r["layer"], repr(r.get(param))), []).append(r)
+    nf = max(1, len(colours))
+    for ax, s in zip(axes.ravel(), stats):
+        for (fc, layer, xv), members in sorted(groups.items()):
+            vals = [m[s] for m in members if m.get(s) is not None]
+            if not vals:
+                continue
+            x0 = members[0][param]
+            fi = sorted(colours).index(repr(fc))
+            off = ((fi * len(layers) + layers.index(layer)) / max(1, nf * len(layers) - 1) - 0.5) * 0.3
+            x = cats.index(xv) + off if not numeric else x0
+            ax.errorbar([x], [np.mean(vals)], yerr=[np.std(vals, ddof=1)] if len(vals) > 1 else None, fmt=MARKERS[(layer - 1) % len(MARKERS)],
+                        color=colours[repr(fc)], ms=5, capsize=2, alpha=0.85)
         if not numeric:
             ax.set_xticks(range(len(cats)))
-            ax.set_xticklabels(cats, rotation=30, fontsize=7)
+            ax.set_xticklabels([c.strip("'") for c in cats], fontsize=9)
             ax.set_xlim(-0.5, len(cats) - 0.5)
-        elif len({r[param] for r in pts}) > 2 and min(r[param] for r in pts) > 0:
-            vals = [r[param] for r in pts]
-            if max(vals) / min(vals) > 20:
-                ax.set_xscale("log")
-        ax.set_title(s, fontsize=9)
-        ax.set_xlabel(param, fontsize=8)
+        elif len(set(xs_all)) > 2 and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
+            ax.set_xscale("log")
+        ax.set_title(s, fontsize=11)
+        ax.set_xlabel(param, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"final statistics against {param} (one point per run and layer)")
-    fig.tight_layout()
+    for ax in axes.ravel()[len(stats):]:
+        ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker=MARKERS[(l - 1) % len(MARKERS)], color="k", label=f"layer {l}") for l in layers]
+    handles += [Line2D([], [], ls="", marker="o", color=c, label=f.strip("'")) for f, c in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=9, frameon=False)
+    fig.suptitle(f"final statistics against {param}: mean and std over seeds, runs that finished ok", fontsize=12)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(handles) // 6), 1, 1))
     return _save(fig, path)
 
 
-def sweep_figures(rows: list[dict], varied: list[str], out: Path) -> list[Path]:
+def sweep_figures(rows: list[dict], varied: list[str], out: Path, include_readout: bool = False) -> list[Path]:
     ck = _colour_key(varied)
     figs = [
         _scatter(rows, "tightness_range", "pearson_a1", ck, out / "pearson_a1_vs_tightness_range.png",
-                 "pearson_a1 against tightness_range (one point per run and non-trivial layer)"),
+                 "pearson_a1 against tightness_range (one point per run and layer)", include_readout),
         _scatter(rows, "pearson_a1", "pearson_a05", ck, out / "pearson_a05_vs_pearson_a1.png",
-                 "pearson_a05 against pearson_a1 (one point per run and non-trivial layer)"),
+                 "pearson_a05 against pearson_a1 (one point per run and layer)", include_readout),
     ]
     for p in varied:
-        figs.append(fig_stat_vs_param(rows, p, out / f"stats_vs_{p.replace('.', '_')}.png"))
+        if p in SEEDS:  # seeds are what the error bars are over
+            continue
+        figs.append(fig_stat_vs_param(rows, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png", include_readout))
     return figs
 
 
@@ -446,7 +560,7 @@ def to_csv(rows: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (json.dumps(v) if isinstance(v, list) else ("" if v is None else v)) for k, v in r.items()})
+        w.writerow({k: (json.dumps(v) if isinstance(v, (list, bool)) else ("" if v is None else v)) for k, v in r.items()})
     return buf.getvalue()
 
 
@@ -481,13 +595,17 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     return path
 
 
-TERMINAL_STATS = ["pearson_a05", "pearson_a1", "tightness_range", "alpha_star", "rand_pearson_a1"]
+TERMINAL_STATS = ["pearson_a05", "pearson_a1", "tightness_range", "alpha_star", "rand_pearson_a1", "test_loss", "test_acc"]
 
 
-def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], terminal: bool = False
-                 ) -> list[tuple[str, list[str], list[list[str]]]]:
+def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], terminal: bool = False,
+                 include_readout: bool = False) -> list[tuple[str, list[str], list[list[str]]]]:
     """The grouped-over-seeds table (when seeds vary) and the per-run table. For the
-    terminal: fewer statistics, and the per-run table only when there is no grouping."""
+    terminal: fewer statistics, and the per-run table only when there is no grouping. The
+    trivial read-out layer only with `include_readout`."""
+    if not include_readout:
+        rows = [r for r in rows if not r.get("trivial")]
+        grouped = [g for g in grouped if not g.get("trivial")]
     stats = TERMINAL_STATS if terminal else SWEEP_STATS + ["test_loss"]
     keys = [k for k in varied if k not in ("seed", "data.seed")]
     seeds_vary = any(k in ("seed", "data.seed") for k in varied)
@@ -509,6 +627,8 @@ def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], termi
 def _pm(m, s) -> str:
     if m is None:
         return "-"
+    m = 0.0 if abs(m) < TINY else m
+    s = 0.0 if s is not None and abs(s) < TINY else s
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return f"{m:.3f}"
     return f"{m:.3f}±{s:.3f}"
@@ -516,6 +636,8 @@ def _pm(m, s) -> str:
 
 # ----------------------------------------------------------------------------- ls
 def ls_rows(root: Path, sweep_id: str | None = None) -> list[dict]:
+    """One row per run (newest first): status, creation time, the end's headline numbers,
+    and every config key flattened (`model.width`, ...) for filtering and columns."""
     if sweep_id is not None:
         from .sweep import load_sweep, sweep_file
 
@@ -532,9 +654,152 @@ def ls_rows(root: Path, sweep_id: str | None = None) -> list[dict]:
         v = load_run(root, rid)
         end = v.checkpoints[-1] if v.checkpoints else {}
         L1 = (end.get("layers") or [{}])[0]
-        rows.append({"created": v.created, "run_id": rid, "status": v.status, "error": v.error, "name": v.config.get("name"),
+        rows.append({"created": v.created, "run_id": rid, "status": v.status, "error": v.error,
                      "step": end.get("step"), "test_loss": end.get("test_loss"), "test_acc": end.get("test_acc"),
                      "pearson_a05": L1.get("pearson_a05"), "pearson_a1": L1.get("pearson_a1"),
-                     "tightness_range": L1.get("tightness_range")})
+                     "tightness_range": L1.get("tightness_range"), **_flat(v.config)})
     rows.sort(key=lambda r: r["created"] or "", reverse=True)
     return rows
+
+
+LS_STATUSES = ("ok", "diverged", "failed", "corrupt", "running", "interrupted")
+
+
+def varying_keys(rows: list[dict]) -> list[str]:
+    """The config keys whose values differ among these runs (name last)."""
+    keys = []
+    for r in rows:
+        for k in r:
+            if "." in k or k in ("seed",):
+                if k not in keys:
+                    keys.append(k)
+    keys = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
+    return sorted(keys)
+
+
+def filter_rows(rows: list[dict], where: list[str] | None, status: list[str] | None) -> list[dict]:
+    """`--where KEY=VALUE` (every one must hold; VALUE read as YAML, so 256 matches the
+    number and relu the string) and `--status` (any of them)."""
+    import yaml
+
+    conds = []
+    for w in where or []:
+        key, sep, text = w.partition("=")
+        if not sep or not key:
+            raise DnfaInputError(f"--where {w!r}: expected KEY=VALUE, e.g. --where model.width=256")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        known = {k for r in rows for k in r}
+        if rows and key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            raise DnfaInputError(f"--where {key}: no such key in these runs" + (f" (did you mean {close[0]}?)" if close else ""))
+        conds.append((key, value, text))
+    for st in status or []:
+        if st not in LS_STATUSES:
+            raise DnfaInputError(f"--status {st!r}: must be one of {', '.join(LS_STATUSES)}")
+    return [r for r in rows if all(r.get(k) == v or str(r.get(k)) == t for k, v, t in conds)
+            and (not status or r["status"] in status)]
+
+
+def sort_rows(rows: list[dict], key: str | None) -> list[dict]:
+    """`--sort KEY` (a column or config key; -KEY descending); missing values last."""
+    if not key:
+        return rows
+    desc = key.startswith("-")
+    k = key.lstrip("-")
+    if rows and not any(k in r for r in rows):
+        raise DnfaInputError(f"--sort {k}: no such key in these runs")
+    have = [r for r in rows if r.get(k) is not None]
+    missing = [r for r in rows if r.get(k) is None]
+    have.sort(key=lambda r: (not isinstance(r[k], (int, float)), r[k] if isinstance(r[k], (int, float)) else str(r[k])),
+              reverse=desc)
+    return have + missing
+
+
+# ----------------------------------------------------------------------------- compare
+COMPARE_STATS = ["pearson_a05", "pearson_a1", "alpha_star", "tightness", "tightness_range", "rand_pearson_a1",
+                 "rand_gap_a1", "delta_rel", "half_range_pearson"]
+
+
+def compare_views(root: Path, idents: list[str]) -> list[RunView]:
+    views = []
+    for ident in idents:
+        kind, rid = resolve(root, ident)
+        if kind != "run":
+            raise DnfaInputError(f"{ident!r} is a sweep; compare takes run ids (dnfa ls --sweep {rid} lists its runs)")
+        views.append(load_run(root, rid))
+    if len({v.run_id for v in views}) < 2:
+        raise DnfaInputError("compare needs at least two different runs")
+    return views
+
+
+def compare_tables(views: list[RunView], include_readout: bool = False):
+    """(config differences, headline statistics at the end), runs side by side."""
+    flats = [_flat(v.config) for v in views]
+    keys = sorted({k for f in flats for k in f})
+    diff = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    header = ["key"] + [v.run_id for v in views]
+    cfg = [[k] + [fmt(f.get(k)) for f in flats] for k in diff]
+    rows = [["status"] + [v.status for v in views]]
+    ends = [v.checkpoints[-1] if v.checkpoints else {} for v in views]
+    for k in ("step", "train_loss", "test_loss", "test_acc"):
+        if any(e.get(k) is not None for e in ends):
+            rows.append([k] + [fmt(e.get(k), 6 if "loss" in k else 4) for e in ends])
+    layers = max((len(e.get("layers") or []) for e in ends), default=0)
+    for li in range(layers):
+        trivial = any((e.get("layers") or [{}] * layers)[li].get("trivial") for e in ends if e.get("layers"))
+        if trivial and not include_readout:
+            continue
+        for s in COMPARE_STATS:
+            vals = [((e.get("layers") or [])[li].get(s) if li < len(e.get("layers") or []) else None) for e in ends]
+            if any(x is not None for x in vals):
+                rows.append([f"layer {li + 1} {s}"] + [fmt(x) for x in vals])
+    return [("config: the keys that differ", header, cfg), ("at the end of each run", header, rows)]
+
+
+def compare_rows(views: list[RunView], include_readout: bool = True) -> list[dict]:
+    """For json/csv: one row per run and layer at the end, with the differing config keys."""
+    flats = [_flat(v.config) for v in views]
+    diff = [k for k in sorted({k for f in flats for k in f}) if len({repr(f.get(k)) for f in flats}) > 1]
+    out = []
+    for v, f in zip(views, flats):
+        end = v.checkpoints[-1] if v.checkpoints else {}
+        head = {"run_id": v.run_id, "status": v.status, **{k: f.get(k) for k in diff},
+                **{k: end.get(k) for k in ("step", "train_loss", "test_loss", "test_acc")}}
+        for L in end.get("layers") or []:
+            if L.get("trivial") and not include_readout:
+                continue
+            out.append({**head, **L})
+        if not end.get("layers"):
+            out.append(head)
+    return out
+
+
+def fig_compare(views: list[RunView], path: Path, include_readout: bool = False) -> Path:
+    """Every run's curves on one figure: a panel per layer and statistic, a colour per run."""
+    plt = _plt()
+    n_layers = max((len(v.checkpoints[0]["layers"]) for v in views if v.checkpoints), default=0)
+    layers = [i for i in range(n_layers)
+              if include_readout or not any(v.checkpoints and v.checkpoints[0]["layers"][i].get("trivial")
+                                            for v in views if len(v.checkpoints[0]["layers"]) > i)]
+    keys = ("pearson_a05", "pearson_a1", "tightness_range")
+    fig, axes = plt.subplots(len(keys), max(1, len(layers)), figsize=(4.2 * max(1, len(layers)), 8.5), squeeze=False)
+    colours = fixed_colours(v.run_id for v in views)
+    for j, li in enumerate(layers):
+        for i, key in enumerate(keys):
+            ax = axes[i][j]
+            for v in views:
+                cks = [c for c in v.checkpoints if len(c["layers"]) > li]
+                ys = [c["layers"][li].get(key) for c in cks]
+                ax.plot([c["step"] for c in cks], [np.nan if y is None else y for y in ys], "-o", ms=3,
+                        color=colours[repr(v.run_id)], label=v.run_id)
+            _steps_axis(ax)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_title(f"layer {li + 1}: {key}", fontsize=10)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("runs side by side during training", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)

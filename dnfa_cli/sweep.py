@@ -37,6 +37,7 @@ class Plan:
     configs: list[Config]
     params: dict[str, dict] = field(default_factory=dict)  # run id -> the swept values
     varied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what --set / --grid changed
 
 
 def _varied_values(cfgs: list[Config]) -> tuple[list[str], dict[str, dict]]:
@@ -58,14 +59,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = MAX_RUNS) -> Plan:
+def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = MAX_RUNS,
+         grid: list[str] | None = None) -> Plan:
     """Read, expand and validate every file (and every expanded run) before anything runs;
-    more than `max_runs` runs in all is refused."""
+    more than `max_runs` runs in all is refused. `overrides` (--set) and `grid` (--grid)
+    apply to every file; what they change about a file's sweep is in Plan.notes."""
     if not files:
         raise ConfigError("no config files given")
-    seen, unique, source = set(), [], {}
+    seen, unique, source, notes = set(), [], {}, []
     for f in files:
-        for c in load_config(f, overrides).expand(max_runs):
+        cf = load_config(f, overrides, grid)
+        notes += cf.notes
+        for c in cf.expand(max_runs):
             if c.run_id not in seen:
                 seen.add(c.run_id)
                 unique.append(c)
@@ -84,7 +89,7 @@ def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = M
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
     names = sorted({c.name for c in unique})
     label = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
-    return Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied)
+    return Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied, notes)
 
 
 def backend() -> str:

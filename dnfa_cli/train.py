@@ -303,6 +303,67 @@ def all_finite(params):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(params)]))
 
 
+# ----------------------------------------------------------------------------- progress
+def call_sizes(cks: list[int], spe: int) -> list[int]:
+    """The steps of each epoch-function call a run makes: epochs cut at the checkpoints."""
+    out, step = [], 0
+    for target in cks[1:]:
+        while step < target:
+            n = min(spe - step % spe, target - step)
+            out.append(n)
+            step += n
+    return out
+
+
+@dataclass
+class Progress:
+    """Where a run stands, for progress displays: `phase` is "training" or "measuring"
+    (checkpoint `checkpoint` of `checkpoints`, 1-based), with the seconds each call of the
+    epoch function and each checkpoint took so far, and the steps of every call to come."""
+
+    step: int
+    total: int
+    checkpoints: int
+    calls: list  # steps of every epoch-function call of the run (call_sizes)
+    phase: str = "training"
+    checkpoint: int = 0
+    train_calls: list = field(default_factory=list)  # (steps, seconds) of the calls made
+    checkpoint_seconds: list = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return sum(t for _, t in self.train_calls) + sum(self.checkpoint_seconds)
+
+    def eta(self) -> float | None:
+        """Seconds left: the calls to come at a cost a + b * steps fitted to the calls made,
+        plus the checkpoints to come at the median cost of those measured. The first call
+        and the first checkpoint carry one-time costs (compiling, drawing the random
+        factors), so each estimate leaves its first out: None until a second call and a
+        second checkpoint were seen (or no more are to come)."""
+        left = self.calls[len(self.train_calls):]
+        cks_left = max(0, self.checkpoints - len(self.checkpoint_seconds))
+        if (left and len(self.train_calls) < 2) or (cks_left and len(self.checkpoint_seconds) < 2):
+            return None  # only first (compiling) costs seen where more are to come
+        calls = self.train_calls[1:] if len(self.train_calls) > 1 else self.train_calls
+        n = np.array([c for c, _ in calls], float)
+        t = np.array([s for _, s in calls], float)
+        if not calls:
+            a = b = 0.0
+        elif len(set(n)) > 1:  # a per-call overhead and a per-step cost
+            b, a = np.polyfit(n, t, 1)
+            a, b = max(a, 0.0), max(b, 0.0)
+        elif not left or n[0] >= np.median(left):  # calls this long: their cost scales down
+            a, b = 0.0, t.sum() / n.sum()
+        else:  # only shorter calls seen: all overhead and all compute bound the truth; take
+            # their geometric mean
+            per = t.mean()
+            lo, hi = len(left) * per, sum(left) * per / n[0]
+            a, b = 0.0, float(np.sqrt(lo * hi)) / max(sum(left), 1)
+        cks = self.checkpoint_seconds[1:] if len(self.checkpoint_seconds) > 1 else self.checkpoint_seconds
+        per_ck = float(np.median(cks)) if cks else 0.0
+        return len(left) * a + b * sum(left) + cks_left * per_ck
+
+
 # ----------------------------------------------------------------------------- one run
 @dataclass
 class Outcome:
@@ -316,11 +377,11 @@ class Outcome:
 
 def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any], None] | None = None,
           on_matrices: Callable[[int, dict], None] | None = None,
-          on_progress: Callable[[int, int], None] | None = None) -> Outcome:
+          on_progress: Callable[[Progress], None] | None = None) -> Outcome:
     """Train one run, measuring at every checkpoint. `on_checkpoint(record, params)` is
     called as each is measured, `on_matrices(step, mats)` with the layer matrices of the
-    checkpoints that metrics.save_matrices keeps, `on_progress(step, total)` after each
-    epoch segment."""
+    checkpoints that metrics.save_matrices keeps, `on_progress(Progress)` after each epoch
+    segment and before and after each checkpoint's measuring."""
     return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_matrices=[on_matrices],
                          on_progress=on_progress)[0]
 
@@ -377,6 +438,13 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     alive = list(range(R))
     t_train = t_metrics = t_base = 0.0
     t_ck: list[float] = []  # measuring seconds of each checkpoint (the whole batch's)
+    prog = Progress(step=0, total=total, checkpoints=len(cks), calls=call_sizes(cks, spe), checkpoint_seconds=t_ck)
+
+    def report(phase: str, step: int):
+        prog.phase, prog.step = phase, step
+        prog.checkpoint = len(t_ck) + (phase == "measuring")
+        if on_progress:
+            on_progress(prog)
 
     def fail(r, step, e):
         outs[r].status, outs[r].error = "failed", f"{type(e).__name__} at step {step}: {e}".splitlines()[0]
@@ -434,6 +502,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
         """Measure the runs rs at `step`; returns those that go on (the others have their
         status set)."""
         nonlocal t_metrics
+        report("measuring", step)
         t0 = time.perf_counter()
         go = []
         try:
@@ -484,6 +553,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     del states, arrays
 
     alive = checkpoint(alive, state, 0)
+    report("training", 0)
     step = 0
     for target in cks[1:]:
         while step < target and alive:
@@ -494,6 +564,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
             state, losses = run_epoch(state, Xs, Ts, ys, fold(skeys, e), i0, i1)
             losses = np.asarray(losses).reshape(R, spe)
             t_train += time.perf_counter() - t0
+            prog.train_calls.append((i1 - i0, time.perf_counter() - t0))
             step += i1 - i0
             still = []
             for r in alive:
@@ -508,10 +579,10 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                 if r not in still:
                     write_held(r)
             alive = still
-            if on_progress:
-                on_progress(step, total)
+            report("training", step)
         if alive:
             alive = checkpoint(alive, state, target)
+            report("training", step)
     wall = time.perf_counter() - t_start
     for o in outs:
         # metrics: every checkpoint's measuring (its Grams, statistics and files), the

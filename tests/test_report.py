@@ -51,9 +51,12 @@ def test_run_table_numbers_equal_result_json(made):
     assert r.exit_code == 0, r.output
     first, last = res["checkpoints"][0], res["checkpoints"][-1]
     assert f"run {res['run_id']}: ok" in r.stdout
-    # each layer's table: statistic rows, init and end columns
+    # each layer's table: statistic rows, init and end columns; the read-out only on request
     blocks = r.stdout.split("layer ")[1:]
-    assert len(blocks) == 3
+    assert len(blocks) == 2
+    with_readout = _report(root, res["run_id"], "--include-readout")
+    blocks = with_readout.stdout.split("layer ")[1:]
+    assert len(blocks) == 3 and "trivial: read-out layer" in blocks[2]
     for li, block in enumerate(blocks):
         for key in ("pearson_a05", "pearson_a1", "tightness_range", "alpha_star"):
             m = re.search(rf"│ {key}\s+│\s+(\S+)\s+│\s+(\S+)\s+│", block)
@@ -104,12 +107,13 @@ def test_run_figures_and_html(made, tmp_path):
     out = tmp_path / "out"
     r = _report(root, res["run_id"], "--html", "--out", out)
     assert r.exit_code == 0, r.output
-    expected = {"curves.png": (1200, 360), "loss.png": (600, 400)}
-    for layer in (1, 2, 3):
+    expected = {"curves.png": (800, 360), "loss.png": (600, 400)}  # two panels: no read-out
+    for layer in (1, 2):
         expected[f"matrices_layer{layer}.png"] = (1050, 700)  # init and the end
         expected[f"spectrum_layer{layer}.png"] = (1000, 400)
     for name, size in expected.items():
         assert _png_size(out / name) == size, name
+    assert not (out / "matrices_layer3.png").exists()
     page = (out / "report.html").read_text()
     assert f"html: {out / 'report.html'}" in r.stdout
     imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
@@ -161,12 +165,13 @@ def test_sweep_report_rows_grouping_and_figures(made, tmp_path):
     r = _report(root, sweep_id, "--html", "--out", out)
     assert r.exit_code == 0, r.output
     assert "grouped over seeds" in r.stdout and "±" in r.stdout
-    names = {"pearson_a1_vs_tightness_range.png": (650, 500), "pearson_a05_vs_pearson_a1.png": (650, 500),
-             "stats_vs_model_activation.png": (1920, 340), "stats_vs_seed.png": (1920, 340)}
+    names = {"pearson_a1_vs_tightness_range.png": (750, 520), "pearson_a05_vs_pearson_a1.png": (750, 520),
+             "stats_vs_model_activation.png": (1600, 900)}  # 16:9; no plot against the seed
     for n, size in names.items():
         assert _png_size(out / n) == size
+    assert not (out / "stats_vs_seed.png").exists()
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 3
 
 
 def test_bad_ids(made):
@@ -201,7 +206,7 @@ def test_ls_newest_first_and_by_sweep(made):
     root, res, sweep_id = made
     r = runner.invoke(app, ["ls", "--runs-dir", str(root)])
     assert r.exit_code == 0, r.output
-    assert "5 runs" in r.stdout
+    assert f"5 runs in {root.absolute()}" in r.stdout
     ids = re.findall(r"(rep-\w{10}|sw-\w{10})", r.stdout)
     created = [json.loads((root / i / "result.json").read_text())["created"] for i in ids]
     assert created == sorted(created, reverse=True)
@@ -239,3 +244,102 @@ def test_bootstrap_intervals_reach_result_json_and_the_table(tmp_path):
     assert m, r.stdout
     assert float(m.group(3)) == pytest.approx(L1["pearson_a1_lo"], abs=5e-5)
     assert float(m.group(4)) == pytest.approx(L1["pearson_a1_hi"], abs=5e-5)
+
+
+def test_the_run_report_shows_its_config_non_defaults_first(made, tmp_path):
+    root, res, _ = made
+    r = _report(root, res["run_id"])
+    m = re.search(r"config: (\d+) keys differ from dnfa's defaults", r.stdout)
+    assert m
+    # BASE sets name, d, n_train, n_test, depth, width, lr, batch_size, epochs, checkpoints, samples
+    # (lr 0.05: the default is 0.1); 12 keys with the name
+    for key, value in (("data.d", "5"), ("model.width", "8"), ("train.lr", "0.0500"), ("metrics.samples", "24")):
+        assert re.search(rf"│ {re.escape(key)}\s+│\s+{re.escape(value)}\s+│", r.stdout), key
+    assert "model.activation" not in r.stdout.split("losses")[0]  # at its default: not in the terminal table
+    out = tmp_path / "h"
+    _report(root, res["run_id"], "--html", "--out", out)
+    page = (out / "report.html").read_text()
+    assert "model.activation" in page and page.index("model.width") < page.index("model.activation")
+
+
+def test_ls_columns_filters_and_sort(made):
+    root, _, sweep_id = made
+    r = runner.invoke(app, ["ls", "--sweep", sweep_id, "--runs-dir", str(root)])
+    header = next(line for line in r.stdout.splitlines() if "run_id" in line)
+    assert "model.activation" in header and "seed" in header and "model.width" not in header  # only what varies
+    r = runner.invoke(app, ["ls", "--runs-dir", str(root), "--where", "model.activation=tanh", "--where", "seed=1"])
+    assert r.exit_code == 0 and "1 runs" in r.stdout and r.stdout.count("sw-") == 1
+    r = runner.invoke(app, ["ls", "--runs-dir", str(root), "--status", "ok", "--sort", "-pearson_a05"])
+    vals = [float(x) for x in re.findall(r"│\s+\d+\s+│\s+\S+\s+│\s+(0\.\d{4})\s+│", r.stdout)]
+    got = [json.loads((root / i / "result.json").read_text())["checkpoints"][-1]["layers"][0]["pearson_a05"]
+           for i in re.findall(r"(rep-\w{10}|sw-\w{10})", r.stdout)]
+    assert got == sorted(got, reverse=True) and len(got) == 5
+    for bad, msg in ((["--where", "model.widht=8"], "did you mean model.width"), (["--status", "done"], "must be one of"),
+                     (["--sort", "nope"], "no such key")):
+        r = runner.invoke(app, ["ls", "--runs-dir", str(root), *bad])
+        assert r.exit_code == 2 and msg in r.output
+
+
+def test_compare_two_runs(made, tmp_path):
+    root, res, sweep_id = made
+    rec = json.loads((root / "sweeps" / f"{sweep_id}.json").read_text())
+    a, b = (x["run_id"] for x in rec["runs"][:2])
+    r = runner.invoke(app, ["compare", a, b, "--runs-dir", str(root), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    ra, rb = (json.loads((root / i / "result.json").read_text()) for i in (a, b))
+    diff = [k for k in ("model.activation", "seed")
+            if rec["runs"][0]["params"][k] != rec["runs"][1]["params"][k]]
+    assert diff and all(re.search(rf"│ {re.escape(k)}\s+│", r.stdout) for k in diff)
+    m = re.search(r"│ layer 1 pearson_a05\s+│\s+(\S+)\s+│\s+(\S+)\s+│", r.stdout)
+    assert float(m.group(1)) == pytest.approx(ra["checkpoints"][-1]["layers"][0]["pearson_a05"], abs=5e-5)
+    assert float(m.group(2)) == pytest.approx(rb["checkpoints"][-1]["layers"][0]["pearson_a05"], abs=5e-5)
+    assert _png_size(tmp_path / "c" / "curves.png")[0] > 0
+    rows = json.loads(runner.invoke(app, ["compare", a, b, "--runs-dir", str(root), "--format", "json",
+                                          "--out", str(tmp_path / "c")]).stdout)
+    assert {x["run_id"] for x in rows} == {a, b} and len(rows) == 2 * 3
+    table = list(csv.DictReader(io.StringIO(runner.invoke(app, ["compare", a, b, "--runs-dir", str(root), "--format",
+                                                                "csv", "--out", str(tmp_path / "c")]).stdout)))
+    assert len(table) == 6 and table[0]["trivial"] in ("true", "false")  # CSV booleans as JSON writes them
+    r = runner.invoke(app, ["compare", a, "--runs-dir", str(root)])
+    assert r.exit_code == 2 and "at least two" in r.output
+
+
+def test_figures_have_colour_bars_and_fitted_spectrum_axes(made):
+    root, res, _ = made
+    from dnfa_cli import report as rp
+
+    v = rp.load_run(root, res["run_id"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saved = {}
+    real = rp._save
+
+    def keep(fig, path):
+        saved[path.name] = [ax for ax in fig.axes]
+        return real(fig, path)
+
+    rp._save = keep
+    try:
+        rp.fig_matrices(v, 1, root.parent / "m.png")
+        rp.fig_spectrum(v, 1, root.parent / "s.png")
+    finally:
+        rp._save = real
+    # 6 heat-maps and a colour bar per column
+    assert len(saved["m.png"]) == 9 and sum(ax.get_label() == "<colorbar>" for ax in saved["m.png"]) == 3
+    lo, hi = saved["s.png"][0].get_ylim()
+    assert lo > 1e-6 and hi < 1e6  # fitted to the eigenvalues, not floored at 1e-6
+    plt.close("all")
+
+
+def test_small_things():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"dnfa {__import__('dnfa_cli').__version__}"
+    h = runner.invoke(app, ["train", "--help"]).stdout
+    assert "train [OPTIONS] CONFIG\n" in h and "--set KEY=VALUE" in h and "<list[str]>" not in h and "{CONFIG}" not in h
+    from dnfa_cli import report as rp
+
+    assert rp.fmt(1.923e-16) == "0.0000" and rp.fmt(-1.110e-16) == "0.0000" and rp.fmt(2e-4) == "2.000e-04"
+    assert config.validate({"name": "ref-tanh"}).run_id.startswith("ref-tanh-")

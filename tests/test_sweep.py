@@ -227,3 +227,37 @@ def test_dask_local_cluster_matches_local_executor(tmp_path):
         assert a["checkpoints"] == b["checkpoints"]
     r = runner.invoke(app, ["sweep", str(p), "--scheduler", "tcp://127.0.0.1:9", "--runs-dir", str(tmp_path / "x")])
     assert r.exit_code == 2 and "cannot connect to a Dask scheduler" in r.stderr
+
+
+def test_set_on_a_swept_key_replaces_its_values_and_grid_adds_one(tmp_path):
+    p = _file(tmp_path, {"model.activation": {"values": ["relu", "tanh"]}, "seed": {"values": [0, 1]}})
+    plan = sweep.plan([str(p)], ["model.activation=gelu"])
+    assert len(plan.configs) == 2 and {c.model.activation for c in plan.configs} == {"gelu"}
+    assert plan.notes and "replaces the sweep's values for model.activation" in plan.notes[0]
+    r = runner.invoke(app, ["sweep", str(p), "--set", "model.activation=gelu", "--dry-run", "--runs-dir",
+                            str(tmp_path / "runs")])
+    assert r.exit_code == 0 and "note: --set model.activation='gelu' replaces" in r.output and "2 runs" in r.output
+    plan = sweep.plan([str(p)], grid=["model.width=4,16", "seed=0,1,2"])
+    assert len(plan.configs) == 2 * 3 * 2
+    assert sorted({(c.model.width, c.seed) for c in plan.configs}) == [(w, s) for w in (4, 16) for s in (0, 1, 2)]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(BASE))
+    assert len(sweep.plan([str(plain)], grid=["model.width=4,16"]).configs) == 2
+    for bad, msg in ((dict(overrides=["seed=1"], grid=["seed=0,1"]), "both --set and --grid"),
+                     (dict(grid=["model.width"]), "expected KEY=V1,V2")):
+        with pytest.raises(config.ConfigError, match=msg):
+            sweep.plan([str(p)], **bad)
+    rnd = _file(tmp_path, {"train.lr": {"distribution": "uniform", "min": 0.01, "max": 0.1}}, name="r.yaml",
+                method="random", count=2)
+    with pytest.raises(config.ConfigError, match="adds a grid"):
+        sweep.plan([str(rnd)], grid=["seed=0,1"])
+
+
+def test_sweep_progress_counts_runs_on_stderr_and_results_on_stdout(tmp_path):
+    p = _file(tmp_path, {"seed": {"values": [0, 1, 2]}})
+    r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--runs-dir", str(tmp_path / "runs"),
+                        "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("[")]
+    assert [x.split("]")[0] + "]" for x in lines] == ["[1/3]", "[2/3]", "[3/3]"] and all("eta" in x for x in lines)
+    assert "ok 3" in r.stdout and "[1/3]" not in r.stdout

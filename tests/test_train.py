@@ -238,3 +238,42 @@ def test_a_diverging_run_keeps_the_matrices_of_its_last_checkpoint(tmp_path):
     assert 0 < last < 30 * 3  # measured after initialisation, diverged before the end
     files = sorted((tmp_path / cfg.run_id / "checkpoints").glob("matrices_*.npz"))
     assert [int(f.stem.split("_")[1]) for f in files] == sorted({0, last})
+
+
+def _simulate(total, spe, n_ck, *, compile_s, per_call, per_step, first_ck, per_ck):
+    """A run's timeline from a cost model: the Progress it would report, the truth left."""
+    cks = train.checkpoint_steps(_cfg(**{"train.steps": total, "train.epochs": None, "metrics.checkpoints": n_ck}), total)
+    calls = train.call_sizes(cks, spe)
+    assert sum(calls) == total
+    p = train.Progress(step=0, total=total, checkpoints=len(cks), calls=calls)
+    events, step = [], 0
+    p.checkpoint_seconds.append(first_ck)
+    events.append((p.elapsed, p.eta()))
+    for target in cks[1:]:
+        while step < target:
+            n = calls[len(p.train_calls)]
+            p.train_calls.append((n, per_call + per_step * n + (compile_s if not p.train_calls else 0.0)))
+            step += n
+            p.step = step
+            events.append((p.elapsed, p.eta()))
+        p.checkpoint_seconds.append(per_ck)
+        events.append((p.elapsed, p.eta()))
+    end = p.elapsed
+    return [(t, eta, end - t) for t, eta in events], end
+
+
+@pytest.mark.parametrize("profile", [
+    dict(compile_s=0.5, per_call=0.002, per_step=0.005, first_ck=3.0, per_ck=2.0),  # paper_x1x2-like
+    dict(compile_s=0.3, per_call=0.0005, per_step=0.00003, first_ck=1.2, per_ck=0.01),  # quickstart-like
+    dict(compile_s=1.0, per_call=0.001, per_step=0.02, first_ck=0.5, per_ck=0.1),  # training-bound
+])
+def test_the_eta_is_within_2x_of_the_truth_after_a_tenth_of_the_run(profile):
+    events, end = _simulate(1600, 16, 10, **profile)
+    late = [(t, eta, truth) for t, eta, truth in events if t >= 0.1 * end and truth > 0.01 * end]
+    assert late
+    for t, eta, truth in late:  # once the run has data beyond its one-time costs, eta is within 2x
+        if eta is not None:
+            assert truth / 2 <= eta <= 2 * truth, (t, eta, truth)
+    # and it has one from the first event after a second checkpoint and a second call
+    p_second = next(i for i, (t, eta, truth) in enumerate(events) if eta is not None)
+    assert all(eta is not None for _, eta, _ in events[p_second:])
