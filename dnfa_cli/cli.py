@@ -365,10 +365,7 @@ def report(
     from . import runs
     from . import sweep as sw
 
-    if format not in ("table", "json", "csv"):
-        _fail(f"--format {format!r}: must be table, json or csv")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir}: exists and is not a directory (figures and HTML go into a directory)")
+    _check_output(format, out_dir)
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
         kind, ident = rp.resolve(root, ident)
@@ -417,6 +414,13 @@ def report(
     if html_:
         page = rp.write_html(dest / "report.html", title, intro, html_tables, figs)
         (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
+
+
+def _check_output(format: str, out_dir: Path | None) -> None:
+    if format not in ("table", "json", "csv"):
+        _fail(f"--format {format!r}: must be table, json or csv")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir}: exists and is not a directory (figures and HTML go into a directory)")
 
 
 def console_print(x):
@@ -477,10 +481,7 @@ def compare(
     from . import report as rp
     from . import runs
 
-    if format not in ("table", "json", "csv"):
-        _fail(f"--format {format!r}: must be table, json or csv")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir}: exists and is not a directory")
+    _check_output(format, out_dir)
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
         views = rp.compare_views(root, idents)

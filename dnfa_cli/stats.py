@@ -405,16 +405,21 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
     o["centered_pearson"] = pearson(dW.T @ (G @ dW), dN)
     o["delta_cosine_a1"] = cosine(dN, agop)
     o["delta_pearson_a1"] = pearson(dN, agop)
+    # what the published scripts mean to print (W in place, not W - W0): the NFM of W - W0
+    # against AGOP^(1/2) (Science era) and against the gradient-centred AGOP
+    o["delta_pearson_a05"] = PowerPearson.make(dN, lamA, VA, rel_tol, floor)(0.5)
     agop_gc = agop - x.jbar.T @ x.jbar
     # every sample with the same Jacobian (the read-out layer always): the centred AGOP is
     # zero and what is left of the subtraction is rounding noise
     real = jnp.linalg.norm(agop_gc) > jnp.maximum(MARGIN * rel_tol * jnp.linalg.norm(agop), k_in * floor)
     if trivial:  # f is linear in h_L: J = W_L for every sample, exactly
-        o["gc_pearson_a1"] = o["gc_pearson_a05"] = _nan()
+        o["gc_pearson_a1"] = o["gc_pearson_a05"] = o["delta_gc_pearson_a05"] = o["delta_gc_cosine_a1"] = _nan()
     else:
         lam_gc, V_gc = jnp.linalg.eigh(agop_gc)
         o["gc_pearson_a1"] = jnp.where(real, pearson(nfm, agop_gc), jnp.nan)
         o["gc_pearson_a05"] = jnp.where(real, PowerPearson.make(nfm, lam_gc, V_gc, rel_tol, floor)(0.5), jnp.nan)
+        o["delta_gc_pearson_a05"] = jnp.where(real, PowerPearson.make(dN, lam_gc, V_gc, rel_tol, floor)(0.5), jnp.nan)
+        o["delta_gc_cosine_a1"] = jnp.where(real, cosine(dN, agop_gc), jnp.nan)
     o["left_act_pearson"] = pearson(WWt, x.pcov)
     # the alpha = 1/2 identity on range(W): Pi G Pi against W W^T, Pi = U_r U_r^T, from
     # <Pi G Pi, W W^T> = <G, W W^T>, sum(Pi G Pi) = (Pi 1)^T G (Pi 1), |Pi G Pi|_F = |G_r|_F
@@ -424,7 +429,9 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
     VA_top = VA[:, ::-1][:, :N_ALIGN]  # eigh's eigenvalues ascend
     cos = align(sv.Vtop, VA_top[:, :sv.Vtop.shape[1]])
     for rr in range(1, N_ALIGN + 1):
-        o[f"align_{rr}"] = jnp.where(rr <= jnp.minimum(sv.Vtop.shape[1], r), cos[min(rr, cos.shape[0]) - 1], jnp.nan)
+        # the top rr eigenvectors of agop are determined only up to its rank: beyond, null
+        o[f"align_{rr}"] = jnp.where((rr <= jnp.minimum(sv.Vtop.shape[1], r)) & (rr <= jnp.sum(lamA_c > 0)),
+                                     cos[min(rr, cos.shape[0]) - 1], jnp.nan)
 
     if x.boot.shape[0]:
         def one(Gb):
@@ -514,7 +521,7 @@ ROW_ORDER = (
     "tightness", "iso_dev", "eff_rank", "cond", "tightness_range", "iso_dev_range", "eff_rank_range", "cond_range",
     "w_rank90", "tightness_top", "left_pearson", "rand_pearson_a1", "rand_pearson_a1_sd", "rand_spec_pearson_a1",
     "rand_spec_pearson_a1_sd", "rand_gap_a1", "delta_rel", "centered_pearson", "delta_cosine_a1", "delta_pearson_a1",
-    "gc_pearson_a1", "gc_pearson_a05", "left_act_pearson", "half_range_pearson",
+    "delta_pearson_a05", "gc_pearson_a1", "gc_pearson_a05", "delta_gc_pearson_a05", "delta_gc_cosine_a1", "left_act_pearson", "half_range_pearson",
     *(f"align_{i}" for i in range(1, N_ALIGN + 1)),
 )
 INT_KEYS = ("w_rank", "w_rank90")

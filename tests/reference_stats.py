@@ -249,20 +249,24 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors)
     row["centered_pearson"] = pearson(dW.T @ G @ dW, dW.T @ dW)
     row["delta_cosine_a1"] = cosine(dW.T @ dW, agop)
     row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
+    row["delta_pearson_a05"] = pearson(dW.T @ dW, agop_half)
     jbar = np.asarray(grams.jbar[l], np.float64)
     agop_gc = agop - jbar.T @ jbar
     if np.linalg.norm(agop_gc) > max(MARGIN * rel_tol * np.linalg.norm(agop), k_in * floor):
         row["gc_pearson_a1"] = pearson(nfm, agop_gc)
-        row["gc_pearson_a05"] = pearson(nfm, psd_power(agop_gc, 0.5, rel_tol, floor))
+        half_gc = psd_power(agop_gc, 0.5, rel_tol, floor)
+        row["gc_pearson_a05"] = pearson(nfm, half_gc)
+        row["delta_gc_pearson_a05"] = pearson(dW.T @ dW, half_gc)
+        row["delta_gc_cosine_a1"] = cosine(dW.T @ dW, agop_gc)
     else:
         # every sample has the same Jacobian (the read-out layer always): the centred AGOP
         # is zero and what is left of the subtraction is rounding noise
-        row["gc_pearson_a1"] = row["gc_pearson_a05"] = math.nan
+        row["gc_pearson_a1"] = row["gc_pearson_a05"] = row["delta_gc_pearson_a05"] = row["delta_gc_cosine_a1"] = math.nan
     row["left_act_pearson"] = pearson(WWt, np.asarray(grams.pcov[l], np.float64))
     P = Ur @ Ur.T  # the projector on range(W)
     row["half_range_pearson"] = pearson(P @ G @ P, WWt)
     order = np.argsort(lamA)[::-1]
-    rmax = min(8, r)
+    rmax = min(8, r, int(np.sum(lamA_c > 0)))  # agop's eigenvectors beyond its rank are arbitrary
     for rr in range(1, 9):
         row[f"align_{rr}"] = (principal_cos_max_angle(Vt[:rr].T, VA[:, order[:rr]]) if rr <= rmax else math.nan)
 
