@@ -87,7 +87,7 @@ def load(root: Path):
                     "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
                     "learned": bool(last.get(metric) is not None and ok(last[metric])),
                     "move": float(np.median(hidden_moves)) if hidden_moves else math.nan}
-            base["regime"] = "rich" if base["move"] >= RICH else "lazy"
+            base["regime"] = None if math.isnan(base["move"]) else ("rich" if base["move"] >= RICH else "lazy")
             runs_.append({**base, "checkpoints": res["checkpoints"], "total": res["info"]["total_steps"]})
             layers += _layer_rows(cfg, res, first, last, base)
     counts["seconds"] = float(np.sum(seconds))
@@ -99,10 +99,10 @@ def load_reproductions(root: Path):
     for f in REPRODUCTIONS:
         for cfg in load_config(f).expand():
             st = runs.result_status(root, cfg.run_id)
-            if st not in runs.STATUSES:
-                out.append({"config": f.name, "run_id": cfg.run_id, "missing": True})
+            res = runs.load_result(root, cfg.run_id) if st == "ok" else None
+            if res is None or not res["checkpoints"]:
+                out.append({"config": f.name, "run_id": cfg.run_id, "missing": True, "status": st})
                 continue
-            res = runs.load_result(root, cfg.run_id)
             last = res["checkpoints"][-1]
             out.append({"config": f.name, "run_id": cfg.run_id, "missing": False, "depth": len(cfg.model.hidden()),
                         "layers": [L for L in last["layers"] if not L["trivial"]]})
@@ -139,8 +139,17 @@ def spearman(x, y) -> float:
     x, y = x[ok], y[ok]
     if x.size < 3:
         return math.nan
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
+def _ranks(v):
+    """Ranks with ties given their average rank (Spearman's convention)."""
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v), dtype=float)
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=r)
+    return (sums / counts)[inv]
 
 
 def pair(rows, kx, ky):
@@ -167,11 +176,11 @@ def pct(x) -> str:
 
 
 def beats(r, a, b):
-    """a > b beyond the rounding scale: True, False, or None (a tie) if within it."""
+    """a > b beyond the rounding scale (a tie counts as not): True or False; None where
+    either is undefined."""
     if r.get(a) is None or r.get(b) is None:
         return None
-    d = r[a] - r[b]
-    return None if abs(d) <= r["tol"] else d > 0
+    return r[a] - r[b] > r["tol"]
 
 
 def tie(r, a, b):
@@ -278,7 +287,8 @@ def fig_alpha_star(rows, out: Path) -> str:
             for lab, kw in SPLITS[:2]:
                 data.append(vals(where(rows, task=task, optimizer=opt, **kw), "alpha_star"))
                 labels.append(f"{opt}\n{lab}")
-        ax.boxplot([d if d.size else [np.nan] for d in data], tick_labels=labels, showfliers=False)
+        ax.boxplot([d if d.size else [np.nan] for d in data], showfliers=False)
+        ax.set_xticks(range(1, len(labels) + 1), labels)
         for i, d in enumerate(data, start=1):
             ax.scatter(np.full(d.size, i) + np.random.default_rng(i).uniform(-0.15, 0.15, d.size), d, s=4, alpha=0.4)
         ax.axhline(0.5, color="C1", ls="--", lw=1, label="alpha = 1/2")
@@ -439,7 +449,7 @@ def t_published(reps) -> str:
     body = []
     for r in reps:
         if r["missing"]:
-            body.append([r["config"], r["run_id"], "(not run)", "", "", "", "", "", "", ""])
+            body.append([r["config"], r["run_id"], f"({r.get('status') or 'not run'})", "", "", "", "", "", "", ""])
             continue
         for L in r["layers"]:
             body.append([r["config"] + (f" (depth {r['depth']})" if r["config"] == "deep_linear.yaml" else ""), L["layer"],
@@ -528,7 +538,8 @@ def numbers(rows, runs_, reps) -> dict:
     gaps = [L["published_pearson_a05"] - L["delta_pearson_a05"] for r in reps if not r["missing"] for L in r["layers"]
             if L.get("published_pearson_a05") is not None and L.get("delta_pearson_a05") is not None]
     n["published.median_inflation"] = float(np.median(gaps)) if gaps else math.nan
-    n["published.frac_inflated"] = float(np.mean(np.array(gaps) > 0)) if gaps else math.nan
+    # one rounding scale for every reproduction layer: the widest, float64 (all are)
+    n["published.frac_inflated"] = float(np.mean(np.array(gaps) > tie_tol(1024, "float64"))) if gaps else math.nan
     n["published.n"] = len(gaps)
     return n
 
@@ -559,9 +570,12 @@ def _emerge_words(n) -> str:
         if not n[f"{task}.learned_runs"]:
             continue
         a, l = n[f"{task}.emerge_a05"], n[f"{task}.emerge_loss"]
-        when = ("before" if a < l else "after") if math.isfinite(a) and math.isfinite(l) else "-"
-        out.append(f"{task}: pearson_a05 settles (90% of its change) by {f2(a)} of training, the test loss by {f2(l)} "
-                   f"({when}; ansatz first in {pct(n[f'{task}.emerge_before'])} of learning runs)")
+        if not (math.isfinite(a) and math.isfinite(l)):
+            continue
+        when = "at the same checkpoint" if a == l else ("earlier" if a < l else "later")
+        out.append(f"{task}: in the median learning run pearson_a05 has made 90% of its change by the checkpoint at "
+                   f"{f2(a)} of training and the test loss 90% of its drop by {f2(l)} ({when}); the ansatz settles "
+                   f"strictly first in {pct(n[f'{task}.emerge_before'])} of learning runs")
     return "; ".join(out)
 
 

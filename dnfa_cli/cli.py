@@ -132,7 +132,7 @@ class _RunProgress:
         if self.prog is not None:
             what = (f"measuring checkpoint {p.checkpoint}/{p.checkpoints}" if p.phase == "measuring"
                     else f"training step {p.step}/{p.total}")
-            done = p.elapsed / (p.elapsed + eta) if eta else 0.0
+            done = p.elapsed / (p.elapsed + eta) if eta is not None and p.elapsed + eta > 0 else 0.0
             self.prog.update(self.task, description=what, completed=done, eta=eta_s)
         elif p.phase == "training" and p.checkpoint_seconds and p.checkpoint == len(p.checkpoint_seconds) \
                 and getattr(self, "_said", None) != p.checkpoint:

@@ -58,9 +58,9 @@ def published_inputs(params, dW, hs, X, *, i: int, activation: str):
 
 
 class SwapFactors:
-    """Per run and layer, drawn once: the Gaussian R of the first random-W draw and the
-    left singular vectors of it (its range), and for the same-spectrum swap the first
-    draw's Q_out with a Haar Q_in of its own (the baseline keeps only Q_in^T 1)."""
+    """Per run and layer, drawn once from their own key (baselines.draw with one draw): a
+    Gaussian R and the left singular vectors of it (its range), and for the same-spectrum
+    swap a Haar Q_out and Q_in (the baselines keep only Q_in^T 1, so these are drawn anew)."""
 
     def __init__(self, key, shape):
         f = bl.draw(key, shape, 1)

@@ -440,15 +440,24 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
     try:
         outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers],
                                    on_matrices=[w.matrices for w in writers], on_progress=on_progress)
-    except Exception as e:  # noqa: BLE001 - a broken run is recorded, the sweep goes on
+    except BaseException as e:  # an interruption (Ctrl-C, SIGTERM) leaves no result.json: rerun later
+        if not isinstance(e, Exception):
+            for w in writers:
+                w.release()
+            raise
+        # a broken run is recorded, the sweep goes on
         msg = f"{type(e).__name__}: {e}".splitlines()[0]
         tb = traceback.format_exc()
         outs = [train.Outcome("failed", checkpoints=read_metrics(w.dir), error=msg, traceback=tb) for w in writers]
-    for w, o in zip(writers, outs):
-        if o.traceback:
-            (w.dir / "traceback.txt").write_text(o.traceback)
-    results = []
-    for w, o, ds in zip(writers, outs, datasets):
-        info = {**o.info, "data": _data_info(ds)}
-        results.append(w.finish(o, info, created))
+    try:
+        for w, o in zip(writers, outs):
+            if o.traceback:
+                (w.dir / "traceback.txt").write_text(o.traceback)
+        results = []
+        for w, o, ds in zip(writers, outs, datasets):
+            info = {**o.info, "data": _data_info(ds)}
+            results.append(w.finish(o, info, created))
+    finally:
+        for w in writers:
+            w.release()
     return results

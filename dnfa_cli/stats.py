@@ -465,14 +465,16 @@ def batch_layers() -> bool:
 @functools.partial(jax.jit, static_argnames=("route", "trivial"))
 def layers_batch(xs: tuple, *, route: str, trivial: bool):
     """_layer for layers of one shape (a tuple of LayerIn): a (layers, keys) array of the
-    scalars in the order of row_keys(), with the route's verdict as its last column, and
+    scalars in the order ROW_ORDER + _boot_keys(B), with the route's verdict as its last column, and
     the matrices (float32). Stacking and casting happen inside this one compiled program,
     not as eager ops (each would be compiled on its own); the scalars come back as one
     array (one transfer, not one per key)."""
     fn = functools.partial(_layer, route=route, trivial=trivial)
 
+    keys = ROW_ORDER + _boot_keys(xs[0].boot.shape[0])  # explicit: vmap returns dict keys sorted
+
     def flat(o, ok):
-        return jnp.stack([jnp.asarray(o[k], F64) for k in row_keys(o)] + [ok.astype(F64)], axis=-1)
+        return jnp.stack([jnp.asarray(o[k], F64) for k in keys] + [ok.astype(F64)], axis=-1)
 
     if len(xs) == 1:
         o, mats, ok = fn(jax.tree_util.tree_map(lambda a: jnp.asarray(a).astype(F64), xs[0]))
@@ -526,11 +528,6 @@ ROW_ORDER = (
 )
 INT_KEYS = ("w_rank", "w_rank90")
 EDGES = {-1: "low", 0: None, 1: "high"}  # alpha_star_edge
-
-
-def row_keys(o) -> tuple:
-    """The keys of a layer's row: ROW_ORDER, then the bootstrap interval keys if any."""
-    return ROW_ORDER + tuple(k for k in o if k not in ROW_ORDER)
 
 
 def _boot_keys(B: int) -> tuple:

@@ -182,8 +182,9 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
 
 
 # ----------------------------------------------------------------------------- executors
-class Interrupted(Exception):
-    """SIGINT or SIGTERM reached the sweep's parent."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the sweep's parent. A BaseException, as KeyboardInterrupt:
+    a run interrupted in this process must not be caught and recorded as failed."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -346,14 +347,17 @@ class DaskExecutor:
             raise ConfigError(f"--scheduler {address}: cannot reach a Dask scheduler ({reason}); "
                               "see --scheduler-timeout")
         self.client = box["client"]
+        self._futures: list = []
         self.workers = max(1, sum(w.get("nthreads", 1) for w in box["workers"].values()))
 
     def submit(self, *args):
-        return self.client.submit(run_group, *args, pure=False)
+        fut = self.client.submit(run_group, *args, pure=False)
+        self._futures.append(fut)
+        return fut
 
     def close(self, kill: bool = False):
-        if kill:
-            self.client.cancel(list(getattr(self, "_futures", [])), force=True)
+        if kill:  # the runs in flight stop; they leave no result.json and rerun next time
+            self.client.cancel([f for f in self._futures if not f.done()], force=True)
         self.client.close()
 
 
@@ -412,8 +416,9 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
     state: dict[str, dict] = {}
     if todo is None:
         todo, _ = todo_of(p, root, rerun)
+    todo_ids = {c.run_id for c in todo}
     for c in p.configs:
-        if c not in todo:
+        if c.run_id not in todo_ids:
             state[c.run_id] = {**_summary(runs.load_result(root, c.run_id), ran=False), "skipped": True}
     write_sweep_record(root, p, state, created)
     groups = group_runs(todo, seed_batch, executor.workers if executor else 1)

@@ -522,6 +522,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                 if on_checkpoint[r]:
                     on_checkpoint[r](rec, take(st, r).params)
                 if save == "all" or (save == "ends" and step in (0, total)):
+                    held[r] = None  # written now: nothing to measure again at the run's end
                     if on_matrices[r]:
                         on_matrices[r](step, mats)
                 elif save == "ends":

@@ -121,12 +121,14 @@ SWEEP = TINY.replace("name: tiny", "name: sw").replace("epochs: 3", "epochs: 400
 """
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_a_sweep_within_5_s_with_its_record_up_to_date(tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code,workers", [(signal.SIGINT, 130, "2"), (signal.SIGTERM, 143, "2"), (signal.SIGINT, 130, "1")])
+def test_a_signal_stops_a_sweep_within_5_s_with_its_record_up_to_date(tmp_path, sig, code, workers):
+    """With a pool (--workers 2) and in-process (--workers 1), where the signal lands in the
+    middle of a run's training: that run must leave no result.json (not a `failed` one)."""
     p = _cfg(tmp_path, SWEEP, "sw.yaml")
     err = tmp_path / "err.txt"
     with open(err, "w") as fe:
-        s = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--runs-dir", "runs", "--workers", "2"],
+        s = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--runs-dir", "runs", "--workers", workers],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe)
         _wait_for(err, "[1/10]")
         t0 = time.monotonic()
@@ -141,6 +143,9 @@ def test_a_signal_stops_a_sweep_within_5_s_with_its_record_up_to_date(tmp_path, 
     assert any(on_disk.values())
     for r in rec["runs"]:
         assert (r["status"] == "ok") == on_disk[r["run_id"]]  # finished runs are not listed as pending
+    statuses = [json.loads((tmp_path / "runs" / i / "result.json").read_text())["status"]
+                for i, done in on_disk.items() if done]
+    assert set(statuses) == {"ok"}  # the interrupted run is not recorded as failed
     assert not [q for q in _children(s.pid)]
 
 
