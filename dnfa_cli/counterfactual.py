@@ -83,7 +83,7 @@ def published(cfg, params, params0, X, hs, i: int, *, dtype) -> dict:
     Z = published_inputs(params, dW, hs, X, i=i, activation=act)
     g = grams.compute_grams(subnet(params, i, dW), Z, act, method=cfg.metrics.jacobian, dtype=dtype,
                             chunk=cfg.metrics.chunk)
-    return _float(stats.published_row(dW, g.agop[0], g.jbar[0]))
+    return _float(stats.published_row(dW, g.agop[0], g.jbar[0], max(dW.shape) * float(jnp.finfo(dtype).eps)))
 
 
 def swap(cfg, params, hs, i: int, f: SwapFactors, *, dtype) -> dict:

@@ -494,16 +494,19 @@ def signed_sqrt(A):
 
 
 @jax.jit
-def published_row(dW, agop, jbar):
+def published_row(dW, agop, jbar, rel_tol):
     """What the published scripts print for one layer: dNFM = dW^T dW / k against the AGOP'
     of the net whose W is dW, and against its gradient-centred version; Pearson with
-    AGOP'^(1/2) (Science era), cosine with AGOP' (arXiv era)."""
+    AGOP'^(1/2) (Science era), cosine with AGOP' (arXiv era). The centred ones are null
+    where agop' - jbar'^T jbar' is rounding noise (every sample with the same Jacobian: a
+    linear net), as gc_pearson_a1 is: the scripts would print a correlation with noise."""
     M = dW.T @ dW / dW.shape[0]
     gc = agop - jbar.T @ jbar
+    real = jnp.linalg.norm(gc) > MARGIN * rel_tol * jnp.linalg.norm(agop)
     return {"published_pearson_a05": pearson(M, signed_sqrt(agop)),
-            "published_gc_pearson_a05": pearson(M, signed_sqrt(gc)),
+            "published_gc_pearson_a05": jnp.where(real, pearson(M, signed_sqrt(gc)), jnp.nan),
             "published_cosine_a1": cosine(M, agop),
-            "published_gc_cosine_a1": cosine(M, gc)}
+            "published_gc_cosine_a1": jnp.where(real, cosine(M, gc), jnp.nan)}
 
 
 @jax.jit

@@ -160,5 +160,25 @@ def test_mnist_without_its_package_is_one_clear_error(monkeypatch):
 def test_swap_and_published_row_helpers_handle_a_zero_difference():
     """At initialisation W - W0 = 0: the published statistics are undefined (null), not 0."""
     dW = jnp.zeros((3, 4))
-    row = {k: float(v) for k, v in stats.published_row(dW, jnp.zeros((4, 4)), jnp.zeros((1, 4))).items()}
+    row = {k: float(v) for k, v in stats.published_row(dW, jnp.zeros((4, 4)), jnp.zeros((1, 4)), 4e-16).items()}
     assert all(math.isnan(v) for v in row.values())
+
+
+def test_in_a_linear_net_the_centred_published_keys_are_null_not_noise():
+    """Closed form: with identity activations every sample has the same Jacobian, so the
+    gradient-centred AGOP' is exactly zero and only rounding is left of the subtraction; a
+    correlation with it would change sign from machine to machine. The uncentred keys stay."""
+    sizes = [5, 9, 6, 3]
+    params, params0 = _net(11, sizes, "identity"), _net(12, sizes, "identity")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(13), (60, 5), jnp.float64))
+    hs = cf.layer_inputs(params, jnp.asarray(X), "identity")
+    for i in range(2):
+        got = cf.published(_cfg("identity"), params, params0, jnp.asarray(X), hs, i, dtype=jnp.float64)
+        assert math.isnan(got["published_gc_pearson_a05"]) and math.isnan(got["published_gc_cosine_a1"]), i
+        # the uncentred ones are the closed form: AGOP' = dW^T B^T B dW with B = W_L ... W_{i+1}
+        dW = np.asarray(params[i]["W"]) - np.asarray(params0[i]["W"])
+        B = np.eye(sizes[i + 1])
+        for p in params[i + 1:]:
+            B = np.asarray(p["W"]) @ B
+        agop = dW.T @ B.T @ B @ dW / B.shape[0]
+        assert got["published_cosine_a1"] == pytest.approx(ref.cosine(dW.T @ dW, agop), abs=1e-12)
