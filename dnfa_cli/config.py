@@ -251,6 +251,19 @@ class Config(_Strict):
             self.__pydantic_private__["_rid"] = rid
         return rid
 
+    def model_copy(self, *, update=None, deep: bool = False):
+        """A copy with `update` applied is a different config: it must not keep this one's
+        cached id (nor compare unequal to an equal config over a cache)."""
+        new = super().model_copy(update=update, deep=deep)
+        if new.__pydantic_private__:
+            new.__pydantic_private__["_rid"] = None
+        return new
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
 
 # ----------------------------------------------------------------------------- errors
 def _allowed_keys(model_cls, loc) -> list[str]:
@@ -520,9 +533,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, grid: list
     if both:
         raise ConfigError(f"{path}: {sorted(both)[0]} is given by both --set and --grid")
     params = dict((sweep or {}).get("parameters") or {}) if isinstance(sweep, dict) else {}
+    changed = bool(grids)
     for key, value in sets:
         if key in params:
             del params[key]
+            changed = True
             notes.append(f"--set {key}={value!r} replaces the sweep's values for {key} in {path}")
     if grids:
         if isinstance(sweep, dict) and sweep.get("method", "grid") != "grid":
@@ -531,7 +546,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, grid: list
             if key in params:
                 notes.append(f"--grid {key} replaces the sweep's values for {key} in {path}")
             params[key] = {"values": vals}
-    if isinstance(sweep, dict) or grids:
+    if changed:  # else the file's sweep block is validated as written (expand)
         sweep = {**(sweep if isinstance(sweep, dict) else {"method": "grid"}), "parameters": params} if params else None
     raw = apply_overrides(raw, sets, str(path))
     base = validate(raw, str(path), Path(path).parent)

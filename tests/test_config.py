@@ -84,7 +84,9 @@ def test_files_and_overrides(tmp_path):
     p = tmp_path / "my-exp.yaml"
     p.write_text("model: {width: 8, depth: 1}\n")
     cf = config.load_config(p, ["model.width=16", "train.lr=0.5", "data.task=modular", "data.p=11"])
-    assert cf.base.name == "my_exp"  # default name: the file stem made id-safe
+    assert cf.base.name == "my-exp"  # default name: the file stem made id-safe
+    (tmp_path / "a b.yaml").write_text("model: {width: 8}\n")
+    assert config.load_config(tmp_path / "a b.yaml").base.name == "a_b"
     assert cf.base.model.width == 16 and cf.base.train.lr == 0.5 and cf.base.data.p == 11
     with pytest.raises(config.ConfigError, match=r"my-exp.yaml: --set model.widht: no such config key \(did you mean model.width\?\)"):
         config.load_config(p, ["model.widht=3"])

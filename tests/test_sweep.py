@@ -113,7 +113,9 @@ def test_grid_runs_skips_and_reruns(tmp_path):
         (a, s) for a in ("relu", "tanh", "identity") for s in (0, 1)}
     assert all(x["status"] == "ok" and x["ran"] for x in rec["runs"])
     # a line per finished run: id, status, seconds, layer-1 pearson_a05 and tightness_range
-    assert len(re.findall(r"^ok\s+g-\w+\s+[\d.]+ s\s+pearson_a05 -?[\d.]+\s+tightness_range -?[\d.]+", r.stderr, re.M)) == 6
+    lines = re.findall(r"^\[(\d)/6\] ok\s+g-\w+\s+[\d.]+ s\s+pearson_a05 -?[\d.]+\s+tightness_range -?[\d.]+"
+                       r"  \(eta \d+:\d\d:\d\d\)$", r.stderr, re.M)
+    assert lines == [str(i) for i in range(1, 7)]
     r = _sweep(tmp_path, p)
     assert r.exit_code == 0 and _counts(r.stdout) == (6, 0, 0, 0, 6)
     r = _sweep(tmp_path, p, "--dry-run")
@@ -225,8 +227,10 @@ def test_dask_local_cluster_matches_local_executor(tmp_path):
         a = json.loads((tmp_path / "dask" / c.run_id / "result.json").read_text())
         b = json.loads((tmp_path / "local" / c.run_id / "result.json").read_text())
         assert a["checkpoints"] == b["checkpoints"]
-    r = runner.invoke(app, ["sweep", str(p), "--scheduler", "tcp://127.0.0.1:9", "--runs-dir", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "cannot connect to a Dask scheduler" in r.stderr
+    r = runner.invoke(app, ["sweep", str(p), "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "2",
+                            "--runs-dir", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--scheduler tcp://127.0.0.1:9: cannot reach a Dask scheduler" in r.stderr
+    assert "after 2 s" in r.stderr and not (tmp_path / "x").exists()
 
 
 def test_set_on_a_swept_key_replaces_its_values_and_grid_adds_one(tmp_path):
