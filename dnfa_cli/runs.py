@@ -400,6 +400,38 @@ def _data_info(ds) -> dict:
     return {"kind": ds.kind, "d": ds.d, "c": ds.c, "n_train": len(ds.X_train), "n_test": len(ds.X_test)}
 
 
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return None
+
+
+def release_compiled_if_crowded(fraction: float = 0.5) -> bool:
+    """Drop JAX's compiled programs when this process holds more than `fraction` of the
+    kernel's memory-map limit. Every XLA:CPU executable keeps a few mappings of its own
+    (about 4 for a small program, more for the statistics); a worker that trains many
+    different shapes in one process reaches vm.max_map_count (65530 by default) and the
+    next compile dies with a segmentation fault - the test suite did, at 190 tests.
+    Clearing costs a recompile of the next shape; returns whether it cleared."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+    except (OSError, ValueError):  # not Linux
+        return False
+    held = _count_lines("/proc/self/maps")
+    if held is None or held < fraction * limit:
+        return False
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    return True
+
+
 def precheck(cfg: Config) -> None:
     """The input checks that need no data: cheap enough for every run of a sweep."""
     from . import data, train

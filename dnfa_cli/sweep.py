@@ -178,6 +178,7 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
                 return out + [{"run_id": c.run_id, "status": "failed", "error": str(e), "ran": False} for c in todo]
             for res in results:
                 out.append(_summary(res, ran=True))
+    runs.release_compiled_if_crowded()
     return out
 
 

@@ -285,3 +285,25 @@ def test_a_closed_stdout_pipe_exits_0_quietly(tmp_path):
                                 capture_output=True, text=True, executable="/bin/bash")
         assert status.returncode == 0 and status.stderr == "", (fmt, status.stderr[-300:])
         assert len(r.stdout) == 10
+
+
+@pytest.mark.skipif(not Path("/proc/sys/vm/max_map_count").exists(), reason="Linux memory-map accounting")
+def test_compiled_programs_are_released_when_the_process_holds_too_many_maps():
+    import jax
+    import jax.numpy as jnp
+
+    from dnfa_cli import runs
+
+    def maps():
+        return len(Path("/proc/self/maps").read_text().splitlines())
+
+    limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+    assert runs.release_compiled_if_crowded(fraction=1.0) is (maps() >= limit)  # far from the limit: keep
+    keep = []
+    for i in range(60):  # distinct shapes: 60 programs, each with its own mappings
+        f = jax.jit(lambda x: jnp.linalg.eigh(x @ x.T)[0].sum() + jnp.sin(x).sum())
+        f(jnp.ones((i + 2, 3))).block_until_ready()
+        keep.append(f)
+    before = maps()
+    assert runs.release_compiled_if_crowded(fraction=0.0) is True
+    assert maps() < before - 60  # at least one mapping per program is gone
