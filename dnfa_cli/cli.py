@@ -15,8 +15,10 @@ from .config import DnfaInputError
 
 
 def _plain_usage_names() -> None:
-    """typer >= 0.2x prints a required argument as {CONFIG} in the usage line; show it as
-    CONFIG, the way click and man pages do."""
+    """typer >= 0.2x prints a required argument as {CONFIG} in the usage line and follows
+    its name with the Python type (`FILE <list[Path]>`) in the arguments list; show CONFIG
+    and FILE... alone, the way click and man pages do (options already show their metavar
+    alone)."""
     try:
         from typer.core import TyperArgument
 
@@ -24,8 +26,14 @@ def _plain_usage_names() -> None:
             n = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
             return n + ("..." if self.nargs != 1 else "")
 
+        def listed_name(self):
+            return self.display_name_raw + ("..." if self.nargs != 1 else "")
+
         if hasattr(TyperArgument, "_usage_display_name"):
             TyperArgument._usage_display_name = name
+        if hasattr(TyperArgument, "_rich_display_name") and hasattr(TyperArgument, "display_type_rich"):
+            TyperArgument._rich_display_name = listed_name
+            TyperArgument.display_type_rich = lambda self, ctx: None
     except ImportError:  # pragma: no cover - older typer prints plain names already
         pass
 
@@ -468,7 +476,7 @@ def ls_(
 
 @app.command()
 def compare(
-    idents: Annotated[list[str], typer.Argument(metavar="ID...", help="Two or more run ids (or unique prefixes).")],
+    idents: Annotated[list[str], typer.Argument(metavar="ID", help="Two or more run ids (or unique prefixes).")],
     format: Annotated[str, typer.Option("--format", metavar="table|json|csv", help="table (terminal), json or csv (rows to stdout).")] = "table",
     out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where the figure goes (default: runs/compare/<ids>/).")] = None,
     include_readout: Annotated[bool, typer.Option("--include-readout", help="Also show the trivial read-out layer.")] = False,

@@ -339,6 +339,10 @@ def test_small_things():
     assert r.exit_code == 0 and r.stdout.strip() == f"dnfa {__import__('dnfa_cli').__version__}"
     h = runner.invoke(app, ["train", "--help"]).stdout
     assert "train [OPTIONS] CONFIG\n" in h and "--set KEY=VALUE" in h and "<list[str]>" not in h and "{CONFIG}" not in h
+    for cmd, arg in (("train", "CONFIG"), ("sweep", "FILE..."), ("compare", "ID..."), ("report", "ID")):
+        h = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "100"}).stdout
+        assert f"{cmd} [OPTIONS] {arg}\n" in h, h
+        assert "<" not in h.split("Arguments", 1)[1].split("Options", 1)[0], h  # no <list[Path]>, <str>
     from dnfa_cli import report as rp
 
     assert rp.fmt(1.923e-16) == "0.0000" and rp.fmt(-1.110e-16) == "0.0000" and rp.fmt(2e-4) == "2.000e-04"
