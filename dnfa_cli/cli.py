@@ -403,7 +403,7 @@ def report(
         dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
         make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest, include_readout)
     if format == "json":
-        print(rp.to_json(rows if kind == "run" else {"runs": rows, "grouped": grouped}))
+        print(rp.to_json(rp.run_json(v, all_checkpoints) if kind == "run" else {"runs": rows, "grouped": grouped}))
     elif format == "csv":
         sys.stdout.write(rp.to_csv(rows))
     else:

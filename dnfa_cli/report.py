@@ -117,6 +117,15 @@ def run_rows(v: RunView, all_checkpoints: bool = False) -> list[dict]:
     return rows
 
 
+def run_json(v: RunView, all_checkpoints: bool = False) -> dict:
+    """`dnfa report RUN --format json`: the run, its whole config (flat keys, those that
+    differ from dnfa's defaults first, as in the HTML page) and its rows."""
+    rows, _ = config_rows(v.config)
+    flat = _flat(v.config)
+    return {"run_id": v.run_id, "status": v.status, "config": {k: flat[k] for k, *_ in rows},
+            "config_differs": [k for k, _, d in rows if d != "(default)"], "rows": run_rows(v, all_checkpoints)}
+
+
 def fmt(v, nd=4) -> str:
     if v is None:
         return "-"
@@ -130,9 +139,14 @@ def fmt(v, nd=4) -> str:
         if abs(v) >= 1e5 or abs(v) < 1e-3:
             return f"{v:.3e}"
         return f"{v:.{nd}f}"
-    if isinstance(v, list):
-        return "x".join(map(str, v))
+    if isinstance(v, list):  # a config value such as data.coords: [0, 1]
+        return "[" + ", ".join(fmt(x, nd) for x in v) + "]"
     return str(v)
+
+
+def shape_str(shape) -> str:
+    """A weight's shape as 1024x100."""
+    return "x".join(map(str, shape))
 
 
 def config_rows(cfg: dict) -> tuple[list[list[str]], int]:
@@ -183,7 +197,7 @@ def run_tables(v: RunView, all_checkpoints: bool = False, include_readout: bool 
     for li, L0 in enumerate(cks[0]["layers"]):
         if L0.get("trivial") and not include_readout:
             continue
-        title = f"layer {L0['layer']}  W {fmt(L0['shape'])}" + ("  (trivial: read-out layer)" if L0.get("trivial") else "")
+        title = f"layer {L0['layer']}  W {shape_str(L0['shape'])}" + ("  (trivial: read-out layer)" if L0.get("trivial") else "")
         rows = [[k] + [fmt(c["layers"][li].get(k)) for c in cks] for k in HEADLINE if k in L0]
         rows += [[f"{k} 95% CI"] + [f"[{fmt(c['layers'][li].get(k + '_lo'))}, {fmt(c['layers'][li].get(k + '_hi'))}]"
                                     for c in cks] for k in CI if f"{k}_lo" in L0]
@@ -246,7 +260,7 @@ def fig_curves(v: RunView, path: Path, include_readout: bool = False) -> Path:
             ax.plot(steps, [np.nan if y is None else y for y in ys], style, ms=3, label=key)
         _steps_axis(ax)
         ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"layer {L0['layer']} ({fmt(L0['shape'])})" + (" trivial" if L0.get("trivial") else ""))
+        ax.set_title(f"layer {L0['layer']} ({shape_str(L0['shape'])})" + (" trivial" if L0.get("trivial") else ""))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{v.run_id}: the ansatz and tightness during training")

@@ -78,7 +78,19 @@ def _rows_from_result(res, all_cks=False):
 def test_json_and_csv_round_trip(made):
     root, res, _ = made
     r = _report(root, res["run_id"], "--format", "json")
-    rows = json.loads(r.stdout)
+    doc = json.loads(r.stdout)
+    rows = doc["rows"]
+    # the whole config, flat, the keys that differ from the defaults first
+    cfg = yaml.safe_load((root / res["run_id"] / "config.yaml").read_text())
+    def flatten(d, pre=""):
+        return {kk: vv for k, v in d.items()
+                for kk, vv in (flatten(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v}).items()}
+
+    flat = flatten(cfg)
+    assert doc["config"] == flat and doc["run_id"] == res["run_id"]
+    differ = doc["config_differs"]
+    assert list(doc["config"])[:len(differ)] == differ and "train.epochs" in differ
+    assert all(config.validate({}).to_dict()["model"][k[6:]] != doc["config"][k] for k in differ if k.startswith("model."))
     want = _rows_from_result(res)
     assert len(rows) == len(want)
     for row, (step, L) in zip(rows, want):
@@ -345,5 +357,6 @@ def test_small_things():
         assert "<" not in h.split("Arguments", 1)[1].split("Options", 1)[0], h  # no <list[Path]>, <str>
     from dnfa_cli import report as rp
 
+    assert rp.fmt([0, 1]) == "[0, 1]" and rp.shape_str([1024, 100]) == "1024x100"  # data.coords is not a shape
     assert rp.fmt(1.923e-16) == "0.0000" and rp.fmt(-1.110e-16) == "0.0000" and rp.fmt(2e-4) == "2.000e-04"
     assert config.validate({"name": "ref-tanh"}).run_id.startswith("ref-tanh-")
