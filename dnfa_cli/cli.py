@@ -458,17 +458,34 @@ def ls_(
         _fail(str(e))
     varying = rp.varying_keys(rows)
     where_s = f" where {' and '.join(where)}" if where else ""
-    t = Table(title=f"{len(rows)} runs in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else "") + where_s,
-              title_justify="left")
     stats = ["step", "test_loss", "test_acc", "pearson_a05", "pearson_a1", "tightness_range"]
     stats = [c for c in stats if any(r.get(c) is not None for r in rows)] or ["step"]
-    cols = ["created", "run_id", "status", *varying, *stats]
+    head = lambda c: f"L1 {c}" if c in ("pearson_a05", "pearson_a1", "tightness_range") else c
+    cell = lambda r, c: (r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c))
+    need = lambda c: max([len(head(c))] + [len(cell(r, c)) for r in rows]) + 3  # cell, padding, border
+    # every column whole: the varying keys that do not fit the width are named, not squeezed
+    room = out.width - 1 - sum(need(c) for c in ["created", "run_id", "status", *stats])
+    shown = []
+    rank = ("model.", "train.", "seed", "data.", "name", "metrics.")  # what tells runs apart first
+    for k in sorted(varying, key=lambda k: next((i for i, p in enumerate(rank) if k.startswith(p)), len(rank))):
+        if need(k) <= room:
+            shown.append(k)
+            room -= need(k)
+    hidden = [k for k in varying if k not in shown]
+    t = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'} in {root.absolute()}"
+              + (f" (sweep {sweep_id})" if sweep_id else "") + where_s, title_justify="left",
+              caption=(f"{len(hidden)} more varying key{'' if len(hidden) == 1 else 's'} not shown: {', '.join(hidden)} "
+                       "(narrow the list with --sweep or --where)") if hidden else None, caption_justify="left")
+    cols = ["created", "run_id", "status", *shown, *stats]
     for c in cols:
-        t.add_column(c if c not in ("pearson_a05", "pearson_a1", "tightness_range") else f"L1 {c}",
-                     justify="left" if c in ("created", "run_id", "status") else "right")
+        t.add_column(head(c), justify="left" if c in ("created", "run_id", "status") else "right", no_wrap=True,
+                     min_width=need(c) - 3 if c == "run_id" else None)  # an id is never cut
     for r in rows:
-        t.add_row(*[(r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c)) for c in cols])
-    out.print(t)
+        t.add_row(*[cell(r, c) for c in cols])
+    # the fixed columns are never squeezed: on a narrow terminal the lines run long instead
+    natural = 1 + sum(need(c) for c in cols)
+    con = out if natural <= out.width else _Console(highlight=False, soft_wrap=True, width=natural)
+    con.print(t if rows else t.title)
     for r in rows:
         if r["status"] == "corrupt":
             err.print(f"corrupt: {r['run_id']}: {r['error']}", markup=False)

@@ -280,7 +280,17 @@ def test_ls_columns_filters_and_sort(made):
     header = next(line for line in r.stdout.splitlines() if "run_id" in line)
     assert "model.activation" in header and "seed" in header and "model.width" not in header  # only what varies
     r = runner.invoke(app, ["ls", "--runs-dir", str(root), "--where", "model.activation=tanh", "--where", "seed=1"])
-    assert r.exit_code == 0 and "1 runs" in r.stdout and r.stdout.count("sw-") == 1
+    assert r.exit_code == 0 and "1 run in" in r.stdout and r.stdout.count("sw-") == 1
+    # a narrow terminal: ids stay whole, the varying keys that do not fit are named below
+    from dnfa_cli import cli
+
+    wide, cli.out.width = cli.out.width, 110
+    try:
+        r = runner.invoke(app, ["ls", "--runs-dir", str(root)])
+    finally:
+        cli.out.width = wide
+    ids = re.findall(r"(rep-\w{10}|sw-\w{10})", r.stdout)
+    assert r.exit_code == 0 and len(ids) == 5 and "more varying key" in r.stdout and "seed" in r.stdout.split("not shown:")[1]
     r = runner.invoke(app, ["ls", "--runs-dir", str(root), "--status", "ok", "--sort", "-pearson_a05"])
     vals = [float(x) for x in re.findall(r"│\s+\d+\s+│\s+\S+\s+│\s+(0\.\d{4})\s+│", r.stdout)]
     got = [json.loads((root / i / "result.json").read_text())["checkpoints"][-1]["layers"][0]["pearson_a05"]
