@@ -59,6 +59,19 @@ class _Console(Console):
         raise SystemExit(0)
 
 
+def _emit(text: str) -> None:
+    """Rows for a pipe. `dnfa report ID --format csv | head -1`: once the reader has closed
+    the pipe, stop quietly with exit 0 (click would turn the EPIPE into exit 1)."""
+    import os
+
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
 # piped output is read later, often in a wide editor: do not squeeze tables into 80 columns
 out = _Console(highlight=False, soft_wrap=True)
 if not out.is_terminal and "COLUMNS" not in __import__("os").environ:
@@ -403,9 +416,9 @@ def report(
         dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
         make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest, include_readout)
     if format == "json":
-        print(rp.to_json(rp.run_json(v, all_checkpoints) if kind == "run" else {"runs": rows, "grouped": grouped}))
+        _emit(rp.to_json(rp.run_json(v, all_checkpoints) if kind == "run" else {"runs": rows, "grouped": grouped}) + "\n")
     elif format == "csv":
-        sys.stdout.write(rp.to_csv(rows))
+        _emit(rp.to_csv(rows))
     else:
         for line in intro:
             console_print(line)
@@ -516,9 +529,9 @@ def compare(
     if bad:
         _fail(f"run {bad[0].run_id} is {bad[0].status}" + (f": {bad[0].error}" if bad[0].error else ""), 1)
     if format == "json":
-        print(rp.to_json(rp.compare_rows(views, include_readout=True)))
+        _emit(rp.to_json(rp.compare_rows(views, include_readout=True)) + "\n")
     elif format == "csv":
-        sys.stdout.write(rp.to_csv(rp.compare_rows(views, include_readout=True)))
+        _emit(rp.to_csv(rp.compare_rows(views, include_readout=True)))
     else:
         for t in rp.compare_tables(views, include_readout):
             console_print(_rich_table(*t))

@@ -316,16 +316,24 @@ def fig_matrices(v: RunView, layer: int, path: Path) -> Path | None:
         axes[row][0].set_ylabel(how, fontsize=7)
     # one symmetric colour scale per column, shared by initialisation and the end, so the
     # two rows compare; each column its own, since NFM, AGOP^(1/2) and AGOP differ in units
+    # The scale ends at the 99.5th percentile of |entries| (the colour bar's arrows say where
+    # it clips): one large entry, e.g. a trained NFM's top eigenvalue, would otherwise leave
+    # every other entry, and the whole initialisation row, white.
+    clipped = False
     for col, name in enumerate(("NFM = W^T W", "AGOP^(1/2)", "AGOP")):
-        a = max(float(np.abs(m[col]).max()) for m in shown) or 1.0
+        top = max(float(np.abs(m[col]).max()) for m in shown)
+        a = max(float(np.quantile(np.abs(m[col]), 0.995)) for m in shown) or top or 1.0
+        clipped |= top > a * (1 + 1e-9)
         for row, (step, _) in enumerate(mfiles):
             ax = axes[row][col]
             im = ax.imshow(shown[row][col], cmap="RdBu_r", vmin=-a, vmax=a, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{name}, step {step}", fontsize=9)
-        fig.colorbar(im, ax=[axes[r][col] for r in range(len(mfiles))], shrink=0.8)
-    fig.suptitle(f"{v.run_id}, layer {layer}: each column on one colour scale (shared by its rows)", fontsize=10)
+        fig.colorbar(im, ax=[axes[r][col] for r in range(len(mfiles))], shrink=0.8,
+                     extend="both" if top > a * (1 + 1e-9) else "neither")
+    fig.suptitle(f"{v.run_id}, layer {layer}: each column on one colour scale (shared by its rows)"
+                 + (", clipped at the 99.5th percentile of |entries| (arrows)" if clipped else ""), fontsize=10)
     return _save(fig, path)
 
 
@@ -359,7 +367,8 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
             # left out, so the axis spans the data, not the rounding
             keep = lam > 1e-6 * lam[0]
             x = (np.arange(len(lam)) + 0.5) / len(lam)
-            ax.plot(x[keep], lam[keep] / mean, label=f"step {step}" + (f" ({(~keep).sum()} zero)" if (~keep).any() else ""))
+            ax.plot(x[keep], lam[keep] / mean, marker="o" if keep.sum() <= 8 else None, ms=4,  # k = 1: a point
+                    label=f"step {step}" + (f" ({(~keep).sum()} zero)" if (~keep).any() else ""))
             seen[j] += list(lam[keep] / mean)
             ax.set_title(f"pgop eigenvalues / mean, {where} (k = {len(lam)})", fontsize=10)
     for j, ax in enumerate(axes):
@@ -473,10 +482,13 @@ def _scatter(rows, xkey, ykey, ckey, path: Path, title: str, include_readout: bo
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     pts = [r for r in rows if r.get(xkey) is not None and r.get(ykey) is not None
            and (include_readout or not r.get("trivial"))]
-    colours = fixed_colours(r.get(ckey) for r in pts) if ckey else {}
+    # coloured by the label "key=value", as the facets of stats_vs_<param> are: relu has one
+    # colour in every figure of every sweep
+    label = lambda r: f"{ckey}={fmt(r.get(ckey))}"
+    colours = {k.strip("'"): c for k, c in fixed_colours(label(r) for r in pts).items()} if ckey else {}
     for layer in sorted({r["layer"] for r in pts}):
         for val, col in (colours.items() if ckey else [(None, PALETTE[0])]):
-            sel = [r for r in pts if r["layer"] == layer and (ckey is None or repr(r.get(ckey)) == val)]
+            sel = [r for r in pts if r["layer"] == layer and (ckey is None or label(r) == val)]
             if sel:
                 ax.scatter([r[xkey] for r in sel], [r[ykey] for r in sel], s=16, c=col,
                            marker=MARKERS[(layer - 1) % len(MARKERS)], alpha=0.8, edgecolors="none")
@@ -484,7 +496,7 @@ def _scatter(rows, xkey, ykey, ckey, path: Path, title: str, include_readout: bo
 
     handles = [Line2D([], [], ls="", marker=MARKERS[(l - 1) % len(MARKERS)], color="k", label=f"layer {l}")
                for l in sorted({r["layer"] for r in pts})]
-    handles += [Line2D([], [], ls="", marker="o", color=c, label=f"{ckey} = {v}") for v, c in colours.items()]
+    handles += [Line2D([], [], ls="", marker="o", color=c, label=v) for v, c in colours.items()]
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xlabel(xkey)
     ax.set_ylabel(ykey)

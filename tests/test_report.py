@@ -241,7 +241,7 @@ def test_sweep_runs_not_started_are_missing_and_reading_takes_no_locks(made, tmp
     rows = json.loads(r.stdout)["runs"]
     assert [x["status"] for x in rows if x["layer"] is None] == ["missing"] * 3
     r = runner.invoke(app, ["ls", "--runs-dir", str(root2)])
-    assert r.exit_code == 0 and "1 runs" in r.stdout
+    assert r.exit_code == 0 and "1 run in" in r.stdout
     assert not (root2 / ".locks").exists()  # reading takes no locks and leaves no lock files
 
 
@@ -370,3 +370,30 @@ def test_small_things():
     assert rp.fmt([0, 1]) == "[0, 1]" and rp.shape_str([1024, 100]) == "1024x100"  # data.coords is not a shape
     assert rp.fmt(1.923e-16) == "0.0000" and rp.fmt(-1.110e-16) == "0.0000" and rp.fmt(2e-4) == "2.000e-04"
     assert config.validate({"name": "ref-tanh"}).run_id.startswith("ref-tanh-")
+
+
+def test_a_swept_value_has_one_colour_in_every_sweep_figure(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    from dnfa_cli import report as rp
+
+    rows = [{"run_id": f"r{a}{w}{s}", "status": "ok", "layer": layer, "model.activation": a, "model.width": w,
+             "seed": s, **{k: 0.1 * layer + 0.01 * w + s * 1e-3 for k in (*rp.SWEEP_STATS, "tightness_range", "pearson_a1",
+                                                                         "pearson_a05")}}
+            for a in ("relu", "tanh") for w in (8, 16) for s in (0, 1) for layer in (1, 2)]
+    legends = {}
+    real = rp._save
+
+    def keep(fig, path):
+        hs = [h for ax in fig.axes if ax.get_legend() for h in ax.get_legend().legend_handles]
+        hs += [h for lg in fig.legends for h in lg.legend_handles]
+        legends[path.name] = {h.get_label(): to_hex(h.get_color()) for h in hs}
+        return real(fig, path)
+
+    monkeypatch.setattr(rp, "_save", keep)
+    rp.sweep_figures(rows, ["model.activation", "model.width", "seed"], tmp_path)
+    scatter, by_width = legends["pearson_a1_vs_tightness_range.png"], legends["stats_vs_model_width.png"]
+    for a in ("relu", "tanh"):
+        assert scatter[f"model.activation={a}"] == by_width[f"model.activation={a}"]
+    assert scatter["model.activation=relu"] != scatter["model.activation=tanh"]
+    assert "stats_vs_seed.png" not in legends  # seeds are the error bars, not a plot
