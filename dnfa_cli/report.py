@@ -641,10 +641,11 @@ def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], termi
         gcols = [*keys, "layer", "n", *stats]
         grows = [[fmt(g.get(k)) for k in keys] + [layer(g), str(g["n"])]
                  + [_pm(g.get(f"{s}_mean"), g.get(f"{s}_std")) for s in stats] for g in grouped]
-        out.append(("grouped over seeds, runs that finished ok: mean ± std (* the trivial read-out layer)", gcols, grows))
+        star = " (* the trivial read-out layer)" if include_readout else ""
+        out.append((f"grouped over seeds, runs that finished ok: mean ± std{star}", gcols, grows))
     if not (terminal and seeds_vary):
         cols = ["run_id", "status", *varied, "layer", *stats]
-        out.append(("runs: final checkpoint, one row per layer (* trivial)", cols,
+        out.append(("runs: final checkpoint, one row per layer" + (" (* trivial)" if include_readout else ""), cols,
                     [[fmt(r.get(c)) for c in cols[:-len(stats) - 1]] + [layer(r)] + [fmt(r.get(s)) for s in stats]
                      for r in rows]))
     return out
