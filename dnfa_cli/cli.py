@@ -273,6 +273,8 @@ def sweep(
     def on_signal(signum, frame):
         caught.append(signum)
         if len(caught) == 1 and finish_running:
+            if executor is not None:
+                executor.stop_new()
             err.print(f"{signal.Signals(signum).name}: no new runs; waiting for the runs in flight "
                       "(signal again to stop them now)", markup=False)
             return
@@ -307,7 +309,12 @@ def sweep(
             executor.close(kill=bool(caught) and not (finish_running and len(caught) == 1))
     if caught and interrupted is None:
         interrupted = caught[0]
-    rd = f" --runs-dir {runs_dir}" if runs_dir else ""
+    import shlex
+
+    again = [*map(str, files), *(["--runs-dir", str(runs_dir)] if runs_dir else []),
+             *[a for kv in set_ or [] for a in ("--set", kv)], *[a for kv in grid or [] for a in ("--grid", kv)],
+             *(["--max-runs", str(max_runs)] if max_runs != 10_000 else []),
+             *(["--scheduler", scheduler] if scheduler else [])]
     if interrupted is not None:
         final = {rid: runs.result_status(root, rid) for rid in ids}
         n_fin = sum(v in runs.STATUSES for v in final.values())
@@ -315,7 +322,7 @@ def sweep(
                               runs.now_iso())
         name = signal.Signals(interrupted).name
         err.print(f"{name}: stopped after {time.perf_counter() - t0:.1f} s; {n_fin} of {len(ids)} runs finished "
-                  f"({done_n} this time); resume with: dnfa sweep {' '.join(map(str, files))}{rd}", markup=False)
+                  f"({done_n} this time); resume with: dnfa sweep {shlex.join(again)}", markup=False)
         raise typer.Exit(128 + interrupted)
     counts = {k: 0 for k in ("ok", "diverged", "failed")}
     ran = skipped = finished_elsewhere = 0
@@ -330,6 +337,7 @@ def sweep(
               + (f", {finished_elsewhere} finished by another process" if finished_elsewhere else "")
               + f" in {time.perf_counter() - t0:.1f} s")
     out.print(f"record: {sw.sweep_file(root, plan.sweep_id)}")
+    rd = f" --runs-dir {shlex.quote(str(runs_dir))}" if runs_dir else ""
     out.print(f"report: dnfa report {plan.sweep_id}{rd} --html")
     if counts["failed"]:
         raise typer.Exit(1)

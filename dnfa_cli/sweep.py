@@ -152,6 +152,8 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
 
     rootp = Path(root)
     cfgs = [C.model_validate(d) for d in cfg_dicts]
+    if _STOP is not None and _STOP.is_set():  # queued before a --finish-running signal: not started
+        return [{"run_id": c.run_id, "status": "stopped", "ran": False} for c in cfgs]
     out, todo = [], []
     with contextlib.ExitStack() as stack:
         # sorted order: two processes locking overlapping groups cannot deadlock
@@ -218,10 +220,16 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="dnfa-parent-watch").start()
 
 
-def _worker_init(share: int, slots, lock, parent: int) -> None:
+_STOP = None  # in a pool worker: the sweep's "start no new run" event
+
+
+def _worker_init(share: int, slots, lock, parent: int, stop=None) -> None:
     """Pin this worker to its own `share` cores, so N workers never oversubscribe; leave
     Ctrl-C to the parent (it stops the workers itself) and die with it."""
     import signal
+
+    global _STOP
+    _STOP = stop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
@@ -252,8 +260,9 @@ class LocalExecutor:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
+            self.stop = ctx.Event()
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                            initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid()))
+                                            initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid(), self.stop))
             # start the workers now, while the environment is theirs
             list(self.pool.map(int, range(workers)))
         finally:
@@ -265,6 +274,11 @@ class LocalExecutor:
 
     def submit(self, *args):
         return self.pool.submit(run_group, *args)
+
+    def stop_new(self) -> None:
+        """Start no new run: groups a worker has already taken off the queue come back as
+        `stopped` (the pool hands out more than one group per worker)."""
+        self.stop.set()
 
     def close(self, kill: bool = False):
         """Shut the pool down; `kill`: stop the runs in flight now (they leave no
@@ -306,6 +320,9 @@ class InlineExecutor:
 
     def submit(self, *args):
         return _Deferred(args)
+
+    def stop_new(self) -> None:  # the sweep cancels the deferred groups itself
+        pass
 
     def close(self, kill: bool = False):
         pass
@@ -355,6 +372,9 @@ class DaskExecutor:
         fut = self.client.submit(run_group, *args, pure=False)
         self._futures.append(fut)
         return fut
+
+    def stop_new(self) -> None:  # the sweep cancels the futures it has not collected
+        pass
 
     def close(self, kill: bool = False):
         if kill:  # the runs in flight stop; they leave no result.json and rerun next time
@@ -437,7 +457,7 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
             if r["status"] == "busy" and not blocking:
                 busy.append(by_id[r["run_id"]])
                 continue
-            if r["status"] == "busy":
+            if r["status"] in ("busy", "stopped"):
                 continue
             state[r["run_id"]] = r
             if on_done:

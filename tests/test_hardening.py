@@ -307,3 +307,27 @@ def test_compiled_programs_are_released_when_the_process_holds_too_many_maps():
     before = maps()
     assert runs.release_compiled_if_crowded(fraction=0.0) is True
     assert maps() < before - 60  # at least one mapping per program is gone
+
+
+def test_finish_running_starts_no_new_run_and_the_resume_command_is_the_same_sweep(tmp_path):
+    """--finish-running: after the signal only the runs in flight (at most one a worker)
+    finish, though the pool had already taken more groups off the queue; the printed resume
+    command keeps --set, so it names the same sweep."""
+    p = _cfg(tmp_path, SWEEP, "sw.yaml")
+    err = tmp_path / "err.txt"
+    args = ["sweep", str(p), "--runs-dir", "runs", "--workers", "2", "--set", "train.epochs=300"]
+    with open(err, "w") as fe:
+        s = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", *args, "--finish-running"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe)
+        _wait_for(err, "[1/10]")
+        s.send_signal(signal.SIGINT)
+        rc = s.wait(timeout=120)
+    text = err.read_text()
+    assert rc == 130 and "Traceback" not in text, text[-500:]
+    finished = len(list((tmp_path / "runs").glob("sw-*/result.json")))
+    before = text.split("SIGINT: no new runs")[0].count("] ok")
+    assert before >= 1 and finished - before <= 2, (before, finished)  # two workers: two in flight at most
+    again = text.split("resume with: dnfa ")[1].strip()
+    r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", *again.split(), "--dry-run"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert f"10 runs, {finished} done" in r.stdout, (again, r.stdout[:300])
