@@ -220,7 +220,7 @@ def sweep(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Config files; each one's sweep: block is expanded.")],
     workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", min=1, help="Local worker processes (default: the usable cores).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="Address of a running Dask scheduler, e.g. tcp://HOST:8786.")] = None,
-    scheduler_timeout: Annotated[float, typer.Option("--scheduler-timeout", metavar="SECONDS", min=1, help="Give up on a Dask scheduler that has not answered by then.")] = 30.0,
+    scheduler_timeout: Annotated[float, typer.Option("--scheduler-timeout", metavar="SECONDS", min=1, max=86_400, help="Give up on a Dask scheduler that has not answered by then.")] = 30.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs, their ids and which are done; run nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun every run, finished or not.")] = False,
     rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Also rerun runs that failed or diverged.")] = False,
@@ -416,13 +416,20 @@ def report(
         grouped = rp.grouped_rows(rows, rec["varied"])
         tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True, include_readout=include_readout)
         html_tables = rp.sweep_tables(rows, grouped, rec["varied"], include_readout=include_readout)
-        st = [r["status"] for r in rec["runs"]]
+        # what the runs' own files say now, not what the record said when the sweep ended
+        now = {r["run_id"]: r["status"] for r in rows}
+        st = [now.get(r["run_id"], r["status"]) for r in rec["runs"]]
+        for r in rows:
+            if r["status"] in ("corrupt", "unreadable") and r.get("layer") is None:
+                err.print(f"{r['status']}: {r['run_id']}: {r.get('error') or 'cannot be read'}", markup=False)
         title = f"dnfa sweep {ident}"
         intro = [f"sweep {ident}: {len(st)} runs from {', '.join(rec['files'])}; "
-                 + ", ".join(f"{k} {st.count(k)}" for k in ("ok", "diverged", "failed", "pending") if st.count(k))
+                 + ", ".join(f"{k} {st.count(k)}" for k in dict.fromkeys(("ok", "diverged", "failed", "corrupt", *st))
+                             if st.count(k))
                  + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")]
         dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
         make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest, include_readout)
+    _writable(dest, out_dir is not None)
     if format == "json":
         _emit(rp.to_json(rp.run_json(v, all_checkpoints) if kind == "run" else {"runs": rows, "grouped": grouped}) + "\n")
     elif format == "csv":
@@ -443,6 +450,20 @@ def report(
     if html_:
         page = rp.write_html(dest / "report.html", title, intro, html_tables, figs)
         (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
+
+
+def _writable(dest: Path, flag: bool) -> None:
+    """Figures go to `dest`: make it now, before anything is printed, or say in one line
+    why it cannot be (a read-only runs dir, --out under a file)."""
+    import os
+
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        if not os.access(dest, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        hint = "" if flag else "; choose another place with --out DIR"
+        _fail(f"cannot write figures to {dest.absolute()}: {e.strerror or e}{hint}")
 
 
 def _check_output(format: str, out_dir: Path | None) -> None:
@@ -536,6 +557,9 @@ def compare(
     bad = [v for v in views if v.status in ("corrupt", "missing")]
     if bad:
         _fail(f"run {bad[0].run_id} is {bad[0].status}" + (f": {bad[0].error}" if bad[0].error else ""), 1)
+    tag = hashlib.sha256(" ".join(v.run_id for v in views).encode()).hexdigest()[:10]
+    dest = out_dir or root / "compare" / f"{views[0].run_id}+{len(views) - 1}-{tag}"
+    _writable(dest, out_dir is not None)
     if format == "json":
         _emit(rp.to_json(rp.compare_rows(views, include_readout=True)) + "\n")
     elif format == "csv":
@@ -543,8 +567,6 @@ def compare(
     else:
         for t in rp.compare_tables(views, include_readout):
             console_print(_rich_table(*t))
-    tag = hashlib.sha256(" ".join(v.run_id for v in views).encode()).hexdigest()[:10]
-    dest = out_dir or root / "compare" / f"{views[0].run_id}+{len(views) - 1}-{tag}"
     fig = rp.fig_compare(views, dest / "curves.png", include_readout)
     (out if format == "table" else err).print(f"figure: {fig.absolute()}", markup=False)
 

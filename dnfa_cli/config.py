@@ -145,9 +145,11 @@ TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, Linea
 
 # ----------------------------------------------------------------------------- model
 class ModelCfg(_Strict):
-    depth: PosInt | None = None  # hidden layers; default 3 unless `widths` is given
+    # at most 256 hidden layers: XLA unrolls the net, and 100,000 tiny layers exhausted 20 GB
+    # while compiling, long before the memory estimate's parameters and Grams would
+    depth: Annotated[int, Field(ge=1, le=256)] | None = None  # hidden layers; default 3 unless `widths` is given
     width: PosInt | None = None  # default 1024 unless `widths` is given
-    widths: list[PosInt] | None = Field(default=None, min_length=1)
+    widths: list[PosInt] | None = Field(default=None, min_length=1, max_length=256)
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     bias: bool = False
     init: Literal["gaussian", "torch"] = "gaussian"

@@ -322,6 +322,8 @@ def check_memory(cfg: Config, d: int, c: int, n: int) -> None:
     if have is not None and need > have:
         widths = cfg.model.widths if cfg.model.widths is not None else cfg.model.width
         key = "model.widths" if cfg.model.widths is not None else "model.width"
+        if 16.0 * n * (d + c) > need / 2:  # the samples, not the net, are what does not fit
+            key, widths = "data.n_train + data.n_test", f"{n:,}"
         raise DnfaInputError(f"{key} = {widths}: this run would need about {_gb(need)} of memory "
                              f"(parameters, data, Grams and statistics); this machine has {_gb(have)} available")
 
@@ -346,6 +348,8 @@ def check(cfg: Config, n_train: int | None = None) -> None:
 
 def make_dataset(cfg: Config) -> Dataset:
     """The run's dataset, a pure function of the config (and the .npz file's content)."""
+    if cfg.data.task != "npz":
+        check(cfg)  # the memory estimate before drawing 10^11 samples, not after
     ds = _MAKERS[cfg.data.task](cfg, data_key(cfg))
     check(cfg, len(ds.X_train))
     if cfg.data.task == "npz":

@@ -1,6 +1,7 @@
 """Faults a user can cause, each tried for real (subprocesses where signals, pipes or a
 second writer are involved): nothing lost, nothing trained twice, no traceback."""
 import json
+import re
 import os
 import signal
 import socket
@@ -104,6 +105,12 @@ def test_corrupt_runs_are_reported_and_rerun_with_the_originals_kept(tmp_path, d
     kept = list((runs / ".corrupt").iterdir())
     assert len(kept) == 1 and kept[0].name.startswith(rid)
     assert {f.relative_to(kept[0]): f.read_bytes() for f in kept[0].rglob("*") if f.is_file()} == bad
+    # damaged again after its sweep ended: the sweep's report says so, not the record's "ok"
+    res.write_text("[1, 2]")
+    sweep_id = re.search(r"sweep (sweep-\S+):", sw.output).group(1)
+    rep = CliRunner().invoke(app, ["report", sweep_id, "--runs-dir", str(runs)])
+    assert rep.exit_code == 0 and "corrupt 1" in rep.output and "ok 1" not in rep.output
+    assert sum(line.startswith(f"corrupt: {rid}") for line in rep.output.splitlines()) == 1
 
 
 def _wait_for(path: Path, text: str, timeout=600):
@@ -238,6 +245,8 @@ def _bad_inputs(tmp_path):
         (["--set", "seed=99999999999999999999999"], "must be less than 4294967296"),
         (["--set", "model.width=true"], "must be a valid integer"),
         (["--set", "model.width=1000000"], "would need about"),
+        (["--set", "data.n_train=100000000000"], "data.n_train + data.n_test = 100,000,000,"),
+        (["--set", "model.depth=100000"], "model.depth = 100000: must be less than or equal to 256"),
         (["--runs-dir", str(tmp_path / "afile")], "is a file, not a directory"),
         (["--runs-dir", "/proc/dnfa-runs"], "is not writable"),
     ]
@@ -260,6 +269,7 @@ def _bad_inputs(tmp_path):
                                        "    train.lr: {distribution: log_uniform, min: 0.001, max: 0.1}\n")
     out.append((["sweep", str(tmp_path / "rnd.yaml"), "--dry-run"], "more than --max-runs 10,000"))
     out.append((["report", "tiny", "--out", str(tmp_path / "afile")], "exists and is not a directory"))
+    out.append((["sweep", str(p), "--scheduler", "127.0.0.1:9", "--scheduler-timeout", "inf"], "less than or equal to 86400"))
     return out
 
 
@@ -331,3 +341,17 @@ def test_finish_running_starts_no_new_run_and_the_resume_command_is_the_same_swe
     r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", *again.split(), "--dry-run"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert f"10 runs, {finished} done" in r.stdout, (again, r.stdout[:300])
+
+
+def test_figures_that_cannot_be_written_are_one_line_before_any_output(tmp_path):
+    p = _cfg(tmp_path)
+    for seed in ("0", "1"):
+        r = CliRunner().invoke(app, ["train", str(p), "--runs-dir", str(tmp_path / "runs"), "--set", f"seed={seed}"])
+        assert r.exit_code == 0, r.output
+    (tmp_path / "afile").write_text("")
+    a, b = sorted(d.name for d in (tmp_path / "runs").iterdir() if d.name.startswith("tiny"))
+    for args in (["report", a], ["report", a, "--format", "json"], ["compare", a, b]):
+        r = _dnfa(*args, "--runs-dir", "runs", "--out", str(tmp_path / "afile" / "sub"), cwd=tmp_path, timeout=120)
+        assert r.returncode == 2 and r.stdout == "", (args, r.stdout[-300:], r.stderr[-300:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot write figures to" in lines[0] and "afile/sub" in lines[0], r.stderr
