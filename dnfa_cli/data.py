@@ -203,8 +203,9 @@ def _npz(cfg, key):
             a = np.asarray(z[k])
         except Exception as e:  # noqa: BLE001 - object arrays (pickles) and broken members
             raise bad(f"{k} cannot be read without pickle or is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-            raise bad(f"{k} has dtype {a.dtype}; numbers only")
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+                or (a.dtype == bool and k.startswith("y"))):  # complex would lose its imaginary part
+            raise bad(f"{k} has dtype {a.dtype}; real numbers only")
         arrays[k] = a
     Xtr, ytr, Xte, yte = (arrays[k] for k in need)
     for nm, X in (("X_train", Xtr), ("X_test", Xte)):

@@ -255,6 +255,7 @@ def _bad_inputs(tmp_path):
     for name, kind, arrays, msg in [
         ("obj.npz", "regression", {"X_train": np.array([[1, 2]] * 4, dtype=object)}, "cannot be read without pickle"),
         ("str.npz", "regression", {"X_train": np.array([["a", "b"]] * 4)}, "numbers only"),
+        ("complex.npz", "regression", {"X_train": np.ones((4, 2), complex)}, "has dtype complex128; real numbers only"),
         ("scalar.npz", "regression", {"y_train": np.array(1.0)}, "is a scalar"),
         ("d0.npz", "regression", {"X_train": np.zeros((4, 0)), "X_test": np.zeros((2, 0))}, "d = 0"),
         ("labels.npz", "classification", {"y_train": np.array([0, 1, 1, 1e9])}, "more than 10,000"),
