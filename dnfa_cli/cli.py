@@ -283,11 +283,14 @@ def sweep(
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     n_todo, done_n = len(todo), 0
 
+    first_done: list[float] = []  # seconds since the start at which each run finished
+
     def done(r):
         nonlocal done_n
         done_n += 1
         el = time.perf_counter() - t0
-        eta = el / done_n * (n_todo - done_n)
+        first_done.append(el)
+        eta = sw.sweep_eta(first_done, n_todo, getattr(executor, "workers", 1) or 1)
         secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
         extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
                  if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")

@@ -506,6 +506,17 @@ def load_sweep(root: Path, sweep_id: str) -> dict:
     return rec
 
 
+def sweep_eta(finished: list[float], n: int, workers: int) -> float:
+    """Seconds left in a sweep of `n` runs, given when each finished run finished (seconds
+    since the start, in order). Once every worker has finished a run since the first one
+    did, the rate since then, which leaves out start-up and compiling (the runs still to
+    come mostly do not pay them again); before that, the average so far."""
+    done = len(finished)
+    since = done - 1
+    rate = (finished[-1] - finished[0]) / since if since >= workers else finished[-1] / done
+    return rate * (n - done)
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

@@ -265,3 +265,16 @@ def test_sweep_progress_counts_runs_on_stderr_and_results_on_stdout(tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.startswith("[")]
     assert [x.split("]")[0] + "]" for x in lines] == ["[1/3]", "[2/3]", "[3/3]"] and all("eta" in x for x in lines)
     assert "ok 3" in r.stdout and "[1/3]" not in r.stdout
+
+
+def test_the_sweep_eta_leaves_out_start_up_once_every_worker_has_run_again():
+    # 2 workers, 20 runs: 6 s of start-up and compiling, then each run 1 s on its worker
+    finish = sorted([6.0, 6.2] + [6.0 + i for i in range(1, 10)] + [6.2 + i for i in range(1, 10)])
+    truth_end = finish[-1]
+    for k in range(3, len(finish)):  # from the first run after every worker finished again
+        eta = sweep.sweep_eta(finish[:k], len(finish), 2)
+        truth = truth_end - finish[k - 1]
+        assert truth / 2 <= eta <= 2 * truth or abs(eta - truth) < 1.0, (k, eta, truth)
+    # the plain average (elapsed / done) said 39.7 s at the third run, 4.8x the truth; with one
+    # finished run there is nothing better to go on than that average
+    assert sweep.sweep_eta([6.0], 20, 2) == 6.0 * 19
