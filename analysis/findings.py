@@ -664,8 +664,17 @@ def _swap_answer(n) -> str:
         word = ("the trained W's gradients are markedly more isotropic than a Gaussian W's" if ratio > 1.5 else
                 "a Gaussian W gives gradients about as isotropic as the trained W" if ratio > 1 / 1.5 else
                 "a Gaussian W gives markedly more isotropic gradients than the trained W")
-        parts.append(f"{task}: {word} (median tightness_range {f2(tr)} against {f2(sw)})")
-    return "; ".join(parts)
+        parts.append(f"{task}: {word} (median tightness_range: trained W {f2(tr)}, Gaussian swap {f2(sw)})")
+    out = "; ".join(parts)
+    a1 = [(t, n[f"{t}.learned.pearson_a1"], n[f"{t}.learned.swap_pearson_a1"]) for t in TASKS]
+    a1 = [(t, a, b) for t, a, b in a1 if _fin(a, b)]
+    if a1:
+        fell = sum(b < a - 0.1 for _, a, b in a1)
+        out += ((". " if out else "") + f"The ansatz itself is another matter: with the Gaussian swapped in, median `pearson_a1` "
+                + ", ".join(f"{t} {f2(a)} -> {f2(b)}" for t, a, b in a1)
+                + (f", a fall of more than 0.1 in {'every task' if fell == len(a1) else f'{fell} of {len(a1)} tasks'}"
+                   if fell else ", within 0.1 in every task"))
+    return out
 
 
 def _emerge_words(n) -> str:
