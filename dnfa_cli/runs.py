@@ -423,13 +423,19 @@ def release_compiled_if_crowded(fraction: float = 0.5) -> bool:
     held = _count_lines("/proc/self/maps")
     if held is None or held < fraction * limit:
         return False
+    release_compiled()
+    return True
+
+
+def release_compiled() -> None:
+    """Drop every compiled JAX program this process holds (they are recompiled, or loaded
+    from the persistent cache, when next needed)."""
     import gc
 
     import jax
 
     jax.clear_caches()
     gc.collect()
-    return True
 
 
 def precheck(cfg: Config) -> None:

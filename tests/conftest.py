@@ -13,9 +13,6 @@ def _release_compiled_programs():
     reaches the kernel's memory-map limit and the next compile segfaults (see
     dnfa_cli.runs.release_compiled_if_crowded)."""
     yield
-    import gc
+    from dnfa_cli import runs
 
-    import jax
-
-    jax.clear_caches()
-    gc.collect()
+    runs.release_compiled()

@@ -25,6 +25,13 @@ def _net(key, sizes, act, scale=1.2):
                            dtype=jnp.float64)
 
 
+def _net_and_grams(key, sizes, act, xkey, n):
+    """A net, n Gaussian samples, its Grams and each layer's input."""
+    params = _net(key, sizes, act)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(xkey), (n, sizes[0]), jnp.float64))
+    return params, gm.compute_grams(params, X, act), cf.layer_inputs(params, jnp.asarray(X), act)
+
+
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_published_keys_equal_the_transcribed_scripts(act):
     """Layers 0, 1, 2 of a 4-weight net: the in-place W - W0, the ReLU of get_layer_output
@@ -69,11 +76,7 @@ def test_with_W0_zero_the_first_layers_published_keys_are_the_plain_ones():
 
 
 def test_swapping_in_W_itself_gives_the_plain_statistics():
-    sizes = [4, 7, 7, 2]
-    params = _net(6, sizes, "tanh")
-    X = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (80, 4), jnp.float64))
-    g = gm.compute_grams(params, X, "tanh")
-    hs = cf.layer_inputs(params, jnp.asarray(X), "tanh")
+    params, g, hs = _net_and_grams(6, [4, 7, 7, 2], "tanh", 7, 80)
     for i in range(2):
         W = np.asarray(params[i]["W"])
         U, s, _ = np.linalg.svd(W, full_matrices=False)
@@ -87,11 +90,7 @@ def test_in_a_linear_net_a_swap_leaves_the_gradients_alone():
     """Closed form: with identity activations df/dp_{i+1} = W_L ... W_{i+1} whatever W_i is,
     so the swapped layer's pgop is the original one and the swap test is the random-W
     baseline of the same matrix: pearson(R^T R, R^T G R), tightness of G on range(R)."""
-    sizes = [5, 9, 6, 3]
-    params = _net(8, sizes, "identity")
-    X = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (60, 5), jnp.float64))
-    g = gm.compute_grams(params, X, "identity")
-    hs = cf.layer_inputs(params, jnp.asarray(X), "identity")
+    params, g, hs = _net_and_grams(8, [5, 9, 6, 3], "identity", 9, 60)
     for i in range(2):
         W = np.asarray(params[i]["W"])
         f = cf.SwapFactors(jax.random.PRNGKey(10 + i), W.shape)
