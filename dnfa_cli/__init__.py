@@ -2,12 +2,10 @@
 reformulation at checkpoints (see docs/SCIENCE.md)."""
 import os
 
-# BLAS/LAPACK (the eigendecompositions) gets the cores this process may use - all of them
-# for `dnfa train` (0.11 s against 0.15 s for a 1024 x 1024 eigh on 2 cores) - set before
-# numpy loads; an explicit setting wins. Sweep workers are started with their share
-# (sweep.LocalExecutor): two processes each spinning 2 OpenBLAS threads on 2 cores made
-# one eigh 12x slower.
-_cores = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+# numpy's BLAS/LAPACK runs one thread (set before numpy loads; an explicit setting wins):
+# it only serves the eigenvalues of pgop, and with two, OpenBLAS's spinning threads slowed
+# XLA's matrix products (README, "How the statistics are computed"). Sweep workers are
+# started with their share of the cores (sweep.LocalExecutor).
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

@@ -41,20 +41,18 @@ def layer_inputs(params, X, activation):
     return mdl.forward_all(params, X, activation)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("i", "activation"))
-def published_inputs(params, dW, hs, X, *, i: int, activation: str):
+@functools.partial(jax.jit, static_argnames=("i",))
+def published_inputs(params, dW, hs, X, *, i: int):
     """The rows the published scripts' get_layer_output(net, ..., layer_idx=i) returns once
     W_i has been replaced by W_i - W0_i in place: X for i = 0; ReLU(p_1) for i = 1 (its
     Nonlinearity() is ReLU whatever the net's activation); for i >= 2, ReLU of the output
     of layer i itself (its loop stops one layer late), which passes through the replaced
     W_i: ReLU(dW_i h_i + b_i). (Their nets have no biases; a bias is kept as the net has it.)"""
-    del activation
     if i == 0:
         return X
     if i == 1:
-        return jax.nn.relu(mdl.forward_all(params[:1], X, "identity")[1][0])
-    layer = {**params[i], "W": dW}
-    return jax.nn.relu(mdl.forward_all([layer], hs[i], "identity")[1][0])
+        return jax.nn.relu(mdl._affine(params[0], X))
+    return jax.nn.relu(mdl._affine({**params[i], "W": dW}, hs[i]))
 
 
 class SwapFactors:
@@ -67,20 +65,15 @@ class SwapFactors:
         self.R = f.R[0]
         self.Qo = f.Qo[0]
         self.Qi = bl.haar(jax.random.fold_in(key, 0x5A9), shape[1], min(shape))
-        self.U_R, self.r_R = _range_of(self.R)
-
-
-@jax.jit
-def _range_of(W):
-    sv = stats.svd_of(W, None, None, "svd")
-    return sv.U, sv.r
+        sv = stats._svd_host(self.R)
+        self.U_R, self.r_R = sv.U, sv.r
 
 
 def published(cfg, params, params0, X, hs, i: int, *, dtype) -> dict:
     """The four published_* keys of hidden layer i."""
     act = cfg.model.activation
     dW = jnp.asarray(params[i]["W"], F64) - jnp.asarray(params0[i]["W"], F64)
-    Z = published_inputs(params, dW, hs, X, i=i, activation=act)
+    Z = published_inputs(params, dW, hs, X, i=i)
     g = grams.compute_grams(subnet(params, i, dW), Z, act, method=cfg.metrics.jacobian, dtype=dtype,
                             chunk=cfg.metrics.chunk)
     return _float(stats.published_row(dW, g.agop[0], g.jbar[0], max(dW.shape) * float(jnp.finfo(dtype).eps)))

@@ -187,8 +187,9 @@ def tightness_of(tr, tr2, k):
     return jnp.where(ok, tr * tr / (k * jnp.where(ok, tr2, 1.0)), jnp.nan)
 
 
-def tightness(G):
-    return tightness_of(jnp.trace(G), jnp.sum(G * G), G.shape[0])
+def tightness(G, k=None):
+    """tightness_of G; `k`: the size of its nonzero leading block (default: all of G)."""
+    return tightness_of(jnp.trace(G), jnp.sum(G * G), G.shape[0] if k is None else k)
 
 
 def isotropy(G, r, lmin, lmax, rel_tol):
@@ -323,7 +324,7 @@ def _baselines(G, s, base: bl.Terms, k_in: int):
     (lax.map), so only one draw's k x k products are alive at once."""
     K = k_in * k_in
     s2 = s * s
-    p_route = not base.A.shape[1]
+    p_route = bl.p_route((G.shape[0], k_in))
 
     def one(t):
         P, A, v, sumA, sqA, Qo, q = t
@@ -388,7 +389,7 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
     o["w_rank90"] = r90
     top = jnp.arange(s.shape[0]) < r90
     Gt = Gr * (top[:, None] & top[None, :])
-    o["tightness_top"] = jnp.where(r90 > 0, tightness_of(jnp.trace(Gt), jnp.sum(Gt * Gt), r90), jnp.nan)
+    o["tightness_top"] = jnp.where(r90 > 0, tightness(Gt, r90), jnp.nan)
     o["left_pearson"] = pearson(WWt, G)
 
     # ---- baselines (docs/SCIENCE.md, "Baselines")
@@ -439,7 +440,7 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
             lb, Vb = jnp.linalg.eigh(Ab)
             Gbr = Ur.T @ Gb @ Ur
             return (PowerPearson.make(nfm, lb, Vb, rel_tol, floor)(0.5), pearson(nfm, Ab),
-                    tightness_of(jnp.trace(Gbr), jnp.sum(Gbr * Gbr), r))
+                    tightness(Gbr, r))
 
         b_a05, b_a1, b_tr = jax.lax.map(one, x.boot)
         for name, v in (("pearson_a05", b_a05), ("pearson_a1", b_a1), ("tightness_range", b_tr)):
@@ -516,7 +517,7 @@ def swap_row(R, agop, pgop, U, r):
     inside = jnp.arange(U.shape[1]) < r
     Ur = U * inside[None, :]
     Gr = Ur.T @ (pgop @ Ur)
-    return pearson(R.T @ R, agop), tightness_of(jnp.trace(Gr), jnp.sum(Gr * Gr), r)
+    return pearson(R.T @ R, agop), tightness(Gr, r)
 
 
 # ============================================================================ driving

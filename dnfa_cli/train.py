@@ -241,13 +241,14 @@ def swap_factors(cfg: Config, params) -> list:
 def counterfactuals(cfg: Config, params, params0, X, what: set, swaps) -> list[dict]:
     """published_* and swap_* keys of every hidden layer (the read-out's are null)."""
     mdt = jnp.dtype(cfg.metrics.dtype)
-    hs = cf.layer_inputs(params, jnp.asarray(X, mdt), cfg.model.activation)
+    Xd = jnp.asarray(X, mdt)  # to the device once, not once per layer
+    hs = cf.layer_inputs(params, Xd, cfg.model.activation)
     L = len(params)
     rows = []
     for i in range(L):
         row = {}
         if "published" in what:
-            row.update(cf.published(cfg, params, params0, jnp.asarray(X, mdt), hs, i, dtype=mdt)
+            row.update(cf.published(cfg, params, params0, Xd, hs, i, dtype=mdt)
                        if i < L - 1 else dict.fromkeys(cf.PUBLISHED_KEYS))
         if "swap" in what:
             row.update(cf.swap(cfg, params, hs, i, swaps[i], dtype=mdt) if i < L - 1 else dict.fromkeys(cf.SWAP_KEYS))
@@ -436,7 +437,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                                 "n_samples": int(len(s)), "sizes": sizes, "checkpoint_steps": cks})
             for s in subsets]
     alive = list(range(R))
-    t_train = t_metrics = t_base = 0.0
+    t_base = 0.0
     t_ck: list[float] = []  # measuring seconds of each checkpoint (the whole batch's)
     prog = Progress(step=0, total=total, checkpoints=len(cks), calls=call_sizes(cks, spe), checkpoint_seconds=t_ck)
 
@@ -462,13 +463,16 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
                 on_matrices[r](step, mats)
         held[r] = None
 
-    def measure_runs(rs, st, step) -> dict:
-        """{run: (record, matrices)} for the runs rs, measured together; if that raises,
-        each alone, so one run's failure does not take its batch down."""
-        params = {r: take(st, r).params for r in rs}
+    def due(mode: str, step: int) -> bool:
+        """Whether a checkpoint-set key (all / ends / none) includes this step."""
+        return mode == "all" or (mode == "ends" and step in (0, total))
 
-        what = {k for k in ("published", "swap")
-                if getattr(mt0, k) == "all" or (getattr(mt0, k) == "ends" and step in (0, total))}
+    def measure_runs(params: dict, step) -> dict:
+        """{run: (record, matrices)} for the runs of `params` ({run: its parameters}),
+        measured together; if that raises, each alone, so one run's failure does not take
+        its batch down."""
+        rs = list(params)
+        what = {k for k in ("published", "swap") if due(getattr(mt0, k), step)}
 
         def run(idx):
             nonlocal t_base
@@ -501,39 +505,38 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     def checkpoint(rs, st, step) -> list[int]:
         """Measure the runs rs at `step`; returns those that go on (the others have their
         status set)."""
-        nonlocal t_metrics
         report("measuring", step)
         t0 = time.perf_counter()
         go = []
         try:
-            finite = []
+            ps = {r: take(st, r).params for r in rs}  # each run's slice of the batch, once
+            finite = {}
             for r in rs:
                 # the minibatch losses are taken before each update: the last update of a
                 # segment can still overflow the weights
-                if bool(all_finite(take(st, r).params)):
-                    finite.append(r)
+                if bool(all_finite(ps[r])):
+                    finite[r] = ps[r]
                 else:
                     outs[r].status, outs[r].error = "diverged", f"parameters became non-finite by step {step}"
-            for r, (rec, mats) in (measure_runs(finite, st, step) if finite else {}).items():
+            for r, (rec, mats) in (measure_runs(finite, step) if finite else {}).items():
                 if rec["train_loss"] is None:
                     outs[r].status, outs[r].error = "diverged", f"training loss is not finite at step {step}"
                     continue
                 outs[r].checkpoints.append(rec)
                 if on_checkpoint[r]:
-                    on_checkpoint[r](rec, take(st, r).params)
-                if save == "all" or (save == "ends" and step in (0, total)):
+                    on_checkpoint[r](rec, ps[r])
+                if due(save, step):
                     held[r] = None  # written now: nothing to measure again at the run's end
                     if on_matrices[r]:
                         on_matrices[r](step, mats)
                 elif save == "ends":
-                    held[r] = (step, take(st, r).params)
+                    held[r] = (step, ps[r])
                 go.append(r)
             for r in rs:
                 if r not in go:
                     write_held(r)  # the run ends here: keep its latest matrices
         finally:
             t_ck.append(time.perf_counter() - t0)
-            t_metrics += t_ck[-1]
         return go
 
     if R == 1:
@@ -564,7 +567,6 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
             # runs that diverged keep computing (harmless NaNs) so the batch keeps its shape
             state, losses = run_epoch(state, Xs, Ts, ys, fold(skeys, e), i0, i1)
             losses = np.asarray(losses).reshape(R, spe)
-            t_train += time.perf_counter() - t0
             prog.train_calls.append((i1 - i0, time.perf_counter() - t0))
             step += i1 - i0
             still = []
@@ -588,6 +590,7 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     for o in outs:
         # metrics: every checkpoint's measuring (its Grams, statistics and files), the
         # random-W draws (once per run, inside the first) included
-        o.seconds = {"total": wall, "train": t_train, "metrics": t_metrics, "baseline_draws": t_base,
+        o.seconds = {"total": wall, "train": sum(s for _, s in prog.train_calls), "metrics": sum(t_ck),
+                     "baseline_draws": t_base,
                      "metrics_per_checkpoint": t_ck}
     return outs
