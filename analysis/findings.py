@@ -42,7 +42,7 @@ def tie_tol(k: int, dtype: str) -> float:
 
 
 # ----------------------------------------------------------------------------- loading
-def _layer_rows(cfg, res, first, last, base):
+def _layer_rows(cfg, first, last, base):
     out = []
     for a, b in zip(first["layers"], last["layers"]):
         if b["trivial"]:
@@ -69,12 +69,11 @@ def load(root: Path):
     for f in STUDY:
         for cfg in load_config(f).expand():
             counts["runs"] += 1
-            st = runs.result_status(root, cfg.run_id)
+            st, res = runs.load_checked(root, cfg.run_id)
             if st in (None, "corrupt"):
                 counts["missing" if st is None else "corrupt"] += 1
                 continue
-            res = runs.load_result(root, cfg.run_id)
-            counts[res["status"]] += 1
+            counts[st] += 1
             seconds.append((res.get("seconds") or {}).get("total") or 0.0)
             if res["status"] != "ok":
                 continue
@@ -89,7 +88,7 @@ def load(root: Path):
                     "move": float(np.median(hidden_moves)) if hidden_moves else math.nan}
             base["regime"] = None if math.isnan(base["move"]) else ("rich" if base["move"] >= RICH else "lazy")
             runs_.append({**base, "checkpoints": res["checkpoints"], "total": res["info"]["total_steps"]})
-            layers += _layer_rows(cfg, res, first, last, base)
+            layers += _layer_rows(cfg, first, last, base)
     counts["seconds"] = float(np.sum(seconds))
     return layers, runs_, counts
 
@@ -98,8 +97,8 @@ def load_reproductions(root: Path):
     out = []
     for f in REPRODUCTIONS:
         for cfg in load_config(f).expand():
-            st = runs.result_status(root, cfg.run_id)
-            res = runs.load_result(root, cfg.run_id) if st == "ok" else None
+            st, res = runs.load_checked(root, cfg.run_id)
+            res = res if st == "ok" else None
             if res is None or not res["checkpoints"]:
                 out.append({"config": f.name, "run_id": cfg.run_id, "missing": True, "status": st})
                 continue
@@ -371,7 +370,7 @@ def fig_emergence(runs_, out: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- tables
-def t_training(runs_, counts) -> str:
+def t_training(runs_) -> str:
     body = []
     for task in TASKS:
         for opt in ("sgd", "adam"):
@@ -867,7 +866,7 @@ def main():
     if a.numbers:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in n.items()}
         Path(a.numbers).write_text(json.dumps({"counts": counts, "numbers": clean}, indent=1, allow_nan=False))
-    tables = {"training": t_training(runs_, counts), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
+    tables = {"training": t_training(runs_), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
               "q4": t_q4(rows), "q5": t_q5(rows), "published": t_published(reps), "swap": t_swap(rows),
               "emergence": t_emergence(runs_)}
     out.write_text(render(counts, n, tables, figs, reps))

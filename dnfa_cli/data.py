@@ -350,9 +350,10 @@ def check(cfg: Config, n_train: int | None = None) -> None:
 def make_dataset(cfg: Config) -> Dataset:
     """The run's dataset, a pure function of the config (and the .npz file's content)."""
     if cfg.data.task != "npz":
-        check(cfg)  # the memory estimate before drawing 10^11 samples, not after
-    ds = _MAKERS[cfg.data.task](cfg, data_key(cfg))
+        # before drawing 10^11 samples, not after; n_train_of(cfg) is the length drawn
+        check(cfg)
+        return _MAKERS[cfg.data.task](cfg, data_key(cfg))
+    ds = _MAKERS["npz"](cfg, data_key(cfg))  # only the file knows its sizes
     check(cfg, len(ds.X_train))
-    if cfg.data.task == "npz":
-        check_memory(cfg, ds.d, ds.c, len(ds.X_train) + len(ds.X_test))
+    check_memory(cfg, ds.d, ds.c, len(ds.X_train) + len(ds.X_test))
     return ds

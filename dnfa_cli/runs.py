@@ -235,16 +235,22 @@ def load_result(root: Path, run_id: str, *, files: bool = False) -> dict | None:
     return r
 
 
-def result_status(root: Path, run_id: str) -> str | None:
-    """'ok' | 'diverged' | 'failed' from result.json, 'corrupt' if its files are not what
-    dnfa writes; None if the run has no result.json yet."""
+def load_checked(root: Path, run_id: str) -> tuple[str | None, dict | None]:
+    """(status, result): 'ok' | 'diverged' | 'failed' with result.json's content, 'corrupt'
+    if its files are not what dnfa writes, None if the run has no result.json yet (the
+    result is None but for the first three)."""
     try:
         r = load_result(root, run_id, files=True)
     except CorruptRun:
-        return "corrupt"
+        return "corrupt", None
     except OSError:
-        return None
-    return r["status"] if r else None
+        return None, None
+    return (r["status"], r) if r else (None, None)
+
+
+def result_status(root: Path, run_id: str) -> str | None:
+    """load_checked's status alone."""
+    return load_checked(root, run_id)[0]
 
 
 def read_metrics(d: Path) -> list[dict]:

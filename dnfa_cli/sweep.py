@@ -162,10 +162,10 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
             if not got:
                 out.append({"run_id": c.run_id, "status": "busy", "ran": False})
                 continue
-            st = runs.result_status(rootp, c.run_id)
+            st, res = runs.load_checked(rootp, c.run_id)
             if st is not None and st != "corrupt" and st not in rerun:
                 # finished by another process between planning and taking the lock
-                out.append({**_summary(runs.load_result(rootp, c.run_id), ran=False), "elsewhere": True})
+                out.append({**_summary(res, ran=False), "elsewhere": True})
                 continue
             todo.append(c)
         if todo:
