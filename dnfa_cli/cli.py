@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .config import DnfaInputError
+from .config import MAX_RUNS, DnfaInputError
 
 
 def _plain_usage_names() -> None:
@@ -47,29 +47,29 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Train MLPs and measure the Deep Neural Feature Ansatz and its tight-frame reformulation.",
 )
+def _stdout_closed():
+    """`dnfa report ID | head -1`: the reader has what it wanted; stop quietly with exit 0
+    (rich's handler and click's EPIPE handling would exit 1). Later writes, the interpreter's
+    last flush included, go to /dev/null."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(0)
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        """`dnfa report ID | head -1`: the reader has what it wanted; stop quietly, exit 0
-        (rich's own handler exits 1)."""
-        import os
-
         self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise SystemExit(0)
+        _stdout_closed()
 
 
 def _emit(text: str) -> None:
-    """Rows for a pipe. `dnfa report ID --format csv | head -1`: once the reader has closed
-    the pipe, stop quietly with exit 0 (click would turn the EPIPE into exit 1)."""
-    import os
-
+    """Rows for a pipe (json, csv), written so that a closed pipe ends in exit 0."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
+        _stdout_closed()
 
 
 # piped output is read later, often in a wide editor: do not squeeze tables into 80 columns
@@ -227,7 +227,7 @@ def sweep(
     seed_batch: Annotated[str, typer.Option("--seed-batch", metavar="auto|on|off", help="Train runs differing only in seed as one vmapped program: auto (when a step is cheap), on, off.")] = "auto",
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a key in every file, e.g. --set train.epochs=5.")] = None,
     grid: Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2", help="Sweep a key over these values, e.g. --grid model.width=64,256 (repeatable; adds to a file's grid).")] = None,
-    max_runs: Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse a sweep of more runs than this.")] = 10_000,
+    max_runs: Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse a sweep of more runs than this.")] = MAX_RUNS,
     finish_running: Annotated[bool, typer.Option("--finish-running", help="On Ctrl-C / SIGTERM, let the runs in flight finish (a second signal stops them).")] = False,
     runs_dir: RunsDir = None,
 ):
@@ -281,21 +281,17 @@ def sweep(
         raise sw.Interrupted(signum)
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    n_todo, done_n = len(todo), 0
-
-    first_done: list[float] = []  # seconds since the start at which each run finished
+    n_todo = len(todo)
+    finished: list[float] = []  # seconds since the start at which each run finished
 
     def done(r):
-        nonlocal done_n
-        done_n += 1
-        el = time.perf_counter() - t0
-        first_done.append(el)
-        eta = sw.sweep_eta(first_done, n_todo, getattr(executor, "workers", 1) or 1)
+        finished.append(time.perf_counter() - t0)
+        eta = sw.sweep_eta(finished, n_todo, getattr(executor, "workers", 1) or 1)
         secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
         extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
                  if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")
         tag = r["status"] if r.get("ran") else f"{r['status']}*"
-        err.print(f"[{done_n}/{n_todo}] {tag:9} {r['run_id']}  {secs}{extra}  (eta {_clock(eta)})", markup=False,
+        err.print(f"[{len(finished)}/{n_todo}] {tag:9} {r['run_id']}  {secs}{extra}  (eta {_clock(eta)})", markup=False,
                   highlight=False)
 
     interrupted = None
@@ -316,7 +312,7 @@ def sweep(
 
     again = [*map(str, files), *(["--runs-dir", str(runs_dir)] if runs_dir else []),
              *[a for kv in set_ or [] for a in ("--set", kv)], *[a for kv in grid or [] for a in ("--grid", kv)],
-             *(["--max-runs", str(max_runs)] if max_runs != 10_000 else []),
+             *(["--max-runs", str(max_runs)] if max_runs != MAX_RUNS else []),
              *(["--scheduler", scheduler] if scheduler else [])]
     if interrupted is not None:
         final = {rid: runs.result_status(root, rid) for rid in ids}
@@ -325,7 +321,7 @@ def sweep(
                               runs.now_iso())
         name = signal.Signals(interrupted).name
         err.print(f"{name}: stopped after {time.perf_counter() - t0:.1f} s; {n_fin} of {len(ids)} runs finished "
-                  f"({done_n} this time); resume with: dnfa sweep {shlex.join(again)}", markup=False)
+                  f"({len(finished)} this time); resume with: dnfa sweep {shlex.join(again)}", markup=False)
         raise typer.Exit(128 + interrupted)
     counts = {k: 0 for k in ("ok", "diverged", "failed")}
     ran = skipped = finished_elsewhere = 0
@@ -445,7 +441,7 @@ def report(
                 console_print(f"{t[0]}: {len(t[2])} rows, see --format csv or --html")
                 continue
             console_print(_rich_table(*t))
-        if kind == "sweep" and any(k in ("seed", "data.seed") for k in rec["varied"]):
+        if kind == "sweep" and any(k in rp.SEEDS for k in rec["varied"]):
             console_print("per-run rows: --format csv / json, or --html")
     figs = make_figs()
     if format == "table":
@@ -507,7 +503,13 @@ def ls_(
     stats = [c for c in stats if any(r.get(c) is not None for r in rows)] or ["step"]
     head = lambda c: f"L1 {c}" if c in ("pearson_a05", "pearson_a1", "tightness_range") else c
     cell = lambda r, c: (r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c))
-    need = lambda c: max([len(head(c))] + [len(cell(r, c)) for r in rows]) + 3  # cell, padding, border
+    widths: dict = {}
+
+    def need(c):  # the column's width: its widest cell, padding, border (each cell formatted once)
+        if c not in widths:
+            widths[c] = max([len(head(c))] + [len(cell(r, c)) for r in rows]) + 3
+        return widths[c]
+
     # every column whole: the varying keys that do not fit the width are named, not squeezed
     room = out.width - 1 - sum(need(c) for c in ["created", "run_id", "status", *stats])
     shown = []
@@ -584,13 +586,6 @@ def main():
 
     try:
         rv = app(standalone_mode=False)
-    except BrokenPipeError:
-        # `dnfa report ID | head -1`: the reader has what it wanted; say nothing, exit 0
-        import os
-
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
     except getattr(cx, "NoArgsIsHelpError", ()) as e:  # click >= 8.2 only
         print(e.ctx.get_help() if e.ctx else e.format_message())
         sys.exit(2)

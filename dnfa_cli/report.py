@@ -422,10 +422,13 @@ def sweep_rows(root: Path, rec: dict) -> list[dict]:
     return rows
 
 
+SEEDS = ("seed", "data.seed")  # what error bars are over, never a plotted parameter
+
+
 def grouped_rows(rows: list[dict], varied: list[str]) -> list[dict]:
     """Rows grouped over seeds: mean and standard deviation of each headline statistic, over
     the runs that finished ok (a diverged run's last checkpoint is from an earlier step)."""
-    keys = [k for k in varied if k not in ("seed", "data.seed")]
+    keys = [k for k in varied if k not in SEEDS]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("layer") is None or r.get("status") != "ok":
@@ -445,7 +448,6 @@ def grouped_rows(rows: list[dict], varied: list[str]) -> list[dict]:
     return out
 
 
-SEEDS = ("seed", "data.seed")
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # layer 1, 2, ...
@@ -633,8 +635,8 @@ def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], termi
         rows = [r for r in rows if not r.get("trivial")]
         grouped = [g for g in grouped if not g.get("trivial")]
     stats = TERMINAL_STATS if terminal else SWEEP_STATS + ["test_loss"]
-    keys = [k for k in varied if k not in ("seed", "data.seed")]
-    seeds_vary = any(k in ("seed", "data.seed") for k in varied)
+    keys = [k for k in varied if k not in SEEDS]
+    seeds_vary = any(k in SEEDS for k in varied)
     layer = lambda r: f"{r.get('layer')}" + ("*" if r.get("trivial") else "") if r.get("layer") is not None else "-"
     out = []
     if grouped and seeds_vary:
