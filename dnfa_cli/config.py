@@ -702,5 +702,16 @@ def expand_sweep(base_raw: dict, sweep: dict | None, source: str, base_dir: Path
     return out
 
 
+def flatten(d: dict | None, prefix: str = "") -> dict:
+    """{"model": {"width": 8}} -> {"model.width": 8}: the dotted keys --set and sweeps use."""
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

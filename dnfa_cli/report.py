@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runs
-from .config import DnfaInputError
+from .config import DnfaInputError, flatten
 
 # the statistics a table shows (json/csv carry every key of result.json)
 HEADLINE = ["pearson_a05", "pearson_a1", "cosine_a1", "delta_cosine_a1", "alpha_star", "tightness",
@@ -121,7 +121,7 @@ def run_json(v: RunView, all_checkpoints: bool = False) -> dict:
     """`dnfa report RUN --format json`: the run, its whole config (flat keys, those that
     differ from dnfa's defaults first, as in the HTML page) and its rows."""
     rows, _ = config_rows(v.config)
-    flat = _flat(v.config)
+    flat = flatten(v.config)
     return {"run_id": v.run_id, "status": v.status, "config": {k: flat[k] for k, *_ in rows},
             "config_differs": [k for k, _, d in rows if d != "(default)"], "rows": run_rows(v, all_checkpoints)}
 
@@ -154,11 +154,11 @@ def config_rows(cfg: dict) -> tuple[list[list[str]], int]:
     dnfa's defaults (for the same data task) first; and how many differ."""
     from .config import ConfigError, validate
 
-    flat = _flat(cfg)
+    flat = flatten(cfg)
     data = cfg.get("data") or {}
     try:
         base = {"data": {"task": data.get("task", "monomial"), **({"path": data["path"]} if "path" in data else {})}}
-        defaults = _flat(validate(base).to_dict())
+        defaults = flatten(validate(base).to_dict())
     except (ConfigError, OSError):
         defaults = {}
     differ = [k for k in flat if k in defaults and flat[k] != defaults[k] or k not in defaults]
@@ -166,16 +166,6 @@ def config_rows(cfg: dict) -> tuple[list[list[str]], int]:
     rows = [[k, fmt(flat[k]), fmt(defaults.get(k)) if k in defaults else "-"] for k in differ]
     rows += [[k, fmt(flat[k]), "(default)"] for k in same]
     return rows, len(differ)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_tables(v: RunView, all_checkpoints: bool = False, include_readout: bool = False, terminal: bool = False
@@ -686,7 +676,7 @@ def ls_rows(root: Path, sweep_id: str | None = None) -> list[dict]:
         rows.append({"created": v.created, "run_id": rid, "status": v.status, "error": v.error,
                      "step": end.get("step"), "test_loss": end.get("test_loss"), "test_acc": end.get("test_acc"),
                      "pearson_a05": L1.get("pearson_a05"), "pearson_a1": L1.get("pearson_a1"),
-                     "tightness_range": L1.get("tightness_range"), **_flat(v.config)})
+                     "tightness_range": L1.get("tightness_range"), **flatten(v.config)})
     rows.sort(key=lambda r: r["created"] or "", reverse=True)
     return rows
 
@@ -766,7 +756,7 @@ def compare_views(root: Path, idents: list[str]) -> list[RunView]:
 
 def compare_tables(views: list[RunView], include_readout: bool = False):
     """(config differences, headline statistics at the end), runs side by side."""
-    flats = [_flat(v.config) for v in views]
+    flats = [flatten(v.config) for v in views]
     keys = sorted({k for f in flats for k in f})
     diff = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
     header = ["key"] + [v.run_id for v in views]
@@ -790,7 +780,7 @@ def compare_tables(views: list[RunView], include_readout: bool = False):
 
 def compare_rows(views: list[RunView], include_readout: bool = True) -> list[dict]:
     """For json/csv: one row per run and layer at the end, with the differing config keys."""
-    flats = [_flat(v.config) for v in views]
+    flats = [flatten(v.config) for v in views]
     diff = [k for k in sorted({k for f in flats for k in f}) if len({repr(f.get(k)) for f in flats}) > 1]
     out = []
     for v, f in zip(views, flats):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import runs
-from .config import MAX_RUNS, Config, ConfigError, DnfaInputError, load_config
+from .config import MAX_RUNS, Config, ConfigError, DnfaInputError, flatten, load_config
 
 # Seed batching (auto): with one jit per epoch a CPU step costs ~100 us of overhead, and
 # bench/seed_batch.py measured 8 vmapped seeds against 8 sequential ones on this 2-core
@@ -42,21 +42,10 @@ class Plan:
 
 def _varied_values(cfgs: list[Config]) -> tuple[list[str], dict[str, dict]]:
     """The dotted keys whose values differ across the runs, and each run's values."""
-    flat = [_flatten(c.to_dict()) for c in cfgs]
+    flat = [flatten(c.to_dict()) for c in cfgs]
     keys = sorted({k for f in flat for k in f})
     varied = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1 and k != "name"]
     return varied, {c.run_id: {k: f.get(k) for k in varied} for c, f in zip(cfgs, flat)}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = MAX_RUNS,
