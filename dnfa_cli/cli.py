@@ -47,20 +47,37 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Train MLPs and measure the Deep Neural Feature Ansatz and its tight-frame reformulation.",
 )
-def _stdout_closed():
-    """`dnfa report ID | head -1`: the reader has what it wanted; stop quietly with exit 0
-    (rich's handler and click's EPIPE handling would exit 1). Later writes, the interpreter's
-    last flush included, go to /dev/null."""
+_PIPE = {"stop": True}  # a closed stdout ends report, ls, compare (exit 0); train and sweep go on
+
+
+def _silence(stream) -> None:
+    """Point the file descriptor of a closed pipe at /dev/null: later writes, the
+    interpreter's last flush included, vanish instead of raising."""
     import os
 
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture output)
+        pass
+
+
+def _stdout_closed():
+    """`dnfa report ID | head -1`: the reader has what it wanted; stop quietly with exit 0
+    (rich's handler and click's EPIPE handling would exit 1)."""
+    _silence(sys.stdout)
     raise SystemExit(0)
 
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
+        """A closed stdout or stderr silences this console. It ends the command only where
+        the output is all it does (report, ls, compare read stdout's reader gone as "done");
+        a training or a sweep (`dnfa train cfg 2>&1 | head -1`) finishes and records its
+        real status and exit code."""
         self.quiet = True
-        _stdout_closed()
+        _silence(self.file)
+        if _PIPE["stop"] and not self.stderr:
+            raise SystemExit(0)
 
 
 def _emit(text: str) -> None:
@@ -180,6 +197,7 @@ def train(
     from . import config as cfgmod
     from . import runs
 
+    _PIPE["stop"] = False
     try:
         cf = cfgmod.load_config(config, set_)
         cfg = cf.base
@@ -235,6 +253,7 @@ def sweep(
     import signal
     import time
 
+    _PIPE["stop"] = False
     from . import runs
     from . import sweep as sw
 

@@ -63,16 +63,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        # the rename itself is durable only once the directory is synced
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(path.parent)  # the rename itself is durable only once the directory is synced
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(d: Path) -> None:
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def dumps_json(obj) -> str:
@@ -196,11 +199,51 @@ def _check_result(r) -> None:
             raise CorruptRun(f"result.json: checkpoint {i} is not a record of step and layers")
 
 
-def check_files(d: Path) -> None:
-    """The files beside a result.json: every checkpoint .npz opens (a truncated zip has no
-    central directory) and every metrics.jsonl line parses. CorruptRun says which does not."""
+MANIFEST = "files"  # result.json's manifest: every other file of the run, name -> size in bytes
+
+
+def manifest(d: Path) -> dict[str, int]:
+    """The files of a run directory as they stand (result.json, temporary files and a
+    report/ folder aside): relative name -> size in bytes, for result.json to list."""
+    d = Path(d)
+    out = {}
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d)
+        if p.is_file() and not p.is_symlink() and rel.parts[0] not in (RESULT, "report") \
+                and not any(part.startswith(".") for part in rel.parts):
+            out[rel.as_posix()] = p.stat().st_size
+    return out
+
+
+def _check_manifest(d: Path, files) -> None:
+    if not isinstance(files, dict) or not all(isinstance(k, str) and type(v) is int for k, v in files.items()):
+        raise CorruptRun(f"result.json: {MANIFEST!r} is not a list of file names and sizes")
+    for name, size in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CorruptRun(f"result.json lists {name!r}, a file outside the run directory")
+        try:
+            have = (Path(d) / name).stat().st_size
+        except FileNotFoundError:
+            raise CorruptRun(f"{name} is missing (result.json lists it)") from None
+        if have != size:
+            raise CorruptRun(f"{name} has {have:,} bytes; result.json says {size:,}")
+
+
+def check_files(d: Path, result: dict) -> None:
+    """The files beside a result.json. With a manifest (runs written since it was added): each listed file is
+    there with its size. Without one (older runs): metrics.jsonl and every checkpoint's
+    parameter file are there, every .npz opens (a truncated zip has no central directory)
+    and every metrics.jsonl line parses. CorruptRun says which file is wrong."""
     import zipfile
 
+    if MANIFEST in result:
+        return _check_manifest(d, result[MANIFEST])
+    p = Path(d) / "metrics.jsonl"
+    if not p.exists():
+        raise CorruptRun("metrics.jsonl is missing")
+    for ck in result["checkpoints"]:
+        if not (Path(d) / "checkpoints" / f"step_{ck['step']:07d}.npz").exists():
+            raise CorruptRun(f"checkpoints/step_{ck['step']:07d}.npz is missing (result.json has that checkpoint)")
     for f in sorted((Path(d) / "checkpoints").glob("*.npz")):
         try:
             with zipfile.ZipFile(f) as z:
@@ -208,13 +251,11 @@ def check_files(d: Path) -> None:
                     raise zipfile.BadZipFile("empty")
         except (zipfile.BadZipFile, OSError) as e:
             raise CorruptRun(f"checkpoints/{f.name} is damaged ({e})") from None
-    p = Path(d) / "metrics.jsonl"
-    if p.exists():
-        for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                raise CorruptRun(f"metrics.jsonl line {i} is not JSON") from None
+    for i, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            raise CorruptRun(f"metrics.jsonl line {i} is not JSON") from None
 
 
 def load_result(root: Path, run_id: str, *, files: bool = False) -> dict | None:
@@ -231,7 +272,7 @@ def load_result(root: Path, run_id: str, *, files: bool = False) -> dict | None:
         raise CorruptRun(f"result.json is not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     _check_result(r)
     if files:
-        check_files(d)
+        check_files(d, r)
     return r
 
 
@@ -347,20 +388,29 @@ class RunWriter:
             self._fd = None
             raise RunBusy(f"run {self.run_id}: another process is writing {self.dir} (its lock file "
                           f"{self.root / '.locks' / (self.run_id + '.lock')} was removed?); not starting a second writer") from None
-        if corrupt:
-            aside = self.root / ".corrupt" / f"{self.run_id}-{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}"
-            aside.mkdir(parents=True)
-            for child in self.dir.iterdir():
-                os.replace(child, aside / child.name)
-        for child in self.dir.iterdir():
-            if child.is_symlink() or not child.is_dir():
-                child.unlink()
-            else:
-                shutil.rmtree(child)
+        self._clear(corrupt)
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.dir / "config.yaml", config_to_yaml(self.cfg).encode())
         atomic_write_json(self.dir / "env.json", env)
         (self.dir / "metrics.jsonl").touch()
+
+    def _clear(self, corrupt: bool) -> None:
+        """Empty the directory of an earlier attempt. result.json goes first, and durably:
+        killed at any point after, the old run reads as unfinished (rerun), never as a
+        finished run whose files are gone. A corrupt run's files move to runs/.corrupt/."""
+        aside = None
+        if corrupt:
+            aside = self.root / ".corrupt" / f"{self.run_id}-{_dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}"
+            aside.mkdir(parents=True)
+        for i, child in enumerate(sorted(self.dir.iterdir(), key=lambda c: c.name != RESULT)):
+            if aside is not None:
+                os.replace(child, aside / child.name)
+            elif child.is_symlink() or not child.is_dir():
+                child.unlink()
+            else:
+                shutil.rmtree(child)
+            if i == 0 and child.name == RESULT:
+                _fsync_dir(self.dir)
 
     def checkpoint(self, rec: dict, params: list) -> None:
         step = rec["step"]
@@ -391,6 +441,7 @@ class RunWriter:
             "seconds": outcome.seconds,
             "info": info,
             "checkpoints": outcome.checkpoints,
+            MANIFEST: manifest(self.dir),  # checked on every read: an ok run has all its files
         }
         atomic_write_json(self.dir / RESULT, result)
         self.release()

@@ -470,8 +470,19 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
                 for fut in _wait_any(set(waits)):
                     collect(fut, waits.pop(fut), blocking=True)
     finally:
+        _settle(root, p, state)
         write_sweep_record(root, p, state, created)
     return state
+
+
+def _settle(root: Path, p: Plan, state: dict[str, dict]) -> None:
+    """Runs the sweep never heard back from (it stopped first, or lost its workers) but
+    whose files say they finished: recorded as their files say, never as pending."""
+    for c in p.configs:
+        if c.run_id not in state:
+            st, res = runs.load_checked(root, c.run_id)
+            if st in runs.STATUSES:
+                state[c.run_id] = _summary(res, ran=False)
 
 
 def load_sweep(root: Path, sweep_id: str) -> dict:
