@@ -1,4 +1,4 @@
-"""YAML -> frozen, validated config; `--set` overrides; sweep expansion; run ids.
+"""The config schema and its loading: YAML -> a frozen, validated Config, and its run id.
 
 Everything a user can write is validated here, once, at the edge: below this module
 functions take a `Config` (or explicit arguments), never raw dicts. Errors are
@@ -10,29 +10,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import itertools
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from . import sweepspec
+from .errors import ConfigError, DnfaInputError, closest, fmt_value  # noqa: F401 - DnfaInputError: re-exported
 
 SCHEMA = 1  # version of config + result.json layout; part of every run id
 MAX_RUNS = 10_000  # a sweep larger than this (default of --max-runs) is refused up front
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "quadratic", "identity")
-
-
-class DnfaInputError(ValueError):
-    """Bad input from the user (config, flags, ids): the CLI prints it and exits 2."""
-
-
-class ConfigError(DnfaInputError):
-    pass
 
 
 class _Strict(BaseModel):
@@ -293,10 +285,6 @@ def _model_in(ann):
     return None
 
 
-def _fmt_value(v) -> str:
-    return json.dumps(v) if not isinstance(v, str) else repr(v)
-
-
 def _format_validation_error(err: ValidationError, source: str, raw: dict) -> str:
     e = err.errors(include_url=False)[0]
     # drop the tags pydantic inserts for unions ("data.monomial.d", "checkpoints.constrained-int")
@@ -322,9 +310,9 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> st
         return f"{source}: {key}: unknown key (allowed {what}: {', '.join(allowed)})"
     if typ == "union_tag_invalid":
         tag = (e.get("ctx") or {}).get("tag")
-        return f"{source}: data.task = {_fmt_value(tag)}: unknown task (allowed: {', '.join(TASKS)})"
+        return f"{source}: data.task = {fmt_value(tag)}: unknown task (allowed: {', '.join(TASKS)})"
     if typ == "string_pattern_mismatch" and loc == ["name"]:
-        return (f"{source}: name = {_fmt_value(e.get('input'))}: must start with a letter or digit and hold only "
+        return (f"{source}: name = {fmt_value(e.get('input'))}: must start with a letter or digit and hold only "
                 "letters, digits, '_', '-' and '.' (it becomes part of the run id)")
     if typ == "missing":
         return f"{source}: {key}: required key is missing"
@@ -335,7 +323,7 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> st
     msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
     if typ == "literal_error":
         msg = msg.replace("must be ", "must be one of ")
-    return f"{source}: {key} = {_fmt_value(val)}: {msg}"
+    return f"{source}: {key} = {fmt_value(val)}: {msg}"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -369,22 +357,6 @@ def _known_keys(task: str) -> frozenset:
     return frozenset(keys)
 
 
-def parse_set(items: list[str] | None) -> list[tuple[str, Any]]:
-    """`--set key=value` strings -> (key, value) with the value read as YAML (ints, lists...)."""
-    out = []
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.width=256")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        out.append((key, value))
-    return out
-
-
 def _copy(d):
     """A copy of a raw config mapping deep in its dicts and lists (values are YAML scalars):
     what copy.deepcopy does here, 10x faster."""
@@ -403,18 +375,11 @@ def apply_overrides(raw: dict, overrides: list[tuple[str, Any]], source: str, wh
             _set_dotted(raw, key, value)
     for key, value in overrides:
         if key not in known_keys(raw):
-            close = _closest(key, known_keys(raw))
+            close = closest(key, known_keys(raw))
             hint = f" (did you mean {close}?)" if close else ""
             raise ConfigError(f"{source}: {what} {key}: no such config key{hint}")
         _set_dotted(raw, key, value)
     return raw
-
-
-def _closest(key, candidates):
-    import difflib
-
-    m = difflib.get_close_matches(key, sorted(candidates), n=1, cutoff=0.6)
-    return m[0] if m else None
 
 
 class _DuplicateKey(Exception):
@@ -460,7 +425,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: expected a mapping of config keys at top level, got {type(raw).__name__}")
     for sec in ("data", "model", "train", "metrics", "sweep"):
         if sec in raw and raw[sec] is not None and not isinstance(raw[sec], dict):
-            raise ConfigError(f"{path}: {sec}: must be a mapping of keys, got {_fmt_value(raw[sec])}")
+            raise ConfigError(f"{path}: {sec}: must be a mapping of keys, got {fmt_value(raw[sec])}")
         if sec in raw and raw[sec] is None:
             raw[sec] = {}
     return raw
@@ -504,23 +469,6 @@ class ConfigFile(BaseModel):
         return expand_sweep(self.raw, self.sweep, self.path, Path(self.path).parent, max_runs)
 
 
-def parse_grid(items: list[str] | None) -> list[tuple[str, list]]:
-    """`--grid KEY=V1,V2,...` strings -> (key, values), each value read as YAML."""
-    out = []
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or not text.strip():
-            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid model.width=64,256")
-        vals = []
-        for t in text.split(","):
-            try:
-                vals.append(yaml.safe_load(t) if t.strip() else None)
-            except yaml.YAMLError:
-                vals.append(t)
-        out.append((key.strip(), vals))
-    return out
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None, grid: list[str] | None = None) -> ConfigFile:
     """Read and validate one config file; its `sweep:` block is kept for `expand()`.
     The command line wins over the file (Hydra's rule): `--set` on a swept key replaces
@@ -529,27 +477,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, grid: list
     raw = read_yaml(path)
     raw.setdefault("name", _default_name(path))
     sweep = raw.pop("sweep", None)
-    sets, grids = parse_set(overrides), parse_grid(grid)
-    notes = []
-    both = {k for k, _ in sets} & {k for k, _ in grids}
-    if both:
-        raise ConfigError(f"{path}: {sorted(both)[0]} is given by both --set and --grid")
-    params = dict((sweep or {}).get("parameters") or {}) if isinstance(sweep, dict) else {}
-    changed = bool(grids)
-    for key, value in sets:
-        if key in params:
-            del params[key]
-            changed = True
-            notes.append(f"--set {key}={value!r} replaces the sweep's values for {key} in {path}")
-    if grids:
-        if isinstance(sweep, dict) and sweep.get("method", "grid") != "grid":
-            raise ConfigError(f"{path}: --grid adds a grid, but the file's sweep is method {sweep.get('method')!r}")
-        for key, vals in grids:
-            if key in params:
-                notes.append(f"--grid {key} replaces the sweep's values for {key} in {path}")
-            params[key] = {"values": vals}
-    if changed:  # else the file's sweep block is validated as written (expand)
-        sweep = {**(sweep if isinstance(sweep, dict) else {"method": "grid"}), "parameters": params} if params else None
+    sets, grids = sweepspec.parse_set(overrides), sweepspec.parse_grid(grid)
+    sweep, notes = sweepspec.with_command_line(sweep, sets, grids, path)
     raw = apply_overrides(raw, sets, str(path))
     base = validate(raw, str(path), Path(path).parent)
     return ConfigFile(path=str(path), raw=raw, sweep=sweep, base=base, notes=notes)
@@ -593,111 +522,18 @@ def run_id(cfg: Config) -> str:
 
 
 # ----------------------------------------------------------------------------- sweeps
-_DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
-
-
 def expand_sweep(base_raw: dict, sweep: dict | None, source: str, base_dir: Path | None = None,
                  max_runs: int = MAX_RUNS) -> list[Config]:
-    """A `sweep:` block (W&B vocabulary) over a raw config mapping -> validated run configs;
-    more than `max_runs` is refused before any is expanded."""
+    """A `sweep:` block over a raw config mapping -> validated run configs (sweepspec reads
+    the block); more than `max_runs` is refused before any is expanded."""
     if not sweep:
         return [validate(base_raw, source, base_dir)]
-    if not isinstance(sweep, dict):
-        raise ConfigError(f"{source}: sweep: must be a mapping with method and parameters")
-    unknown = set(sweep) - {"method", "parameters", "count", "seed"}
-    if unknown:
-        k = sorted(unknown)[0]
-        raise ConfigError(f"{source}: sweep.{k}: unknown key (allowed: method, parameters, count, seed)")
-    method = sweep.get("method", "grid")
-    if method not in ("grid", "random"):
-        raise ConfigError(f"{source}: sweep.method = {_fmt_value(method)}: must be grid or random")
-    params = sweep.get("parameters")
-    if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{source}: sweep.parameters: must be a non-empty mapping of dotted config keys")
     base_task = (base_raw.get("data") or {}).get("task", "monomial")
-    # data.task may itself be swept; accept keys valid for any swept task
-    tasks = {base_task}
-    if "data.task" in params and isinstance(params["data.task"], dict):
-        tasks |= set(v for v in params["data.task"].get("values", []) if isinstance(v, str))
-    valid = set()
-    for t in tasks:
-        valid |= known_keys({**base_raw, "data": {"task": t}})
-    specs = {}
-    for key, spec in params.items():
-        where = f"sweep.parameters.{key}"
-        if key not in valid:
-            close = _closest(key, valid)
-            hint = f" (did you mean {close}?)" if close else ""
-            raise ConfigError(f"{source}: {where}: no such config key{hint}")
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{source}: {where}: must be a mapping such as {{values: [...]}}")
-        bad = set(spec) - {"values", "value", "distribution", "min", "max"}
-        if bad:
-            raise ConfigError(f"{source}: {where}.{sorted(bad)[0]}: unknown key (allowed: values, value, distribution, min, max)")
-        if "values" in spec:
-            vals = spec["values"]
-            if not isinstance(vals, list) or not vals:
-                raise ConfigError(f"{source}: {where}.values: must be a non-empty list")
-            specs[key] = ("values", vals)
-        elif "value" in spec:
-            specs[key] = ("values", [spec["value"]])
-        elif "distribution" in spec:
-            dist = spec["distribution"]
-            if dist not in _DISTRIBUTIONS:
-                raise ConfigError(f"{source}: {where}.distribution = {_fmt_value(dist)}: must be one of {', '.join(_DISTRIBUTIONS)}")
-            if method != "random":
-                raise ConfigError(f"{source}: {where}: a distribution needs method: random (grid takes values)")
-            lo, hi = spec.get("min"), spec.get("max")
-            for nm, v in (("min", lo), ("max", hi)):
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
-                    raise ConfigError(f"{source}: {where}.{nm} = {_fmt_value(v)}: must be a number")
-            if lo > hi:
-                raise ConfigError(f"{source}: {where}: min = {lo} exceeds max = {hi}")
-            if dist == "log_uniform" and lo <= 0:
-                raise ConfigError(f"{source}: {where}.min = {lo}: log_uniform needs min > 0")
-            if dist == "int_uniform" and (int(lo) != lo or int(hi) != hi):
-                raise ConfigError(f"{source}: {where}: int_uniform needs integer min and max")
-            specs[key] = (dist, (lo, hi))
-        else:
-            raise ConfigError(f"{source}: {where}: give values, value, or distribution with min and max")
-
-    assignments: list[dict] = []
-    size = math.prod(len(v[1]) for v in specs.values()) if method == "grid" else sweep.get("count")
-    if isinstance(size, int) and not isinstance(size, bool) and size > max_runs:
-        what = "a grid of " + " x ".join(str(len(v[1])) for v in specs.values()) if method == "grid" else "count"
-        raise ConfigError(f"{source}: sweep: {what} = {size:,} runs, more than --max-runs {max_runs:,} "
-                          "(raise --max-runs if you mean it)")
-    if method == "grid":
-        keys = list(specs)
-        for combo in itertools.product(*(specs[k][1] for k in keys)):
-            assignments.append(dict(zip(keys, combo)))
-    else:
-        count = sweep.get("count")
-        if count is None:
-            raise ConfigError(f"{source}: sweep.count: method random needs count (the number of runs)")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ConfigError(f"{source}: sweep.count = {_fmt_value(count)}: must be an integer >= 1")
-        rseed = sweep.get("seed", 0)
-        if not isinstance(rseed, int) or isinstance(rseed, bool) or not 0 <= rseed < 2**32:
-            raise ConfigError(f"{source}: sweep.seed = {_fmt_value(rseed)}: must be an integer in [0, 2^32)")
-        rng = np.random.default_rng(rseed)
-        for _ in range(count):
-            a = {}
-            for key, (kind, arg) in specs.items():
-                if kind == "values":
-                    a[key] = arg[int(rng.integers(len(arg)))]
-                elif kind == "uniform":
-                    a[key] = float(rng.uniform(arg[0], arg[1]))
-                elif kind == "log_uniform":
-                    a[key] = float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
-                else:
-                    a[key] = int(rng.integers(int(arg[0]), int(arg[1]) + 1))
-            assignments.append(a)
-
+    spec = sweepspec.SweepSpec.parse(sweep, source, base_task, lambda task: known_keys({"data": {"task": task}}))
     out = []
-    for a in assignments:
+    for a in spec.assignments(max_runs):
         raw = apply_overrides(base_raw, list(a.items()), source, what="sweep.parameters")
-        where = source + " (sweep run " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in a.items()) + ")"
+        where = source + " (sweep run " + ", ".join(f"{k}={fmt_value(v)}" for k, v in a.items()) + ")"
         out.append(validate(raw, where, base_dir))
     return out
 
