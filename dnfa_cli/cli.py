@@ -151,14 +151,16 @@ class _RunProgress:
         self.prog = None
 
     def __enter__(self):
-        if self.live:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 TextColumn("eta {task.fields[eta]}"), console=err, transient=True)
-            self.prog.__enter__()
-            self.task = self.prog.add_task("starting", total=1.0, eta="-")
         return self
+
+    def _start(self) -> None:
+        """The live line, from the first report on (after the lines printed before training)."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                             TextColumn("eta {task.fields[eta]}"), console=err, transient=True)
+        self.prog.__enter__()
+        self.task = self.prog.add_task("starting", total=1.0, eta="-")
 
     def __exit__(self, *exc):
         if self.prog is not None:
@@ -167,6 +169,8 @@ class _RunProgress:
     def __call__(self, p) -> None:
         eta = p.eta()
         eta_s = "-" if eta is None else _clock(eta)
+        if self.live and self.prog is None:
+            self._start()
         if self.prog is not None:
             what = (f"measuring checkpoint {p.checkpoint}/{p.checkpoints}" if p.phase == "measuring"
                     else f"training step {p.step}/{p.total}")
@@ -179,13 +183,6 @@ class _RunProgress:
                       f"{p.step}/{p.total}; eta {eta_s}", markup=False, highlight=False)
 
 
-def _show_done(root, rid: str, what: str) -> None:
-    from . import runs
-
-    out.print(f"run {rid} {what}: {root / rid}")
-    out.print(layer_summary_table(runs.load_result(root, rid)))
-
-
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file.")],
@@ -195,33 +192,25 @@ def train(
 ):
     """Train one run and measure the ansatz at its checkpoints."""
     from . import config as cfgmod
-    from . import runs
+    from . import engine, runs
 
     _PIPE["stop"] = False
     try:
         cf = cfgmod.load_config(config, set_)
-        cfg = cf.base
         root = runs.check_root(runs.runs_root(runs_dir))
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
-        rid = cfg.run_id
-        if not force and runs.result_status(root, rid) == "ok":
-            return _show_done(root, rid, "already finished ok (use --force to retrain)")
-        try:
-            ds = runs.prepare(cfg)  # every input check, before anything is written
-        except DnfaInputError as e:
-            raise DnfaInputError(f"{config}: {e}") from None
-        runs.check_inside(root, rid)
-        with runs.run_lock(root, rid):
-            if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
-                return _show_done(root, rid, "finished ok in another process meanwhile")
-            out.print(f"run {rid} -> {(root / rid).absolute()}")
-            with _RunProgress() as show:
-                res = runs.execute([cfg], root, [ds], on_progress=show)[0]
+        with _RunProgress() as show:
+            done = engine.train_one(cf.base, root, force=force, source=str(config), on_progress=show,
+                                    on_start=lambda rid, d: out.print(f"run {rid} -> {d}"))
     except DnfaInputError as e:
         _fail(str(e))
     except runs.RunBusy as e:
         _fail(str(e), 1)
+    rid, res = done.run_id, done.result
+    if done.why:
+        out.print(f"run {rid} {done.why}: {done.dir}")
+        return out.print(layer_summary_table(res))
     status = res["status"]
     secs = res["seconds"].get("total")
     out.print(layer_summary_table(res, title=f"{rid}: {status}" + (f" in {secs:.1f} s" if secs else "")))
@@ -250,115 +239,49 @@ def sweep(
     runs_dir: RunsDir = None,
 ):
     """Run every config of one or more files; skip finished runs; resume after interruption."""
-    import signal
-    import time
-
     _PIPE["stop"] = False
-    from . import runs
     from . import sweep as sw
 
     if seed_batch not in ("auto", "on", "off"):
         _fail(f"--seed-batch {seed_batch!r}: must be auto, on or off")
     try:
-        root = runs.check_root(runs.runs_root(runs_dir), write=not dry_run)
-        plan = sw.plan([str(f) for f in files], set_, max_runs=max_runs, grid=grid)
-        for c in plan.configs:
-            runs.check_inside(root, c.run_id)
+        prep = sw.prepare(files, set_, grid, max_runs=max_runs, runs_dir=runs_dir, write=not dry_run, force=force,
+                          rerun_failed=rerun_failed)
     except DnfaInputError as e:
         _fail(str(e))
+    plan, n = prep.plan, len(prep.plan.configs)
     for note in plan.notes:
         err.print(f"note: {note}", markup=False)
-    ids = [c.run_id for c in plan.configs]
-    todo, status = sw.todo_of(plan, root, sw.rerun_statuses(force, rerun_failed))
-    out.print(f"sweep {plan.sweep_id}: {len(ids)} runs, {len(ids) - len(todo)} done, {len(todo)} to run"
+    out.print(f"sweep {plan.sweep_id}: {n} runs, {n - len(prep.todo)} done, {len(prep.todo)} to run"
               + (f"; varying {', '.join(plan.varied)}" if plan.varied else ""))
     if dry_run:
-        return _dry_run_table(plan, todo, status, seed_batch, workers)
-    t0 = time.perf_counter()
-    executor = None
+        return _dry_run_table(prep, seed_batch, workers)
+    opts = sw.Options(workers, scheduler, scheduler_timeout, force, rerun_failed, seed_batch, finish_running)
     try:
-        if scheduler:
-            executor = sw.DaskExecutor(scheduler, timeout=scheduler_timeout)
-        elif todo:
-            n = workers or sw.default_workers()
-            n = min(n, len(sw.group_runs(todo, seed_batch, n)))
-            executor = sw.InlineExecutor() if n <= 1 else sw.LocalExecutor(n)
+        s = sw.run(prep, opts, on_done=_sweep_line, say=lambda line: err.print(line, markup=False))
     except DnfaInputError as e:
         _fail(str(e))
-
-    # Ctrl-C / SIGTERM: stop within seconds, record what finished, say how to resume
-    caught: list[int] = []
-
-    def on_signal(signum, frame):
-        caught.append(signum)
-        if len(caught) == 1 and finish_running:
-            if executor is not None:
-                executor.stop_new()
-            err.print(f"{signal.Signals(signum).name}: no new runs; waiting for the runs in flight "
-                      "(signal again to stop them now)", markup=False)
-            return
-        raise sw.Interrupted(signum)
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    n_todo = len(todo)
-    finished: list[float] = []  # seconds since the start at which each run finished
-
-    def done(r):
-        finished.append(time.perf_counter() - t0)
-        eta = sw.sweep_eta(finished, n_todo, getattr(executor, "workers", 1) or 1)
-        secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
-        extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
-                 if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")
-        tag = r["status"] if r.get("ran") else f"{r['status']}*"
-        err.print(f"[{len(finished)}/{n_todo}] {tag:9} {r['run_id']}  {secs}{extra}  (eta {_clock(eta)})", markup=False,
-                  highlight=False)
-
-    interrupted = None
-    state: dict = {}
-    try:
-        state = sw.run_sweep(plan, root, executor, force=force, rerun_failed=rerun_failed, seed_batch=seed_batch,
-                             on_done=done, todo=todo, stop=lambda: bool(caught))
-    except sw.Interrupted as e:
-        interrupted = e.signum
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-        if executor:
-            executor.close(kill=bool(caught) and not (finish_running and len(caught) == 1))
-    if caught and interrupted is None:
-        interrupted = caught[0]
-    import shlex
-
-    again = [*map(str, files), *(["--runs-dir", str(runs_dir)] if runs_dir else []),
-             *[a for kv in set_ or [] for a in ("--set", kv)], *[a for kv in grid or [] for a in ("--grid", kv)],
-             *(["--max-runs", str(max_runs)] if max_runs != MAX_RUNS else []),
-             *(["--scheduler", scheduler] if scheduler else [])]
-    if interrupted is not None:
-        final = {rid: runs.result_status(root, rid) for rid in ids}
-        n_fin = sum(v in runs.STATUSES for v in final.values())
-        sw.write_sweep_record(root, plan, {rid: {"status": v} for rid, v in final.items() if v in runs.STATUSES},
-                              runs.now_iso())
-        name = signal.Signals(interrupted).name
-        err.print(f"{name}: stopped after {time.perf_counter() - t0:.1f} s; {n_fin} of {len(ids)} runs finished "
-                  f"({len(finished)} this time); resume with: dnfa sweep {shlex.join(again)}", markup=False)
-        raise typer.Exit(128 + interrupted)
-    counts = {k: 0 for k in ("ok", "diverged", "failed")}
-    ran = skipped = finished_elsewhere = 0
-    for rid in ids:
-        st = state.get(rid, {})
-        counts[st.get("status", "failed")] = counts.get(st.get("status", "failed"), 0) + 1
-        skipped += bool(st.get("skipped"))
-        ran += bool(st.get("ran"))
-        finished_elsewhere += bool(st.get("elsewhere"))
-    out.print(f"sweep {plan.sweep_id}: ok {counts['ok']}, diverged {counts['diverged']}, failed {counts['failed']}; "
-              f"ran {ran}, skipped {skipped} (already done)"
-              + (f", {finished_elsewhere} finished by another process" if finished_elsewhere else "")
-              + f" in {time.perf_counter() - t0:.1f} s")
-    out.print(f"record: {sw.sweep_file(root, plan.sweep_id)}")
-    rd = f" --runs-dir {shlex.quote(str(runs_dir))}" if runs_dir else ""
-    out.print(f"report: dnfa report {plan.sweep_id}{rd} --html")
-    if counts["failed"]:
+    if s.interrupted is not None:
+        again = sw.resume_command(files, runs_dir=runs_dir, overrides=set_, grid=grid, max_runs=max_runs, scheduler=scheduler)
+        err.print(f"{s.signal_name}: stopped after {s.seconds:.1f} s; {s.finished} of {s.runs} runs finished "
+                  f"({s.finished_now} this time); resume with: {again}", markup=False)
+        raise typer.Exit(128 + s.interrupted)
+    out.print(f"sweep {s.sweep_id}: ok {s.counts['ok']}, diverged {s.counts['diverged']}, failed {s.counts['failed']}; "
+              f"ran {s.ran}, skipped {s.skipped} (already done)"
+              + (f", {s.elsewhere} finished by another process" if s.elsewhere else "") + f" in {s.seconds:.1f} s")
+    out.print(f"record: {s.record}")
+    out.print(f"report: {sw.report_command(s.sweep_id, runs_dir)}")
+    if s.counts["failed"]:
         raise typer.Exit(1)
+
+
+def _sweep_line(r: dict, k: int, n: int, eta: float) -> None:
+    """One line on stderr as each run of a sweep finishes."""
+    secs = f"{r['seconds']:6.1f} s" if r.get("seconds") is not None else "      -"
+    extra = (f"  pearson_a05 {_fmt(r.get('pearson_a05'))}  tightness_range {_fmt(r.get('tightness_range'))}"
+             if r["status"] in ("ok", "diverged") else f"  {r.get('error') or ''}")
+    tag = r["status"] if r.get("ran") else f"{r['status']}*"
+    err.print(f"[{k}/{n}] {tag:9} {r['run_id']}  {secs}{extra}  (eta {_clock(eta)})", markup=False, highlight=False)
 
 
 def _clock(seconds: float) -> str:
@@ -366,9 +289,10 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _dry_run_table(plan, todo, status, seed_batch, workers, limit: int = 200):
+def _dry_run_table(prep, seed_batch, workers, limit: int = 200):
     from . import sweep as sw
 
+    plan, todo, status = prep.plan, prep.todo, prep.status
     t = Table()
     t.add_column("run id")
     for k in plan.varied:
@@ -434,16 +358,12 @@ def report(
         grouped = rp.grouped_rows(rows, rec["varied"])
         tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True, include_readout=include_readout)
         html_tables = rp.sweep_tables(rows, grouped, rec["varied"], include_readout=include_readout)
-        # what the runs' own files say now, not what the record said when the sweep ended
-        now = {r["run_id"]: r["status"] for r in rows}
-        st = [now.get(r["run_id"], r["status"]) for r in rec["runs"]]
         for r in rows:
             if r["status"] in ("corrupt", "unreadable") and r.get("layer") is None:
                 err.print(f"{r['status']}: {r['run_id']}: {r.get('error') or 'cannot be read'}", markup=False)
         title = f"dnfa sweep {ident}"
-        intro = [f"sweep {ident}: {len(st)} runs from {', '.join(rec['files'])}; "
-                 + ", ".join(f"{k} {st.count(k)}" for k in dict.fromkeys(("ok", "diverged", "failed", "corrupt", *st))
-                             if st.count(k))
+        intro = [f"sweep {ident}: {len(rec['runs'])} runs from {', '.join(rec['files'])}; "
+                 + ", ".join(f"{k} {n}" for k, n in rp.sweep_statuses(rec, rows).items())
                  + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")]
         dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
         make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest, include_readout)

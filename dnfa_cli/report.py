@@ -392,6 +392,15 @@ def run_figures(v: RunView, out: Path, include_readout: bool = False) -> list[Pa
 
 
 # ----------------------------------------------------------------------------- a sweep
+def sweep_statuses(rec: dict, rows: list[dict]) -> dict[str, int]:
+    """How many of a sweep's runs have each status (ok, diverged, failed, corrupt first;
+    none listed that no run has), as the runs' own files say now (`rows`, sweep_rows),
+    not as the record said when the sweep ended."""
+    now = {r["run_id"]: r["status"] for r in rows}
+    st = [now.get(r["run_id"], r["status"]) for r in rec["runs"]]
+    return {k: st.count(k) for k in dict.fromkeys(("ok", "diverged", "failed", "corrupt", *st)) if st.count(k)}
+
+
 def sweep_rows(root: Path, rec: dict) -> list[dict]:
     """One row per (run, layer): the swept values and the final statistics."""
     rows = []

@@ -1,5 +1,5 @@
-"""The run directory contract of DESIGN.md: atomic writes, per-run locks, listing and
-loading, and `execute`, which turns a validated config into a finished run directory.
+"""The run directory contract of DESIGN.md: atomic writes, per-run locks, listing,
+loading and checking run directories (engine.py is what fills them).
 
     runs/<run_id>/config.yaml  env.json  metrics.jsonl  result.json (last, atomic)
     runs/<run_id>/checkpoints/step_<NNNNNNN>.npz      W1, b1, ..., WL, bL
@@ -14,14 +14,9 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import platform
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -126,45 +121,6 @@ def is_locked(root: Path, run_id: str) -> bool:
             return True
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False
-
-
-# ----------------------------------------------------------------------------- env
-def env_info() -> dict:
-    import jax
-
-    from . import __version__
-
-    def ver(mod):
-        try:
-            from importlib.metadata import version
-
-            return version(mod)
-        except Exception:  # noqa: BLE001
-            return None
-
-    src = Path(__file__).resolve().parent.parent
-    commit = dirty = None
-    try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-        if commit:
-            dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                                        capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "dnfa": __version__,
-        "python": sys.version.split()[0],
-        "packages": {p: ver(p) for p in ("jax", "jaxlib", "optax", "numpy", "mnist1d", "pydantic")},
-        "jax_backend": jax.default_backend(),
-        "jax_devices": [str(d) for d in jax.devices()],
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "time": now_iso(),
-    }
 
 
 # ----------------------------------------------------------------------------- reading
@@ -451,108 +407,3 @@ class RunWriter:
         if self._fd is not None:
             os.close(self._fd)  # drops the directory's flock
             self._fd = None
-
-
-def _data_info(ds) -> dict:
-    return {"kind": ds.kind, "d": ds.d, "c": ds.c, "n_train": len(ds.X_train), "n_test": len(ds.X_test)}
-
-
-def _count_lines(path: str) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:  # not Linux
-        return None
-
-
-def release_compiled_if_crowded(fraction: float = 0.5) -> bool:
-    """Drop JAX's compiled programs when this process holds more than `fraction` of the
-    kernel's memory-map limit. Every XLA:CPU executable keeps a few mappings of its own
-    (about 4 for a small program, more for the statistics); a worker that trains many
-    different shapes in one process reaches vm.max_map_count (65530 by default) and the
-    next compile dies with a segmentation fault - the test suite did, at 190 tests.
-    Clearing costs a recompile of the next shape; returns whether it cleared."""
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            limit = int(f.read())
-    except (OSError, ValueError):  # not Linux
-        return False
-    held = _count_lines("/proc/self/maps")
-    if held is None or held < fraction * limit:
-        return False
-    release_compiled()
-    return True
-
-
-def release_compiled() -> None:
-    """Drop every compiled JAX program this process holds (they are recompiled, or loaded
-    from the persistent cache, when next needed)."""
-    import gc
-
-    import jax
-
-    jax.clear_caches()
-    gc.collect()
-
-
-def precheck(cfg: Config) -> None:
-    """The input checks that need no data: cheap enough for every run of a sweep."""
-    from . import data, train
-
-    data.check(cfg)
-    n = data.n_train_of(cfg)
-    if n:
-        train.checkpoint_steps(cfg, train.total_steps(cfg, n))
-
-
-def prepare(cfg: Config):
-    """Everything that can reject the input, done before any directory exists: the data
-    (a bad .npz, a batch larger than the data) and the checkpoint schedule."""
-    from . import data, train
-
-    ds = data.make_dataset(cfg)
-    train.checkpoint_steps(cfg, train.total_steps(cfg, len(ds.X_train)))
-    return ds
-
-
-def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, env: dict | None = None) -> list[dict]:
-    """Train runs that differ only in seed (one run is the usual case) as one program and
-    write each run's directory; returns their result dicts. The caller holds the locks.
-    An exception inside training is recorded as status `failed`, never raised."""
-    from . import train
-
-    datasets = datasets or [prepare(c) for c in cfgs]
-    env = env or env_info()
-    created = now_iso()
-    writers = [RunWriter(root, c) for c in cfgs]
-    try:
-        for w in writers:
-            w.start(env)
-    except BaseException:
-        for w in writers:
-            w.release()
-        raise
-    try:
-        outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers],
-                                   on_matrices=[w.matrices for w in writers], on_progress=on_progress)
-    except BaseException as e:  # an interruption (Ctrl-C, SIGTERM) leaves no result.json: rerun later
-        if not isinstance(e, Exception):
-            for w in writers:
-                w.release()
-            raise
-        # a broken run is recorded, the sweep goes on
-        msg = f"{type(e).__name__}: {e}".splitlines()[0]
-        tb = traceback.format_exc()
-        outs = [train.Outcome("failed", checkpoints=read_metrics(w.dir), error=msg, traceback=tb) for w in writers]
-    try:
-        for w, o in zip(writers, outs):
-            if o.traceback:
-                (w.dir / "traceback.txt").write_text(o.traceback)
-        results = []
-        for w, o, ds in zip(writers, outs, datasets):
-            info = {**o.info, "data": _data_info(ds)}
-            results.append(w.finish(o, info, created))
-    finally:
-        for w in writers:
-            w.release()
-    return results

@@ -1,7 +1,8 @@
-"""Sweeps: expand config files into runs, skip what is done, group runs that differ only
-in seed into one vmapped program when that pays, and execute the groups on a local
-process pool (spawn, each worker pinned to its share of the cores) or on a Dask
-distributed cluster. The run directories are the only state, so any engine resumes any
+"""Sweeps: plan the runs of config files, execute what is left, and sum up what happened.
+
+Runs already done are skipped; runs that differ only in seed are grouped into one vmapped
+program when that pays; the groups execute on a local process pool (spawn, each worker
+pinned to its share of the cores) or on a Dask distributed cluster. The run directories are the only state, so any engine resumes any
 sweep; a per-run file lock keeps two sweeps from ever training the same run twice.
 """
 from __future__ import annotations
@@ -10,13 +11,16 @@ import hashlib
 import math
 import os
 import re
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import runs
+from . import engine, model, runs
 from .config import MAX_RUNS, Config, ConfigError, DnfaInputError, flatten, load_config
+from .data import dims_of
+from .train import seed_free
 
 # Seed batching (auto): with one jit per epoch a CPU step costs ~100 us of overhead, and
 # bench/seed_batch.py measured 8 vmapped seeds against 8 sequential ones on this 2-core
@@ -70,7 +74,7 @@ def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = M
     varied, params = _varied_values(unique)
     for c in unique:
         try:
-            runs.precheck(c)
+            engine.precheck(c)
         except DnfaInputError as e:
             vals = ", ".join(f"{k}={v}" for k, v in params[c.run_id].items())
             raise DnfaInputError(f"{source[c.run_id]}" + (f" (sweep run {vals})" if vals else "") + f": {e}") from None
@@ -91,10 +95,6 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
     """Runs that differ only in seed go together when batching pays (`auto`: on an
     accelerator, for steps small enough to be launch-bound), split so every worker gets
     work; `on` batches regardless, `off` never."""
-    from . import model
-    from .data import dims_of
-    from .train import seed_free
-
     if seed_batch == "off":
         return [[c] for c in cfgs]
     buckets: dict[str, list[Config]] = {}
@@ -137,10 +137,8 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
     Runs whose lock another process holds come back as `busy` unless `blocking`."""
     import contextlib
 
-    from .config import Config as C
-
     rootp = Path(root)
-    cfgs = [C.model_validate(d) for d in cfg_dicts]
+    cfgs = [Config.model_validate(d) for d in cfg_dicts]
     if _STOP is not None and _STOP.is_set():  # queued before a --finish-running signal: not started
         return [{"run_id": c.run_id, "status": "stopped", "ran": False} for c in cfgs]
     out, todo = [], []
@@ -159,17 +157,17 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
             todo.append(c)
         if todo:
             try:
-                datasets = [runs.prepare(c) for c in todo]
+                datasets = [engine.prepare(c) for c in todo]
             except Exception as e:  # noqa: BLE001 - reported per run, the sweep goes on
                 return out + [{"run_id": c.run_id, "status": "failed", "error": f"{type(e).__name__}: {e}", "ran": False}
                               for c in todo]
             try:
-                results = runs.execute(todo, rootp, datasets)
+                results = engine.execute(todo, rootp, datasets)
             except (runs.RunBusy, DnfaInputError) as e:  # another writer, a symlink: nothing written
                 return out + [{"run_id": c.run_id, "status": "failed", "error": str(e), "ran": False} for c in todo]
             for res in results:
                 out.append(_summary(res, ran=True))
-    runs.release_compiled_if_crowded()
+    engine.release_compiled_if_crowded()
     return out
 
 
@@ -520,3 +518,192 @@ def sweep_eta(finished: list[float], n: int, workers: int) -> float:
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+
+
+# ----------------------------------------------------------------------------- the command
+@dataclass(frozen=True)
+class Options:
+    """How `dnfa sweep` runs a plan (its flags)."""
+
+    workers: int | None = None  # local worker processes; None: the usable cores
+    scheduler: str | None = None  # a Dask scheduler's address
+    scheduler_timeout: float = 30.0
+    force: bool = False
+    rerun_failed: bool = False
+    seed_batch: str = "auto"
+    finish_running: bool = False  # the first Ctrl-C / SIGTERM lets the runs in flight finish
+
+
+@dataclass
+class Prepared:
+    """A sweep ready to run: its checked runs directory, the plan, the runs to execute and
+    every run's status now (todo_of)."""
+
+    root: Path
+    plan: Plan
+    todo: list[Config]
+    status: dict[str, str | None]
+
+
+def prepare(files: list, overrides: list[str] | None = None, grid: list[str] | None = None, *,
+            max_runs: int = MAX_RUNS, runs_dir=None, write: bool = True, force: bool = False,
+            rerun_failed: bool = False) -> Prepared:
+    """Check the runs directory (writable when `write`), plan the files and find what is
+    left to do; DnfaInputError (one line) before anything is written."""
+    root = runs.check_root(runs.runs_root(runs_dir), write=write)
+    p = plan([str(f) for f in files], overrides, max_runs=max_runs, grid=grid)
+    for c in p.configs:
+        runs.check_inside(root, c.run_id)
+    todo, status = todo_of(p, root, rerun_statuses(force, rerun_failed))
+    return Prepared(root, p, todo, status)
+
+
+def make_executor(todo: list[Config], opts: Options):
+    """The scheduler's cluster if one is given; else a local pool of as many workers as
+    there are groups to run (at most `opts.workers`), run inline for one; None if nothing
+    is left to run."""
+    if opts.scheduler:
+        return DaskExecutor(opts.scheduler, timeout=opts.scheduler_timeout)
+    if not todo:
+        return None
+    n = opts.workers or default_workers()
+    n = min(n, len(group_runs(todo, opts.seed_batch, n)))
+    return InlineExecutor() if n <= 1 else LocalExecutor(n)
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did. `counts`: final statuses (ok, diverged, failed; a run with no
+    result counts as failed); after an interruption, the statuses on disk, so their sum
+    is the number of runs finished so far."""
+
+    sweep_id: str
+    record: Path
+    runs: int
+    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in runs.STATUSES})
+    ran: int = 0
+    skipped: int = 0  # already done before this sweep
+    elsewhere: int = 0  # finished by another process while this sweep waited
+    finished_now: int = 0  # runs this sweep saw finish
+    seconds: float = 0.0
+    interrupted: int | None = None  # the signal that stopped the sweep
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def signal_name(self) -> str | None:
+        import signal
+
+        return None if self.interrupted is None else signal.Signals(self.interrupted).name
+
+
+class _Signals:
+    """Ctrl-C / SIGTERM while a sweep runs: stop within seconds (Interrupted), or with
+    `finish_running` start no new run at the first signal and stop at the second."""
+
+    def __init__(self, executor, finish_running: bool, say: Callable[[str], None] | None):
+        self.executor, self.finish_running, self.say = executor, finish_running, say
+        self.caught: list[int] = []
+
+    def __enter__(self):
+        import signal
+
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+    def _on_signal(self, signum, frame):
+        import signal
+
+        self.caught.append(signum)
+        if len(self.caught) == 1 and self.finish_running:
+            if self.executor is not None:
+                self.executor.stop_new()
+            if self.say:
+                self.say(f"{signal.Signals(signum).name}: no new runs; waiting for the runs in flight "
+                         "(signal again to stop them now)")
+            return
+        raise Interrupted(signum)
+
+    def kill(self) -> bool:
+        """Whether the runs in flight must stop now (a signal, and not the one a
+        --finish-running sweep waits out)."""
+        return bool(self.caught) and not (self.finish_running and len(self.caught) == 1)
+
+
+def _tally(s: SweepSummary, ids: list[str], state: dict[str, dict]) -> None:
+    for rid in ids:
+        st = state.get(rid, {})
+        s.counts[st.get("status", "failed")] = s.counts.get(st.get("status", "failed"), 0) + 1
+        s.skipped += bool(st.get("skipped"))
+        s.ran += bool(st.get("ran"))
+        s.elsewhere += bool(st.get("elsewhere"))
+
+
+def run(prep: Prepared, opts: Options, *, on_done: Callable[[dict, int, int, float], None] | None = None,
+        say: Callable[[str], None] | None = None) -> SweepSummary:
+    """Execute a prepared sweep with the executor its options choose, handling Ctrl-C and
+    SIGTERM; after an interruption the sweep record is rewritten from the run directories.
+    `on_done(summary, k, n, eta)`: the k-th of the n runs to execute finished, eta
+    seconds left; `say`: a line for the user (what a first --finish-running signal does)."""
+    t0 = time.perf_counter()
+    executor = make_executor(prep.todo, opts)
+    n_todo, finished = len(prep.todo), []  # finished: seconds since the start at which each run finished
+
+    def done(r):
+        finished.append(time.perf_counter() - t0)
+        if on_done:
+            on_done(r, len(finished), n_todo, sweep_eta(finished, n_todo, getattr(executor, "workers", 1) or 1))
+
+    signals, interrupted, state = _Signals(executor, opts.finish_running, say), None, {}
+    try:
+        with signals:
+            state = run_sweep(prep.plan, prep.root, executor, force=opts.force, rerun_failed=opts.rerun_failed,
+                              seed_batch=opts.seed_batch, on_done=done, todo=prep.todo, stop=lambda: bool(signals.caught))
+    except Interrupted as e:
+        interrupted = e.signum
+    finally:
+        if executor:
+            executor.close(kill=signals.kill())
+    ids = [c.run_id for c in prep.plan.configs]
+    s = SweepSummary(prep.plan.sweep_id, sweep_file(prep.root, prep.plan.sweep_id), len(ids), finished_now=len(finished))
+    s.interrupted = interrupted if interrupted is not None else (signals.caught[0] if signals.caught else None)
+    if s.interrupted is None:
+        _tally(s, ids, state)
+    else:
+        final = {rid: runs.result_status(prep.root, rid) for rid in ids}
+        for v in final.values():
+            if v in runs.STATUSES:
+                s.counts[v] += 1
+        write_sweep_record(prep.root, prep.plan, {rid: {"status": v} for rid, v in final.items() if v in runs.STATUSES},
+                           runs.now_iso())
+    s.seconds = time.perf_counter() - t0
+    return s
+
+
+def resume_command(files: list, *, runs_dir=None, overrides: list[str] | None = None, grid: list[str] | None = None,
+                   max_runs: int = MAX_RUNS, scheduler: str | None = None) -> str:
+    """The `dnfa sweep` command line that resumes this sweep (the flags that chose its runs
+    and where they go)."""
+    import shlex
+
+    again = [*map(str, files), *(["--runs-dir", str(runs_dir)] if runs_dir else []),
+             *[a for kv in overrides or [] for a in ("--set", kv)], *[a for kv in grid or [] for a in ("--grid", kv)],
+             *(["--max-runs", str(max_runs)] if max_runs != MAX_RUNS else []),
+             *(["--scheduler", scheduler] if scheduler else [])]
+    return f"dnfa sweep {shlex.join(again)}"
+
+
+def report_command(sweep_id: str, runs_dir=None) -> str:
+    """The `dnfa report` command line for a sweep's HTML page."""
+    import shlex
+
+    rd = f" --runs-dir {shlex.quote(str(runs_dir))}" if runs_dir else ""
+    return f"dnfa report {sweep_id}{rd} --html"

@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 def _release_compiled_programs():
     """The suite compiles hundreds of distinct XLA programs in one process; without this it
     reaches the kernel's memory-map limit and the next compile segfaults (see
-    dnfa_cli.runs.release_compiled_if_crowded)."""
+    dnfa_cli.engine.release_compiled_if_crowded)."""
     yield
-    from dnfa_cli import runs
+    from dnfa_cli import engine
 
-    runs.release_compiled()
+    engine.release_compiled()

@@ -10,7 +10,7 @@ import reference_published
 import reference_stats as ref
 
 import dnfa_cli  # noqa: F401  (enables x64)
-from dnfa_cli import config, data, runs, stats, train
+from dnfa_cli import config, data, engine, stats, train
 from dnfa_cli import counterfactual as cf
 from dnfa_cli import grams as gm
 from dnfa_cli import model as mdl
@@ -114,7 +114,7 @@ def test_a_run_writes_the_counterfactual_keys_where_it_was_asked(tmp_path):
         "model": {"depth": 2, "width": 6, "activation": "tanh"},
         "train": {"epochs": 3, "batch_size": 10, "lr": 0.05, "dtype": "float64"},
         "metrics": {"checkpoints": [2], "published": "all", "swap": "ends"}})
-    res = runs.execute([cfg], tmp_path)[0]
+    res = engine.execute([cfg], tmp_path)[0]
     assert [c["step"] for c in res["checkpoints"]] == [0, 2, 12]
     for c in res["checkpoints"]:
         for L in c["layers"]:

@@ -303,20 +303,20 @@ def test_compiled_programs_are_released_when_the_process_holds_too_many_maps():
     import jax
     import jax.numpy as jnp
 
-    from dnfa_cli import runs
+    from dnfa_cli import engine
 
     def maps():
         return len(Path("/proc/self/maps").read_text().splitlines())
 
     limit = int(Path("/proc/sys/vm/max_map_count").read_text())
-    assert runs.release_compiled_if_crowded(fraction=1.0) is (maps() >= limit)  # far from the limit: keep
+    assert engine.release_compiled_if_crowded(fraction=1.0) is (maps() >= limit)  # far from the limit: keep
     keep = []
     for i in range(60):  # distinct shapes: 60 programs, each with its own mappings
         f = jax.jit(lambda x: jnp.linalg.eigh(x @ x.T)[0].sum() + jnp.sin(x).sum())
         f(jnp.ones((i + 2, 3))).block_until_ready()
         keep.append(f)
     before = maps()
-    assert runs.release_compiled_if_crowded(fraction=0.0) is True
+    assert engine.release_compiled_if_crowded(fraction=0.0) is True
     assert maps() < before - 60  # at least one mapping per program is gone
 
 

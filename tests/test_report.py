@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from dnfa_cli import config, runs
+from dnfa_cli import config, engine
 from dnfa_cli.cli import app
 
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -31,7 +31,7 @@ def made(tmp_path_factory):
     """One run trained directly and a 2 x 2 sweep trained through the CLI."""
     tmp = tmp_path_factory.mktemp("rep")
     root = tmp / "runs"
-    res = runs.execute([config.validate(BASE)], root)[0]
+    res = engine.execute([config.validate(BASE)], root)[0]
     p = tmp / "s.yaml"
     p.write_text(yaml.safe_dump({**BASE, "name": "sw", "sweep": {"parameters": {
         "model.activation": {"values": ["relu", "tanh"]}, "seed": {"values": [0, 1]}}}}))
@@ -139,7 +139,7 @@ def test_run_figures_and_html(made, tmp_path):
 
 def test_wide_layer_heatmaps_say_they_show_a_block(tmp_path):
     cfg = config.validate({**BASE, "model": {"depth": 1, "width": 200}, "train": {**BASE["train"], "epochs": 1}})
-    res = runs.execute([cfg], tmp_path / "runs")[0]
+    res = engine.execute([cfg], tmp_path / "runs")[0]
     from dnfa_cli import report as rp
 
     v = rp.load_run(tmp_path / "runs", res["run_id"])
@@ -247,7 +247,7 @@ def test_sweep_runs_not_started_are_missing_and_reading_takes_no_locks(made, tmp
 
 def test_bootstrap_intervals_reach_result_json_and_the_table(tmp_path):
     cfg = config.validate({**BASE, "train": {**BASE["train"], "epochs": 1}, "metrics": {"checkpoints": 0, "samples": 24, "bootstrap": 30}})
-    res = runs.execute([cfg], tmp_path / "runs")[0]
+    res = engine.execute([cfg], tmp_path / "runs")[0]
     L1 = res["checkpoints"][-1]["layers"][0]
     for k in ("pearson_a05", "pearson_a1", "tightness_range"):
         assert L1[f"{k}_lo"] <= L1[f"{k}_hi"]

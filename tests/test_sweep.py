@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dnfa_cli import config, runs, sweep
+from dnfa_cli import config, engine, runs, sweep
 from dnfa_cli.cli import app
 
 runner = CliRunner()
@@ -46,8 +47,8 @@ def test_seed_batched_runs_equal_runs_trained_alone(tmp_path):
     raw = {**BASE, "model": {"depth": 2, "width": 6, "activation": "tanh", "bias": True},
            "train": {**BASE["train"], "dtype": "float64", "optimizer": "adam", "lr": 0.01}}
     cfgs = [config.validate({**raw, "seed": s}) for s in (0, 1, 2)]
-    batched = runs.execute(cfgs, tmp_path / "a")
-    alone = [runs.execute([c], tmp_path / "b")[0] for c in cfgs]
+    batched = engine.execute(cfgs, tmp_path / "a")
+    alone = [engine.execute([c], tmp_path / "b")[0] for c in cfgs]
     for rb, ra in zip(batched, alone):
         assert rb["run_id"] == ra["run_id"] and rb["status"] == ra["status"] == "ok"
         for cb, ca in zip(rb["checkpoints"], ra["checkpoints"]):
@@ -71,8 +72,8 @@ def test_a_diverging_seed_does_not_disturb_its_batch(tmp_path):
     raw = {**BASE, "model": {"depth": 1, "width": 8, "activation": "quadratic", "init_scale": 2.5},
            "train": {**BASE["train"], "lr": 0.5}}
     cfgs = [config.validate({**raw, "seed": s}) for s in range(4)]
-    batched = runs.execute(cfgs, tmp_path / "a")
-    alone = [runs.execute([c], tmp_path / "b")[0] for c in cfgs]
+    batched = engine.execute(cfgs, tmp_path / "a")
+    alone = [engine.execute([c], tmp_path / "b")[0] for c in cfgs]
     assert [r["status"] for r in batched] == [r["status"] for r in alone]
     assert "diverged" in [r["status"] for r in alone]
     for rb, ra in zip(batched, alone):
@@ -278,3 +279,42 @@ def test_the_sweep_eta_leaves_out_start_up_once_every_worker_has_run_again():
     # the plain average (elapsed / done) said 39.7 s at the third run, 4.8x the truth; with one
     # finished run there is nothing better to go on than that average
     assert sweep.sweep_eta([6.0], 20, 2) == 6.0 * 19
+
+
+# ----------------------------------------------------------------------------- the library, without the CLI
+def test_sweep_summary_counts_what_the_run_directories_hold(tmp_path):
+    """sweep.run's summary: its counts are the statuses the run directories hold, a second
+    run of the same sweep skips every run, and the record it names lists them all."""
+    p = _file(tmp_path, {"seed": {"values": [0, 1, 2]}})
+    prep = sweep.prepare([p], runs_dir=tmp_path / "runs")
+    assert len(prep.todo) == 3 and set(prep.status.values()) == {None}
+    seen = []
+    s = sweep.run(prep, sweep.Options(workers=1), on_done=lambda r, k, n, eta: seen.append((r["run_id"], k, n)))
+    ids = [c.run_id for c in config.load_config(p).expand()]
+    on_disk = [runs.result_status(tmp_path / "runs", i) for i in ids]
+    assert s.interrupted is None and s.runs == 3 and s.counts == {k: on_disk.count(k) for k in runs.STATUSES}
+    assert (s.ran, s.skipped, s.elsewhere, s.finished_now) == (3, 0, 0, 3)
+    assert sorted(r for r, _, _ in seen) == sorted(ids) and [(k, n) for _, k, n in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert [x["run_id"] for x in json.loads(s.record.read_text())["runs"]] == ids
+    again = sweep.run(sweep.prepare([p], runs_dir=tmp_path / "runs"), sweep.Options(workers=1))
+    assert (again.ran, again.skipped, again.counts["ok"]) == (0, 3, on_disk.count("ok"))
+
+
+def test_sweep_summary_after_a_signal(tmp_path):
+    """A SIGINT while a sweep runs in this process: run() returns (no exception) saying
+    which signal stopped it, counts the runs with a result.json then, and rewrites the
+    record from the run directories; the resume command names the flags that chose the runs."""
+    p = _file(tmp_path, {"seed": {"values": [0, 1, 2]}})
+    prep = sweep.prepare([p], ["train.epochs=1"], runs_dir=tmp_path / "runs")
+    before = signal.getsignal(signal.SIGINT)
+    s = sweep.run(prep, sweep.Options(workers=1), on_done=lambda r, k, n, eta: os.kill(os.getpid(), signal.SIGINT))
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    done = [c.run_id for c in prep.plan.configs if runs.result_status(tmp_path / "runs", c.run_id) == "ok"]
+    assert (s.interrupted, s.signal_name, s.finished, s.finished_now) == (signal.SIGINT, "SIGINT", len(done), 1)
+    assert len(done) == 1
+    rec = {x["run_id"]: x["status"] for x in json.loads(s.record.read_text())["runs"]}
+    assert rec == {c.run_id: "ok" if c.run_id in done else "pending" for c in prep.plan.configs}
+    cmd = sweep.resume_command([p], runs_dir=tmp_path / "my runs", overrides=["train.epochs=1"], grid=["model.width=4,8"],
+                               max_runs=7)
+    assert shlex.split(cmd) == ["dnfa", "sweep", str(p), "--runs-dir", str(tmp_path / "my runs"), "--set", "train.epochs=1",
+                                "--grid", "model.width=4,8", "--max-runs", "7"]

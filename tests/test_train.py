@@ -190,7 +190,7 @@ def test_weights_that_overflow_before_a_checkpoint_are_diverged_not_failed(monke
 
 
 def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeypatch, tmp_path):
-    from dnfa_cli import runs
+    from dnfa_cli import engine
 
     cfgs = [_cfg(**{"seed": s, "train.epochs": 1, "metrics.checkpoints": 0}) for s in (0, 1)]
     real = train.measure
@@ -201,7 +201,7 @@ def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeyp
         return real(cfgs, *a, **k)
 
     monkeypatch.setattr(train, "measure", flaky)
-    res = runs.execute(cfgs, tmp_path)
+    res = engine.execute(cfgs, tmp_path)
     assert [r["status"] for r in res] == ["ok", "failed"]
     assert res[1]["error"].startswith("LinAlgError at step 3: SVD did not converge")
     assert "SVD did not converge" in (tmp_path / res[1]["run_id"] / "traceback.txt").read_text()
@@ -210,10 +210,10 @@ def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeyp
 
 @pytest.mark.parametrize("save,want", [("ends", [0, 6]), ("all", [0, 1, 2, 6]), ("none", [])])
 def test_save_matrices_writes_the_checkpoints_it_names(save, want, tmp_path):
-    from dnfa_cli import runs
+    from dnfa_cli import engine
 
     cfg = _cfg(**{"metrics.checkpoints": [1, 2], "metrics.save_matrices": save})
-    res = runs.execute([cfg], tmp_path)[0]
+    res = engine.execute([cfg], tmp_path)[0]
     assert [c["step"] for c in res["checkpoints"]] == [0, 1, 2, 6]
     files = sorted((tmp_path / cfg.run_id / "checkpoints").glob("matrices_*.npz"))
     assert [int(f.stem.split("_")[1]) for f in files] == want
@@ -229,10 +229,10 @@ def test_save_matrices_writes_the_checkpoints_it_names(save, want, tmp_path):
 
 
 def test_a_diverging_run_keeps_the_matrices_of_its_last_checkpoint(tmp_path):
-    from dnfa_cli import runs
+    from dnfa_cli import engine
 
     cfg = _cfg(**{"model.activation": "identity", "train.lr": 5.0, "train.epochs": 30, "metrics.checkpoints": [1, 2]})
-    res = runs.execute([cfg], tmp_path)[0]
+    res = engine.execute([cfg], tmp_path)[0]
     assert res["status"] == "diverged"
     last = res["checkpoints"][-1]["step"]
     assert 0 < last < 30 * 3  # measured after initialisation, diverged before the end

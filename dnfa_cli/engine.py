@@ -1,0 +1,186 @@
+"""Running things: turn validated configs into finished run directories (execute, with
+the input checks before it), the environment a run records, and the housekeeping of the
+compiled programs a long-lived process accumulates."""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import socket
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+from . import __version__, data, runs, train
+from .config import Config, DnfaInputError
+
+
+# ----------------------------------------------------------------------------- env
+def env_info() -> dict:
+    """What env.json records: versions, the device JAX runs on, the git commit, the host."""
+    def ver(mod):
+        try:
+            from importlib.metadata import version
+
+            return version(mod)
+        except Exception:  # noqa: BLE001
+            return None
+
+    src = Path(__file__).resolve().parent.parent
+    commit = dirty = None
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        if commit:
+            dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                                        capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "dnfa": __version__,
+        "python": sys.version.split()[0],
+        "packages": {p: ver(p) for p in ("jax", "jaxlib", "optax", "numpy", "mnist1d", "pydantic")},
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "time": runs.now_iso(),
+    }
+
+
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return None
+
+
+# ----------------------------------------------------------------------------- compiled programs
+def release_compiled_if_crowded(fraction: float = 0.5) -> bool:
+    """Drop JAX's compiled programs when this process holds more than `fraction` of the
+    kernel's memory-map limit. Every XLA:CPU executable keeps a few mappings of its own
+    (about 4 for a small program, more for the statistics); a worker that trains many
+    different shapes in one process reaches vm.max_map_count (65530 by default) and the
+    next compile dies with a segmentation fault - the test suite did, at 190 tests.
+    Clearing costs a recompile of the next shape; returns whether it cleared."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+    except (OSError, ValueError):  # not Linux
+        return False
+    held = _count_lines("/proc/self/maps")
+    if held is None or held < fraction * limit:
+        return False
+    release_compiled()
+    return True
+
+
+def release_compiled() -> None:
+    """Drop every compiled JAX program this process holds (they are recompiled, or loaded
+    from the persistent cache, when next needed)."""
+    jax.clear_caches()
+    gc.collect()
+
+
+# ----------------------------------------------------------------------------- running
+def precheck(cfg: Config) -> None:
+    """The input checks that need no data: cheap enough for every run of a sweep."""
+    data.check(cfg)
+    n = data.n_train_of(cfg)
+    if n:
+        train.checkpoint_steps(cfg, train.total_steps(cfg, n))
+
+
+def prepare(cfg: Config):
+    """Everything that can reject the input, done before any directory exists: the data
+    (a bad .npz, a batch larger than the data) and the checkpoint schedule."""
+    ds = data.make_dataset(cfg)
+    train.checkpoint_steps(cfg, train.total_steps(cfg, len(ds.X_train)))
+    return ds
+
+
+def _data_info(ds) -> dict:
+    return {"kind": ds.kind, "d": ds.d, "c": ds.c, "n_train": len(ds.X_train), "n_test": len(ds.X_test)}
+
+
+def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, env: dict | None = None) -> list[dict]:
+    """Train runs that differ only in seed (one run is the usual case) as one program and
+    write each run's directory; returns their result dicts. The caller holds the locks.
+    An exception inside training is recorded as status `failed`, never raised."""
+    datasets = datasets or [prepare(c) for c in cfgs]
+    env = env or env_info()
+    created = runs.now_iso()
+    writers = [runs.RunWriter(root, c) for c in cfgs]
+    try:
+        for w in writers:
+            w.start(env)
+    except BaseException:
+        for w in writers:
+            w.release()
+        raise
+    try:
+        outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers],
+                                   on_matrices=[w.matrices for w in writers], on_progress=on_progress)
+    except BaseException as e:  # an interruption (Ctrl-C, SIGTERM) leaves no result.json: rerun later
+        if not isinstance(e, Exception):
+            for w in writers:
+                w.release()
+            raise
+        # a broken run is recorded, the sweep goes on
+        msg = f"{type(e).__name__}: {e}".splitlines()[0]
+        tb = traceback.format_exc()
+        outs = [train.Outcome("failed", checkpoints=runs.read_metrics(w.dir), error=msg, traceback=tb) for w in writers]
+    try:
+        for w, o in zip(writers, outs):
+            if o.traceback:
+                (w.dir / "traceback.txt").write_text(o.traceback)
+        results = []
+        for w, o, ds in zip(writers, outs, datasets):
+            info = {**o.info, "data": _data_info(ds)}
+            results.append(w.finish(o, info, created))
+    finally:
+        for w in writers:
+            w.release()
+    return results
+
+
+@dataclass
+class TrainDone:
+    """What `dnfa train` did: trained the run now (`why` None), or found it finished ok
+    (`why` says when), and the run's result.json content either way."""
+
+    run_id: str
+    dir: Path
+    result: dict
+    why: str | None = None
+
+
+def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
+              on_start: Callable[[str, Path], None] | None = None, on_progress=None) -> TrainDone:
+    """Train one run unless it finished ok before (`force`: train it again): every input
+    check before anything is written (their errors start with `source`), then the run's
+    lock, then training. `on_start(run_id, dir)` is called once training is about to
+    start. RunBusy if another process writes the run's directory without its lock."""
+    rid = cfg.run_id
+    if not force and runs.result_status(root, rid) == "ok":
+        return TrainDone(rid, root / rid, runs.load_result(root, rid), "already finished ok (use --force to retrain)")
+    try:
+        ds = prepare(cfg)  # every input check, before anything is written
+    except DnfaInputError as e:
+        raise DnfaInputError(f"{source}: {e}") from None
+    runs.check_inside(root, rid)
+    with runs.run_lock(root, rid):
+        if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
+            return TrainDone(rid, root / rid, runs.load_result(root, rid), "finished ok in another process meanwhile")
+        if on_start:
+            on_start(rid, (root / rid).absolute())
+        return TrainDone(rid, root / rid, execute([cfg], root, [ds], on_progress=on_progress)[0])
