@@ -17,6 +17,7 @@ import numpy as np
 
 import dnfa_cli  # noqa: F401
 from dnfa_cli import config, data, train
+from dnfa_cli import model as mdl
 
 SHAPES = [(40, [64, 64], 10), (100, [64, 64], 1), (100, [128, 128], 1), (100, [256, 256], 1), (100, [512, 512], 1)]
 
@@ -40,7 +41,7 @@ def time_training(cfgs, dss, batched: bool) -> float:
     epochs = c0.train.epochs
     arrays = [(jnp.asarray(d.X_train, jnp.float32), jnp.asarray(d.T_train, jnp.float32), jnp.asarray(d.y_train)) for d in dss]
     states = [train.init_state(c, d) for c, d in zip(cfgs, dss)]
-    keys = [train.run_keys(c.seed)[1] for c in cfgs]
+    keys = [mdl.run_keys(c.seed)[1] for c in cfgs]
     if batched:
         fn = jax.vmap(functools.partial(train.epoch_fn, **static), in_axes=(0, 0, 0, 0, 0, None, None))
         st = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)

@@ -144,7 +144,7 @@ def layer_summary_table(result: dict, title: str | None = None) -> Table:
 class _RunProgress:
     """A run's progress on stderr: a live line in a terminal, plain lines (one per
     checkpoint) otherwise. It says which phase is running (training, or measuring
-    checkpoint k of K) and an ETA from the time both phases have taken (train.Progress)."""
+    checkpoint k of K) and an ETA from the time both phases have taken (progress.Progress)."""
 
     def __init__(self):
         self.live = err.is_terminal

@@ -1,4 +1,5 @@
-"""The MLP as pure functions over a list of {"W", "b"} (b absent when bias is off).
+"""The MLP as pure functions over a list of {"W", "b"} (b absent when bias is off): its
+parameters, forward passes, losses and the run's random keys.
 
 W_i has shape (k_{i+1}, k_i), rows are output units (docs/SCIENCE.md). Layer indices in code
 are 0-based (`l`); every output names them 1-based (`l + 1`). `forward_all` exposes the
@@ -7,10 +8,12 @@ so df/dp is a plain reverse-mode gradient at zero perturbation.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Params = list  # [{"W": (k_out, k_in), "b": (k_out,)?}, ...]
 
@@ -99,3 +102,48 @@ def f_from_preact(params: Params, l: int, p, activation: str):
 
 def cast(params: Params, dtype) -> Params:
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+
+
+# ----------------------------------------------------------------------------- losses
+def per_example_loss(f, T, y, loss: str, kind: str):
+    """f (m, c) -> (m,). mse: mean over outputs of (f - T)^2 (torch's MSELoss with its
+    default 'mean'); cross_entropy: softmax CE on labels, or the logistic loss
+    softplus(-t f) for +-1 targets with one output."""
+    if loss == "mse":
+        return jnp.mean((f - T) ** 2, axis=-1)
+    if kind == "binary":
+        return jax.nn.softplus(-T[:, 0] * f[:, 0])
+    return optax.softmax_cross_entropy_with_integer_labels(f, y)
+
+
+def correct(f, T, y, kind: str):
+    if kind == "binary":
+        return (jnp.sign(f[:, 0]) == T[:, 0]).astype(f.dtype)
+    return (jnp.argmax(f, axis=-1) == y).astype(f.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "chunk"))
+def evaluate(params, X, T, y, *, activation, loss, kind, chunk=4096):
+    """(mean loss, accuracy) over all rows of X, in chunks."""
+    n = X.shape[0]
+    m = min(chunk, n)
+    nc = -(-n // m)
+    pad = nc * m - n
+    padr = lambda a: jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]).reshape((nc, m) + a.shape[1:])
+    w = padr(jnp.ones((n,), X.dtype))
+
+    def body(acc, inp):
+        Xc, Tc, yc, wc = inp
+        f = forward(params, Xc, activation)
+        return (acc[0] + jnp.sum(wc * per_example_loss(f, Tc, yc, loss, kind)),
+                acc[1] + jnp.sum(wc * correct(f, Tc, yc, kind))), None
+
+    (ls, cs), _ = jax.lax.scan(body, (jnp.zeros((), X.dtype), jnp.zeros((), X.dtype)), (padr(X), padr(T), padr(y), w))
+    return ls / n, cs / n
+
+
+# ----------------------------------------------------------------------------- keys
+def run_keys(seed: int):
+    """init, shuffle and metrics keys, split once from the run seed."""
+    k_init, k_shuffle, k_metrics = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return k_init, k_shuffle, k_metrics

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import engine, model, runs
+from .progress import sweep_eta
 from .config import MAX_RUNS, Config, ConfigError, DnfaInputError, flatten, load_config
 from .data import dims_of
 from .train import seed_free
@@ -502,17 +503,6 @@ def load_sweep(root: Path, sweep_id: str) -> dict:
         r.setdefault("params", {})
         r.setdefault("status", "pending")
     return rec
-
-
-def sweep_eta(finished: list[float], n: int, workers: int) -> float:
-    """Seconds left in a sweep of `n` runs, given when each finished run finished (seconds
-    since the start, in order). Once every worker has finished a run since the first one
-    did, the rate since then, which leaves out start-up and compiling (the runs still to
-    come mostly do not pay them again); before that, the average so far."""
-    done = len(finished)
-    since = done - 1
-    rate = (finished[-1] - finished[0]) / since if since >= workers else finished[-1] / done
-    return rate * (n - done)
 
 
 def default_workers() -> int:

@@ -65,14 +65,14 @@ def test_train_writes_the_whole_contract(tmp_path):
     # the stored numbers are those of the stored weights: recompute layer 1 at the end
     import reference_stats as ref
 
-    from dnfa_cli import data, train
+    from dnfa_cli import data, measure
     from dnfa_cli import grams as gm
 
     cfg = config.load_config(p).base
     ds = data.make_dataset(cfg)
     z = np.load(d / "checkpoints" / f"step_{steps[-1]:07d}.npz")
     params = [{"W": z[f"W{i}"]} for i in (1, 2, 3)]
-    X = ds.X_train[train.metrics_subset(cfg, ds)]
+    X = ds.X_train[measure.metrics_subset(cfg, ds)]
     g = gm.compute_grams(params, X, "relu", method="jacfwd")
     nfm = z["W1"].astype(np.float64).T @ z["W1"]
     assert res["checkpoints"][-1]["layers"][0]["pearson_a1"] == pytest.approx(ref.pearson(nfm, g.agop[0]), abs=1e-10)

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 from dnfa_cli import config, data, train
+from dnfa_cli import measure as ms
+from dnfa_cli import model as mdl
+from dnfa_cli import progress
 
 
 def _cfg(**over):
@@ -28,7 +31,7 @@ def _numpy_epoch(cfg, ds, params, epoch, opt_state, t0):
     W1, b1, W2, b2 = (np.array(params[0]["W"]), np.array(params[0]["b"]), np.array(params[1]["W"]), np.array(params[1]["b"]))
     X, T = ds.X_train, ds.T_train
     n, B = len(X), tc.batch_size
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(train.run_keys(cfg.seed)[1], epoch), n))
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(mdl.run_keys(cfg.seed)[1], epoch), n))
     t = t0
     for s in range(0, n, B):
         idx = perm[s:s + B]
@@ -79,7 +82,7 @@ def test_epochs_match_handwritten_numpy_loop(opt):
     static = dict(activation="tanh", loss="mse", kind="regression", optimizer=cfg.train.optimizer, batch_size=8)
     t = 0
     for e in range(2):
-        key = jax.random.fold_in(train.run_keys(cfg.seed)[1], e)
+        key = jax.random.fold_in(mdl.run_keys(cfg.seed)[1], e)
         st, losses = train.epoch_fn(st, *arrays, key, 0, 3, **static)
         ref, t = _numpy_epoch(cfg, ds, ref, e, opt_state, t)
         assert losses.shape == (3,)  # 21 samples, batch 8: 8 + 8 + 5
@@ -130,18 +133,18 @@ def test_losses_and_accuracy_against_numpy():
     f = jnp.asarray([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
     T = jnp.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     y = jnp.asarray([0, 2])
-    mse = np.asarray(train.per_example_loss(f, T, y, "mse", "classification"))
+    mse = np.asarray(mdl.per_example_loss(f, T, y, "mse", "classification"))
     np.testing.assert_allclose(mse, ((np.asarray(f) - np.asarray(T)) ** 2).mean(1))
-    ce = np.asarray(train.per_example_loss(f, T, y, "cross_entropy", "classification"))
+    ce = np.asarray(mdl.per_example_loss(f, T, y, "cross_entropy", "classification"))
     fz = np.asarray(f)
     ref = np.log(np.exp(fz).sum(1)) - fz[[0, 1], [0, 2]]
     np.testing.assert_allclose(ce, ref, rtol=1e-12)
-    np.testing.assert_array_equal(np.asarray(train.correct(f, T, y, "classification")), [1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(mdl.correct(f, T, y, "classification")), [1.0, 0.0])
     fb = jnp.asarray([[0.3], [-2.0]])
     tb = jnp.asarray([[1.0], [1.0]])
-    np.testing.assert_allclose(np.asarray(train.per_example_loss(fb, tb, y, "cross_entropy", "binary")),
+    np.testing.assert_allclose(np.asarray(mdl.per_example_loss(fb, tb, y, "cross_entropy", "binary")),
                                np.log1p(np.exp(-np.array([0.3, -2.0]))), rtol=1e-12)
-    np.testing.assert_array_equal(np.asarray(train.correct(fb, tb, y, "binary")), [1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(mdl.correct(fb, tb, y, "binary")), [1.0, 0.0])
 
 
 def test_checkpoint_schedule():
@@ -193,14 +196,14 @@ def test_a_run_failing_in_measurement_is_failed_alone_with_its_traceback(monkeyp
     from dnfa_cli import engine
 
     cfgs = [_cfg(**{"seed": s, "train.epochs": 1, "metrics.checkpoints": 0}) for s in (0, 1)]
-    real = train.measure
+    real = ms.measure
 
     def flaky(cfgs, *a, **k):
         if any(c.seed == 1 for c in cfgs) and a[4] > 0:  # a batch holding seed 1, after initialisation
             raise np.linalg.LinAlgError("SVD did not converge")
         return real(cfgs, *a, **k)
 
-    monkeypatch.setattr(train, "measure", flaky)
+    monkeypatch.setattr(ms, "measure", flaky)
     res = engine.execute(cfgs, tmp_path)
     assert [r["status"] for r in res] == ["ok", "failed"]
     assert res[1]["error"].startswith("LinAlgError at step 3: SVD did not converge")
@@ -243,9 +246,9 @@ def test_a_diverging_run_keeps_the_matrices_of_its_last_checkpoint(tmp_path):
 def _simulate(total, spe, n_ck, *, compile_s, per_call, per_step, first_ck, per_ck):
     """A run's timeline from a cost model: the Progress it would report, the truth left."""
     cks = train.checkpoint_steps(_cfg(**{"train.steps": total, "train.epochs": None, "metrics.checkpoints": n_ck}), total)
-    calls = train.call_sizes(cks, spe)
+    calls = progress.call_sizes(cks, spe)
     assert sum(calls) == total
-    p = train.Progress(step=0, total=total, checkpoints=len(cks), calls=calls)
+    p = progress.Progress(step=0, total=total, checkpoints=len(cks), calls=calls)
     events, step = [], 0
     p.checkpoint_seconds.append(first_ck)
     events.append((p.elapsed, p.eta()))
