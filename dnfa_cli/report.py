@@ -18,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs
+from . import runs, stats
 from .config import DnfaInputError, flatten
 
 # the statistics a table shows (json/csv carry every key of result.json)
-HEADLINE = ["pearson_a05", "pearson_a1", "cosine_a1", "delta_cosine_a1", "alpha_star", "tightness",
-            "tightness_range", "tightness_top", "w_rank90", "iso_dev_range", "eff_rank_range",
-            "rand_pearson_a1", "rand_pearson_a1_sd", "rand_spec_pearson_a1", "rand_gap_a1", "centered_pearson", "gc_pearson_a1",
-            "left_pearson", "left_act_pearson", "half_range_pearson", "align_1", "align_4"]
-CI = ["pearson_a05", "pearson_a1", "tightness_range"]  # with metrics.bootstrap: *_lo, *_hi
-SWEEP_STATS = ["pearson_a05", "pearson_a1", "alpha_star", "tightness_range", "rand_pearson_a1", "half_range_pearson"]
+HEADLINE = stats.shown("headline")
+CI = stats.shown("ci")  # with metrics.bootstrap: *_lo, *_hi
+SWEEP_STATS = stats.shown("sweep")
 FIG_DPI = 100
 TINY = 1e-12  # magnitudes below this are printed as 0
 
@@ -622,7 +619,7 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     return path
 
 
-TERMINAL_STATS = ["pearson_a05", "pearson_a1", "tightness_range", "alpha_star", "rand_pearson_a1", "test_loss", "test_acc"]
+TERMINAL_STATS = [*stats.shown("terminal"), "test_loss", "test_acc"]
 
 
 def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], terminal: bool = False,
@@ -747,8 +744,7 @@ def sort_rows(rows: list[dict], key: str | None) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- compare
-COMPARE_STATS = ["pearson_a05", "pearson_a1", "alpha_star", "tightness", "tightness_range", "rand_pearson_a1",
-                 "rand_gap_a1", "delta_rel", "half_range_pearson"]
+COMPARE_STATS = stats.shown("compare")
 
 
 def compare_views(root: Path, idents: list[str]) -> list[RunView]:

@@ -317,6 +317,79 @@ def align(A, B):
     return jnp.clip(jax.lax.map(one, jnp.arange(1, p + 1)), 0.0, 1.0)
 
 
+# ============================================================================ the registry
+DISPLAYS = ("headline", "ci", "terminal", "sweep", "compare")
+
+
+class Stat(NamedTuple):
+    """One statistic, declared once. `kind`: float, int or edge (alpha_star_edge: low / high
+    / null). `family`: who computes it - "layer" (a function of the layer context, in this
+    module), "published" or "swap" (counterfactual.py). `shows`: (display, position) pairs:
+    headline (`dnfa report`'s per-run table), ci (bootstrapped with metrics.bootstrap: its
+    *_lo / *_hi keys and the 95% interval row), terminal and sweep (the sweep tables),
+    compare (`dnfa compare`)."""
+
+    name: str
+    meaning: str
+    kind: str = "float"
+    family: str = "layer"
+    shows: tuple = ()
+
+
+REGISTRY: dict[str, Stat] = {}
+_LAYER_FNS: list = []  # (names, function of the layer context), in the order of the registry
+_BOOT_FNS: dict = {}  # name -> function of (layer context, Resample), for the ci statistics
+
+
+def stat(name: str, meaning: str, *, kind: str = "float", family: str = "layer", **shows: int) -> Stat:
+    """A registry entry; `shows`: display=position (1 first), e.g. headline=2."""
+    bad = set(shows) - set(DISPLAYS)
+    if bad:
+        raise ValueError(f"{name}: unknown display {sorted(bad)} (allowed: {', '.join(DISPLAYS)})")
+    return Stat(name, meaning, kind, family, tuple(shows.items()))
+
+
+def register(*entries: Stat) -> tuple[str, ...]:
+    """Enter statistics in the registry (each name once); returns their names."""
+    for e in entries:
+        if e.name in REGISTRY:
+            raise ValueError(f"statistic {e.name!r} is registered twice")
+        REGISTRY[e.name] = e
+    return tuple(e.name for e in entries)
+
+
+def statistic(*entries: Stat, boot=None):
+    """Decorator: the function of the layer context that computes these entries (one value,
+    or a tuple in the entries' order); `boot(c, resample)`: its bootstrap, for an entry
+    shown in "ci"."""
+    def deco(fn):
+        names = register(*entries)
+        _LAYER_FNS.append((names, fn))
+        if boot is not None:
+            _BOOT_FNS[names[0]] = boot
+        return fn
+    return deco
+
+
+def names(family: str = "layer") -> tuple[str, ...]:
+    """The keys of one family, in registry order (the order of result.json's layer rows)."""
+    return tuple(n for n, e in REGISTRY.items() if e.family == family)
+
+
+def shown(display: str) -> list[str]:
+    """The statistics a display shows, in its order."""
+    at = {n: dict(e.shows)[display] for n, e in REGISTRY.items() if display in dict(e.shows)}
+    return sorted(at, key=at.get)
+
+
+def markdown_table() -> str:
+    """The registry as docs/SCIENCE.md shows it."""
+    rows = ["| key | meaning | kind | shown in |", "|---|---|---|---|"]
+    for e in REGISTRY.values():
+        rows.append(f"| `{e.name}` | {e.meaning} | {e.kind} | {', '.join(d for d, _ in e.shows) or '-'} |")
+    return "\n".join(rows)
+
+
 # ============================================================================ per layer
 def _baselines(G, s, base: bl.Terms, k_in: int):
     """rand_pearson_a1 (Gaussian R) and rand_spec_pearson_a1 (R_s = Q_out diag(s) Q_in^T)
@@ -345,112 +418,288 @@ def _baselines(G, s, base: bl.Terms, k_in: int):
     return jax.lax.map(one, tuple(base))
 
 
+class Layer:
+    """The per-layer context: one layer's inputs and the decompositions its statistics
+    share (the SVD of W, eigh of agop, the alpha curve `pp`, ...), each computed once, the
+    later ones when first asked for. `o` holds the statistics computed so far."""
+
+    def __init__(self, x: LayerIn, route: str, trivial: bool):
+        self.x, self.route, self.trivial = x, route, trivial
+        W, G = x.W, x.pgop  # eigh symmetrises its input itself
+        self.W, self.W0, self.agop, self.G, self.rel_tol = W, x.W0, x.agop, G, x.rel_tol
+        self.k_out, self.k_in = W.shape
+        self.nfm = W.T @ W
+        self.WWt = W @ W.T
+        self.sv = svd_of(W, self.nfm, self.WWt, route)
+        self.s, self.r, self.lamG = self.sv.s, self.sv.r, x.lamG
+        # agop = W^T G W: its rounding scale is eps |W|^2 l_max(G), which can dwarf l_max(agop)
+        # itself when W^T G W cancels (a net whose end-to-end map shrinks to ~0)
+        self.floor = self.rel_tol * self.s[0] ** 2 * jnp.maximum(self.lamG[-1], 0.0)
+        if trivial and 4 * self.k_out <= self.k_in:
+            self.lamA, self.VA = readout_agop_eigh(W, G)
+        else:
+            self.lamA, self.VA = jnp.linalg.eigh(x.agop)
+        self.lamA_c = clip_spectrum(self.lamA, self.rel_tol, self.floor)
+        self.pp = self.power(self.nfm, self.lamA, self.VA)
+        self.o: dict = {}
+
+    def power(self, N, lam, V) -> PowerPearson:
+        """pearson(N, A^alpha) for any alpha, A = V diag(lam) V^T, at this layer's floors."""
+        return PowerPearson.make(N, lam, V, self.rel_tol, self.floor)
+
+    @functools.cached_property
+    def inside(self):  # the columns of U that span range(W)
+        return jnp.arange(self.s.shape[0]) < self.r
+
+    @functools.cached_property
+    def Ur(self):
+        return self.sv.U * self.inside[None, :]
+
+    @functools.cached_property
+    def Gr(self):  # G on range(W): U_r^T G U_r, the leading r x r block of U^T G U
+        return self.Ur.T @ (self.G @ self.Ur)
+
+    @functools.cached_property
+    def r90(self):
+        return rank90(self.s)
+
+    @functools.cached_property
+    def dW(self):
+        return self.W - self.W0
+
+    @functools.cached_property
+    def dN(self):
+        return self.dW.T @ self.dW
+
+
+class Resample:
+    """One bootstrap resample's pgop Gb and what its statistics share."""
+
+    def __init__(self, c: Layer, Gb):
+        self.agop = c.W.T @ Gb @ c.W
+        self.lam, self.V = jnp.linalg.eigh(self.agop)
+        self.Gr = c.Ur.T @ Gb @ c.Ur
+
+
 def _layer(x: LayerIn, *, route: str, trivial: bool):
-    """Every statistic of one layer -> (dict of scalars, dict of matrices)."""
-    W, W0, agop, G = x.W, x.W0, x.agop, x.pgop  # eigh symmetrises its input itself
-    rel_tol = x.rel_tol
-    k_out, k_in = W.shape
-    nfm = W.T @ W
-    WWt = W @ W.T
-    sv = svd_of(W, nfm, WWt, route)
-    s, r = sv.s, sv.r
-    lamG = x.lamG
-    # agop = W^T G W: its rounding scale is eps |W|^2 l_max(G), which can dwarf l_max(agop)
-    # itself when W^T G W cancels (a net whose end-to-end map shrinks to ~0)
-    floor = rel_tol * s[0] ** 2 * jnp.maximum(lamG[-1], 0.0)
-    if trivial and 4 * k_out <= k_in:
-        lamA, VA = readout_agop_eigh(W, G)
-    else:
-        lamA, VA = jnp.linalg.eigh(agop)
-    lamA_c = clip_spectrum(lamA, rel_tol, floor)
-    pp = PowerPearson.make(nfm, lamA, VA, rel_tol, floor)
+    """Every statistic of one layer -> (dict of scalars, dict of matrices, the SVD route's
+    verdict): each registered function of the layer context in turn."""
+    c = Layer(x, route, trivial)
+    for keys, fn in _LAYER_FNS:
+        out = fn(c)
+        out = out if isinstance(out, tuple) else (out,)
+        if len(out) != len(keys):
+            raise ValueError(f"{fn.__name__} returned {len(out)} values for its {len(keys)} statistics {keys}")
+        c.o.update(zip(keys, out))
+    if x.boot.shape[0]:
+        c.o.update(_bootstrap(c, x.boot))
+    agop_half = (c.VA * jnp.sqrt(c.lamA_c)) @ c.VA.T
+    mats = {"nfm": c.nfm, "agop": x.agop, "agop_half": agop_half, "pgop": x.pgop}
+    return c.o, mats, c.sv.ok
 
-    o = {"w_rank": r}
-    o["pearson_a1"] = pearson(nfm, agop)
-    o["pearson_a05"] = pp(0.5)
-    o["cosine_a1"] = cosine(nfm, agop)
-    o["cosine_a05"] = pp.cosine(0.5)
-    o["alpha_star"], o["alpha_star_edge"], o["pearson_alpha_star"] = alpha_star(pp)
 
-    o.update(isotropy(_sym(G), k_out, lamG[0], lamG[-1], rel_tol))
-    # G on range(W): U_r^T G U_r, the leading r x r block of U^T G U
-    inside = jnp.arange(s.shape[0]) < r
-    Ur = sv.U * inside[None, :]
-    Gr = Ur.T @ (G @ Ur)
-    if route == "svd":  # the block padded with its own mean eigenvalue keeps its extremes
-        mean = jnp.trace(Gr) / jnp.where(r > 0, r, 1)
-        lamR = jnp.linalg.eigvalsh(_sym(Gr) + jnp.diag(jnp.where(inside, 0.0, mean)))
-        lo_r, hi_r = lamR[0], lamR[-1]
+def _bootstrap(c: Layer, boot) -> dict:
+    """The 2.5% and 97.5% quantiles over the resamples of each bootstrapped statistic."""
+    names = shown("ci")
+
+    def one(Gb):
+        b = Resample(c, Gb)
+        return tuple(_BOOT_FNS[n](c, b) for n in names)
+
+    vals = jax.lax.map(one, boot)
+    o = {}
+    for name, v in zip(names, vals):
+        v = jnp.where(jnp.isfinite(v), v, jnp.nan)
+        o[f"{name}_lo"] = jnp.nanquantile(v, 0.025)
+        o[f"{name}_hi"] = jnp.nanquantile(v, 0.975)
+    return o
+
+
+# ============================================================================ the statistics
+# Each is one function of the layer context (class Layer) and its registry entries; their
+# order here is the order of result.json's layer rows. docs/SCIENCE.md defines them.
+@statistic(stat("w_rank", "numerical rank of W: singular values above max(shape) eps s_max", kind="int"))
+def _w_rank(c: Layer):
+    return c.r
+
+
+@statistic(stat("pearson_a1", "the ansatz at alpha = 1 (arXiv era): pearson(nfm, agop)",
+                headline=2, ci=2, terminal=2, sweep=2, compare=2),
+           boot=lambda c, b: pearson(c.nfm, b.agop))
+def _pearson_a1(c: Layer):
+    return pearson(c.nfm, c.agop)
+
+
+@statistic(stat("pearson_a05", "the ansatz at alpha = 1/2 (Science era): pearson(nfm, agop^(1/2))",
+                headline=1, ci=1, terminal=1, sweep=1, compare=1),
+           boot=lambda c, b: c.power(c.nfm, b.lam, b.V)(0.5))
+def _pearson_a05(c: Layer):
+    return c.pp(0.5)
+
+
+@statistic(stat("cosine_a1", "cosine(nfm, agop), no centring (the arXiv scripts' measure)", headline=3))
+def _cosine_a1(c: Layer):
+    return cosine(c.nfm, c.agop)
+
+
+@statistic(stat("cosine_a05", "cosine(nfm, agop^(1/2))"))
+def _cosine_a05(c: Layer):
+    return c.pp.cosine(0.5)
+
+
+@statistic(stat("alpha_star", "the alpha in [0.05, 2] maximising pearson(nfm, agop^alpha); null at an end or on a "
+                "flat curve", headline=5, terminal=4, sweep=3, compare=3),
+           stat("alpha_star_edge", "low / high when that maximum sits at an end of [0.05, 2], else null", kind="edge"),
+           stat("pearson_alpha_star", "pearson(nfm, agop^alpha) at its maximum"))
+def _alpha_star(c: Layer):
+    return alpha_star(c.pp)
+
+
+_ISO = {"tightness": "(tr G)^2 / (k tr G^2) of G = pgop: 1 exactly when G = cI",
+        "iso_dev": "|G / (tr G / k) - I|_F / sqrt(k): RMS relative deviation of G from isotropy",
+        "eff_rank": "(tr G)^2 / tr G^2 of G: its participation ratio",
+        "cond": "l_max / l_min of G; null when G is numerically singular"}
+
+
+@statistic(*(stat(k, m, **({"headline": 6, "compare": 4} if k == "tightness" else {})) for k, m in _ISO.items()))
+def _isotropy(c: Layer):
+    return tuple(isotropy(_sym(c.G), c.k_out, c.lamG[0], c.lamG[-1], c.rel_tol).values())
+
+
+_RANGE_SHOWS = {"tightness": dict(headline=7, ci=3, terminal=3, sweep=4, compare=5), "iso_dev": dict(headline=10),
+                "eff_rank": dict(headline=11), "cond": {}}
+
+
+@statistic(*(stat(f"{k}_range", f"{k} of U_r^T G U_r: G on range(W), r = w_rank", **_RANGE_SHOWS[k]) for k in _ISO),
+           boot=lambda c, b: tightness(b.Gr, c.r))
+def _isotropy_range(c: Layer):
+    if c.route == "svd":  # the block padded with its own mean eigenvalue keeps its extremes
+        mean = jnp.trace(c.Gr) / jnp.where(c.r > 0, c.r, 1)
+        lamR = jnp.linalg.eigvalsh(_sym(c.Gr) + jnp.diag(jnp.where(c.inside, 0.0, mean)))
     else:  # r = min(shape) certified; for k_out <= k_in, U is square: U^T G U has G's spectrum
-        lamR = lamG if route == "left" else jnp.linalg.eigvalsh(_sym(Gr))
-        lo_r, hi_r = lamR[0], lamR[-1]
-    o.update({f"{k}_range": v for k, v in isotropy(_sym(Gr), r, lo_r, hi_r, rel_tol).items()})
-    r90 = rank90(s)
-    o["w_rank90"] = r90
-    top = jnp.arange(s.shape[0]) < r90
-    Gt = Gr * (top[:, None] & top[None, :])
-    o["tightness_top"] = jnp.where(r90 > 0, tightness(Gt, r90), jnp.nan)
-    o["left_pearson"] = pearson(WWt, G)
+        lamR = c.lamG if c.route == "left" else jnp.linalg.eigvalsh(_sym(c.Gr))
+    return tuple(isotropy(_sym(c.Gr), c.r, lamR[0], lamR[-1], c.rel_tol).values())
 
-    # ---- baselines (docs/SCIENCE.md, "Baselines")
-    rand, spec = _baselines(G, s, x.base, k_in)
-    o["rand_pearson_a1"], o["rand_pearson_a1_sd"] = mean_sd(rand)
-    o["rand_spec_pearson_a1"], o["rand_spec_pearson_a1_sd"] = mean_sd(spec)
-    # what W itself contributes beyond any matrix of its shape at the same pgop
-    o["rand_gap_a1"] = o["pearson_a1"] - o["rand_pearson_a1"]
-    dW = W - W0
-    dN = dW.T @ dW
-    # how far training moved W: small in the lazy (kernel) regime, order one in the rich one
-    n0 = jnp.linalg.norm(W0)
-    o["delta_rel"] = jnp.where(n0 > 0, jnp.linalg.norm(dW) / jnp.where(n0 > 0, n0, 1.0), jnp.nan)
-    o["centered_pearson"] = pearson(dW.T @ (G @ dW), dN)
-    o["delta_cosine_a1"] = cosine(dN, agop)
-    o["delta_pearson_a1"] = pearson(dN, agop)
-    # what the published scripts mean to print (W in place, not W - W0): the NFM of W - W0
-    # against AGOP^(1/2) (Science era) and against the gradient-centred AGOP
-    o["delta_pearson_a05"] = PowerPearson.make(dN, lamA, VA, rel_tol, floor)(0.5)
-    agop_gc = agop - x.jbar.T @ x.jbar
+
+@statistic(stat("w_rank90", "fewest top singular directions of W carrying 90% of sum s_j^2", kind="int", headline=9))
+def _w_rank90(c: Layer):
+    return c.r90
+
+
+@statistic(stat("tightness_top", "tightness of G on the w_rank90 top singular directions of W", headline=8))
+def _tightness_top(c: Layer):
+    top = jnp.arange(c.s.shape[0]) < c.r90
+    Gt = c.Gr * (top[:, None] & top[None, :])
+    return jnp.where(c.r90 > 0, tightness(Gt, c.r90), jnp.nan)
+
+
+@statistic(stat("left_pearson", "pearson(W W^T, pgop): the left Gram against the gradients", headline=18))
+def _left_pearson(c: Layer):
+    return pearson(c.WWt, c.G)
+
+
+@statistic(stat("rand_pearson_a1", "pearson(R^T R, R^T G R) for Gaussian R of W's shape, mean of 4 draws",
+                headline=12, terminal=5, sweep=5, compare=6),
+           stat("rand_pearson_a1_sd", "the standard deviation of those 4 draws", headline=13),
+           stat("rand_spec_pearson_a1", "the same for R with W's singular values, Haar singular vectors", headline=14),
+           stat("rand_spec_pearson_a1_sd", "the standard deviation of those 4 draws"))
+def _random_baselines(c: Layer):
+    rand, spec = _baselines(c.G, c.s, c.x.base, c.k_in)
+    return (*mean_sd(rand), *mean_sd(spec))
+
+
+@statistic(stat("rand_gap_a1", "pearson_a1 - rand_pearson_a1: what W adds beyond any matrix of its shape",
+                headline=15, compare=7))
+def _rand_gap(c: Layer):
+    return c.o["pearson_a1"] - c.o["rand_pearson_a1"]
+
+
+@statistic(stat("delta_rel", "|W - W0|_F / |W0|_F: how far training moved W (small: lazy regime)", compare=8))
+def _delta_rel(c: Layer):
+    dW, n0 = c.dW, jnp.linalg.norm(c.W0)
+    return jnp.where(n0 > 0, jnp.linalg.norm(dW) / jnp.where(n0 > 0, n0, 1.0), jnp.nan)
+
+
+@statistic(stat("centered_pearson", "centred NFA (Beaglehole et al.): pearson(dW^T G dW, dW^T dW), dW = W - W0",
+                headline=16))
+def _centered(c: Layer):
+    return pearson(c.dW.T @ (c.G @ c.dW), c.dN)
+
+
+@statistic(stat("delta_cosine_a1", "cosine(dW^T dW, agop): what the arXiv scripts intend", headline=4))
+def _delta_cosine_a1(c: Layer):
+    return cosine(c.dN, c.agop)
+
+
+@statistic(stat("delta_pearson_a1", "pearson(dW^T dW, agop)"))
+def _delta_pearson_a1(c: Layer):
+    return pearson(c.dN, c.agop)
+
+
+@statistic(stat("delta_pearson_a05", "pearson(dW^T dW, agop^(1/2)): what the Science scripts intend"))
+def _delta_pearson_a05(c: Layer):
+    return c.power(c.dN, c.lamA, c.VA)(0.5)
+
+
+@statistic(stat("gc_pearson_a1", "pearson(nfm, gradient-centred agop); null where that is rounding noise",
+                headline=17),
+           stat("gc_pearson_a05", "pearson(nfm, gradient-centred agop^(1/2))"),
+           stat("delta_gc_pearson_a05", "pearson(dW^T dW, gradient-centred agop^(1/2))"),
+           stat("delta_gc_cosine_a1", "cosine(dW^T dW, gradient-centred agop)"))
+def _gradient_centred(c: Layer):
+    agop_gc = c.agop - c.x.jbar.T @ c.x.jbar
     # every sample with the same Jacobian (the read-out layer always): the centred AGOP is
     # zero and what is left of the subtraction is rounding noise
-    real = jnp.linalg.norm(agop_gc) > jnp.maximum(MARGIN * rel_tol * jnp.linalg.norm(agop), k_in * floor)
-    if trivial:  # f is linear in h_L: J = W_L for every sample, exactly
-        o["gc_pearson_a1"] = o["gc_pearson_a05"] = o["delta_gc_pearson_a05"] = o["delta_gc_cosine_a1"] = _nan()
-    else:
-        lam_gc, V_gc = jnp.linalg.eigh(agop_gc)
-        o["gc_pearson_a1"] = jnp.where(real, pearson(nfm, agop_gc), jnp.nan)
-        o["gc_pearson_a05"] = jnp.where(real, PowerPearson.make(nfm, lam_gc, V_gc, rel_tol, floor)(0.5), jnp.nan)
-        o["delta_gc_pearson_a05"] = jnp.where(real, PowerPearson.make(dN, lam_gc, V_gc, rel_tol, floor)(0.5), jnp.nan)
-        o["delta_gc_cosine_a1"] = jnp.where(real, cosine(dN, agop_gc), jnp.nan)
-    o["left_act_pearson"] = pearson(WWt, x.pcov)
-    # the alpha = 1/2 identity on range(W): Pi G Pi against W W^T, Pi = U_r U_r^T, from
+    real = jnp.linalg.norm(agop_gc) > jnp.maximum(MARGIN * c.rel_tol * jnp.linalg.norm(c.agop), c.k_in * c.floor)
+    if c.trivial:  # f is linear in h_L: J = W_L for every sample, exactly
+        return (_nan(),) * 4
+    lam_gc, V_gc = jnp.linalg.eigh(agop_gc)
+    return (jnp.where(real, pearson(c.nfm, agop_gc), jnp.nan),
+            jnp.where(real, c.power(c.nfm, lam_gc, V_gc)(0.5), jnp.nan),
+            jnp.where(real, c.power(c.dN, lam_gc, V_gc)(0.5), jnp.nan),
+            jnp.where(real, cosine(c.dN, agop_gc), jnp.nan))
+
+
+@statistic(stat("left_act_pearson", "pearson(W W^T, E[p p^T]): the left Gram against the pre-activations",
+                headline=19))
+def _left_act_pearson(c: Layer):
+    return pearson(c.WWt, c.x.pcov)
+
+
+@statistic(stat("half_range_pearson", "pearson(P G P, W W^T), P the projector on range(W): alpha = 1/2 on range(W)",
+                headline=20, sweep=6, compare=9))
+def _half_range_pearson(c: Layer):
     # <Pi G Pi, W W^T> = <G, W W^T>, sum(Pi G Pi) = (Pi 1)^T G (Pi 1), |Pi G Pi|_F = |G_r|_F
-    p1 = Ur @ (Ur.T @ jnp.ones(k_out, F64))
-    o["half_range_pearson"] = pearson_from_sums(k_out * k_out, p1 @ G @ p1, WWt.sum(), jnp.sum(Gr * Gr),
-                                                jnp.sum(WWt * WWt), jnp.sum(G * WWt))
-    VA_top = VA[:, ::-1][:, :N_ALIGN]  # eigh's eigenvalues ascend
-    cos = align(sv.Vtop, VA_top[:, :sv.Vtop.shape[1]])
-    for rr in range(1, N_ALIGN + 1):
-        # the top rr eigenvectors of agop are determined only up to its rank: beyond, null
-        o[f"align_{rr}"] = jnp.where((rr <= jnp.minimum(sv.Vtop.shape[1], r)) & (rr <= jnp.sum(lamA_c > 0)),
-                                     cos[min(rr, cos.shape[0]) - 1], jnp.nan)
+    p1 = c.Ur @ (c.Ur.T @ jnp.ones(c.k_out, F64))
+    return pearson_from_sums(c.k_out * c.k_out, p1 @ c.G @ p1, c.WWt.sum(), jnp.sum(c.Gr * c.Gr),
+                             jnp.sum(c.WWt * c.WWt), jnp.sum(c.G * c.WWt))
 
-    if x.boot.shape[0]:
-        def one(Gb):
-            Ab = W.T @ Gb @ W
-            lb, Vb = jnp.linalg.eigh(Ab)
-            Gbr = Ur.T @ Gb @ Ur
-            return (PowerPearson.make(nfm, lb, Vb, rel_tol, floor)(0.5), pearson(nfm, Ab),
-                    tightness(Gbr, r))
 
-        b_a05, b_a1, b_tr = jax.lax.map(one, x.boot)
-        for name, v in (("pearson_a05", b_a05), ("pearson_a1", b_a1), ("tightness_range", b_tr)):
-            v = jnp.where(jnp.isfinite(v), v, jnp.nan)
-            o[f"{name}_lo"] = jnp.nanquantile(v, 0.025)
-            o[f"{name}_hi"] = jnp.nanquantile(v, 0.975)
+@statistic(*(stat(f"align_{rr}", f"cosine of the largest principal angle between the top {rr} right singular "
+                  f"vectors of W and the top {rr} eigenvectors of agop; null beyond their ranks",
+                  **({"headline": {1: 21, 4: 22}[rr]} if rr in (1, 4) else {})) for rr in range(1, N_ALIGN + 1)))
+def _align(c: Layer):
+    VA_top = c.VA[:, ::-1][:, :N_ALIGN]  # eigh's eigenvalues ascend
+    na = c.sv.Vtop.shape[1]
+    cos = align(c.sv.Vtop, VA_top[:, :na])
+    # the top rr eigenvectors of agop are determined only up to its rank: beyond, null
+    return tuple(jnp.where((rr <= jnp.minimum(na, c.r)) & (rr <= jnp.sum(c.lamA_c > 0)),
+                           cos[min(rr, cos.shape[0]) - 1], jnp.nan) for rr in range(1, N_ALIGN + 1))
 
-    agop_half = (VA * jnp.sqrt(lamA_c)) @ VA.T
-    mats = {"nfm": nfm, "agop": x.agop, "agop_half": agop_half, "pgop": x.pgop}
-    return o, mats, sv.ok
+
+# the counterfactual nets' keys, computed by counterfactual.py
+register(
+    stat("published_pearson_a05", "Science era, \"uncentered\": pearson(dNFM, AGOP'^(1/2)) as the published "
+         "script prints it", family="published"),
+    stat("published_gc_pearson_a05", "Science era, \"centered\": the same with the gradient-centred AGOP'",
+         family="published"),
+    stat("published_cosine_a1", "arXiv era, \"uncentered\": cosine(dNFM, AGOP')", family="published"),
+    stat("published_gc_cosine_a1", "arXiv era, \"centered\"", family="published"),
+    stat("swap_pearson_a1", "W replaced by a Gaussian R (|W|_F), net re-run: pearson(R^T R, agop')", family="swap"),
+    stat("swap_tightness_range", "that swapped net's tightness of pgop' on range(R)", family="swap"),
+    stat("swap_spec_pearson_a1", "the same with R of W's singular values, Haar singular vectors", family="swap"),
+    stat("swap_spec_tightness_range", "its tightness of pgop' on range(R)", family="swap"),
+)
 
 
 def batch_layers() -> bool:
@@ -475,6 +724,9 @@ def layers_batch(xs: tuple, *, route: str, trivial: bool):
     keys = ROW_ORDER + _boot_keys(xs[0].boot.shape[0])  # explicit: vmap returns dict keys sorted
 
     def flat(o, ok):
+        if set(o) != set(keys):  # nothing computed goes unregistered, nothing registered goes missing
+            raise KeyError(f"computed but not registered: {sorted(set(o) - set(keys))}; "
+                           f"registered but not computed: {sorted(set(keys) - set(o))}")
         return jnp.stack([jnp.asarray(o[k], F64) for k in keys] + [ok.astype(F64)], axis=-1)
 
     if len(xs) == 1:
@@ -521,21 +773,14 @@ def swap_row(R, agop, pgop, U, r):
 
 
 # ============================================================================ driving
-ROW_ORDER = (
-    "w_rank", "pearson_a1", "pearson_a05", "cosine_a1", "cosine_a05", "alpha_star", "alpha_star_edge",
-    "pearson_alpha_star",
-    "tightness", "iso_dev", "eff_rank", "cond", "tightness_range", "iso_dev_range", "eff_rank_range", "cond_range",
-    "w_rank90", "tightness_top", "left_pearson", "rand_pearson_a1", "rand_pearson_a1_sd", "rand_spec_pearson_a1",
-    "rand_spec_pearson_a1_sd", "rand_gap_a1", "delta_rel", "centered_pearson", "delta_cosine_a1", "delta_pearson_a1",
-    "delta_pearson_a05", "gc_pearson_a1", "gc_pearson_a05", "delta_gc_pearson_a05", "delta_gc_cosine_a1", "left_act_pearson", "half_range_pearson",
-    *(f"align_{i}" for i in range(1, N_ALIGN + 1)),
-)
-INT_KEYS = ("w_rank", "w_rank90")
+ROW_ORDER = names("layer")
+INT_KEYS = tuple(n for n, e in REGISTRY.items() if e.kind == "int")
+EDGE_KEYS = tuple(n for n, e in REGISTRY.items() if e.kind == "edge")
 EDGES = {-1: "low", 0: None, 1: "high"}  # alpha_star_edge
 
 
 def _boot_keys(B: int) -> tuple:
-    return tuple(f"{n}_{e}" for n in ("pearson_a05", "pearson_a1", "tightness_range") for e in ("lo", "hi")) if B else ()
+    return tuple(f"{n}_{e}" for n in shown("ci") for e in ("lo", "hi")) if B else ()
 
 
 def compute(items: list[tuple[LayerIn, bool]]) -> list[tuple[dict, dict]]:
@@ -561,7 +806,7 @@ def compute(items: list[tuple[LayerIn, bool]]) -> list[tuple[dict, dict]]:
             for jj, j in enumerate(redo):
                 mats[j] = m2[jj]
         for j, i in enumerate(idx):
-            row = {k: (int(v) if k in INT_KEYS else EDGES[int(v)] if k == "alpha_star_edge" else float(v))
+            row = {k: (int(v) if k in INT_KEYS else EDGES[int(v)] if k in EDGE_KEYS else float(v))
                    for k, v in zip(keys, vals[j, :-1])}
             outs[i] = (row, mats[j])
     return outs

@@ -137,3 +137,47 @@ def test_linear_teacher():
     A, *_ = np.linalg.lstsq(ds.X_train, ds.T_train, rcond=None)  # exact: no noise
     np.testing.assert_allclose(ds.X_test @ A, ds.T_test, atol=1e-10)
     assert ds.c == 3 and ds.kind == "regression" and np.linalg.matrix_rank(A) == 3
+
+
+SMALL = {  # a small instance of every task (npz: written by the test)
+    "monomial": {"d": 5, "n_train": 12, "n_test": 7},
+    "multi_index": {"d": 8, "n_train": 12, "n_test": 7},
+    "linear": {"d": 6, "outputs": 3, "n_train": 12, "n_test": 7},
+    "sparse_parity": {"d": 6, "k": 2, "n_train": 12, "n_test": 7},
+    "modular": {"p": 5, "train_frac": 0.3},
+    "mnist1d": {"n_train": 20, "n_test": 10},
+    "mnist": {"n_train": 12, "n_test": 7},
+    "npz": {"kind": "classification"},
+}
+
+
+def _subclasses(cls):
+    return [s for c in cls.__subclasses__() for s in [c, *_subclasses(c)]]
+
+
+def test_every_task_says_its_kind_dims_and_sizes_as_its_data_has_them(tmp_path):
+    """Each task class describes itself (config.py) and draws data that matches; a class that
+    leaves any of the four out raises NotImplementedError here instead of a silent c = 1."""
+    np.savez(tmp_path / "t.npz", X_train=np.ones((9, 4)), y_train=np.arange(9) % 3,
+             X_test=np.ones((5, 4)), y_test=np.arange(5) % 3)
+    public = {c for c in _subclasses(config._DataBase) if not c.__name__.startswith("_")}
+    assert public == set(config.TASK_CLASSES) == set(data._MAKERS)  # each one usable and made
+    assert set(SMALL) == set(config.TASKS)
+    for task, fields in SMALL.items():
+        fields = {**fields, **({"path": str(tmp_path / "t.npz")} if task == "npz" else {})}
+        cfg = config.validate({"data": {"task": task, **fields}, "train": {"batch_size": 1}})
+        dc, ds = cfg.data, data.make_dataset(cfg)
+        assert dc.task_kind() == ds.kind == data.task_kind(cfg), task
+        assert dc.dims() in (None, (ds.d, ds.c)) and data.dims_of(cfg) == dc.dims(), task
+        assert dc.train_size() == len(ds.X_train) == data.n_train_of(cfg), task
+        assert dc.total_size() in (None, len(ds.X_train) + len(ds.X_test)), task
+    assert (config.Npz(path=str(tmp_path / "t.npz")).dims(), config.Npz(path="missing.npz").train_size()) == (None, 0)
+
+
+def test_a_task_that_does_not_describe_itself_is_an_error():
+    class Bare(config._DataBase):
+        task: str = "bare"
+
+    for method in ("task_kind", "dims", "train_size", "total_size"):
+        with pytest.raises(NotImplementedError, match="Bare does not say"):
+            getattr(Bare(), method)()
