@@ -204,6 +204,8 @@ class Npz(_DataBase):
 
     def train_size(self) -> int:
         """len(X_train) of the file; 0 where it cannot be read (make_dataset says why)."""
+        import numpy as np
+
         try:
             with np.load(self.path, allow_pickle=False) as z:
                 return len(z["X_train"]) if "X_train" in z.files else 0
