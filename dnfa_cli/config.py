@@ -266,6 +266,16 @@ class TrainCfg(_Strict):
     steps: PosInt | None = None
     loss: Literal["mse", "cross_entropy"] = "mse"
     dtype: Literal["float32", "float64"] = "float32"
+    # layers (1-based, the read-out included) whose W and b keep their initial values
+    freeze: list[PosInt] = Field(default_factory=list, max_length=257)
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_once(cls, v):
+        twice = sorted({x for x in v if v.count(x) > 1})
+        if twice:
+            raise ValueError(f"layer {twice[0]} is listed twice")
+        return sorted(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -330,6 +340,15 @@ class Config(_Strict):
             rid = run_id(self)
             self.__pydantic_private__["_rid"] = rid
         return rid
+
+    @model_validator(mode="after")
+    def _layers_exist(self):
+        n = len(self.model.hidden()) + 1
+        bad = [i for i in self.train.freeze if i > n]
+        if bad:
+            raise ValueError(f"train.freeze = {self.train.freeze}: layer {bad[0]} does not exist: the net has {n} "
+                             f"layers (1..{n}, {n} the read-out)")
+        return self
 
     def model_copy(self, *, update=None, deep: bool = False):
         """A copy with `update` applied is a different config: it must not keep this one's
@@ -404,7 +423,7 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> st
         return f"{source}: {key}: required key is missing"
     if typ == "value_error":
         msg = msg.removeprefix("Value error, ")
-        return f"{source}: {key}: {msg}"
+        return f"{source}: {key}: {msg}" if loc else f"{source}: {msg}"  # a check across sections names its keys
     val = e.get("input")
     msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
     if typ == "literal_error":
@@ -590,7 +609,8 @@ def _file_sha256(path: str) -> str:
 
 # Keys added after schema 1, left out of the run id while they hold their default, so that
 # a config that does not use them keeps the id (and the finished run) it always had.
-LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none"}
+LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none",
+              ("train", "freeze"): []}
 
 
 def run_id(cfg: Config) -> str:

@@ -58,33 +58,51 @@ def _injected(name: str, dtype: str, hp: dict) -> optax.GradientTransformation:
     return optax.inject_hyperparams(_opt_factory(name), hyperparam_dtype=jnp.dtype(dtype))(**hp)
 
 
+def _masked(opt: optax.GradientTransformation, trains: tuple | None) -> optax.GradientTransformation:
+    """`opt` over the layers that train (`trains[l]` False: layer l is frozen, train.freeze):
+    the frozen layers have no optimizer state and their gradients pass through untouched,
+    for epoch_fn to discard. None: every layer trains (no wrapper, the program of a run
+    without train.freeze)."""
+    return opt if trains is None else optax.masked(opt, list(trains))
+
+
 @functools.lru_cache(maxsize=None)
-def make_optimizer(name: str, dtype: str) -> optax.GradientTransformation:
+def make_optimizer(name: str, dtype: str, trains: tuple | None = None) -> optax.GradientTransformation:
     """The transformation for `name`; its numbers are placeholders, real ones come from
     `init_opt_state` (inject_hyperparams reads them from the state at every update)."""
-    return _injected(name, dtype, _hyperparams(name, 0.0, 0.0, 0.0))
+    return _masked(_injected(name, dtype, _hyperparams(name, 0.0, 0.0, 0.0)), trains)
+
+
+def trains_of(cfg: Config, n_layers: int) -> tuple | None:
+    """Which layers train: None if all do, else a bool per layer (train.freeze is 1-based)."""
+    frozen = set(cfg.train.freeze)
+    return tuple(l + 1 not in frozen for l in range(n_layers)) if frozen else None
 
 
 def init_opt_state(cfg: Config, params):
     tc = cfg.train
     hp = _hyperparams(tc.optimizer, tc.lr, tc.momentum, tc.weight_decay)
     dt = jnp.dtype(tc.dtype)
-    return _injected(tc.optimizer, tc.dtype, {k: jnp.asarray(v, dt) for k, v in hp.items()}).init(params)
+    opt = _injected(tc.optimizer, tc.dtype, {k: jnp.asarray(v, dt) for k, v in hp.items()})
+    return _masked(opt, trains_of(cfg, len(params))).init(params)
 
 
 # ----------------------------------------------------------------------------- epoch
-@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "batch_size"))
-def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, kind, optimizer, batch_size):
+@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "batch_size", "trains"))
+def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, kind, optimizer, batch_size,
+             trains=None):
     """Steps [start, stop) of the epoch whose shuffle is drawn from `key`; returns the new
     state and the minibatch losses (0 for slots outside [start, stop)). The last minibatch
-    of an epoch holds the n mod batch_size leftover samples (as torch's DataLoader)."""
+    of an epoch holds the n mod batch_size leftover samples (as torch's DataLoader).
+    `trains` (trains_of): the frozen layers keep the very arrays they came with, bit for
+    bit, whatever the optimizer would have done to them (weight decay, momentum)."""
     n = X.shape[0]
     spe = -(-n // batch_size)
     pad = spe * batch_size - n
     perm = jax.random.permutation(key, n)
     idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(spe, batch_size)
     wts = jnp.concatenate([jnp.ones((n,), X.dtype), jnp.zeros((pad,), X.dtype)]).reshape(spe, batch_size)
-    opt = make_optimizer(optimizer, str(X.dtype))
+    opt = make_optimizer(optimizer, str(X.dtype), trains)
 
     def loss_fn(params, i):
         b = idx[i]
@@ -95,7 +113,10 @@ def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, 
     def step(st: TrainState, i):
         lval, g = jax.value_and_grad(loss_fn)(st.params, i)
         upd, opt_state = opt.update(g, st.opt_state, st.params)
-        return TrainState(optax.apply_updates(st.params, upd), opt_state), lval
+        new = optax.apply_updates(st.params, upd)
+        if trains is not None:
+            new = [n if t else old for n, old, t in zip(new, st.params, trains)]
+        return TrainState(new, opt_state), lval
 
     def body(st, i):
         active = (i >= start) & (i < stop)
@@ -196,7 +217,8 @@ class _Batch:
         arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
         keys = [mdl.run_keys(c.seed)[1] for c in cfgs]
         step = functools.partial(epoch_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
-                                 optimizer=tc.optimizer, batch_size=tc.batch_size)
+                                 optimizer=tc.optimizer, batch_size=tc.batch_size,
+                                 trains=trains_of(cfgs[0], len(states[0].params)))
         self.R = len(cfgs)
         if self.R == 1:
             self._epoch, self._fold, self.skeys = step, jax.random.fold_in, keys[0]

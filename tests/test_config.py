@@ -34,6 +34,10 @@ def _err(raw, src="c.yaml"):
     ({"name": "a..b"}, "c.yaml: name: must not contain '..'"),
     ({"data": {"task": "npz", "path": "/"}}, "c.yaml: data.path = '/': not a readable file"),
     ({"metrics": {"bootstrap": 5000}}, "c.yaml: metrics.bootstrap = 5000: must be less than or equal to 1000"),
+    ({"model": {"depth": 2}, "train": {"freeze": [2, 4]}},
+     "c.yaml: train.freeze = [2, 4]: layer 4 does not exist: the net has 3 layers (1..3, 3 the read-out)"),
+    ({"train": {"freeze": [0]}}, "c.yaml: train.freeze[0] = 0: must be greater than or equal to 1"),
+    ({"train": {"freeze": [2, 2]}}, "c.yaml: train.freeze: layer 2 is listed twice"),
 ])
 def test_bad_values_name_file_key_value_and_what_is_allowed(raw, msg):
     assert _err(raw).startswith(msg)
@@ -74,10 +78,14 @@ def test_keys_added_later_keep_old_run_ids_at_their_default():
     d = cfg.to_dict()
     for k in ("save_matrices", "published", "swap"):
         del d["metrics"][k]
+    del d["train"]["freeze"]
     payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
     for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all")):
         assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {k: v}}).run_id != cfg.run_id
+    frozen = config.validate({"name": "x", "model": {"width": 8}, "train": {"freeze": [4, 1]}})
+    assert frozen.run_id != cfg.run_id and frozen.train.freeze == [1, 4]  # one order, one id
+    assert frozen.run_id == config.validate({"name": "x", "model": {"width": 8}, "train": {"freeze": [1, 4]}}).run_id
 
 
 def test_files_and_overrides(tmp_path):
