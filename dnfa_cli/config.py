@@ -310,6 +310,8 @@ class MetricsCfg(_Strict):
     # print (published_*) and the swap test (swap_*), at none, the first and last, or all
     published: Literal["none", "ends", "all"] = "none"
     swap: Literal["none", "ends", "all"] = "none"
+    # the U/V swaps (swap_keepu_*, swap_keepv_*): W O and O' W, O and O' Haar orthogonal
+    swap_uv: Literal["none", "ends", "all"] = "none"
 
 
 class Config(_Strict):
@@ -610,7 +612,7 @@ def _file_sha256(path: str) -> str:
 # Keys added after schema 1, left out of the run id while they hold their default, so that
 # a config that does not use them keeps the id (and the finished run) it always had.
 LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none",
-              ("train", "freeze"): []}
+              ("train", "freeze"): [], ("metrics", "swap_uv"): "none"}
 
 
 def run_id(cfg: Config) -> str:

@@ -5,6 +5,9 @@ changed net, forward and backward, on the device.
   to W_i's Frobenius norm) and by a matrix with W_i's singular values and Haar singular
   vectors. Does the pre-activation gradients' isotropy belong to the trained W_i, or would
   any W_i do? (the seed note's open caveat)
+- The U/V swaps: W_i O (keeps W's U and S; its right singular vectors O^T V are Haar) and
+  O' W_i (keeps V and S; O' U is Haar), O and O' Haar orthogonal matrices: which of W's
+  singular frames carries what the swap test finds. (No SVD sign convention enters.)
 - What the published verification scripts print (verify_deep_NFA.py of
   aradha/deep_neural_feature_ansatz and aradha/agop_feature_learning), bug for bug: the
   AGOP of the net whose layer weight is W - W0 (subtracted in place from the net's own
@@ -27,6 +30,8 @@ from . import stats
 
 PUBLISHED_KEYS = stats.names("published")  # their meanings: the registry in stats.py
 SWAP_KEYS = stats.names("swap")
+SWAP_UV_KEYS = stats.names("swap_uv")
+ARMS = {"swap": ("swap", "swap_spec"), "swap_uv": ("swap_keepu", "swap_keepv")}  # family -> its swapped matrices
 F64 = jnp.float64
 
 
@@ -58,15 +63,18 @@ def published_inputs(params, dW, hs, X, *, i: int):
 class SwapFactors:
     """Per run and layer, drawn once from their own key (baselines.draw with one draw): a
     Gaussian R and the left singular vectors of it (its range), and for the same-spectrum
-    swap a Haar Q_out and Q_in (the baselines keep only Q_in^T 1, so these are drawn anew)."""
+    swap a Haar Q_out and Q_in (the baselines keep only Q_in^T 1, so these are drawn anew);
+    with `uv`, the U/V swaps' Haar orthogonal O_in (k_in x k_in) and O_out (k_out x k_out)."""
 
-    def __init__(self, key, shape):
+    def __init__(self, key, shape, uv: bool = False):
         f = bl.draw(key, shape, 1)
         self.R = f.R[0]
         self.Qo = f.Qo[0]
         self.Qi = bl.haar(jax.random.fold_in(key, 0x5A9), shape[1], min(shape))
         sv = stats._svd_host(self.R)
         self.U_R, self.r_R = sv.U, sv.r
+        self.Oi = bl.haar(jax.random.fold_in(key, 0x5AA), shape[1], shape[1]) if uv else None
+        self.Oo = bl.haar(jax.random.fold_in(key, 0x5AB), shape[0], shape[0]) if uv else None
 
 
 def published(cfg, params, params0, X, hs, i: int, *, dtype) -> dict:
@@ -79,12 +87,18 @@ def published(cfg, params, params0, X, hs, i: int, *, dtype) -> dict:
     return _float(stats.published_row(dW, g.agop[0], g.jbar[0], max(dW.shape) * float(jnp.finfo(dtype).eps)))
 
 
-def swap(cfg, params, hs, i: int, f: SwapFactors, *, dtype) -> dict:
-    """The four swap_* keys of hidden layer i: W_i replaced, the net re-evaluated."""
+def swap(cfg, params, hs, i: int, f: SwapFactors, *, dtype, family: str = "swap") -> dict:
+    """The keys of one swap family of hidden layer i (swap: swap_*, swap_spec_*; swap_uv:
+    swap_keepu_*, swap_keepv_*): W_i replaced, the net re-evaluated."""
     W = jnp.asarray(params[i]["W"], F64)
-    R, Rs, r = _swap_matrices(W, f.R, f.Qo, f.Qi)
+    if family == "swap":
+        R, Rs, r = _swap_matrices(W, f.R, f.Qo, f.Qi)
+        arms = ((R, f.U_R, f.r_R), (Rs, f.Qo, r))
+    else:
+        Mu, Mv, U, OU, r = _uv_matrices(W, f.Oo, f.Oi)
+        arms = ((Mu, U, r), (Mv, OU, r))
     out = {}
-    for name, M, U, rk in (("swap", R, f.U_R, f.r_R), ("swap_spec", Rs, f.Qo, r)):
+    for name, (M, U, rk) in zip(ARMS[family], arms):
         p, t = swapped(cfg, params, hs, i, M, U, rk, dtype=dtype)
         out[f"{name}_pearson_a1"], out[f"{name}_tightness_range"] = p, t
     return out
@@ -105,6 +119,13 @@ def _swap_matrices(W, R, Qo, Qi):
     sv = stats.svd_of(W, None, None, "svd")
     R = R * (jnp.linalg.norm(W) / jnp.linalg.norm(R))
     return R, (Qo * sv.s) @ Qi.T, sv.r
+
+
+@jax.jit
+def _uv_matrices(W, Oo, Oi):
+    """W O_in (range that of W: W's U), O_out W (range O_out U), W's U and rank."""
+    sv = stats.svd_of(W, None, None, "svd")
+    return W @ Oi, Oo @ W, sv.U, Oo @ sv.U, sv.r
 
 
 def _float(d):

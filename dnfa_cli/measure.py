@@ -1,5 +1,5 @@
 """Everything done at a checkpoint: the metrics subset, the loss record, the Grams, the
-statistics, the random baselines, the counterfactual nets (published, swap) and which
+statistics, the random baselines, the counterfactual nets (published, swap, U/V swaps) and which
 layer matrices are kept. The training loop (train.py) hands a `Meter` each run's
 parameters at a checkpoint and gets back the records of the runs that go on.
 """
@@ -21,7 +21,9 @@ from . import model as mdl
 from .config import Config
 from .data import Dataset
 
-COUNTERFACTUALS = ("published", "swap")  # metrics keys that name a checkpoint set: all | ends | none
+# metrics keys that name a checkpoint set (all | ends | none), each a family of keys
+COUNTERFACTUALS = ("published", "swap", "swap_uv")
+FAMILY_KEYS = {"published": cf.PUBLISHED_KEYS, "swap": cf.SWAP_KEYS, "swap_uv": cf.SWAP_UV_KEYS}
 
 
 def _num(x):
@@ -50,10 +52,12 @@ def random_baselines(cfg: Config, params) -> list[bl.Terms]:
 
 
 def swap_factors(cfg: Config, params) -> list:
-    """Each hidden layer's swap-test factors, drawn once per run from the metrics key."""
+    """Each hidden layer's swap-test factors (with the U/V swaps' where metrics.swap_uv asks
+    for them), drawn once per run from the metrics key."""
     _, _, k_metrics = mdl.run_keys(cfg.seed)
     k = jax.random.fold_in(k_metrics, 3)
-    return [cf.SwapFactors(jax.random.fold_in(k, l), layer["W"].shape) for l, layer in enumerate(params[:-1])]
+    uv = cfg.metrics.swap_uv != "none"
+    return [cf.SwapFactors(jax.random.fold_in(k, l), layer["W"].shape, uv) for l, layer in enumerate(params[:-1])]
 
 
 def loss_record(cfg: Config, ds: Dataset, params, step: int, spe: int, arrays=None) -> dict:
@@ -77,7 +81,8 @@ def loss_record(cfg: Config, ds: Dataset, params, step: int, spe: int, arrays=No
 
 
 def counterfactuals(cfg: Config, params, params0, X, what: set, swaps) -> list[dict]:
-    """published_* and swap_* keys of every hidden layer (the read-out's are null)."""
+    """The keys of the counterfactual families in `what` (published_*, swap_*, the U/V
+    swaps') of every hidden layer (the read-out's are null)."""
     mdt = jnp.dtype(cfg.metrics.dtype)
     Xd = jnp.asarray(X, mdt)  # to the device once, not once per layer
     hs = cf.layer_inputs(params, Xd, cfg.model.activation)
@@ -85,11 +90,15 @@ def counterfactuals(cfg: Config, params, params0, X, what: set, swaps) -> list[d
     rows = []
     for i in range(L):
         row = {}
-        if "published" in what:
-            row.update(cf.published(cfg, params, params0, Xd, hs, i, dtype=mdt)
-                       if i < L - 1 else dict.fromkeys(cf.PUBLISHED_KEYS))
-        if "swap" in what:
-            row.update(cf.swap(cfg, params, hs, i, swaps[i], dtype=mdt) if i < L - 1 else dict.fromkeys(cf.SWAP_KEYS))
+        for fam in COUNTERFACTUALS:
+            if fam not in what:
+                continue
+            if i == L - 1:
+                row.update(dict.fromkeys(FAMILY_KEYS[fam]))
+            elif fam == "published":
+                row.update(cf.published(cfg, params, params0, Xd, hs, i, dtype=mdt))
+            else:
+                row.update(cf.swap(cfg, params, hs, i, swaps[i], dtype=mdt, family=fam))
         rows.append(row)
     return rows
 
@@ -98,14 +107,13 @@ def _layer_rows(cfg: Config, params, outs, extra: list[dict]) -> tuple[list[dict
     """One run's layer rows (statistics, with the asked counterfactual keys, null where this
     checkpoint does not compute them) and its matrices keyed `<name>_<layer>`."""
     asked = {k for k in COUNTERFACTUALS if getattr(cfg.metrics, k) != "none"}
-    keyed = {"published": cf.PUBLISHED_KEYS, "swap": cf.SWAP_KEYS}
     L = len(params)
     layers, mats = [], {}
     for l in range(L):
         row, m = outs[l]
         for k in COUNTERFACTUALS:
             if k in asked:
-                row.update({key: extra[l].get(key) for key in keyed[k]})
+                row.update({key: extra[l].get(key) for key in FAMILY_KEYS[k]})
         W = params[l]["W"]
         layers.append({"layer": l + 1, "shape": [int(W.shape[0]), int(W.shape[1])], "trivial": l == L - 1,
                        **{k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()}})
@@ -120,7 +128,7 @@ def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, s
     nfm/agop/agop_half/pgop keyed `<name>_<layer>` (float32 device arrays). The Grams and
     the statistics are computed on the device, runs and layers of one shape together.
     `terms`: each run's random_baselines(), drawn once per run. `what`: the counterfactuals
-    ("published", "swap") this checkpoint computes (swap needs `swaps`, each run's
+    (COUNTERFACTUALS) this checkpoint computes (the swaps need `swaps`, each run's
     swap_factors()); a run that asks for one elsewhere gets its keys as null."""
     cfg0 = cfgs[0]
     mc, mt = cfg0.model, cfg0.metrics
@@ -261,7 +269,7 @@ class Meter:
                 t0 = time.perf_counter()
                 self.terms[r] = jax.block_until_ready(random_baselines(self.cfgs[r], self.params0[r]))
                 self.baseline_seconds += time.perf_counter() - t0
-            if "swap" in what and self.swaps[r] is None:
+            if what & {"swap", "swap_uv"} and self.swaps[r] is None:
                 self.swaps[r] = swap_factors(self.cfgs[r], self.params0[r])
         pick = lambda xs: [xs[r] for r in idx]
         return dict(zip(idx, measure(pick(self.cfgs), pick(self.dss), [params[r] for r in idx], pick(self.params0),

@@ -324,7 +324,7 @@ DISPLAYS = ("headline", "ci", "terminal", "sweep", "compare")
 class Stat(NamedTuple):
     """One statistic, declared once. `kind`: float, int or edge (alpha_star_edge: low / high
     / null). `family`: who computes it - "layer" (a function of the layer context, in this
-    module), "published" or "swap" (counterfactual.py). `shows`: (display, position) pairs:
+    module), "published", "swap" or "swap_uv" (counterfactual.py). `shows`: (display, position) pairs:
     headline (`dnfa report`'s per-run table), ci (bootstrapped with metrics.bootstrap: its
     *_lo / *_hi keys and the 95% interval row), terminal and sweep (the sweep tables),
     compare (`dnfa compare`)."""
@@ -699,6 +699,12 @@ register(
     stat("swap_tightness_range", "that swapped net's tightness of pgop' on range(R)", family="swap"),
     stat("swap_spec_pearson_a1", "the same with R of W's singular values, Haar singular vectors", family="swap"),
     stat("swap_spec_tightness_range", "its tightness of pgop' on range(R)", family="swap"),
+    stat("swap_keepu_pearson_a1", "W replaced by W O, O Haar orthogonal (W's U and S kept, V drawn), net re-run: "
+         "pearson(R^T R, agop')", family="swap_uv"),
+    stat("swap_keepu_tightness_range", "its tightness of pgop' on range(W O) = range(W)", family="swap_uv"),
+    stat("swap_keepv_pearson_a1", "W replaced by O' W, O' Haar orthogonal (W's V and S kept, U drawn)",
+         family="swap_uv"),
+    stat("swap_keepv_tightness_range", "its tightness of pgop' on range(O' W)", family="swap_uv"),
 )
 
 

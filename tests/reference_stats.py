@@ -314,3 +314,27 @@ def columns_with_sum(q, k: int):
     nw = w @ w
     H = np.eye(k) - (2.0 / nw) * np.outer(w, w) if nw > 1e-30 else np.eye(k)
     return H[:, :r]
+
+
+def tanh_swap(Ws, bs, i: int, M, H):
+    """The swap test written out for a tanh net with biases, by hand: W_i replaced by M, the
+    layers above run forward over the rows of H (the inputs of layer i) and back by the
+    chain rule, df/dp = (df/dp_next) W_next diag(1 - tanh(p)^2), for each sample.
+    Returns pearson(M^T M, agop') and the tightness of pgop' on the range of M."""
+    L = len(Ws)
+    pgop = np.zeros((M.shape[0],) * 2)
+    for h in H:
+        ps, x = [], h
+        for l in range(i, L):
+            p = (M if l == i else Ws[l]) @ x + bs[l]
+            ps.append(p)
+            x = np.tanh(p)
+        g = np.eye(Ws[-1].shape[0])  # df/dp of the read-out's pre-activation: the identity
+        for l in range(L - 1, i, -1):
+            g = (g @ Ws[l]) * (1.0 - np.tanh(ps[l - 1 - i]) ** 2)[None, :]
+        pgop += g.T @ g
+    pgop /= len(H)
+    agop = M.T @ pgop @ M
+    U, s, _ = np.linalg.svd(M, full_matrices=False)
+    Ur = U[:, :int(np.sum(s > max(M.shape) * np.finfo(float).eps * s[0]))]
+    return pearson(M.T @ M, agop), tightness(Ur.T @ pgop @ Ur)

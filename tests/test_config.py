@@ -76,12 +76,12 @@ def test_keys_added_later_keep_old_run_ids_at_their_default():
 
     cfg = config.validate({"name": "x", "model": {"width": 8}})
     d = cfg.to_dict()
-    for k in ("save_matrices", "published", "swap"):
+    for k in ("save_matrices", "published", "swap", "swap_uv"):
         del d["metrics"][k]
     del d["train"]["freeze"]
     payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
-    for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all")):
+    for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all"), ("swap_uv", "ends")):
         assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {k: v}}).run_id != cfg.run_id
     frozen = config.validate({"name": "x", "model": {"width": 8}, "train": {"freeze": [4, 1]}})
     assert frozen.run_id != cfg.run_id and frozen.train.freeze == [1, 4]  # one order, one id

@@ -10,6 +10,7 @@ import reference_published
 import reference_stats as ref
 
 import dnfa_cli  # noqa: F401  (enables x64)
+from dnfa_cli import baselines as bl
 from dnfa_cli import config, data, engine, stats, train
 from dnfa_cli import counterfactual as cf
 from dnfa_cli import grams as gm
@@ -108,12 +109,70 @@ def test_in_a_linear_net_a_swap_leaves_the_gradients_alone():
         assert got["swap_spec_tightness_range"] == pytest.approx(ref.tightness(Qo.T @ G @ Qo), abs=1e-10)
 
 
+def _uv_factors(W, key):
+    return cf.SwapFactors(jax.random.PRNGKey(key), W.shape, uv=True)
+
+
+def test_the_uv_swaps_keep_the_frame_they_say_and_draw_the_other():
+    """W O keeps W's singular values and left singular subspace, O' W its singular values and
+    right singular subspace; the drawn side is not W's (a wide, a tall and a square W)."""
+    for shape, key in (((5, 9), 1), ((9, 5), 2), ((6, 6), 3)):
+        W = np.asarray(jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float64))
+        f = _uv_factors(W, 10 + key)
+        Mu, Mv = W @ np.asarray(f.Oi), np.asarray(f.Oo) @ W
+        U, s, Vt = np.linalg.svd(W, full_matrices=False)
+        for M in (Mu, Mv):
+            np.testing.assert_allclose(np.linalg.svd(M, compute_uv=False), s, rtol=1e-12)
+        Uu, _, Vut = np.linalg.svd(Mu, full_matrices=False)
+        Uv, _, Vvt = np.linalg.svd(Mv, full_matrices=False)
+        assert ref.principal_cos_max_angle(Uu, U) == pytest.approx(1.0, abs=1e-10)  # W's U
+        assert ref.principal_cos_max_angle(Vvt.T, Vt.T) == pytest.approx(1.0, abs=1e-10)  # W's V
+        # the drawn side: a Haar frame is nowhere near W's (cosines of matched singular vectors)
+        assert np.max(np.abs(np.sum(Vut.T * Vt.T, axis=0))) < 0.99
+        assert np.max(np.abs(np.sum(Uv * U, axis=0))) < 0.99
+
+
+@pytest.mark.parametrize("act", ["tanh", "identity"])
+def test_uv_swap_keys_equal_the_reference_by_hand(act):
+    """tanh with biases: the swapped nets written out in numpy (reference_stats.tanh_swap).
+    identity: the closed form, pgop does not depend on W_i, so keeping U keeps the plain
+    tightness_range of W exactly, and keeping V keeps nfm = W^T W."""
+    sizes = [5, 9, 6, 3]
+    params = mdl.init_params(jax.random.PRNGKey(14), sizes, bias=act == "tanh", init="torch", init_scale=1.5,
+                             dtype=jnp.float64)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(15), (70, 5), jnp.float64))
+    hs = cf.layer_inputs(params, jnp.asarray(X), act)
+    g = gm.compute_grams(params, X, act)
+    Ws = [np.asarray(p["W"]) for p in params]
+    bs = [np.asarray(p.get("b", np.zeros(p["W"].shape[0]))) for p in params]
+    for i in range(2):
+        f = _uv_factors(Ws[i], 20 + i)
+        got = cf.swap(_cfg(act), params, hs, i, f, dtype=jnp.float64, family="swap_uv")
+        assert set(got) == set(cf.SWAP_UV_KEYS)
+        Mu, Mv = Ws[i] @ np.asarray(f.Oi), np.asarray(f.Oo) @ Ws[i]
+        if act == "tanh":
+            H = np.asarray(hs[i])
+            want = {"swap_keepu": ref.tanh_swap(Ws, bs, i, Mu, H), "swap_keepv": ref.tanh_swap(Ws, bs, i, Mv, H)}
+        else:
+            G = np.asarray(g.pgop[i])
+            U = np.linalg.svd(Ws[i], full_matrices=False)[0]
+            OU = np.asarray(f.Oo) @ U
+            want = {"swap_keepu": (ref.pearson(Mu.T @ Mu, Mu.T @ G @ Mu), ref.tightness(U.T @ G @ U)),
+                    "swap_keepv": (ref.pearson(Ws[i].T @ Ws[i], Mv.T @ G @ Mv), ref.tightness(OU.T @ G @ OU))}
+            plain = stats.layer_stats(Ws[i], Ws[i], g, i, trivial=False, rel_tol=1e-12,
+                                      terms=bl.draw_terms(jax.random.PRNGKey(0), Ws[i].shape))[0]
+            assert got["swap_keepu_tightness_range"] == pytest.approx(plain["tightness_range"], abs=1e-12)
+        for arm, (p, t) in want.items():
+            assert got[f"{arm}_pearson_a1"] == pytest.approx(p, abs=1e-10), (act, i, arm)
+            assert got[f"{arm}_tightness_range"] == pytest.approx(t, abs=1e-10), (act, i, arm)
+
+
 def test_a_run_writes_the_counterfactual_keys_where_it_was_asked(tmp_path):
     cfg = config.validate({
         "name": "cf", "data": {"task": "monomial", "d": 4, "n_train": 40, "n_test": 10},
         "model": {"depth": 2, "width": 6, "activation": "tanh"},
         "train": {"epochs": 3, "batch_size": 10, "lr": 0.05, "dtype": "float64"},
-        "metrics": {"checkpoints": [2], "published": "all", "swap": "ends"}})
+        "metrics": {"checkpoints": [2], "published": "all", "swap": "ends", "swap_uv": "all"}})
     res = engine.execute([cfg], tmp_path)[0]
     assert [c["step"] for c in res["checkpoints"]] == [0, 2, 12]
     for c in res["checkpoints"]:
@@ -123,11 +182,14 @@ def test_a_run_writes_the_counterfactual_keys_where_it_was_asked(tmp_path):
             sw = [L[k] for k in cf.SWAP_KEYS]
             assert all(v is None for v in pub) if (trivial or c["step"] == 0) else all(v is not None for v in pub)
             assert all(v is None for v in sw) if (trivial or c["step"] == 2) else all(v is not None for v in sw)
+            uv = [L[k] for k in cf.SWAP_UV_KEYS]
+            assert all(v is None for v in uv) if trivial else all(v is not None for v in uv)
     # and the same config without them has neither the keys nor another id than before
-    plain = config.validate({**cfg.to_dict(), "metrics": {**cfg.to_dict()["metrics"], "published": "none", "swap": "none"}})
+    plain = config.validate({**cfg.to_dict(), "metrics": {**cfg.to_dict()["metrics"], "published": "none", "swap": "none",
+                                                          "swap_uv": "none"}})
     assert plain.run_id != cfg.run_id
     out = train.train(plain, data.make_dataset(plain))
-    assert not any(k in out.checkpoints[-1]["layers"][0] for k in cf.PUBLISHED_KEYS + cf.SWAP_KEYS)
+    assert not any(k in out.checkpoints[-1]["layers"][0] for k in cf.PUBLISHED_KEYS + cf.SWAP_KEYS + cf.SWAP_UV_KEYS)
 
 
 def test_mnist_is_real_digits_loaded_offline():

@@ -50,7 +50,7 @@ def test_a_run_writes_every_registered_key_and_nothing_else():
                            "model": {"depth": 2, "width": 8, "activation": "tanh"},
                            "train": {"epochs": 1, "batch_size": 32},
                            "metrics": {"checkpoints": 0, "samples": 40, "bootstrap": 5, "published": "all",
-                                       "swap": "all"}})
+                                       "swap": "all", "swap_uv": "all"}})
     out = train.train(cfg, data.make_dataset(cfg))
     assert out.status == "ok"
     every = set(stats.REGISTRY) | _boot(stats.shown("ci"))
@@ -81,7 +81,7 @@ def test_a_statistic_missing_from_the_registry_fails_the_layer_program(monkeypat
 def test_every_entry_is_complete_and_every_display_is_drawn_from_the_registry():
     for name, e in stats.REGISTRY.items():
         assert e.name == name and e.meaning and "\n" not in e.meaning
-        assert e.kind in ("float", "int", "edge") and e.family in ("layer", "published", "swap")
+        assert e.kind in ("float", "int", "edge") and e.family in ("layer", "published", "swap", "swap_uv")
         for display, pos in e.shows:
             assert display in stats.DISPLAYS and isinstance(pos, int)
     for d in stats.DISPLAYS:  # positions 1..n, none twice
