@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from . import sweepspec
 from .errors import ConfigError, DnfaInputError, closest, fmt_value  # noqa: F401 - DnfaInputError: re-exported
@@ -36,6 +37,16 @@ class _Strict(BaseModel):
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what jax.random.PRNGKey takes
+
+
+def _each_once(v: list[int]) -> list[int]:
+    twice = sorted({x for x in v if v.count(x) > 1})
+    if twice:
+        raise ValueError(f"layer {twice[0]} is listed twice")
+    return sorted(v)  # one order, one run id
+
+
+Layers = Annotated[list[PosInt], AfterValidator(_each_once)]  # 1-based layer numbers
 
 
 # ----------------------------------------------------------------------------- data
@@ -222,6 +233,30 @@ TASKS = {m.model_fields["task"].default: m for m in TASK_CLASSES}
 
 
 # ----------------------------------------------------------------------------- model
+class InitFrom(_Strict):
+    """Layers whose initial value is taken from another run's final checkpoint (a
+    transplant). The source is `run` (a run id), or the run of `config` (a config mapping:
+    a file named in YAML is read in when the config is loaded, its seed left out), or, with
+    neither, this run's own cell: this config without init_from and train.freeze. Its seed
+    (config or own cell) is `seed`, else this run's seed + `seed_offset` (default 1: "the
+    same cell, the next seed")."""
+
+    layers: Annotated[Layers, Field(min_length=1, max_length=257)]
+    keep: Literal["trained", "spectrum"] = "trained"  # the matrix as it is, or its singular values alone
+    run: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-[0-9a-f]{10}$")] | None = None
+    config: dict | None = None
+    seed: Seed | None = None
+    seed_offset: int | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.run is not None and (self.config is not None or self.seed is not None or self.seed_offset is not None):
+            raise ValueError("run names the source itself: give it alone, or config / seed / seed_offset instead")
+        if self.seed is not None and self.seed_offset is not None:
+            raise ValueError("give seed or seed_offset, not both")
+        return self
+
+
 class ModelCfg(_Strict):
     # at most 256 hidden layers: XLA unrolls the net, and 100,000 tiny layers exhausted 20 GB
     # while compiling, long before the memory estimate's parameters and Grams would
@@ -232,6 +267,7 @@ class ModelCfg(_Strict):
     bias: bool = False
     init: Literal["gaussian", "torch"] = "gaussian"
     init_scale: Annotated[float, Field(gt=0)] = 1.0
+    init_from: InitFrom | None = None  # transplanted layers (InitFrom)
 
     @model_validator(mode="before")
     @classmethod
@@ -267,15 +303,7 @@ class TrainCfg(_Strict):
     loss: Literal["mse", "cross_entropy"] = "mse"
     dtype: Literal["float32", "float64"] = "float32"
     # layers (1-based, the read-out included) whose W and b keep their initial values
-    freeze: list[PosInt] = Field(default_factory=list, max_length=257)
-
-    @field_validator("freeze")
-    @classmethod
-    def _freeze_once(cls, v):
-        twice = sorted({x for x in v if v.count(x) > 1})
-        if twice:
-            raise ValueError(f"layer {twice[0]} is listed twice")
-        return sorted(v)
+    freeze: Annotated[Layers, Field(max_length=257)] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -346,10 +374,15 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _layers_exist(self):
         n = len(self.model.hidden()) + 1
-        bad = [i for i in self.train.freeze if i > n]
-        if bad:
-            raise ValueError(f"train.freeze = {self.train.freeze}: layer {bad[0]} does not exist: the net has {n} "
-                             f"layers (1..{n}, {n} the read-out)")
+        fr = self.model.init_from
+        for key, given in (("train.freeze", self.train.freeze), ("model.init_from.layers", fr.layers if fr else [])):
+            bad = [i for i in given if i > n]
+            if bad:
+                raise ValueError(f"{key} = {given}: layer {bad[0]} does not exist: the net has {n} "
+                                 f"layers (1..{n}, {n} the read-out)")
+        if fr is not None and fr.run is None and not 0 <= source_seed(self) < 2**32:
+            raise ValueError(f"model.init_from: the source's seed, seed {self.seed} + seed_offset "
+                             f"{1 if fr.seed_offset is None else fr.seed_offset}, is outside [0, 2^32)")
         return self
 
     def model_copy(self, *, update=None, deep: bool = False):
@@ -418,6 +451,8 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> st
     if typ == "union_tag_invalid":
         tag = (e.get("ctx") or {}).get("tag")
         return f"{source}: data.task = {fmt_value(tag)}: unknown task (allowed: {', '.join(TASKS)})"
+    if typ == "string_pattern_mismatch" and loc == ["model", "init_from", "run"]:
+        return f"{source}: {key} = {fmt_value(e.get('input'))}: not a run id (NAME-<10 hex digits>, as dnfa ls lists them)"
     if typ == "string_pattern_mismatch" and loc == ["name"]:
         return (f"{source}: name = {fmt_value(e.get('input'))}: must start with a letter or digit and hold only "
                 "letters, digits, '_', '-' and '.' (it becomes part of the run id)")
@@ -461,6 +496,7 @@ def _known_keys(task: str) -> frozenset:
     for sec, cls in (("model", ModelCfg), ("train", TrainCfg), ("metrics", MetricsCfg)):
         for k in cls.model_fields:
             keys.add(f"{sec}.{k}")
+    keys |= {f"model.init_from.{k}" for k in InitFrom.model_fields}
     return frozenset(keys)
 
 
@@ -538,9 +574,10 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def validate(raw: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
+def validate(raw: dict, source: str = "<config>", base_dir: Path | None = None, _depth: int = 0) -> Config:
     raw = _copy(raw)
     raw.pop("sweep", None)
+    _read_source_config(raw, source, base_dir, _depth)
     data = raw.get("data")
     if isinstance(data, dict) and data.get("task") == "npz" and isinstance(data.get("path"), str):
         p = Path(data["path"]).expanduser()
@@ -560,6 +597,68 @@ def validate(raw: dict, source: str = "<config>", base_dir: Path | None = None) 
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source, raw)) from None
+
+
+MAX_SOURCE_DEPTH = 8  # transplants of transplants; deeper is taken for a file that names itself
+
+
+def _read_source_config(raw: dict, source: str, base_dir: Path | None, depth: int) -> None:
+    """model.init_from.config, a file name or a mapping, -> the source's validated config
+    mapping without its seed (the seed rule sets it), in place: what the run id hashes is
+    the source itself, not where it was written down."""
+    fr = (raw.get("model") or {}).get("init_from") if isinstance(raw.get("model"), dict) else None
+    if not isinstance(fr, dict) or fr.get("config") is None:
+        return
+    given, where, sdir = fr["config"], f"{source}: model.init_from.config", base_dir
+    if depth >= MAX_SOURCE_DEPTH:
+        raise ConfigError(f"{where}: sources nested more than {MAX_SOURCE_DEPTH} deep (a config that names itself?)")
+    if isinstance(given, str):
+        p = Path(given).expanduser()
+        if not p.is_absolute() and base_dir is not None and not p.exists() and (base_dir / p).exists():
+            p = base_dir / p  # relative to the config file if not relative to the working directory
+        try:
+            sraw = read_yaml(p)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: model.init_from.config = {given!r}: {str(e).removeprefix(str(p) + ': ')}") from None
+        sraw.setdefault("name", _default_name(p))
+        where, sdir = f"{where} {given}", p.parent
+    elif isinstance(given, dict):
+        sraw = given
+    else:
+        raise ConfigError(f"{where} = {fmt_value(given)}: must be a config file name or a config mapping")
+    d = validate(sraw, where, sdir, depth + 1).to_dict()
+    del d["seed"]
+    fr["config"] = d
+
+
+def source_seed(cfg: Config) -> int:
+    """The seed-pairing rule: model.init_from.seed if given, else this run's seed plus
+    model.init_from.seed_offset (default 1)."""
+    fr = cfg.model.init_from
+    if fr.seed is not None:
+        return fr.seed
+    return cfg.seed + (1 if fr.seed_offset is None else fr.seed_offset)
+
+
+def source_of(cfg: Config) -> Config | None:
+    """The config of the run a transplant takes its layers from; None when there is none
+    or it is named by its id alone (model.init_from.run)."""
+    fr = cfg.model.init_from
+    if fr is None or fr.run is not None:
+        return None
+    if fr.config is not None:
+        return Config.model_validate({**fr.config, "seed": source_seed(cfg)})
+    d = cfg.to_dict()
+    d["seed"], d["model"]["init_from"], d["train"]["freeze"] = source_seed(cfg), None, []
+    return Config.model_validate(d)
+
+
+def source_id(cfg: Config) -> str | None:
+    """The run id of the transplant's source (None without model.init_from)."""
+    fr = cfg.model.init_from
+    if fr is None:
+        return None
+    return fr.run if fr.run is not None else source_of(cfg).run_id
 
 
 class ConfigFile(BaseModel):
@@ -612,12 +711,13 @@ def _file_sha256(path: str) -> str:
 # Keys added after schema 1, left out of the run id while they hold their default, so that
 # a config that does not use them keeps the id (and the finished run) it always had.
 LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none",
-              ("train", "freeze"): [], ("metrics", "swap_uv"): "none"}
+              ("train", "freeze"): [], ("metrics", "swap_uv"): "none", ("model", "init_from"): None}
 
 
 def run_id(cfg: Config) -> str:
     """`<name>-<10 hex of sha256(canonical resolved config + schema)>`; a user .npz file's
-    content is hashed in too, so editing the data file gives a new run."""
+    content is hashed in too, so editing the data file gives a new run. A transplant's
+    source enters as its run id (which holds its own .npz's content, if any)."""
     d = cfg.to_dict()
     for (sec, key), default in LATER_KEYS.items():
         if d[sec].get(key) == default:
@@ -625,6 +725,9 @@ def run_id(cfg: Config) -> str:
     payload = {"schema": SCHEMA, "config": d}
     if cfg.data.task == "npz":
         payload["npz_sha256"] = _file_sha256(cfg.data.path)
+    fr = cfg.model.init_from
+    if fr is not None:  # the source by its run id: one source, however it was written down, one id
+        d["model"]["init_from"] = {"layers": fr.layers, "keep": fr.keep, "source": source_id(cfg)}
     digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:10]
     return f"{cfg.name}-{digest}"
 

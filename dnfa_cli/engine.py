@@ -16,8 +16,8 @@ from typing import Callable
 
 import jax
 
-from . import __version__, data, runs, train
-from .config import Config, DnfaInputError
+from . import __version__, data, model, runs, train
+from .config import Config, DnfaInputError, source_id, source_of
 
 
 # ----------------------------------------------------------------------------- env
@@ -108,6 +108,59 @@ def prepare(cfg: Config):
     return ds
 
 
+# ----------------------------------------------------------------------------- transplants
+def sizes_of(cfg: Config) -> list[int]:
+    """The net's layer sizes [d, hidden..., c] (a user .npz file is read for d and c)."""
+    dims = data.dims_of(cfg)
+    if dims is None:
+        ds = data.make_dataset(cfg)
+        dims = (ds.d, ds.c)
+    return model.layer_sizes(dims[0], cfg.model.hidden(), dims[1])
+
+
+def check_source(cfg: Config, root: Path, planned: dict[str, Config] | None = None) -> None:
+    """A transplant's source is there to take from: a run of `planned` (it will run
+    first), else a run in `root` that finished ok; and each transplanted layer has the
+    same shape in both nets. DnfaInputError, one line, before anything trains."""
+    fr = cfg.model.init_from
+    if fr is None:
+        return
+    sid = source_id(cfg)
+    described = (planned or {}).get(sid) or source_of(cfg)
+    if described is not None:
+        _same_shapes(cfg, sizes_of(described), sid)
+    if planned is not None and sid in planned:
+        return
+    status, res = runs.load_checked(root, sid)
+    if status != "ok":
+        why = "has not been trained" if status is None else f"is {status}" if status == "corrupt" else f"ended {status}"
+        hint = "; dnfa sweep runs a source described by its config before the runs that need it" if described else ""
+        raise DnfaInputError(f"model.init_from: source run {sid} {why} in {root}{hint}")
+    shapes = [L["shape"] for L in res["checkpoints"][-1]["layers"]]
+    _same_shapes(cfg, [shapes[0][1]] + [sh[0] for sh in shapes], sid)
+
+
+def _same_shapes(cfg: Config, theirs: list[int], sid: str) -> None:
+    mine = sizes_of(cfg)
+    for i in cfg.model.init_from.layers:
+        if i >= len(theirs):
+            raise DnfaInputError(f"model.init_from.layers: layer {i} does not exist in source run {sid} "
+                                 f"({len(theirs) - 1} layers)")
+        a, b = (mine[i], mine[i - 1]), (theirs[i], theirs[i - 1])
+        if a != b:
+            raise DnfaInputError(f"model.init_from.layers: layer {i} is {a[0]} x {a[1]} here but {b[0]} x {b[1]} "
+                                 f"in source run {sid}")
+
+
+def donor(cfg: Config, root: Path):
+    """The parameters a transplant takes its layers from: its source run's last
+    checkpoint (None without model.init_from)."""
+    if cfg.model.init_from is None:
+        return None
+    check_source(cfg, root)
+    return runs.final_params(root, source_id(cfg))[1]
+
+
 def _data_info(ds) -> dict:
     return {"kind": ds.kind, "d": ds.d, "c": ds.c, "n_train": len(ds.X_train), "n_test": len(ds.X_test)}
 
@@ -117,6 +170,7 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
     write each run's directory; returns their result dicts. The caller holds the locks.
     An exception inside training is recorded as status `failed`, never raised."""
     datasets = datasets or [prepare(c) for c in cfgs]
+    donors = [donor(c, root) for c in cfgs]  # a missing source is an input error: nothing written
     env = env or env_info()
     created = runs.now_iso()
     writers = [runs.RunWriter(root, c) for c in cfgs]
@@ -129,7 +183,7 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
         raise
     try:
         outs = train.train_batched(cfgs, datasets, on_checkpoint=[w.checkpoint for w in writers],
-                                   on_matrices=[w.matrices for w in writers], on_progress=on_progress)
+                                   on_matrices=[w.matrices for w in writers], on_progress=on_progress, donors=donors)
     except BaseException as e:  # an interruption (Ctrl-C, SIGTERM) leaves no result.json: rerun later
         if not isinstance(e, Exception):
             for w in writers:
@@ -174,6 +228,7 @@ def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
     if not force and runs.result_status(root, rid) == "ok":
         return TrainDone(rid, root / rid, runs.load_result(root, rid), "already finished ok (use --force to retrain)")
     try:
+        check_source(cfg, root)
         ds = prepare(cfg)  # every input check, before anything is written
     except DnfaInputError as e:
         raise DnfaInputError(f"{source}: {e}") from None

@@ -13,7 +13,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from .baselines import haar
 
 Params = list  # [{"W": (k_out, k_in), "b": (k_out,)?}, ...]
 
@@ -51,6 +54,30 @@ def init_params(key, sizes: list[int], *, bias: bool, init: str, init_scale: flo
             b = jax.random.uniform(kb, (fan_out,), dtype, -bound, bound) * init_scale
         params.append({"W": W, "b": b} if bias else {"W": W})
     return params
+
+
+def transplant(params: Params, donor: Params, layers: list[int], keep: str, key) -> Params:
+    """`params` with layers (1-based) taken from `donor` (another net's parameters, numpy
+    or device arrays): `trained`, W as it is (and b where both nets have one); `spectrum`,
+    Q_out diag(s) Q_in^T with the donor W's singular values s and Haar Q_out, Q_in drawn
+    from `key` (per layer: fold_in(key, layer)), b left as `params` has it. Cast to the
+    dtype of `params`."""
+    out = list(params)
+    for i in layers:
+        mine, theirs = params[i - 1], donor[i - 1]
+        dt = mine["W"].dtype
+        if keep == "trained":
+            new = {**mine, "W": jnp.asarray(theirs["W"], dt)}
+            if "b" in mine and "b" in theirs:
+                new["b"] = jnp.asarray(theirs["b"], dt)
+        else:
+            W = np.asarray(theirs["W"], np.float64)
+            s = np.linalg.svd(W, compute_uv=False)
+            ko, ki = jax.random.split(jax.random.fold_in(key, i))
+            Qo, Qi = haar(ko, W.shape[0], len(s)), haar(ki, W.shape[1], len(s))
+            new = {**mine, "W": ((Qo * s) @ Qi.T).astype(dt)}
+        out[i - 1] = new
+    return out
 
 
 def _affine(layer, h):
@@ -143,6 +170,12 @@ def evaluate(params, X, T, y, *, activation, loss, kind, chunk=4096):
 
 
 # ----------------------------------------------------------------------------- keys
+def transplant_key(seed: int):
+    """The key of a transplant's Haar singular vectors: from the run's init key, apart from
+    the keys init_params splits off it."""
+    return jax.random.fold_in(run_keys(seed)[0], 0x7A5)
+
+
 def run_keys(seed: int):
     """init, shuffle and metrics keys, split once from the run seed."""
     k_init, k_shuffle, k_metrics = jax.random.split(jax.random.PRNGKey(seed), 3)

@@ -250,6 +250,22 @@ def result_status(root: Path, run_id: str) -> str | None:
     return load_checked(root, run_id)[0]
 
 
+def final_params(root: Path, run_id: str) -> tuple[dict, list[dict]]:
+    """A finished-ok run's result.json and the parameters of its last checkpoint, as
+    [{"W", "b"?}, ...] numpy arrays (b where the run's net has biases). DnfaInputError,
+    one line, for a run that is not there, not finished, or not ok."""
+    status, res = load_checked(root, run_id)
+    if status != "ok":
+        why = {None: "has not finished (no result.json)", "corrupt": "is corrupt"}.get(status, f"ended {status}")
+        raise DnfaInputError(f"run {run_id} in {root} {why}: there is no trained layer to take")
+    step = res["checkpoints"][-1]["step"]
+    bias = res["config"]["model"]["bias"]
+    with np.load(run_dir(root, run_id) / "checkpoints" / f"step_{step:07d}.npz", allow_pickle=False) as z:
+        n = len(res["checkpoints"][-1]["layers"])
+        layers = [{"W": z[f"W{i}"], **({"b": z[f"b{i}"]} if bias else {})} for i in range(1, n + 1)]
+    return res, layers
+
+
 def read_metrics(d: Path) -> list[dict]:
     """metrics.jsonl, tolerating a final line cut short by a killed process."""
     out = []

@@ -19,7 +19,8 @@ from typing import Callable
 
 from . import engine, model, runs
 from .progress import sweep_eta
-from .config import MAX_RUNS, Config, ConfigError, DnfaInputError, flatten, load_config
+from .config import (MAX_RUNS, Config, ConfigError, DnfaInputError, canonical_json, flatten, load_config, source_id,
+                     source_of)
 from .data import dims_of
 from .train import seed_free
 
@@ -43,6 +44,29 @@ class Plan:
     params: dict[str, dict] = field(default_factory=dict)  # run id -> the swept values
     varied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what --set / --grid changed
+    where: dict[str, str] = field(default_factory=dict)  # run id -> the file it came from
+
+    def needs(self) -> dict[str, str]:
+        """Run id -> the run id of its transplant's source, for the runs that have one."""
+        return {c.run_id: source_id(c) for c in self.configs if c.model.init_from is not None}
+
+    def located(self, c: Config, e: Exception) -> DnfaInputError:
+        """An input error of run `c`, prefixed with its file and swept values."""
+        vals = ", ".join(f"{k}={v}" for k, v in self.params.get(c.run_id, {}).items())
+        return DnfaInputError(f"{self.where.get(c.run_id, '')}" + (f" (sweep run {vals})" if vals else "") + f": {e}")
+
+
+def _add(c: Config, f: str, seen: set, out: list, where: dict) -> None:
+    """Run c, after the source its transplant describes by config (and that one's, ...):
+    a sweep plans the runs a transplant needs and runs them first."""
+    if c.run_id in seen:
+        return
+    src = source_of(c)
+    if src is not None:
+        _add(src, f, seen, out, where)
+    seen.add(c.run_id)
+    out.append(c)
+    where[c.run_id] = f
 
 
 def _varied_values(cfgs: list[Config]) -> tuple[list[str], dict[str, dict]]:
@@ -65,25 +89,22 @@ def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = M
         cf = load_config(f, overrides, grid)
         notes += cf.notes
         for c in cf.expand(max_runs):
-            if c.run_id not in seen:
-                seen.add(c.run_id)
-                unique.append(c)
-                source[c.run_id] = str(f)
+            _add(c, str(f), seen, unique, source)
     if len(unique) > max_runs:
         raise ConfigError(f"{', '.join(map(str, files))}: {len(unique):,} runs in all, more than --max-runs {max_runs:,} "
                           "(raise --max-runs if you mean it)")
     varied, params = _varied_values(unique)
-    for c in unique:
-        try:
-            engine.precheck(c)
-        except DnfaInputError as e:
-            vals = ", ".join(f"{k}={v}" for k, v in params[c.run_id].items())
-            raise DnfaInputError(f"{source[c.run_id]}" + (f" (sweep run {vals})" if vals else "") + f": {e}") from None
     ids = sorted(seen)
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
     names = sorted({c.name for c in unique})
     label = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
-    return Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied, notes)
+    p = Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied, notes, source)
+    for c in unique:
+        try:
+            engine.precheck(c)
+        except DnfaInputError as e:
+            raise p.located(c, e) from None
+    return p
 
 
 def backend() -> str:
@@ -100,7 +121,8 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
         return [[c] for c in cfgs]
     buckets: dict[str, list[Config]] = {}
     for c in cfgs:
-        buckets.setdefault(seed_free(c).run_id, []).append(c)
+        # the config itself, not its id: a seed-free transplant's source (seed 0 + seed_offset) need not exist
+        buckets.setdefault(canonical_json(seed_free(c).to_dict()), []).append(c)
     groups = []
     for members in buckets.values():
         c0 = members[0]
@@ -413,12 +435,47 @@ def todo_of(p: Plan, root: Path, rerun: list[str]) -> tuple[list[Config], dict[s
     return [c for c in p.configs if status[c.run_id] in (None, "corrupt") or status[c.run_id] in rerun], status
 
 
+class _Queue:
+    """The groups of a sweep not yet submitted: a group goes once the source of every
+    transplant in it has finished ok in this sweep (or was done before it); a run whose
+    source ended otherwise fails without starting (no result.json: a later sweep, or
+    --rerun-failed on the source, tries it again)."""
+
+    def __init__(self, groups: list[list[Config]], needs: dict[str, str], todo_ids: set[str]):
+        self.waiting, self.needs, self.todo_ids = list(groups), needs, todo_ids
+
+    def _source_status(self, rid: str, state: dict) -> str | None:
+        src = self.needs.get(rid)
+        if src is None:
+            return "ok"
+        if src in state:
+            return state[src]["status"]
+        return None if src in self.todo_ids else "ok"  # outside the plan: prepare found it ok
+
+    def take(self, state: dict) -> tuple[list[list[Config]], list[dict]]:
+        """The groups ready to go, and the summaries of the runs whose source failed them."""
+        ready, failed, still = [], [], []
+        for g in self.waiting:
+            st = {c.run_id: self._source_status(c.run_id, state) for c in g}
+            if any(v is None for v in st.values()):
+                still.append(g)
+                continue
+            failed += [{"run_id": rid, "status": "failed", "ran": False,
+                        "error": f"source run {self.needs[rid]} ended {v}: no trained layer to take"}
+                       for rid, v in st.items() if v != "ok"]
+            go = [c for c in g if st[c.run_id] == "ok"]
+            ready += [go] if go else []
+        self.waiting = still
+        return ready, failed
+
+
 def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_failed: bool = False,
               seed_batch: str = "auto", on_done: Callable[[dict], None] | None = None,
               todo: list[Config] | None = None, stop: Callable[[], bool] = lambda: False) -> dict[str, dict]:
     """Execute a plan; returns the final per-run summaries keyed by run id. `todo`: the
     runs to execute if the caller already has todo_of()'s answer (saves reading every
-    result.json again). Once `stop()` says so, no new group starts; those in flight finish."""
+    result.json again). Transplants start after their sources (_Queue). Once `stop()`
+    says so, no new group starts; those in flight finish."""
     root = Path(root).resolve()  # Dask workers run elsewhere: never hand them a relative path
     rerun = rerun_statuses(force, rerun_failed)
     created = runs.now_iso()
@@ -430,17 +487,12 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
         if c.run_id not in todo_ids:
             state[c.run_id] = {**_summary(runs.load_result(root, c.run_id), ran=False), "skipped": True}
     write_sweep_record(root, p, state, created)
-    groups = group_runs(todo, seed_batch, executor.workers if executor else 1)
-    pending = {executor.submit([c.to_dict() for c in g], str(root), rerun): g for g in groups} if groups else {}
+    queue = _Queue(group_runs(todo, seed_batch, executor.workers if executor else 1), p.needs(), todo_ids)
+    pending: dict = {}  # future -> (group, blocking)
     busy: list[Config] = []
     by_id = {c.run_id: c for c in p.configs}
 
-    def collect(fut, group, blocking):
-        try:
-            results = fut.result()
-        except Exception as e:  # noqa: BLE001 - a dead worker fails its group, not the sweep
-            results = [{"run_id": c.run_id, "status": "failed", "error": f"worker: {type(e).__name__}: {e}", "ran": False}
-                       for c in group]
+    def record(results: list[dict], blocking: bool) -> None:
         for r in results:
             if r["status"] == "busy" and not blocking:
                 busy.append(by_id[r["run_id"]])
@@ -453,25 +505,37 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
         write_sweep_record(root, p, state, created)
 
     try:
-        while pending:
+        while True:
+            if not stop():
+                ready, failed = queue.take(state)
+                record(failed, False)
+                pending.update({executor.submit([c.to_dict() for c in g], str(root), rerun): (g, False) for g in ready})
+            if not pending and busy and not stop():
+                # runs another sweep held: wait for its lock, then train them only if it did not finish
+                pending.update({executor.submit([c.to_dict()], str(root), rerun if not force else [], True): ([c], True)
+                                for c in busy})
+                busy.clear()
             if stop():
-                for fut in list(pending):
-                    if fut.cancel():
-                        pending.pop(fut)
-                if not pending:
-                    break
+                for fut in [f for f in pending if f.cancel()]:
+                    pending.pop(fut)
+            if not pending:
+                break
             for fut in _wait_any(set(pending)):
-                collect(fut, pending.pop(fut), blocking=False)
-        # runs another sweep held: wait for its lock, then train them only if it did not finish
-        if busy and not stop():
-            waits = {executor.submit([c.to_dict()], str(root), rerun if not force else [], True): [c] for c in busy}
-            while waits:
-                for fut in _wait_any(set(waits)):
-                    collect(fut, waits.pop(fut), blocking=True)
+                group, blocking = pending.pop(fut)
+                record(_results(fut, group), blocking)
     finally:
         _settle(root, p, state)
         write_sweep_record(root, p, state, created)
     return state
+
+
+def _results(fut, group: list[Config]) -> list[dict]:
+    """A finished group's summaries; a dead worker fails its group, not the sweep."""
+    try:
+        return fut.result()
+    except Exception as e:  # noqa: BLE001
+        return [{"run_id": c.run_id, "status": "failed", "error": f"worker: {type(e).__name__}: {e}", "ran": False}
+                for c in group]
 
 
 def _settle(root: Path, p: Plan, state: dict[str, dict]) -> None:
@@ -544,6 +608,12 @@ def prepare(files: list, overrides: list[str] | None = None, grid: list[str] | N
     p = plan([str(f) for f in files], overrides, max_runs=max_runs, grid=grid)
     for c in p.configs:
         runs.check_inside(root, c.run_id)
+    by_id = {c.run_id: c for c in p.configs}
+    for c in p.configs:
+        try:
+            engine.check_source(c, root, by_id)  # a source this sweep runs, or one trained ok
+        except DnfaInputError as e:
+            raise p.located(c, e) from None
     todo, status = todo_of(p, root, rerun_statuses(force, rerun_failed))
     return Prepared(root, p, todo, status)
 

@@ -154,11 +154,17 @@ def sizes_for(cfg: Config, ds: Dataset) -> list[int]:
     return mdl.layer_sizes(ds.d, cfg.model.hidden(), ds.c)
 
 
-def init_state(cfg: Config, ds: Dataset) -> TrainState:
+def init_state(cfg: Config, ds: Dataset, donor=None) -> TrainState:
+    """The run's initial parameters and optimizer state; with model.init_from, its layers
+    transplanted from `donor`, the source run's final parameters (engine.donor)."""
     k_init, _, _ = mdl.run_keys(cfg.seed)
     mc = cfg.model
     params = mdl.init_params(k_init, sizes_for(cfg, ds), bias=mc.bias, init=mc.init,
                              init_scale=mc.init_scale, dtype=jnp.dtype(cfg.train.dtype))
+    if mc.init_from is not None:
+        if donor is None:
+            raise ValueError("model.init_from: the source run's parameters were not given")
+        params = mdl.transplant(params, donor, mc.init_from.layers, mc.init_from.keep, mdl.transplant_key(cfg.seed))
     return TrainState(params, init_opt_state(cfg, params))
 
 
@@ -175,13 +181,14 @@ class Outcome:
 
 def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any], None] | None = None,
           on_matrices: Callable[[int, dict], None] | None = None,
-          on_progress: Callable[[Progress], None] | None = None) -> Outcome:
+          on_progress: Callable[[Progress], None] | None = None, donor=None) -> Outcome:
     """Train one run, measuring at every checkpoint. `on_checkpoint(record, params)` is
     called as each is measured, `on_matrices(step, mats)` with the layer matrices of the
     checkpoints that metrics.save_matrices keeps, `on_progress(Progress)` after each epoch
-    segment and before and after each checkpoint's measuring."""
+    segment and before and after each checkpoint's measuring. `donor`: the parameters a
+    transplant takes its layers from (init_state)."""
     return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_matrices=[on_matrices],
-                         on_progress=on_progress)[0]
+                         on_progress=on_progress, donors=[donor])[0]
 
 
 def seed_free(cfg: Config) -> Config:
@@ -196,23 +203,23 @@ def batch_compatible(cfgs: list[Config]) -> bool:
 
 
 def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None, on_matrices=None,
-                  on_progress=None) -> list[Outcome]:
+                  on_progress=None, donors=None) -> list[Outcome]:
     """Train runs that differ only in seed as one `jax.vmap`ped program (a single run is
     the unbatched case), and measure them together at each checkpoint. Each run keeps its
-    own keys, data and divergence status."""
+    own keys, data, divergence status and transplant donor (`donors`, init_state)."""
     if not batch_compatible(cfgs):
         raise ValueError("train_batched: runs in one batch must differ only in seed")
-    return _Loop(cfgs, dss, on_checkpoint, on_matrices, on_progress).run()
+    return _Loop(cfgs, dss, on_checkpoint, on_matrices, on_progress, donors or [None] * len(cfgs)).run()
 
 
 class _Batch:
     """A seed batch's training state and data: one run's as they are, several stacked along
     a leading axis and stepped by the vmapped epoch function."""
 
-    def __init__(self, cfgs: list[Config], dss: list[Dataset]):
+    def __init__(self, cfgs: list[Config], dss: list[Dataset], donors: list):
         tc, mc = cfgs[0].train, cfgs[0].model
         dt = jnp.dtype(tc.dtype)
-        states = [init_state(c, d) for c, d in zip(cfgs, dss)]
+        states = [init_state(c, d, donor) for c, d, donor in zip(cfgs, dss, donors)]
         self.params0 = [s.params for s in states]
         arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
         keys = [mdl.run_keys(c.seed)[1] for c in cfgs]
@@ -245,7 +252,7 @@ class _Batch:
 class _Loop:
     """train_batched's state: the batch, the runs still alive, their outcomes, the progress."""
 
-    def __init__(self, cfgs, dss, on_checkpoint, on_matrices, on_progress):
+    def __init__(self, cfgs, dss, on_checkpoint, on_matrices, on_progress, donors):
         cfg0, ds0 = cfgs[0], dss[0]
         n = len(ds0.X_train)
         self.spe = steps_per_epoch(n, cfg0.train.batch_size)
@@ -254,7 +261,7 @@ class _Loop:
         sizes = sizes_for(cfg0, ds0)
         method = grams.choose_method(sizes, cfg0.metrics.jacobian)
         self.t_start = time.perf_counter()
-        self.batch = _Batch(cfgs, dss)
+        self.batch = _Batch(cfgs, dss, donors)
         self.meter = ms.Meter(cfgs, dss, self.batch.params0, spe=self.spe, total=total, method=method,
                               arrays_of=self.batch.arrays_of, on_checkpoint=on_checkpoint, on_matrices=on_matrices)
         self.outs = [Outcome("ok", info={"total_steps": total, "steps_per_epoch": self.spe, "jacobian": method,
