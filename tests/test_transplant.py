@@ -104,6 +104,11 @@ def test_the_source_id_is_in_the_run_id_and_old_ids_stay(tmp_path):
     assert config.source_id(frozen) == plain.run_id
     # the resolved config is a fixed point
     assert config.validate(frozen.to_dict()) == frozen
+    # --set (and a sweep) reach inside init_from
+    f = tmp_path / "k.yaml"
+    f.write_text(json.dumps(_with(BASE, **{"model.init_from": {"layers": [2]}})))
+    got = config.load_config(f, ["model.init_from.keep=spectrum", "model.init_from.seed_offset=2"]).base
+    assert got.model.init_from.keep == "spectrum" and config.source_seed(got) == BASE["seed"] + 2
 
 
 def _two_cells(tmp_path, diverge=False):
