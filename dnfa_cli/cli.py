@@ -236,6 +236,7 @@ def sweep(
     grid: Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2", help="Sweep a key over these values, e.g. --grid model.width=64,256 (repeatable; adds to a file's grid).")] = None,
     max_runs: Annotated[int, typer.Option("--max-runs", metavar="N", min=1, help="Refuse a sweep of more runs than this.")] = MAX_RUNS,
     finish_running: Annotated[bool, typer.Option("--finish-running", help="On Ctrl-C / SIGTERM, let the runs in flight finish (a second signal stops them).")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name the sweep: its id becomes sweep-NAME-<hash> (default: the files' sweep.name, else the runs' names).")] = None,
     runs_dir: RunsDir = None,
 ):
     """Run every config of one or more files; skip finished runs; resume after interruption."""
@@ -246,7 +247,7 @@ def sweep(
         _fail(f"--seed-batch {seed_batch!r}: must be auto, on or off")
     try:
         prep = sw.prepare(files, set_, grid, max_runs=max_runs, runs_dir=runs_dir, write=not dry_run, force=force,
-                          rerun_failed=rerun_failed)
+                          rerun_failed=rerun_failed, name=name)
     except DnfaInputError as e:
         _fail(str(e))
     plan, n = prep.plan, len(prep.plan.configs)
@@ -262,7 +263,8 @@ def sweep(
     except DnfaInputError as e:
         _fail(str(e))
     if s.interrupted is not None:
-        again = sw.resume_command(files, runs_dir=runs_dir, overrides=set_, grid=grid, max_runs=max_runs, scheduler=scheduler)
+        again = sw.resume_command(files, runs_dir=runs_dir, overrides=set_, grid=grid, max_runs=max_runs, scheduler=scheduler,
+                                  name=name)
         err.print(f"{s.signal_name}: stopped after {s.seconds:.1f} s; {s.finished} of {s.runs} runs finished "
                   f"({s.finished_now} this time); resume with: {again}", markup=False)
         raise typer.Exit(128 + s.interrupted)

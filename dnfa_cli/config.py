@@ -12,6 +12,8 @@ import hashlib
 import os
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -19,12 +21,13 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from . import sweepspec
+from . import sweepspec, yaml12
 from .errors import ConfigError, DnfaInputError, closest, fmt_value  # noqa: F401 - DnfaInputError: re-exported
 
 SCHEMA = 1  # version of config + result.json layout; part of every run id
 MAX_RUNS = 10_000  # a sweep larger than this (default of --max-runs) is refused up front
 
+NAME_MAX = 64  # characters of a run's name
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "quadratic", "identity")
 
 
@@ -345,7 +348,7 @@ class MetricsCfg(_Strict):
 class Config(_Strict):
     _rid: str | None = PrivateAttr(default=None)
     # the id's hash is a fixed-length suffix, so a hyphen in the name stays unambiguous
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)] = "run"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=NAME_MAX)] = "run"
 
     @field_validator("name")
     @classmethod
@@ -529,8 +532,9 @@ class _DuplicateKey(Exception):
     pass
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+class _UniqueKeyLoader(yaml12.SafeLoader):
+    """safe_load (with YAML 1.2 floats: 1e-3 is a number) that refuses a key given twice
+    in one mapping (plain YAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -671,8 +675,14 @@ class ConfigFile(BaseModel):
     base: Config
     notes: list = []  # what the command line changed about the sweep, for the user
 
-    def expand(self, max_runs: int = MAX_RUNS) -> list[Config]:
-        return expand_sweep(self.raw, self.sweep, self.path, Path(self.path).parent, max_runs)
+    def expand(self, max_runs: int = MAX_RUNS, notes: list | None = None) -> list[Config]:
+        """The runs; what the expansion dropped from the base config is added to `notes`."""
+        return expand_sweep(self.raw, self.sweep, self.path, Path(self.path).parent, max_runs, notes)
+
+    @property
+    def sweep_name(self) -> str | None:
+        """sweep.name as written (checked when the sweep is expanded)."""
+        return self.sweep.get("name") if isinstance(self.sweep, dict) else None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, grid: list[str] | None = None) -> ConfigFile:
@@ -683,7 +693,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, grid: list
     raw = read_yaml(path)
     raw.setdefault("name", _default_name(path))
     sweep = raw.pop("sweep", None)
-    sets, grids = sweepspec.parse_set(overrides), sweepspec.parse_grid(grid)
+    sets, grids = sweepspec.parse_set(overrides), sweepspec.parse_grid(grid, takes_list)
     sweep, notes = sweepspec.with_command_line(sweep, sets, grids, path)
     raw = apply_overrides(raw, sets, str(path))
     base = validate(raw, str(path), Path(path).parent)
@@ -691,8 +701,34 @@ def load_config(path: str | Path, overrides: list[str] | None = None, grid: list
 
 
 def _default_name(path) -> str:
+    """The file's stem made a valid name: id-safe characters, at most the 64 a name may
+    have (a long file name is cut, never refused for a name the user did not write)."""
     stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(path).stem)) or "run"
-    return stem if stem[0].isalnum() else "r" + stem
+    return (stem if stem[0].isalnum() else "r" + stem)[:NAME_MAX]
+
+
+def _leaf_annotations():
+    for task, cls in TASKS.items():
+        for k, f in cls.model_fields.items():
+            yield f"data.{k}", f.annotation
+    for sec, cls in (("model", ModelCfg), ("train", TrainCfg), ("metrics", MetricsCfg)):
+        for k, f in cls.model_fields.items():
+            yield f"{sec}.{k}", f.annotation
+
+
+def _list_only(ann) -> bool:
+    members = [a for a in (typing.get_args(ann) if typing.get_origin(ann) in (Union, types.UnionType) else (ann,))
+               if a is not type(None)]
+    strip = lambda a: typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a
+    return bool(members) and all(typing.get_origin(strip(a)) is list for a in members)
+
+
+LIST_KEYS = frozenset(k for k, ann in _leaf_annotations() if _list_only(ann))  # data.coords, model.widths
+
+
+def takes_list(key: str) -> bool:
+    """Whether the key's value is always a list (so `--grid KEY=[0,1]` is one value)."""
+    return key in LIST_KEYS
 
 
 # ----------------------------------------------------------------------------- run ids
@@ -734,19 +770,59 @@ def run_id(cfg: Config) -> str:
 
 # ----------------------------------------------------------------------------- sweeps
 def expand_sweep(base_raw: dict, sweep: dict | None, source: str, base_dir: Path | None = None,
-                 max_runs: int = MAX_RUNS) -> list[Config]:
+                 max_runs: int = MAX_RUNS, notes: list | None = None) -> list[Config]:
     """A `sweep:` block over a raw config mapping -> validated run configs (sweepspec reads
-    the block); more than `max_runs` is refused before any is expanded."""
+    the block); more than `max_runs` is refused before any is expanded. A key of the base
+    config that does not apply once a run's values are set (momentum under adam, d under
+    task modular, epochs where the run sets steps) is dropped from that run, and `notes`
+    says so, rather than the sweep refused."""
     if not sweep:
         return [validate(base_raw, source, base_dir)]
     base_task = (base_raw.get("data") or {}).get("task", "monomial")
     spec = sweepspec.SweepSpec.parse(sweep, source, base_task, lambda task: known_keys({"data": {"task": task}}))
-    out = []
-    for a in spec.assignments(max_runs):
+    out, dropped = [], {}
+    assignments = spec.assignments(max_runs)
+    for a in assignments:
         raw = apply_overrides(base_raw, list(a.items()), source, what="sweep.parameters")
+        for key, value, why in drop_inapplicable(raw, set(a)):
+            dropped.setdefault((key, repr(value), why), []).append(a)
         where = source + " (sweep run " + ", ".join(f"{k}={fmt_value(v)}" for k, v in a.items()) + ")"
         out.append(validate(raw, where, base_dir))
+    for (key, value, why), hit in dropped.items():
+        if notes is not None:
+            notes.append(f"{source}: {key} = {value} of the base config is dropped where it does not apply "
+                         f"({why}): {len(hit)} of {len(assignments)} runs")
     return out
+
+
+# Keys that exclude each other: a run that sets one side drops the base config's other side.
+EXCLUSIVE = (({"train.epochs"}, {"train.steps"}), ({"model.widths"}, {"model.depth", "model.width"}))
+
+
+def inapplicable(flat: dict) -> dict[str, str]:
+    """The keys of a flat config that hold a value but do not apply to it, and why (a
+    table shows them as "-"): momentum under any optimizer but sgd."""
+    opt = flat.get("train.optimizer", "sgd")
+    return {"train.momentum": "momentum applies to optimizer sgd only"} if opt != "sgd" else {}
+
+
+def drop_inapplicable(raw: dict, fixed: set[str]) -> list[tuple[str, Any, str]]:
+    """Remove from `raw` (in place) the keys not in `fixed` that do not apply to it: keys
+    of another data task, nonzero momentum outside sgd, one side of an EXCLUSIVE pair
+    when `fixed` sets the other. Returns (key, value, why) for each."""
+    flat, known = flatten(raw), known_keys(raw)
+    drops = {k: f"not a key of task {(raw.get('data') or {}).get('task', 'monomial')}" for k in flat
+             if k not in known and k not in fixed and "." in k}
+    drops.update({k: why for k, why in inapplicable(flat).items() if flat.get(k) and k not in fixed})
+    for a, b in EXCLUSIVE:
+        for mine, other in ((a, b), (b, a)):
+            if mine & fixed:
+                drops.update({k: f"the run sets {' and '.join(sorted(mine & fixed))}"
+                              for k in other - fixed if flat.get(k) is not None})
+    for k in drops:
+        sec, leaf = k.split(".", 1)
+        raw[sec].pop(leaf, None)
+    return [(k, flat[k], why) for k, why in drops.items()]
 
 
 def flatten(d: dict | None, prefix: str = "") -> dict:

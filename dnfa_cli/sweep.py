@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import engine, model, runs
+from . import engine, model, runs, sweepspec
 from .progress import sweep_eta
 from .config import (MAX_RUNS, Config, ConfigError, DnfaInputError, canonical_json, flatten, load_config, source_id,
                      source_of)
@@ -78,17 +78,22 @@ def _varied_values(cfgs: list[Config]) -> tuple[list[str], dict[str, dict]]:
 
 
 def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = MAX_RUNS,
-         grid: list[str] | None = None) -> Plan:
+         grid: list[str] | None = None, name: str | None = None) -> Plan:
     """Read, expand and validate every file (and every expanded run) before anything runs;
     more than `max_runs` runs in all is refused. `overrides` (--set) and `grid` (--grid)
-    apply to every file; what they change about a file's sweep is in Plan.notes."""
+    apply to every file; what they change about a file's sweep is in Plan.notes. The id
+    is sweep-<name>-<hash of the run ids>: `name` (--name), else the files' sweep.name,
+    else the runs' names."""
     if not files:
         raise ConfigError("no config files given")
-    seen, unique, source, notes = set(), [], {}, []
+    if name is not None:
+        sweepspec.check_name(name, "--name")
+    seen, unique, source, notes, sweep_names = set(), [], {}, [], []
     for f in files:
         cf = load_config(f, overrides, grid)
         notes += cf.notes
-        for c in cf.expand(max_runs):
+        sweep_names += [cf.sweep_name] if cf.sweep_name else []
+        for c in cf.expand(max_runs, notes):
             _add(c, str(f), seen, unique, source)
     if len(unique) > max_runs:
         raise ConfigError(f"{', '.join(map(str, files))}: {len(unique):,} runs in all, more than --max-runs {max_runs:,} "
@@ -96,8 +101,8 @@ def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = M
     varied, params = _varied_values(unique)
     ids = sorted(seen)
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
-    names = sorted({c.name for c in unique})
-    label = names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}"
+    names = sorted(set(sweep_names) or {c.name for c in unique})
+    label = name or (names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}")
     p = Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied, notes, source)
     for c in unique:
         try:
@@ -601,11 +606,11 @@ class Prepared:
 
 def prepare(files: list, overrides: list[str] | None = None, grid: list[str] | None = None, *,
             max_runs: int = MAX_RUNS, runs_dir=None, write: bool = True, force: bool = False,
-            rerun_failed: bool = False) -> Prepared:
+            rerun_failed: bool = False, name: str | None = None) -> Prepared:
     """Check the runs directory (writable when `write`), plan the files and find what is
     left to do; DnfaInputError (one line) before anything is written."""
     root = runs.check_root(runs.runs_root(runs_dir), write=write)
-    p = plan([str(f) for f in files], overrides, max_runs=max_runs, grid=grid)
+    p = plan([str(f) for f in files], overrides, max_runs=max_runs, grid=grid, name=name)
     for c in p.configs:
         runs.check_inside(root, c.run_id)
     by_id = {c.run_id: c for c in p.configs}
@@ -749,12 +754,12 @@ def run(prep: Prepared, opts: Options, *, on_done: Callable[[dict, int, int, flo
 
 
 def resume_command(files: list, *, runs_dir=None, overrides: list[str] | None = None, grid: list[str] | None = None,
-                   max_runs: int = MAX_RUNS, scheduler: str | None = None) -> str:
+                   max_runs: int = MAX_RUNS, scheduler: str | None = None, name: str | None = None) -> str:
     """The `dnfa sweep` command line that resumes this sweep (the flags that chose its runs
     and where they go)."""
     import shlex
 
-    again = [*map(str, files), *(["--runs-dir", str(runs_dir)] if runs_dir else []),
+    again = [*map(str, files), *(["--runs-dir", str(runs_dir)] if runs_dir else []), *(["--name", name] if name else []),
              *[a for kv in overrides or [] for a in ("--set", kv)], *[a for kv in grid or [] for a in ("--grid", kv)],
              *(["--max-runs", str(max_runs)] if max_runs != MAX_RUNS else []),
              *(["--scheduler", scheduler] if scheduler else [])]

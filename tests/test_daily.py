@@ -1,0 +1,182 @@
+"""Daily use (issue 20): YAML 1.2 numbers, the command line's values, linked parameters
+and named sweeps. Expected values are written out here, never taken from the code."""
+import pytest
+import yaml
+
+from dnfa_cli import config, sweep, sweepspec, yaml12
+
+BASE = ("name: b\ndata: {task: monomial, d: 5, n_train: 48, n_test: 16}\nmodel: {depth: 1, width: 8}\n"
+        "metrics: {samples: 24}\n")
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# ----------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize("text,value", [
+    ("1e-3", 0.001), ("5E-4", 0.0005), (".5", 0.5), ("-.5", -0.5), ("+.25", 0.25), ("1.0e3", 1000.0),
+    ("1.5e+2", 150.0), ("2e5", 200000.0), (".5e1", 5.0), ("1.", 1.0), ("1.0e-3", 0.001), ("-1E-2", -0.01),
+])
+def test_yaml_1_2_floats_are_numbers(text, value):
+    v = yaml12.load(f"x: {text}")["x"]
+    assert type(v) is float and v == value
+
+
+@pytest.mark.parametrize("text,value", [
+    # everything else keeps its YAML 1.1 meaning
+    ("yes", True), ("on", True), ("off", False), ("1_000", 1000), ("0x1F", 31), ("12", 12), ("-3", -3),
+    ("1e", "1e"), ("e5", "e5"), ("1e-", "1e-"), ("relu", "relu"), (".inf", float("inf")), ("1.5", 1.5),
+    ("'1e-3'", "1e-3"), ("1:30", 90), ("2024-01-02", None),
+])
+def test_everything_else_reads_as_before(text, value):
+    v = yaml12.load(f"x: {text}")["x"]
+    if value is None:  # a date stays a date
+        assert v == yaml.safe_load(f"x: {text}")["x"]
+    else:
+        assert v == value and type(v) is type(value)
+    assert v == yaml.safe_load(f"x: {text}")["x"]  # YAML 1.1 reads these the same
+
+
+def test_1e_3_is_a_number_in_files_set_grid_and_sweeps(tmp_path):
+    p = _write(tmp_path, BASE + "train: {lr: 1e-3, weight_decay: 5E-4}\n")
+    cf = config.load_config(p)
+    assert cf.base.train.lr == 0.001 and cf.base.train.weight_decay == 0.0005
+    # the same run as the config written with 0.001
+    plain = config.validate(yaml.safe_load(BASE + "train: {lr: 0.001, weight_decay: 0.0005}\n"))
+    assert cf.base.run_id == plain.run_id
+    assert config.load_config(p, ["train.lr=2e-2"]).base.train.lr == 0.02
+    assert [c.train.lr for c in config.load_config(p, grid=["train.lr=1e-1,1E-2"]).expand()] == [0.1, 0.01]
+    s = _write(tmp_path, BASE + "sweep:\n  method: random\n  count: 5\n  parameters:\n"
+               "    train.lr: {distribution: log_uniform, min: 1e-4, max: 1e-2}\n"
+               "    model.init_scale: {values: [.5, 2e0]}\n", "r.yaml")
+    runs = config.load_config(s).expand()
+    assert all(1e-4 <= r.train.lr <= 1e-2 for r in runs) and {r.model.init_scale for r in runs} <= {0.5, 2.0}
+
+
+# ----------------------------------------------------------------------------- --set and --grid
+def test_an_empty_set_value_is_refused_not_the_default(tmp_path):
+    p = _write(tmp_path, BASE)
+    with pytest.raises(config.ConfigError, match=r"--set 'model.width=': no value"):
+        config.load_config(p, ["model.width="])
+    assert config.load_config(p, ["model.width=null"]).base.model.width == 1024  # null still says "the default"
+
+
+@pytest.mark.parametrize("item,key,values", [
+    ("model.width=64,256", "model.width", [64, 256]),
+    ("model.width=[64, 256]", "model.width", [64, 256]),  # a YAML flow list of values
+    ("data.coords=[0,1]", "data.coords", [[0, 1]]),  # a list-valued key: one value, not split at its comma
+    ("data.coords=[0,1],[0,2]", "data.coords", [[0, 1], [0, 2]]),
+    ("data.coords=[[0,1],[0,2]]", "data.coords", [[0, 1], [0, 2]]),
+    ("train={optimizer: sgd, lr: 0.1},{optimizer: adam}", "train", [{"optimizer": "sgd", "lr": 0.1}, {"optimizer": "adam"}]),
+    ("train=[{optimizer: sgd, lr: 0.1}, {optimizer: adam, lr: 1e-3}]", "train",
+     [{"optimizer": "sgd", "lr": 0.1}, {"optimizer": "adam", "lr": 0.001}]),
+    ("model.activation='a,b',relu", "model.activation", ["a,b", "relu"]),
+])
+def test_grid_values_split_at_top_level_commas_only(item, key, values):
+    assert sweepspec.parse_grid([item], config.takes_list) == [(key, values)]
+
+
+def test_grid_twice_on_one_key_and_empty_values_are_refused(tmp_path):
+    p = _write(tmp_path, BASE)
+    with pytest.raises(config.ConfigError, match="--grid model.width is given twice"):
+        config.load_config(p, grid=["model.width=8,16", "model.width=32"])
+    with pytest.raises(config.ConfigError, match="no value"):
+        config.load_config(p, grid=["model.width=8,"])
+    # two keys: both kept
+    assert len(config.load_config(p, grid=["model.width=8,16", "model.depth=1,2"]).expand()) == 4
+
+
+def test_a_long_file_name_gives_a_valid_name(tmp_path):
+    p = _write(tmp_path, BASE.replace("name: b\n", ""), "x" * 80 + ".yaml")
+    assert config.load_config(p).base.name == "x" * 64
+    assert config.takes_list("data.coords") and config.takes_list("model.widths")
+    assert not config.takes_list("metrics.checkpoints") and not config.takes_list("model.width")
+
+
+# ----------------------------------------------------------------------------- linked parameters
+LINKED = BASE + """train: {optimizer: sgd, lr: 0.1, momentum: 0.9, epochs: 2, batch_size: 16}
+sweep:
+  parameters:
+    train: {values: [{optimizer: sgd, lr: 0.1}, {optimizer: adam, lr: 1e-3}]}
+    seed: {values: [0, 1]}
+"""
+
+
+def _cfg(**train):
+    raw = yaml.safe_load(BASE)
+    raw["train"] = {"epochs": 2, "batch_size": 16, **train}
+    return raw
+
+
+def test_linked_parameters_set_their_keys_together(tmp_path):
+    notes = []
+    runs = config.load_config(_write(tmp_path, LINKED)).expand(notes=notes)
+    want = [config.validate({**_cfg(**t), "seed": s}) for t in
+            ({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9}, {"optimizer": "adam", "lr": 0.001}) for s in (0, 1)]
+    # the ids are those of the configs written out by hand: adam without the base's momentum
+    assert [r.run_id for r in runs] == [w.run_id for w in want]
+    assert [(r.train.optimizer, r.train.lr, r.train.momentum) for r in runs] == \
+        [("sgd", 0.1, 0.9)] * 2 + [("adam", 0.001, 0.0)] * 2
+    assert notes == [f"{tmp_path / 's.yaml'}: train.momentum = 0.9 of the base config is dropped where it does not "
+                     "apply (momentum applies to optimizer sgd only): 2 of 4 runs"]
+
+
+def test_linked_parameters_in_a_random_sweep_and_on_the_command_line(tmp_path):
+    p = _write(tmp_path, LINKED.replace("  parameters:", "  method: random\n  count: 12\n  seed: 3\n  parameters:"))
+    runs = config.load_config(p).expand()
+    assert {(r.train.optimizer, r.train.lr) for r in runs} == {("sgd", 0.1), ("adam", 0.001)}
+    plain = _write(tmp_path, BASE, "plain.yaml")
+    runs = config.load_config(plain, grid=["train=[{optimizer: sgd, lr: 0.1}, {optimizer: adam, lr: 1e-3}]"]).expand()
+    assert [r.run_id for r in runs] == [config.validate({**yaml.safe_load(BASE), "train": t}).run_id
+                                        for t in ({"optimizer": "sgd", "lr": 0.1}, {"optimizer": "adam", "lr": 0.001})]
+
+
+def test_linked_data_switches_task_and_drops_the_keys_of_the_old_one(tmp_path):
+    p = _write(tmp_path, BASE + "train: {batch_size: 8, epochs: 1}\nsweep:\n  parameters:\n"
+               "    data: {values: [{d: 6}, {task: modular, p: 7}]}\n")
+    notes = []
+    runs = config.load_config(p).expand(notes=notes)
+    assert (runs[0].data.task, runs[0].data.d, runs[0].data.n_train) == ("monomial", 6, 48)
+    assert (runs[1].data.task, runs[1].data.p) == ("modular", 7)
+    assert sorted(n.split(": ", 1)[1].split(" of the base")[0] for n in notes) == \
+        ["data.d = 5", "data.n_test = 16", "data.n_train = 48"]
+    s = _write(tmp_path, BASE + "train: {epochs: 2}\nsweep:\n  parameters:\n    train: {values: [{steps: 3}]}\n", "st.yaml")
+    assert config.load_config(s).expand()[0].train.steps == 3  # epochs dropped: the run sets steps
+
+
+@pytest.mark.parametrize("params,msg", [
+    ("train: {values: [{optimizer: adam}, 3]}", "sweep.parameters.train.values[1] = 3: train is a section; each value must be a mapping"),
+    ("train: {values: [{optimiser: adam}]}", "sweep.parameters.train: train.optimiser: no such config key (did you mean train.optimizer?)"),
+    ("train: {values: [{lr: 0.1}]}\n    train.lr: {values: [0.2]}", "sweep.parameters: train.lr is set by both train and train.lr"),
+    ("train: {distribution: uniform, min: 0, max: 1}", "sweep.parameters.train: a distribution needs method: random"),
+    ("train: {values: [{optimizer: adam, momentum: 0.9}]}", "momentum applies to optimizer sgd only"),  # written, so refused
+])
+def test_bad_linked_parameters(tmp_path, params, msg):
+    p = _write(tmp_path, BASE + f"sweep:\n  parameters:\n    {params}\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load_config(p).expand()
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- sweep names
+def test_a_sweep_is_named_by_sweep_name_or_name_flag(tmp_path):
+    a = _write(tmp_path, BASE + "train: {batch_size: 16}\nsweep:\n  name: study\n  parameters:\n    seed: {values: [0, 1]}\n", "a.yaml")
+    b = _write(tmp_path, BASE.replace("name: b", "name: c") + "train: {batch_size: 16}\n", "b.yaml")
+    pa = sweep.plan([str(a)])
+    assert pa.sweep_id.startswith("sweep-study-") and len(pa.sweep_id) == len("sweep-study-") + 10
+    assert sweep.plan([str(a), str(b)]).sweep_id.startswith("sweep-study-")
+    assert sweep.plan([str(b), str(a)], name="mine").sweep_id.startswith("sweep-mine-")
+    assert sweep.plan([str(b)]).sweep_id.startswith("sweep-c-")  # unnamed: the runs' name, as before
+    # the name does not change the runs, and --set on the only swept key keeps the name
+    assert [c.run_id for c in pa.configs] == [c.run_id for c in sweep.plan([str(a)], name="x").configs]
+    assert sweep.plan([str(a)], ["seed=3"]).sweep_id.startswith("sweep-study-")
+    only = _write(tmp_path, BASE + "train: {batch_size: 16}\nsweep: {name: solo}\n", "only.yaml")
+    assert len(sweep.plan([str(only)]).configs) == 1 and sweep.plan([str(only)]).sweep_id.startswith("sweep-solo-")
+    for bad in ("a+b", "-x", "a/b", "a..b", "x" * 65):
+        with pytest.raises(config.ConfigError, match="--name = .*must start with a letter or digit"):
+            sweep.plan([str(a)], name=bad)
+    with pytest.raises(config.ConfigError, match=r"sweep.name = 'a b': must start"):
+        sweep.plan([str(_write(tmp_path, BASE + "sweep: {name: a b}\n", "bad.yaml"))])
