@@ -481,7 +481,7 @@ def ls_(
 
 @app.command()
 def compare(
-    idents: Annotated[list[str], typer.Argument(metavar="ID", help="Two or more run ids (or unique prefixes).")],
+    idents: Annotated[list[str], typer.Argument(metavar="ID", help="Run ids, or sweep ids for their runs (or unique prefixes): two runs or more.")],
     format: Annotated[str, typer.Option("--format", metavar="table|json|csv", help="table (terminal), json or csv (rows to stdout).")] = "table",
     out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where the figure goes (default: runs/compare/<ids>/).")] = None,
     include_readout: Annotated[bool, typer.Option("--include-readout", help="Also show the trivial read-out layer.")] = False,
@@ -515,6 +515,69 @@ def compare(
             console_print(_rich_table(*t))
     fig = rp.fig_compare(views, dest / "curves.png", include_readout)
     (out if format == "table" else err).print(f"figure: {fig.absolute()}", markup=False)
+
+
+@app.command()
+def rm(
+    idents: Annotated[list[str], typer.Argument(metavar="ID", help="Run ids, sweep ids (the sweep's record and its runs), or unique prefixes of either.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+    runs_dir: RunsDir = None,
+):
+    """Remove runs, or sweeps with their runs; asks first (unless --yes), never removes
+    a run being trained, and says how much disk it freed."""
+    from . import cleanup, runs
+
+    try:
+        root = runs.check_root(runs.runs_root(runs_dir))
+        plan = cleanup.plan_removal(root, idents)
+    except DnfaInputError as e:
+        _fail(str(e))
+    if plan.running:
+        _fail(f"run {plan.running[0]} is being trained now" + (f" (and {len(plan.running) - 1} more)" if len(plan.running) > 1 else "")
+              + "; nothing removed (stop it first, or remove the others)", 1)
+    for line in _removal_lines(plan):
+        out.print(line, markup=False)
+    if not yes and not _confirm(f"remove {_removal_what(plan)}, {cleanup.human_bytes(plan.bytes)}? [y/N] "):
+        _fail("not confirmed: nothing removed", 1)
+    done = cleanup.remove(plan)
+    out.print(f"removed {_removal_what(done)}: freed {cleanup.human_bytes(done.freed)}", markup=False)
+    if done.busy:
+        _fail(f"kept {_count(len(done.busy), 'run')} that began training meanwhile: {', '.join(done.busy)}", 1)
+
+
+def _count(n: int, noun: str) -> str:
+    """1 run, 2 runs."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _removal_what(r) -> str:
+    parts = ([_count(len(r.sweep_ids), "sweep")] if r.sweep_ids else []) + [_count(len(r.run_ids), "run")]
+    return " and ".join(parts)
+
+
+def _removal_lines(plan) -> list[str]:
+    from .cleanup import human_bytes
+
+    in_sweeps = {rid for m in plan.members.values() for rid in m}
+    lines = [f"sweep {sid}: its record and {_count(len(m), 'run')} "
+             f"({human_bytes(plan.sizes[sid] + sum(plan.sizes[r] for r in m))})" for sid, m in plan.members.items()]
+    lines += [f"run {rid} ({human_bytes(plan.sizes[rid])})" for rid in plan.run_ids if rid not in in_sweeps]
+    lines += [f"note: {n} of these runs {'is' if n == 1 else 'are'} also in sweep {sid} "
+              "(its record stays; dnfa sweep would rerun them)" for sid, n in plan.shared.items()]
+    return lines
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read one line from stdin: y or yes (any case) confirms; anything
+    else, or no input at all, does not."""
+    err.print(question, end="", markup=False)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        answer = ""
+    if not answer.endswith("\n"):
+        err.print("")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def main():

@@ -748,15 +748,19 @@ COMPARE_STATS = stats.shown("compare")
 
 
 def compare_views(root: Path, idents: list[str]) -> list[RunView]:
-    views = []
+    """The runs the ids name, in order, each once: a sweep id names the runs of that sweep
+    that have started."""
+    from .sweep import load_sweep
+
+    ids: list[str] = []
     for ident in idents:
-        kind, rid = resolve(root, ident)
-        if kind != "run":
-            raise DnfaInputError(f"{ident!r} is a sweep; compare takes run ids (dnfa ls --sweep {rid} lists its runs)")
-        views.append(load_run(root, rid))
-    if len({v.run_id for v in views}) < 2:
-        raise DnfaInputError("compare needs at least two different runs")
-    return views
+        kind, full = resolve(root, ident)
+        members = [r["run_id"] for r in load_sweep(root, full)["runs"]] if kind == "sweep" else [full]
+        ids += [rid for rid in members if rid not in ids and (kind == "run" or runs.run_dir(root, rid).exists())]
+    if len(ids) < 2:
+        raise DnfaInputError(f"compare needs at least two different runs; {' '.join(idents)} name{'s' if len(idents) == 1 else ''} "
+                             f"{len(ids)}")
+    return [load_run(root, rid) for rid in ids]
 
 
 def compare_tables(views: list[RunView], include_readout: bool = False):

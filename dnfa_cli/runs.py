@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import numpy as np
 from .config import SCHEMA, Config, DnfaInputError, config_to_yaml
 
 RESULT = "result.json"
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# a run id is <name>-<hash>; a sweep's over several files is sweep-<name>+<n>-<hash>
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 
 def runs_root(runs_dir: str | Path | None) -> Path:
@@ -126,7 +128,8 @@ def is_locked(root: Path, run_id: str) -> bool:
 # ----------------------------------------------------------------------------- reading
 def check_id(ident: str) -> str:
     if not ident or "/" in ident or "\\" in ident or ".." in ident or not ID_RE.match(ident):
-        raise DnfaInputError(f"{ident!r} is not a run or sweep id (ids hold letters, digits, '_', '.', '-'; no path separators or '..')")
+        raise DnfaInputError(f"{ident!r} is not a run or sweep id (ids hold letters, digits, '_', '.', '-', '+'; "
+                             "no path separators or '..')")
     return ident
 
 
@@ -322,6 +325,19 @@ def check_inside(root: Path, run_id: str) -> Path:
     if d.exists() and d.resolve().parent != Path(root).resolve():
         raise DnfaInputError(f"{d} resolves to {d.resolve()}, outside {Path(root).resolve()}; dnfa writes there only")
     return d
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes in the files under `path` (or of the file itself), symbolic links not followed."""
+    p = Path(path)
+    total = 0
+    for f in [p] + (list(p.rglob("*")) if p.is_dir() and not p.is_symlink() else []):
+        try:
+            st = f.lstat()
+        except OSError:  # gone meanwhile
+            continue
+        total += st.st_size if not stat.S_ISDIR(st.st_mode) else 0
+    return total
 
 
 def list_sweep_ids(root: Path) -> list[str]:

@@ -1,5 +1,8 @@
 """Daily use (issue 20): YAML 1.2 numbers, the command line's values, linked parameters
 and named sweeps. Expected values are written out here, never taken from the code."""
+import json
+import re
+
 import pytest
 import yaml
 
@@ -180,3 +183,76 @@ def test_a_sweep_is_named_by_sweep_name_or_name_flag(tmp_path):
             sweep.plan([str(a)], name=bad)
     with pytest.raises(config.ConfigError, match=r"sweep.name = 'a b': must start"):
         sweep.plan([str(_write(tmp_path, BASE + "sweep: {name: a b}\n", "bad.yaml"))])
+
+
+# ----------------------------------------------------------------------------- ids the tool prints
+def _cli(*args, input=None):
+    from typer.testing import CliRunner
+
+    from dnfa_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+TINY = BASE.replace("metrics: {samples: 24}", "metrics: {checkpoints: 1, samples: 24}") + "train: {batch_size: 16, epochs: 1}\n"
+
+
+def test_every_id_the_tool_prints_is_accepted_by_report_ls_compare_and_rm(tmp_path):
+    """A sweep of two files has a `+` in its id; the commands it prints, and ls, compare
+    and rm on that id, all work - also once a second such sweep shares its prefix."""
+    import shlex
+
+    tiny = TINY
+    a = _write(tmp_path, tiny.replace("name: b", "name: opt_adam"), "a.yaml")
+    b = _write(tmp_path, tiny.replace("name: b", "name: opt_sgd") + "sweep: {parameters: {seed: {values: [0, 1]}}}\n", "b.yaml")
+    rd = tmp_path / "runs"
+    r = _cli("sweep", a, b, "--workers", "1", "--runs-dir", rd)
+    assert r.exit_code == 0, r.output
+    sid = re.search(r"^sweep (\S+):", r.stdout, re.M).group(1)
+    assert sid.startswith("sweep-opt_adam+1-")
+    printed = re.search(r"^report: (dnfa .*)$", r.stdout, re.M).group(1)
+    r2 = _cli(*shlex.split(printed)[1:])
+    assert r2.exit_code == 0, r2.output
+    assert f"sweep {sid}: 3 runs from {a}, {b}; ok 3" in r2.stdout
+    # a second sweep of two files with the same first name: same prefix, both still reachable
+    c = _write(tmp_path, tiny.replace("name: b", "name: opt_sgd") + "seed: 5\n", "c.yaml")
+    assert _cli("sweep", a, c, "--workers", "1", "--runs-dir", rd).exit_code == 0
+    ls = _cli("ls", "--sweep", sid, "--runs-dir", rd)
+    assert ls.exit_code == 0, ls.output
+    assert ls.stdout.startswith(f"3 runs in {rd.absolute()} (sweep {sid})")
+    run_ids = sorted(re.findall(r"(opt_\w+-[0-9a-f]{10})", ls.stdout))
+    assert len(set(run_ids)) == 3
+    cmp = _cli("compare", sid, "--runs-dir", rd, "--format", "json")
+    assert cmp.exit_code == 0, cmp.output
+    assert sorted({row["run_id"] for row in json.loads(cmp.stdout)}) == sorted(set(run_ids))
+    assert _cli("report", run_ids[0], "--runs-dir", rd).exit_code == 0
+    # rm: asks, and no answer removes nothing
+    size = sum(f.stat().st_size for rid in run_ids for f in (rd / rid).rglob("*") if f.is_file()) \
+        + (rd / "sweeps" / f"{sid}.json").stat().st_size + sum(f.stat().st_size for f in (rd / "sweeps" / sid).rglob("*") if f.is_file())
+    no = _cli("rm", sid, "--runs-dir", rd, input="n\n")
+    assert no.exit_code == 1 and "nothing removed" in no.stderr and all((rd / rid).exists() for rid in run_ids)
+    yes = _cli("rm", sid, "--runs-dir", rd, input="y\n")
+    assert yes.exit_code == 0, yes.output
+    assert f"sweep {sid}: its record and 3 runs" in yes.stdout
+    assert "note: 1 of these runs is also in sweep" in yes.stdout  # opt_adam's run is in the second sweep too
+    from dnfa_cli.cleanup import human_bytes
+
+    assert f"removed 1 sweep and 3 runs: freed {human_bytes(size)}" in yes.stdout
+    assert not any((rd / rid).exists() for rid in run_ids) and not (rd / "sweeps" / f"{sid}.json").exists()
+    assert _cli("report", sid, "--runs-dir", rd).exit_code == 2
+
+
+def test_rm_refuses_a_running_run_and_unknown_ids(tmp_path):
+    from dnfa_cli import runs
+
+    rd = tmp_path / "runs"
+    p = _write(tmp_path, TINY)
+    assert _cli("train", p, "--runs-dir", rd).exit_code == 0
+    rid = runs.list_run_ids(rd)[0]
+    with runs.run_lock(rd, rid):  # as a training holds it
+        r = _cli("rm", rid, "--yes", "--runs-dir", rd)
+    assert r.exit_code == 1 and f"run {rid} is being trained now" in r.stderr and (rd / rid).exists()
+    r = _cli("rm", "nosuch", "--yes", "--runs-dir", rd)
+    assert r.exit_code == 2 and "no run or sweep 'nosuch'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli("rm", rid[:4], "--yes", "--runs-dir", rd)  # a unique prefix, as everywhere
+    assert r.exit_code == 0 and "removed 1 run: freed" in r.stdout and not (rd / rid).exists()
