@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -142,45 +143,81 @@ def layer_summary_table(result: dict, title: str | None = None) -> Table:
 
 
 class _RunProgress:
-    """A run's progress on stderr: a live line in a terminal, plain lines (one per
-    checkpoint) otherwise. It says which phase is running (training, or measuring
-    checkpoint k of K) and an ETA from the time both phases have taken (progress.Progress)."""
+    """A run's progress on stderr, from its first second: the phase it is in (preparing
+    data, compiling, training step s/S, measuring checkpoint k/K) and an ETA from the time
+    both phases have taken (progress.Progress). In a terminal a live line, which rich
+    redraws on its own; otherwise a plain line as the first measuring and training start
+    (they compile) and per measured checkpoint, and the phase again whenever TICK seconds passed without a line -
+    from a ticker thread, so also inside one long call such as a compile. A closed stderr
+    silences the lines (the console's broken-pipe handling); the run goes on."""
+
+    TICK = 5.0  # seconds without a line after which the plain output says the phase again
 
     def __init__(self):
+        import threading
+
         self.live = err.is_terminal
         self.prog = None
+        self.t0 = self.last_line = time.perf_counter()
+        self.what = "starting"
+        self.stopped = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, daemon=True, name="dnfa-progress-ticker")
 
     def __enter__(self):
+        if not self.live:
+            self.ticker.start()
         return self
 
     def _start(self) -> None:
-        """The live line, from the first report on (after the lines printed before training)."""
+        """The live line, from the first phase on (after the line printed before it)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                              TextColumn("eta {task.fields[eta]}"), console=err, transient=True)
         self.prog.__enter__()
-        self.task = self.prog.add_task("starting", total=1.0, eta="-")
+        self.task = self.prog.add_task(self.what, total=1.0, eta="-")
 
     def __exit__(self, *exc):
+        self.stopped.set()
+        if self.ticker.is_alive():
+            self.ticker.join(1.0)  # no phase line after the run's own output
         if self.prog is not None:
             self.prog.__exit__(*exc)
+
+    def _say(self, text: str) -> None:
+        self.last_line = time.perf_counter()
+        try:
+            err.print(f"[{_clock(self.last_line - self.t0)}] {text}", markup=False, highlight=False)
+        except Exception:  # noqa: BLE001 - a progress line is never worth the run
+            pass
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(0.25):
+            if time.perf_counter() - self.last_line >= self.TICK:
+                self._say(self.what)
+
+    def phase(self, what: str, say: bool = True, done: float | None = None, eta: str = "-") -> None:
+        """Now doing `what`; `say`: a plain line at once (phases before training)."""
+        changed, self.what = what != self.what, what
+        if self.live:
+            if self.prog is None:
+                self._start()
+            self.prog.update(self.task, description=what, eta=eta, **({"completed": done} if done is not None else {}))
+        elif say and changed:
+            self._say(what)
 
     def __call__(self, p) -> None:
         eta = p.eta()
         eta_s = "-" if eta is None else _clock(eta)
-        if self.live and self.prog is None:
-            self._start()
-        if self.prog is not None:
-            what = (f"measuring checkpoint {p.checkpoint}/{p.checkpoints}" if p.phase == "measuring"
-                    else f"training step {p.step}/{p.total}")
-            done = p.elapsed / (p.elapsed + eta) if eta is not None and p.elapsed + eta > 0 else 0.0
-            self.prog.update(self.task, description=what, completed=done, eta=eta_s)
-        elif p.phase == "training" and p.checkpoint_seconds and p.checkpoint == len(p.checkpoint_seconds) \
+        first = p.checkpoint == 1 if p.phase == "measuring" else not p.train_calls
+        what = (f"measuring checkpoint {p.checkpoint}/{p.checkpoints}" if p.phase == "measuring"
+                else f"training step {p.step}/{p.total}") + (" (compiling)" if first else "")
+        done = p.elapsed / (p.elapsed + eta) if eta is not None and p.elapsed + eta > 0 else 0.0
+        if not self.live and p.phase == "training" and p.checkpoint_seconds and p.checkpoint == len(p.checkpoint_seconds) \
                 and getattr(self, "_said", None) != p.checkpoint:
             self._said = p.checkpoint  # one plain line per measured checkpoint
-            err.print(f"[{_clock(p.elapsed)}] checkpoint {p.checkpoint}/{p.checkpoints} measured at step "
-                      f"{p.step}/{p.total}; eta {eta_s}", markup=False, highlight=False)
+            self._say(f"checkpoint {p.checkpoint}/{p.checkpoints} measured at step {p.step}/{p.total}; eta {eta_s}")
+        self.phase(what, say=first, done=done, eta=eta_s)
 
 
 @app.command()
@@ -201,8 +238,8 @@ def train(
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
         with _RunProgress() as show:
-            done = engine.train_one(cf.base, root, force=force, source=str(config), on_progress=show,
-                                    on_start=lambda rid, d: out.print(f"run {rid} -> {d}"))
+            done = engine.train_one(cf.base, root, force=force, source=str(config), on_progress=show, on_phase=show.phase,
+                                    on_start=lambda rid, d: out.print(f"run {rid} -> {d}", markup=False))
     except DnfaInputError as e:
         _fail(str(e))
     except runs.RunBusy as e:
@@ -253,19 +290,21 @@ def sweep(
     plan, n = prep.plan, len(prep.plan.configs)
     for note in plan.notes:
         err.print(f"note: {note}", markup=False)
-    out.print(f"sweep {plan.sweep_id}: {n} runs, {n - len(prep.todo)} done, {len(prep.todo)} to run"
+    out.print(f"sweep {plan.sweep_id}: {_count(n, 'run')}, {n - len(prep.todo)} done, {len(prep.todo)} to run"
               + (f"; varying {', '.join(plan.varied)}" if plan.varied else ""))
     if dry_run:
         return _dry_run_table(prep, seed_batch, workers)
     opts = sw.Options(workers, scheduler, scheduler_timeout, force, rerun_failed, seed_batch, finish_running)
     try:
-        s = sw.run(prep, opts, on_done=_sweep_line, say=lambda line: err.print(line, markup=False))
+        pad = " " * len(f"[{len(prep.todo)}/{len(prep.todo)}]")  # the run id under those of the [k/n] lines
+        s = sw.run(prep, opts, on_done=_sweep_line, say=lambda line: err.print(line, markup=False),
+                   on_start=lambda rid: err.print(f"{pad} started   {rid}", markup=False, highlight=False))
     except DnfaInputError as e:
         _fail(str(e))
     if s.interrupted is not None:
         again = sw.resume_command(files, runs_dir=runs_dir, overrides=set_, grid=grid, max_runs=max_runs, scheduler=scheduler,
                                   name=name)
-        err.print(f"{s.signal_name}: stopped after {s.seconds:.1f} s; {s.finished} of {s.runs} runs finished "
+        err.print(f"{s.signal_name}: stopped after {s.seconds:.1f} s; {s.finished} of {_count(s.runs, 'run')} finished "
                   f"({s.finished_now} this time); resume with: {again}", markup=False)
         raise typer.Exit(128 + s.interrupted)
     out.print(f"sweep {s.sweep_id}: ok {s.counts['ok']}, diverged {s.counts['diverged']}, failed {s.counts['failed']}; "
@@ -311,7 +350,7 @@ def _dry_run_table(prep, seed_batch, workers, limit: int = 200):
     groups = sw.group_runs(todo, seed_batch, workers or sw.default_workers())
     batched = [g for g in groups if len(g) > 1]
     if batched:
-        out.print(f"seed batching: {sum(map(len, batched))} runs in {len(batched)} vmapped programs")
+        out.print(f"seed batching: {_count(sum(map(len, batched)), 'run')} in {_count(len(batched), 'vmapped program')}")
 
 
 def _rich_table(title, header, rows) -> Table:
@@ -364,7 +403,7 @@ def report(
             if r["status"] in ("corrupt", "unreadable") and r.get("layer") is None:
                 err.print(f"{r['status']}: {r['run_id']}: {r.get('error') or 'cannot be read'}", markup=False)
         title = f"dnfa sweep {ident}"
-        intro = [f"sweep {ident}: {len(rec['runs'])} runs from {', '.join(rec['files'])}; "
+        intro = [f"sweep {ident}: {_count(len(rec['runs']), 'run')} from {', '.join(rec['files'])}; "
                  + ", ".join(f"{k} {n}" for k, n in rp.sweep_statuses(rec, rows).items())
                  + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")]
         dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"

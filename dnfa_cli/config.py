@@ -337,6 +337,9 @@ class MetricsCfg(_Strict):
     bootstrap: Annotated[int, Field(ge=0, le=1000)] = 0  # memory: B k^2 per layer
     # which checkpoints write matrices_<step>.npz: the first and the last, every one, none
     save_matrices: Literal["ends", "all", "none"] = "ends"
+    # which checkpoints keep their weights (step_<step>.npz): every one, or the first and
+    # the latest (the last once the run ends): 12 MB a run at width 256 for `all`
+    save_weights: Literal["all", "ends"] = "all"
     # counterfactual nets, each a Grams pass per hidden layer: what the published scripts
     # print (published_*) and the swap test (swap_*), at none, the first and last, or all
     published: Literal["none", "ends", "all"] = "none"
@@ -747,7 +750,8 @@ def _file_sha256(path: str) -> str:
 # Keys added after schema 1, left out of the run id while they hold their default, so that
 # a config that does not use them keeps the id (and the finished run) it always had.
 LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none",
-              ("train", "freeze"): [], ("metrics", "swap_uv"): "none", ("model", "init_from"): None}
+              ("train", "freeze"): [], ("metrics", "swap_uv"): "none", ("model", "init_from"): None,
+              ("metrics", "save_weights"): "all"}
 
 
 def run_id(cfg: Config) -> str:
@@ -791,7 +795,7 @@ def expand_sweep(base_raw: dict, sweep: dict | None, source: str, base_dir: Path
     for (key, value, why), hit in dropped.items():
         if notes is not None:
             notes.append(f"{source}: {key} = {value} of the base config is dropped where it does not apply "
-                         f"({why}): {len(hit)} of {len(assignments)} runs")
+                         f"({why}): {len(hit)} of {len(assignments)} run{'' if len(assignments) == 1 else 's'}")
     return out
 
 

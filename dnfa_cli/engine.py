@@ -219,23 +219,34 @@ class TrainDone:
 
 
 def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
-              on_start: Callable[[str, Path], None] | None = None, on_progress=None) -> TrainDone:
+              on_start: Callable[[str, Path], None] | None = None, on_progress=None,
+              on_phase: Callable[[str], None] | None = None) -> TrainDone:
     """Train one run unless it finished ok before (`force`: train it again): every input
     check before anything is written (their errors start with `source`), then the run's
-    lock, then training. `on_start(run_id, dir)` is called once training is about to
-    start. RunBusy if another process writes the run's directory without its lock."""
+    lock, then training. `on_start(run_id, dir)` is called once the checks that need no
+    data passed, before the data is made and JAX's first program loaded; `on_phase(what)`
+    names what is done before training reports progress. RunBusy if another process
+    writes the run's directory without its lock."""
     rid = cfg.run_id
     if not force and runs.result_status(root, rid) == "ok":
         return TrainDone(rid, root / rid, runs.load_result(root, rid), "already finished ok (use --force to retrain)")
     try:
+        precheck(cfg)  # no data, no JAX: the rules of the config alone
         check_source(cfg, root)
-        ds = prepare(cfg)  # every input check, before anything is written
     except DnfaInputError as e:
         raise DnfaInputError(f"{source}: {e}") from None
     runs.check_inside(root, rid)
+    if on_start:
+        on_start(rid, (root / rid).absolute())
+    if on_phase:
+        on_phase("preparing data")
+    try:
+        ds = prepare(cfg)  # every input check, before anything is written
+    except DnfaInputError as e:
+        raise DnfaInputError(f"{source}: {e}") from None
     with runs.run_lock(root, rid):
         if not force and runs.result_status(root, rid) == "ok":  # another process finished it meanwhile
             return TrainDone(rid, root / rid, runs.load_result(root, rid), "finished ok in another process meanwhile")
-        if on_start:
-            on_start(rid, (root / rid).absolute())
+        if on_phase:
+            on_phase("starting")
         return TrainDone(rid, root / rid, execute([cfg], root, [ds], on_progress=on_progress)[0])

@@ -2,7 +2,8 @@
 loading and checking run directories (engine.py is what fills them).
 
     runs/<run_id>/config.yaml  env.json  metrics.jsonl  result.json (last, atomic)
-    runs/<run_id>/checkpoints/step_<NNNNNNN>.npz      W1, b1, ..., WL, bL
+    runs/<run_id>/checkpoints/step_<NNNNNNN>.npz      W1, b1, ..., WL, bL (which checkpoints:
+                                                      metrics.save_weights)
     runs/<run_id>/checkpoints/matrices_<NNNNNNN>.npz  nfm_i, agop_i, agop_half_i, pgop_i (float32;
                                                       which checkpoints: metrics.save_matrices)
     runs/sweeps/<sweep_id>.json
@@ -361,6 +362,7 @@ class RunWriter:
         self.run_id = cfg.run_id
         self.dir = run_dir(root, self.run_id)
         self._fd = None
+        self._latest = None  # the step of the latest weights written
 
     def start(self, env: dict) -> None:
         """A fresh directory: anything left by an interrupted or failed attempt goes; a
@@ -411,6 +413,12 @@ class RunWriter:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
             f.flush()
+        # save_weights ends: the first checkpoint's weights and the latest's, which is the
+        # last one's once the run ends however it ends (the one before goes once this is written)
+        prev, self._latest = self._latest, step
+        if self.cfg.metrics.save_weights == "ends" and prev not in (None, 0, step):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "checkpoints" / f"step_{prev:07d}.npz").unlink()
 
     def matrices(self, step: int, mats: dict) -> None:
         """The layer matrices of a checkpoint, as float32 (metrics.save_matrices says which)."""

@@ -7,6 +7,7 @@ sweep; a per-run file lock keeps two sweeps from ever training the same run twic
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -184,6 +185,7 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
                 continue
             todo.append(c)
         if todo:
+            _announce([c.run_id for c in todo])
             try:
                 datasets = [engine.prepare(c) for c in todo]
             except Exception as e:  # noqa: BLE001 - reported per run, the sweep goes on
@@ -236,15 +238,28 @@ def _die_with_parent(parent: int) -> None:
 
 
 _STOP = None  # in a pool worker: the sweep's "start no new run" event
+# where run_group says which runs it starts: in a pool worker a queue to the sweep's
+# parent, in the parent (inline execution) a function; None: nobody listens (Dask)
+_STARTED = None
 
 
-def _worker_init(share: int, slots, lock, parent: int, stop=None) -> None:
+def _announce(run_ids: list[str]) -> None:
+    try:
+        if callable(_STARTED):
+            _STARTED(run_ids)
+        elif _STARTED is not None:
+            _STARTED.put(run_ids)
+    except Exception:  # noqa: BLE001 - a progress line is never worth a run
+        pass
+
+
+def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None) -> None:
     """Pin this worker to its own `share` cores, so N workers never oversubscribe; leave
     Ctrl-C to the parent (it stops the workers itself) and die with it."""
     import signal
 
-    global _STOP
-    _STOP = stop
+    global _STOP, _STARTED
+    _STOP, _STARTED = stop, started
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
@@ -275,9 +290,10 @@ class LocalExecutor:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            self.stop = ctx.Event()
+            self.stop, self.started = ctx.Event(), ctx.Queue()
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                            initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid(), self.stop))
+                                            initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid(), self.stop,
+                                                      self.started))
             # start the workers now, while the environment is theirs
             list(self.pool.map(int, range(workers)))
         finally:
@@ -289,6 +305,22 @@ class LocalExecutor:
 
     def submit(self, *args):
         return self.pool.submit(run_group, *args)
+
+    def on_start(self, fn: Callable[[list[str]], None]) -> None:
+        """Call fn(run ids) in this process as a worker starts them (a reader thread)."""
+        import threading
+
+        def read():
+            while True:
+                try:
+                    ids = self.started.get()
+                except (EOFError, OSError, ValueError):  # the queue closed with the pool
+                    return
+                if ids is None:
+                    return
+                fn(ids)
+
+        threading.Thread(target=read, daemon=True, name="dnfa-run-starts").start()
 
     def stop_new(self) -> None:
         """Start no new run: groups a worker has already taken off the queue come back as
@@ -304,6 +336,8 @@ class LocalExecutor:
             self.pool.shutdown(wait=False, cancel_futures=True)
         else:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(OSError, ValueError):
+            self.started.put(None)  # ends the reader thread
 
 
 class _Deferred:
@@ -336,11 +370,16 @@ class InlineExecutor:
     def submit(self, *args):
         return _Deferred(args)
 
+    def on_start(self, fn: Callable[[list[str]], None]) -> None:
+        global _STARTED
+        _STARTED = fn
+
     def stop_new(self) -> None:  # the sweep cancels the deferred groups itself
         pass
 
     def close(self, kill: bool = False):
-        pass
+        global _STARTED
+        _STARTED = None
 
 
 DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):\d{1,5}$")
@@ -389,6 +428,9 @@ class DaskExecutor:
         return fut
 
     def stop_new(self) -> None:  # the sweep cancels the futures it has not collected
+        pass
+
+    def on_start(self, fn) -> None:  # Dask workers run elsewhere: no word when a run starts
         pass
 
     def close(self, kill: bool = False):
@@ -623,16 +665,19 @@ def prepare(files: list, overrides: list[str] | None = None, grid: list[str] | N
     return Prepared(root, p, todo, status)
 
 
-def make_executor(todo: list[Config], opts: Options):
+def make_executor(todo: list[Config], opts: Options, say: Callable[[str], None] | None = None):
     """The scheduler's cluster if one is given; else a local pool of as many workers as
     there are groups to run (at most `opts.workers`), run inline for one; None if nothing
-    is left to run."""
+    is left to run. `say`: a line for the user before a wait (workers starting)."""
+    say = say or (lambda line: None)
     if opts.scheduler:
         return DaskExecutor(opts.scheduler, timeout=opts.scheduler_timeout)
     if not todo:
         return None
     n = opts.workers or default_workers()
     n = min(n, len(group_runs(todo, opts.seed_batch, n)))
+    if n > 1:
+        say(f"starting {n} worker processes (each loads JAX once)")
     return InlineExecutor() if n <= 1 else LocalExecutor(n)
 
 
@@ -713,13 +758,16 @@ def _tally(s: SweepSummary, ids: list[str], state: dict[str, dict]) -> None:
 
 
 def run(prep: Prepared, opts: Options, *, on_done: Callable[[dict, int, int, float], None] | None = None,
-        say: Callable[[str], None] | None = None) -> SweepSummary:
+        say: Callable[[str], None] | None = None, on_start: Callable[[str], None] | None = None) -> SweepSummary:
     """Execute a prepared sweep with the executor its options choose, handling Ctrl-C and
     SIGTERM; after an interruption the sweep record is rewritten from the run directories.
     `on_done(summary, k, n, eta)`: the k-th of the n runs to execute finished, eta
-    seconds left; `say`: a line for the user (what a first --finish-running signal does)."""
+    seconds left; `say`: a line for the user (what a first --finish-running signal does);
+    `on_start(run_id)`: a run starts (local workers only: Dask's do not say)."""
     t0 = time.perf_counter()
-    executor = make_executor(prep.todo, opts)
+    executor = make_executor(prep.todo, opts, say)
+    if executor is not None and on_start is not None:
+        executor.on_start(lambda ids: [on_start(rid) for rid in ids])
     n_todo, finished = len(prep.todo), []  # finished: seconds since the start at which each run finished
 
     def done(r):

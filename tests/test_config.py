@@ -69,20 +69,21 @@ def test_run_id_is_content_addressed():
 
 
 def test_keys_added_later_keep_old_run_ids_at_their_default():
-    """Keys added after schema 1 (metrics.save_matrices, published, swap) are left out of the
+    """Keys added after schema 1 (metrics.save_matrices, published, swap, save_weights) are left out of the
     hash at their defaults, so every run finished before they existed keeps its id."""
     import hashlib
     import json
 
     cfg = config.validate({"name": "x", "model": {"width": 8}})
     d = cfg.to_dict()
-    for k in ("save_matrices", "published", "swap", "swap_uv"):
+    for k in ("save_matrices", "published", "swap", "swap_uv", "save_weights"):
         del d["metrics"][k]
     del d["train"]["freeze"]
     del d["model"]["init_from"]
     payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
-    for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all"), ("swap_uv", "ends")):
+    for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all"), ("swap_uv", "ends"),
+                 ("save_weights", "ends")):
         assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {k: v}}).run_id != cfg.run_id
     frozen = config.validate({"name": "x", "model": {"width": 8}, "train": {"freeze": [4, 1]}})
     assert frozen.run_id != cfg.run_id and frozen.train.freeze == [1, 4]  # one order, one id

@@ -256,3 +256,116 @@ def test_rm_refuses_a_running_run_and_unknown_ids(tmp_path):
     assert r.exit_code == 2 and "no run or sweep 'nosuch'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("rm", rid[:4], "--yes", "--runs-dir", rd)  # a unique prefix, as everywhere
     assert r.exit_code == 0 and "removed 1 run: freed" in r.stdout and not (rd / rid).exists()
+
+
+# ----------------------------------------------------------------------------- disk
+def test_save_weights_ends_keeps_the_first_and_last_weights_only(tmp_path):
+    import numpy as np
+
+    from dnfa_cli import engine, runs
+
+    raw = yaml.safe_load(TINY)
+    raw["train"]["epochs"] = 3
+    raw["metrics"]["checkpoints"] = 4
+    every = config.validate(raw)
+    ends = config.validate({**raw, "metrics": {**raw["metrics"], "save_weights": "ends"}})
+    assert every.run_id == config.validate({**raw, "metrics": {**raw["metrics"], "save_weights": "all"}}).run_id
+    ra, re_ = engine.execute([every], tmp_path), engine.execute([ends], tmp_path)
+    steps = [c["step"] for c in ra[0]["checkpoints"]]
+    assert len(steps) >= 4 and [c["step"] for c in re_[0]["checkpoints"]] == steps
+    files = lambda cfg: sorted(f.name for f in (tmp_path / cfg.run_id / "checkpoints").glob("step_*.npz"))
+    assert files(every) == [f"step_{s:07d}.npz" for s in steps]
+    assert files(ends) == [f"step_{steps[0]:07d}.npz", f"step_{steps[-1]:07d}.npz"]
+    assert runs.result_status(tmp_path, ends.run_id) == "ok"  # its manifest lists what is there
+    for s in (steps[0], steps[-1]):  # the same training: the same weights where both keep them
+        a = np.load(tmp_path / every.run_id / "checkpoints" / f"step_{s:07d}.npz")
+        b = np.load(tmp_path / ends.run_id / "checkpoints" / f"step_{s:07d}.npz")
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert runs.disk_usage(tmp_path / ends.run_id) < runs.disk_usage(tmp_path / every.run_id)
+
+
+# ----------------------------------------------------------------------------- no silent start
+def test_train_says_its_run_and_directory_before_making_data_or_training(tmp_path, monkeypatch):
+    from dnfa_cli import engine
+
+    events = []
+    real_prepare, real_execute = engine.prepare, engine.execute
+    monkeypatch.setattr(engine, "prepare", lambda cfg: (events.append("prepare"), real_prepare(cfg))[1])
+    monkeypatch.setattr(engine, "execute", lambda *a, **k: (events.append("execute"), real_execute(*a, **k))[1])
+    cfg = config.validate(yaml.safe_load(TINY))
+    engine.train_one(cfg, tmp_path, on_start=lambda rid, d: events.append(("start", rid, d)),
+                     on_phase=lambda what: events.append(what))
+    assert events == [("start", cfg.run_id, (tmp_path / cfg.run_id).absolute()), "preparing data", "prepare",
+                      "starting", "execute"]
+    r = _cli("train", _write(tmp_path, TINY), "--runs-dir", tmp_path / "r")
+    assert r.exit_code == 0 and r.stdout.startswith(f"run {cfg.run_id} -> ")
+    assert "] preparing data" in r.stderr and "] measuring checkpoint 1/" in r.stderr and "(compiling)" in r.stderr
+
+
+def _progress_on(monkeypatch, file):
+    from dnfa_cli import cli
+
+    monkeypatch.setattr(cli, "err", cli._Console(file=file, stderr=True, highlight=False, soft_wrap=True))
+    monkeypatch.setattr(cli._RunProgress, "TICK", 0.01)
+    return cli._RunProgress()
+
+
+def _wait_for(cond, what):
+    import time
+
+    for _ in range(3000):  # a safety net against a hang, not a timing claim
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+def test_the_ticker_repeats_the_phase_during_one_long_call(monkeypatch):
+    import io
+
+    buf = io.StringIO()
+    with _progress_on(monkeypatch, buf) as show:
+        show.phase("measuring checkpoint 1/5 (compiling)")
+        # the call that compiles blocks the main thread; the ticker keeps talking
+        _wait_for(lambda: buf.getvalue().count("measuring checkpoint 1/5 (compiling)") >= 3, "three phase lines")
+    lines = buf.getvalue().splitlines()
+    assert all(re.fullmatch(r"\[\d+:\d\d:\d\d\] measuring checkpoint 1/5 \(compiling\)", x) for x in lines), lines
+
+
+def test_a_closed_stderr_silences_the_ticker_and_never_stops_it(monkeypatch):
+    import os
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone, as after `2>&1 | head -1`
+    f = os.fdopen(w, "w")
+    try:
+        show = _progress_on(monkeypatch, f)
+        said = []
+        real = show._say
+        show._say = lambda text: (said.append(text), real(text))
+        with show:
+            show.phase("training step 0/10 (compiling)")
+            _wait_for(lambda: len(said) >= 5, "five tries to say the phase")
+            assert show.ticker.is_alive()
+        from dnfa_cli import cli
+
+        assert cli.err.quiet  # silenced by the first failed write
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sweep_prints_its_plan_at_once_and_a_line_as_each_run_starts(tmp_path, workers):
+    p = _write(tmp_path, TINY + "sweep: {parameters: {seed: {values: [0, 1]}}}\n")
+    ids = [c.run_id for c in config.load_config(p).expand()]
+    r = _cli("sweep", p, "--workers", workers, "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    out = r.output.splitlines()
+    plan = next(i for i, x in enumerate(out) if x.startswith("sweep sweep-"))
+    for rid in ids:
+        started = out.index(f"      started   {rid}")  # under the run ids of the [k/n] lines
+        done = next(i for i, x in enumerate(out) if re.match(rf"\[\d/2\] ok +{rid} ", x))
+        assert plan < started < done
+    one = _write(tmp_path, TINY, "one.yaml")
+    r = _cli("sweep", one, "--workers", workers, "--runs-dir", tmp_path / "runs", "--dry-run")
+    assert re.search(r"^sweep sweep-b-[0-9a-f]{10}: 1 run, 1 done, 0 to run$", r.stdout, re.M), r.stdout

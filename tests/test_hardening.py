@@ -241,7 +241,7 @@ def _bad_inputs(tmp_path):
     cases = [
         (["--set", "train.lr=.inf"], "must be a finite number"),
         (["--set", "model.init_scale=.inf"], "must be a finite number"),
-        (["--set", "train.lr=1e400"], "must be a valid number"),
+        (["--set", "train.lr=1e400"], "train.lr = Infinity: must be a finite number"),  # a number (YAML 1.2), too large
         (["--set", "seed=99999999999999999999999"], "must be less than 4294967296"),
         (["--set", "model.width=true"], "must be a valid integer"),
         (["--set", "model.width=1000000"], "would need about"),
