@@ -196,8 +196,10 @@ class _RunProgress:
             if time.perf_counter() - self.last_line >= self.TICK:
                 self._say(self.what)
 
-    def phase(self, what: str, say: bool = True, done: float | None = None, eta: str = "-") -> None:
-        """Now doing `what`; `say`: a plain line at once (phases before training)."""
+    def phase(self, what: str, say: bool = False, done: float | None = None, eta: str = "-") -> None:
+        """Now doing `what`; `say`: a plain line at once (the first measuring and training,
+        which compile). Preparing the data is not said at once: bad data stops the run
+        there with its one error line; the ticker says it if it takes long."""
         changed, self.what = what != self.what, what
         if self.live:
             if self.prog is None:
@@ -331,6 +333,7 @@ def _clock(seconds: float) -> str:
 
 
 def _dry_run_table(prep, seed_batch, workers, limit: int = 200):
+    from . import report as rp
     from . import sweep as sw
 
     plan, todo, status = prep.plan, prep.todo, prep.status
@@ -343,7 +346,7 @@ def _dry_run_table(prep, seed_batch, workers, limit: int = 200):
     for c in plan.configs[:limit]:
         st = status[c.run_id]
         label = ("to rerun (" + st + ")" if st else "to run") if c.run_id in todo_ids else f"done ({st})"
-        t.add_row(c.run_id, *[str(plan.params[c.run_id].get(k)) for k in plan.varied], label)
+        t.add_row(c.run_id, *[rp.fmt_config(plan.params[c.run_id], k) for k in plan.varied], label)
     out.print(t)
     if len(plan.configs) > limit:
         out.print(f"... and {len(plan.configs) - limit} more runs (the first {limit} shown)")

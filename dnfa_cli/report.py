@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runs, stats
-from .config import DnfaInputError, flatten
+from .config import DnfaInputError, flatten, inapplicable
 
 # the statistics a table shows (json/csv carry every key of result.json)
 HEADLINE = stats.shown("headline")
@@ -141,6 +141,17 @@ def fmt(v, nd=4) -> str:
     return str(v)
 
 
+def fmt_config(row: dict, key: str) -> str:
+    """A config value in a table: "-" where it does not apply to the row's config (momentum
+    under adam), floats as short as they read (0.001, not 0.0010; 1e-05), lists as lists."""
+    if key in inapplicable(row):
+        return "-"
+    v = row.get(key)
+    if isinstance(v, float) and not isinstance(v, bool):
+        return f"{v:.6g}"
+    return fmt(v)
+
+
 def shape_str(shape) -> str:
     """A weight's shape as 1024x100."""
     return "x".join(map(str, shape))
@@ -160,8 +171,8 @@ def config_rows(cfg: dict) -> tuple[list[list[str]], int]:
         defaults = {}
     differ = [k for k in flat if k in defaults and flat[k] != defaults[k] or k not in defaults]
     same = [k for k in flat if k not in differ]
-    rows = [[k, fmt(flat[k]), fmt(defaults.get(k)) if k in defaults else "-"] for k in differ]
-    rows += [[k, fmt(flat[k]), "(default)"] for k in same]
+    rows = [[k, fmt_config(flat, k), fmt_config(defaults, k) if k in defaults else "-"] for k in differ]
+    rows += [[k, fmt_config(flat, k), "(default)"] for k in same]
     return rows, len(differ)
 
 
@@ -179,8 +190,10 @@ def run_tables(v: RunView, all_checkpoints: bool = False, include_readout: bool 
         tables.append((title, ["key", "value", "default"], rows[:n] if terminal else rows))
     if not cks:
         return tables
-    names = ["init" if c["step"] == 0 else ("end" if c is v.checkpoints[-1] else f"step {c['step']}") for c in cks]
-    header = ["statistic"] + [f"{n} ({c['step']})" if n in ("init", "end") else n for n, c in zip(names, cks)]
+    # a run still going or interrupted has no end yet: its last checkpoint is the latest
+    last = "end" if v.status in runs.STATUSES else "latest"
+    names = ["init" if c["step"] == 0 else (last if c is v.checkpoints[-1] else f"step {c['step']}") for c in cks]
+    header = ["statistic"] + [f"{n} ({c['step']})" if n in ("init", last) else n for n, c in zip(names, cks)]
     for li, L0 in enumerate(cks[0]["layers"]):
         if L0.get("trivial") and not include_readout:
             continue
@@ -229,6 +242,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def describe(cfg: dict) -> str:
+    """What a run is, in a few words, for figure titles (its id says nothing to a reader):
+    `quickstart: monomial, 128x128 relu, sgd lr 0.1, seed 0`."""
+    f = flatten(cfg)
+    hidden = f.get("model.widths") or ([f["model.width"]] * f["model.depth"] if f.get("model.width") and f.get("model.depth") else [])
+    net = " ".join(b for b in ("x".join(map(str, hidden)), f.get("model.activation")) if b)
+    train = f"{f.get('train.optimizer', '')} lr {fmt_config(f, 'train.lr')}" if "train.lr" in f else ""
+    bits = [b for b in (f.get("data.task"), net, train, f"seed {f['seed']}" if "seed" in f else "") if b]
+    return f"{f.get('name', 'run')}: {', '.join(bits)}" if bits else str(f.get("name", "run"))
+
+
+def _titled(fig, v: RunView, what: str, **kw) -> None:
+    """A figure's title: what the run is and what the figure shows; the run id below, small."""
+    fig.suptitle(f"{describe(v.config) if v.config else v.run_id}\n{what}", **kw)
+    fig.text(0.995, 0.005, v.run_id, ha="right", va="bottom", fontsize=7, color="0.4")
+
+
 def _steps_axis(ax):
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("training step (symlog: 0 = initialisation)")
@@ -250,7 +280,7 @@ def fig_curves(v: RunView, path: Path, include_readout: bool = False) -> Path:
         ax.set_title(f"layer {L0['layer']} ({shape_str(L0['shape'])})" + (" trivial" if L0.get("trivial") else ""))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{v.run_id}: the ansatz and tightness during training")
+    _titled(fig, v, "the ansatz and tightness during training")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -266,7 +296,7 @@ def fig_loss(v: RunView, path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    ax.set_title(f"{v.run_id}: loss")
+    _titled(fig, v, "loss", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -319,8 +349,8 @@ def fig_matrices(v: RunView, layer: int, path: Path) -> Path | None:
             ax.set_title(f"{name}, step {step}", fontsize=9)
         fig.colorbar(im, ax=[axes[r][col] for r in range(len(mfiles))], shrink=0.8,
                      extend="both" if top > a * (1 + 1e-9) else "neither")
-    fig.suptitle(f"{v.run_id}, layer {layer}: each column on one colour scale (shared by its rows)"
-                 + (", clipped at the 99.5th percentile of |entries| (arrows)" if clipped else ""), fontsize=10)
+    _titled(fig, v, f"layer {layer}: each column on one colour scale (shared by its rows)"
+            + (", clipped at the 99.5th percentile of |entries| (arrows)" if clipped else ""), fontsize=10)
     return _save(fig, path)
 
 
@@ -367,7 +397,7 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
         ax.set_xlabel("eigenvalue rank / k")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{v.run_id}, layer {layer}: spectrum of the pre-activation gradient Gram matrix")
+    _titled(fig, v, f"layer {layer}: spectrum of the pre-activation gradient Gram matrix")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -465,28 +495,40 @@ def fixed_colours(values) -> dict:
     return out
 
 
-def _colour_key(varied: list[str]) -> str | None:
-    keys = [k for k in varied if k not in SEEDS]
-    return keys[0] if keys else None
+def colour_keys(rows: list[dict], varied: list[str]) -> list[str]:
+    """The swept keys a scatter's colours tell apart: of the keys that vary together
+    (linked: an optimizer with its lr and momentum, each value of one going with one of
+    the others), the group with the fewest values, ties in the sweep's order - not the
+    alphabetically first key. A single key gets the colours it has in every figure."""
+    n = lambda ks: len({tuple(fmt_config(r, k) for k in ks) for r in rows})
+    groups: list[list[str]] = []
+    for k in (k for k in varied if k not in SEEDS):
+        linked = next((g for g in groups if n(g) == n([k]) == n(g + [k])), None)
+        if linked is None:
+            groups.append([k])
+        else:
+            linked.append(k)
+    return min(groups, key=lambda g: (n(g), groups.index(g)), default=[])
 
 
 def _is_numeric(vals) -> bool:
     return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals)
 
 
-def _scatter(rows, xkey, ykey, ckey, path: Path, title: str, include_readout: bool = False) -> Path:
-    """One point per run and layer: marker by layer, a fixed colour per value of `ckey`."""
+def _scatter(rows, xkey, ykey, ckeys: list[str], path: Path, title: str, include_readout: bool = False) -> Path:
+    """One point per run and layer: marker by layer, a fixed colour per combination of
+    the values of `ckeys` (colour_keys)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     pts = [r for r in rows if r.get(xkey) is not None and r.get(ykey) is not None
            and (include_readout or not r.get("trivial"))]
     # coloured by the label "key=value", as the facets of stats_vs_<param> are: relu has one
     # colour in every figure of every sweep
-    label = lambda r: f"{ckey}={fmt(r.get(ckey))}"
-    colours = {k.strip("'"): c for k, c in fixed_colours(label(r) for r in pts).items()} if ckey else {}
+    label = lambda r: ", ".join(f"{k}={fmt_config(r, k)}" for k in ckeys)
+    colours = {k.strip("'"): c for k, c in fixed_colours(label(r) for r in pts).items()} if ckeys else {}
     for layer in sorted({r["layer"] for r in pts}):
-        for val, col in (colours.items() if ckey else [(None, PALETTE[0])]):
-            sel = [r for r in pts if r["layer"] == layer and (ckey is None or label(r) == val)]
+        for val, col in (colours.items() if ckeys else [(None, PALETTE[0])]):
+            sel = [r for r in pts if r["layer"] == layer and (not ckeys or label(r) == val)]
             if sel:
                 ax.scatter([r[xkey] for r in sel], [r[ykey] for r in sel], s=16, c=col,
                            marker=MARKERS[(layer - 1) % len(MARKERS)], alpha=0.8, edgecolors="none")
@@ -504,19 +546,38 @@ def _scatter(rows, xkey, ykey, ckey, path: Path, title: str, include_readout: bo
     return _save(fig, path)
 
 
+# a statistic drawn in the panel of the one it is the baseline of (hollow markers): the
+# gap between a trained W's pearson_a1 and a random W's is what the comparison is about
+PAIRED = {"pearson_a1": "rand_pearson_a1"}
+LOG_KEYS = ("train.lr", "train.weight_decay")  # scales: a log axis whenever positive
+
+
+def _param_axis(ax, param: str, xs: list, cats: list | None) -> None:
+    """The x axis of `param`: categories, or numbers (a log scale for scale keys and
+    positive values spanning more than a factor 20)."""
+    if cats is not None:
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels([c.strip("'") for c in cats], fontsize=9)
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    elif len(set(xs)) > 1 and min(xs) > 0 and (param in LOG_KEYS or max(xs) / min(xs) > 20):
+        ax.set_xscale("log")
+    ax.set_xlabel(param, fontsize=9)
+
+
 def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_readout: bool = False) -> Path:
     """A 16:9 grid, a panel per statistic: the final value against `param` (a categorical
     axis for categorical keys), mean and std over seeds, a marker per layer and a fixed
-    colour per combination of the other swept keys (the facets)."""
+    colour per combination of the other swept keys (the facets). A baseline (PAIRED) is
+    drawn hollow in its statistic's panel."""
     plt = _plt()
-    stats = SWEEP_STATS
+    stats = [s for s in SWEEP_STATS if s not in PAIRED.values()]
     ncol = 3
     nrow = -(-len(stats) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(16, 9), squeeze=False)
     pts = [r for r in rows if r.get("layer") is not None and r.get("status") == "ok"
            and (include_readout or not r.get("trivial"))]
     others = [k for k in varied if k not in SEEDS and k != param]
-    facet = lambda r: ", ".join(f"{k}={fmt(r.get(k))}" for k in others) or "all runs"
+    facet = lambda r: ", ".join(f"{k}={fmt_config(r, k)}" for k in others) or "all runs"
     xs_all = [r.get(param) for r in pts]
     numeric = _is_numeric(xs_all)
     cats = sorted({repr(x) for x in xs_all}) if not numeric else None
@@ -528,23 +589,17 @@ def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_r
     nf = max(1, len(colours))
     for ax, s in zip(axes.ravel(), stats):
         for (fc, layer, xv), members in sorted(groups.items()):
-            vals = [m[s] for m in members if m.get(s) is not None]
-            if not vals:
-                continue
-            x0 = members[0][param]
             fi = sorted(colours).index(repr(fc))
             off = ((fi * len(layers) + layers.index(layer)) / max(1, nf * len(layers) - 1) - 0.5) * 0.3
-            x = cats.index(xv) + off if not numeric else x0
-            ax.errorbar([x], [np.mean(vals)], yerr=[np.std(vals, ddof=1)] if len(vals) > 1 else None, fmt=MARKERS[(layer - 1) % len(MARKERS)],
-                        color=colours[repr(fc)], ms=5, capsize=2, alpha=0.85)
-        if not numeric:
-            ax.set_xticks(range(len(cats)))
-            ax.set_xticklabels([c.strip("'") for c in cats], fontsize=9)
-            ax.set_xlim(-0.5, len(cats) - 0.5)
-        elif len(set(xs_all)) > 2 and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
-            ax.set_xscale("log")
-        ax.set_title(s, fontsize=11)
-        ax.set_xlabel(param, fontsize=9)
+            x = cats.index(xv) + off if not numeric else members[0][param]
+            for key, hollow in ((s, False), *([(PAIRED[s], True)] if s in PAIRED else [])):
+                vals = [m[key] for m in members if m.get(key) is not None]
+                if vals:
+                    ax.errorbar([x], [np.mean(vals)], yerr=[np.std(vals, ddof=1)] if len(vals) > 1 else None,
+                                fmt=MARKERS[(layer - 1) % len(MARKERS)], color=colours[repr(fc)], ms=5, capsize=2,
+                                alpha=0.85, mfc="none" if hollow else None)
+        _param_axis(ax, param, xs_all, cats)
+        ax.set_title(f"{s} (filled) and {PAIRED[s]} (hollow: a random W)" if s in PAIRED else s, fontsize=11)
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(stats):]:
         ax.axis("off")
@@ -559,7 +614,7 @@ def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_r
 
 
 def sweep_figures(rows: list[dict], varied: list[str], out: Path, include_readout: bool = False) -> list[Path]:
-    ck = _colour_key(varied)
+    ck = colour_keys([r for r in rows if r.get("layer") is not None], varied)
     figs = [
         _scatter(rows, "tightness_range", "pearson_a1", ck, out / "pearson_a1_vs_tightness_range.png",
                  "pearson_a1 against tightness_range (one point per run and layer)", include_readout),
@@ -769,7 +824,7 @@ def compare_tables(views: list[RunView], include_readout: bool = False):
     keys = sorted({k for f in flats for k in f})
     diff = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
     header = ["key"] + [v.run_id for v in views]
-    cfg = [[k] + [fmt(f.get(k)) for f in flats] for k in diff]
+    cfg = [[k] + [fmt_config(f, k) for f in flats] for k in diff]
     rows = [["status"] + [v.status for v in views]]
     ends = [v.checkpoints[-1] if v.checkpoints else {} for v in views]
     for k in ("step", "train_loss", "test_loss", "test_acc"):
@@ -805,6 +860,22 @@ def compare_rows(views: list[RunView], include_readout: bool = True) -> list[dic
     return out
 
 
+def compare_labels(views: list[RunView]) -> dict[str, str]:
+    """Each run's legend label: the config values that tell it from the others
+    (`optimizer=adam, lr=0.001`; the last part of each key), not its hash; the id where
+    nothing in the config differs."""
+    flats = [flatten(v.config) for v in views]
+    diff = [k for k in sorted({k for f in flats for k in f}) if len({repr(f.get(k)) for f in flats}) > 1 and k != "name"]
+    diff = diff or (["name"] if len({f.get("name") for f in flats}) > 1 else [])
+    out = {}
+    for v, f in zip(views, flats):
+        shown = [f"{k.rsplit('.', 1)[-1]}={fmt_config(f, k)}" for k in diff if k not in inapplicable(f)]
+        out[v.run_id] = ", ".join(shown) or v.run_id
+    if len(set(out.values())) < len(out):  # short names that coincide: the whole keys
+        out = {v.run_id: ", ".join(f"{k}={fmt_config(f, k)}" for k in diff) or v.run_id for v, f in zip(views, flats)}
+    return out
+
+
 def fig_compare(views: list[RunView], path: Path, include_readout: bool = False) -> Path:
     """Every run's curves on one figure: a panel per layer and statistic, a colour per run."""
     plt = _plt()
@@ -815,6 +886,7 @@ def fig_compare(views: list[RunView], path: Path, include_readout: bool = False)
     keys = ("pearson_a05", "pearson_a1", "tightness_range")
     fig, axes = plt.subplots(len(keys), max(1, len(layers)), figsize=(4.2 * max(1, len(layers)), 8.5), squeeze=False)
     colours = fixed_colours(v.run_id for v in views)
+    labels = compare_labels(views)
     for j, li in enumerate(layers):
         for i, key in enumerate(keys):
             ax = axes[i][j]
@@ -822,7 +894,7 @@ def fig_compare(views: list[RunView], path: Path, include_readout: bool = False)
                 cks = [c for c in v.checkpoints if len(c["layers"]) > li]
                 ys = [c["layers"][li].get(key) for c in cks]
                 ax.plot([c["step"] for c in cks], [np.nan if y is None else y for y in ys], "-o", ms=3,
-                        color=colours[repr(v.run_id)], label=v.run_id)
+                        color=colours[repr(v.run_id)], label=labels[v.run_id])
             _steps_axis(ax)
             ax.set_ylim(-0.05, 1.05)
             ax.set_title(f"layer {li + 1}: {key}", fontsize=10)

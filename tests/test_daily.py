@@ -299,7 +299,7 @@ def test_train_says_its_run_and_directory_before_making_data_or_training(tmp_pat
                       "starting", "execute"]
     r = _cli("train", _write(tmp_path, TINY), "--runs-dir", tmp_path / "r")
     assert r.exit_code == 0 and r.stdout.startswith(f"run {cfg.run_id} -> ")
-    assert "] preparing data" in r.stderr and "] measuring checkpoint 1/" in r.stderr and "(compiling)" in r.stderr
+    assert "] measuring checkpoint 1/" in r.stderr and "(compiling)" in r.stderr
 
 
 def _progress_on(monkeypatch, file):
@@ -369,3 +369,112 @@ def test_a_sweep_prints_its_plan_at_once_and_a_line_as_each_run_starts(tmp_path,
     one = _write(tmp_path, TINY, "one.yaml")
     r = _cli("sweep", one, "--workers", workers, "--runs-dir", tmp_path / "runs", "--dry-run")
     assert re.search(r"^sweep sweep-b-[0-9a-f]{10}: 1 run, 1 done, 0 to run$", r.stdout, re.M), r.stdout
+
+
+def test_the_example_config_sweeps_sgd_and_adam_as_pairs():
+    from pathlib import Path
+
+    p = Path(__file__).parent.parent / "configs" / "sgd_vs_adam.yaml"
+    plan = sweep.plan([str(p)])
+    assert plan.sweep_id.startswith("sweep-sgd-vs-adam-")
+    raw = yaml.safe_load(p.read_text())
+    del raw["sweep"]
+    adam = {**raw["train"], "optimizer": "adam", "lr": 0.001}
+    del adam["momentum"]
+    want = [config.validate({**raw, "train": {**raw["train"], "lr": 0.01}, "seed": s}).run_id for s in (0, 1, 2)]
+    want += [config.validate({**raw, "train": adam, "seed": s}).run_id for s in (0, 1, 2)]
+    assert [c.run_id for c in plan.configs] == want
+    assert len(plan.notes) == 1 and "train.momentum = 0.9 of the base config is dropped" in plan.notes[0]
+    from dnfa_cli import report as rp
+
+    assert [rp.fmt_config(plan.params[c.run_id], "train.momentum") for c in plan.configs] == ["0.9"] * 3 + ["-"] * 3
+    assert [rp.fmt_config(plan.params[c.run_id], "train.lr") for c in plan.configs] == ["0.01"] * 3 + ["0.001"] * 3
+
+
+# ----------------------------------------------------------------------------- what tables and figures say
+def _view(run_id, status, cfg, steps=(0, 101)):
+    from dnfa_cli import report as rp
+
+    cks = [{"step": s, "epoch": s / 10, "train_loss": 1.0, "test_loss": 1.0,
+            "layers": [{"layer": 1, "shape": [4, 3], "pearson_a05": 0.5, "pearson_a1": 0.4, "tightness_range": 0.3}]}
+           for s in steps]
+    return rp.RunView(run_id, __import__("pathlib").Path("/nonexistent"), status, cfg, cks)
+
+
+def test_an_unfinished_run_has_a_latest_checkpoint_not_an_end():
+    from dnfa_cli import report as rp
+
+    cfg = config.validate({"name": "x"}).to_dict()
+    for status, label in (("interrupted", "latest (101)"), ("running", "latest (101)"), ("ok", "end (101)"),
+                          ("diverged", "end (101)")):
+        headers = {tuple(h) for _, h, _ in rp.run_tables(_view("x-1", status, cfg))[1:]}
+        assert headers == {("statistic", "init (0)", label)}, (status, headers)
+
+
+def _figure_of(monkeypatch, draw):
+    from dnfa_cli import report as rp
+
+    got = {}
+    monkeypatch.setattr(rp, "_save", lambda fig, path: got.setdefault("fig", fig) and path)
+    draw()
+    return got["fig"]
+
+
+def test_figures_say_what_the_run_is_and_compare_legends_what_differs(monkeypatch, tmp_path):
+    from dnfa_cli import report as rp
+
+    sgd = config.validate({"name": "opt", "model": {"depth": 2, "width": 64}, "train": {"momentum": 0.9}}).to_dict()
+    adam = config.validate({"name": "opt", "model": {"depth": 2, "width": 64},
+                            "train": {"optimizer": "adam", "lr": 1e-3}}).to_dict()
+    v = _view("opt-0123456789", "ok", sgd)
+    fig = _figure_of(monkeypatch, lambda: rp.fig_curves(v, tmp_path / "c.png"))
+    assert fig._suptitle.get_text() == "opt: monomial, 64x64 relu, sgd lr 0.1, seed 0\nthe ansatz and tightness during training"
+    assert "opt-0123456789" in [t.get_text() for t in fig.texts]  # the id, small, below
+    views = [v, _view("opt-abcdefabcd", "ok", adam)]
+    fig = _figure_of(monkeypatch, lambda: rp.fig_compare(views, tmp_path / "k.png"))
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # momentum does not apply to adam: not in its label
+    assert legend == ["lr=0.1, momentum=0.9, optimizer=sgd", "lr=0.001, optimizer=adam"]
+
+
+def _sweep_rows():
+    rows = []
+    for width in (8, 16, 32, 64, 128, 256):
+        for opt, lr in (("sgd", 0.1), ("adam", 0.001)):
+            for seed in (0, 1):
+                rows.append({"run_id": f"r{width}{opt}{seed}", "status": "ok", "layer": 1, "model.width": width,
+                             "train.lr": lr, "train.optimizer": opt, "train.momentum": 0.0, "seed": seed,
+                             "pearson_a05": 0.5, "pearson_a1": 0.6 + seed / 10, "rand_pearson_a1": 0.3,
+                             "alpha_star": 0.2, "tightness_range": 0.1, "half_range_pearson": 0.4, "test_loss": 1.0})
+    return rows
+
+
+def test_scatter_colours_tell_apart_the_keys_with_fewest_values_not_the_first_alphabetically():
+    from dnfa_cli import report as rp
+
+    rows = _sweep_rows()
+    varied = ["model.width", "seed", "train.lr", "train.optimizer"]
+    # 6 widths, 2 optimizer/lr pairs (linked: they vary together): the pair, not model.width
+    assert rp.colour_keys(rows, varied) == ["train.lr", "train.optimizer"]
+    two = [r for r in rows if r["model.width"] <= 16]  # 2 widths, 2 pairs: a tie, the sweep's order
+    assert rp.colour_keys(two, varied) == ["model.width"]
+    assert rp.colour_keys(two, ["train.optimizer", "model.width", "train.lr"]) == ["train.optimizer", "train.lr"]
+    assert rp.colour_keys(rows, ["seed"]) == []
+
+
+def test_lr_gets_a_log_axis_and_the_random_baseline_shares_pearson_a1s_panel(monkeypatch, tmp_path):
+    from dnfa_cli import report as rp
+
+    rows = _sweep_rows()
+    fig = _figure_of(monkeypatch, lambda: rp.fig_stat_vs_param(rows, "train.lr", ["model.width", "seed", "train.lr",
+                                                                                  "train.optimizer"], tmp_path / "s.png"))
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert "rand_pearson_a1" not in panels  # no panel of its own
+    ax = panels["pearson_a1 (filled) and rand_pearson_a1 (hollow: a random W)"]
+    assert ax.get_xscale() == "log"  # two learning rates 100x apart
+    points = [ln for ln in ax.lines if ln.get_marker() == "o"]  # layer 1's marker (the caps are lines too)
+    hollow = [ln for ln in points if ln.get_markerfacecolor() == "none"]
+    filled = [ln for ln in points if ln.get_markerfacecolor() != "none"]
+    assert len(hollow) == len(filled) == 12  # each width x optimizer point twice: trained W and random W
+    assert sorted(round(y, 6) for ln in hollow for y in ln.get_ydata()) == [0.3] * 12
+    assert sorted(round(y, 6) for ln in filled for y in ln.get_ydata()) == [0.65] * 12  # mean over the two seeds

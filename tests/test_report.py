@@ -265,7 +265,7 @@ def test_the_run_report_shows_its_config_non_defaults_first(made, tmp_path):
     assert m
     # BASE sets name, d, n_train, n_test, depth, width, lr, batch_size, epochs, checkpoints, samples
     # (lr 0.05: the default is 0.1); 12 keys with the name
-    for key, value in (("data.d", "5"), ("model.width", "8"), ("train.lr", "0.0500"), ("metrics.samples", "24")):
+    for key, value in (("data.d", "5"), ("model.width", "8"), ("train.lr", "0.05"), ("metrics.samples", "24")):  # as written, not 0.0500
         assert re.search(rf"│ {re.escape(key)}\s+│\s+{re.escape(value)}\s+│", r.stdout), key
     assert "model.activation" not in r.stdout.split("losses")[0]  # at its default: not in the terminal table
     out = tmp_path / "h"
