@@ -147,9 +147,10 @@ class _RunProgress:
     data, compiling, training step s/S, measuring checkpoint k/K) and an ETA from the time
     both phases have taken (progress.Progress). In a terminal a live line, which rich
     redraws on its own; otherwise a plain line as the first measuring and training start
-    (they compile) and per measured checkpoint, and the phase again whenever TICK seconds passed without a line -
-    from a ticker thread, so also inside one long call such as a compile. A closed stderr
-    silences the lines (the console's broken-pipe handling); the run goes on."""
+    (they compile) and per measured checkpoint, and the phase again whenever TICK seconds
+    passed without a line - from a ticker thread, so also inside one long call such as a
+    compile. A closed stderr silences the lines (the console's broken-pipe handling); the
+    run goes on."""
 
     TICK = 5.0  # seconds without a line after which the plain output says the phase again
 
