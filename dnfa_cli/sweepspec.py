@@ -102,15 +102,15 @@ def with_command_line(sweep, sets: list[tuple[str, Any]], grids: list[tuple[str,
     params = dict((sweep or {}).get("parameters") or {}) if isinstance(sweep, dict) else {}
     changed = bool(grids)
     for key, value in sets:
-        if key in params:
-            del params[key]
+        if key in params or _unlink(params, key):
+            params.pop(key, None)
             changed = True
             notes.append(f"--set {key}={value!r} replaces the sweep's values for {key} in {path}")
     if grids:
         if isinstance(sweep, dict) and sweep.get("method", "grid") != "grid":
             raise ConfigError(f"{path}: --grid adds a grid, but the file's sweep is method {sweep.get('method')!r}")
         for key, vals in grids:
-            if key in params:
+            if key in params or _unlink(params, key):
                 notes.append(f"--grid {key} replaces the sweep's values for {key} in {path}")
             params[key] = {"values": vals}
     if changed:  # else the file's sweep block is validated as written (expand)
@@ -118,6 +118,31 @@ def with_command_line(sweep, sets: list[tuple[str, Any]], grids: list[tuple[str,
         # no parameters left: one run, still under the sweep's name if it has one
         sweep = block if params else ({"name": sweep["name"]} if isinstance(sweep, dict) and "name" in sweep else None)
     return sweep, notes
+
+
+def _unlink(params: dict, key: str) -> bool:
+    """Take `key` out of the linked parameters that set it (`train` setting train.lr), in
+    place: the command line's value wins. Mappings left empty or the same go; a parameter
+    left with none goes. Whether any parameter set it."""
+    hit = False
+    for p, spec in list(params.items()):
+        vals = spec.get("values", [spec["value"]] if "value" in spec else None) if isinstance(spec, dict) else None
+        rel = key[len(p) + 1:] if isinstance(p, str) and key.startswith(p + ".") else None
+        if rel is None or not isinstance(vals, list) or not all(isinstance(v, dict) for v in vals):
+            continue
+        flat = [_dotted(v, "") for v in vals]
+        if not any(rel in f for f in flat):
+            continue
+        hit = True
+        kept = []
+        for f in ({k: v for k, v in f.items() if k != rel} for f in flat):
+            if f and f not in kept:
+                kept.append(f)
+        if kept:
+            params[p] = {"values": kept}
+        else:
+            del params[p]
+    return hit
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -478,3 +478,18 @@ def test_lr_gets_a_log_axis_and_the_random_baseline_shares_pearson_a1s_panel(mon
     assert len(hollow) == len(filled) == 12  # each width x optimizer point twice: trained W and random W
     assert sorted(round(y, 6) for ln in hollow for y in ln.get_ydata()) == [0.3] * 12
     assert sorted(round(y, 6) for ln in filled for y in ln.get_ydata()) == [0.65] * 12  # mean over the two seeds
+
+
+def test_the_command_line_wins_over_a_linked_value(tmp_path):
+    p = _write(tmp_path, LINKED)
+    cf = config.load_config(p, ["train.lr=0.5"])
+    runs = cf.expand()
+    assert [(r.train.optimizer, r.train.lr) for r in runs] == [("sgd", 0.5)] * 2 + [("adam", 0.5)] * 2
+    assert cf.notes == [f"--set train.lr=0.5 replaces the sweep's values for train.lr in {p}"]
+    runs = config.load_config(p, grid=["train.lr=0.2,0.02"]).expand()
+    assert sorted({(r.train.optimizer, r.train.lr) for r in runs}) == \
+        [("adam", 0.02), ("adam", 0.2), ("sgd", 0.02), ("sgd", 0.2)]
+    # a linked parameter left with nothing to set goes: seeds only
+    only_lr = _write(tmp_path, BASE + "sweep:\n  parameters:\n    train: {values: [{lr: 0.1}, {lr: 1e-3}]}\n"
+                     "    seed: {values: [0, 1]}\n", "lr.yaml")
+    assert [(r.train.lr, r.seed) for r in config.load_config(only_lr, ["train.lr=0.3"]).expand()] == [(0.3, 0), (0.3, 1)]
