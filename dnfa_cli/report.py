@@ -495,19 +495,27 @@ def fixed_colours(values) -> dict:
     return out
 
 
-def colour_keys(rows: list[dict], varied: list[str]) -> list[str]:
-    """The swept keys a scatter's colours tell apart: of the keys that vary together
-    (linked: an optimizer with its lr and momentum, each value of one going with one of
-    the others), the group with the fewest values, ties in the sweep's order - not the
-    alphabetically first key. A single key gets the colours it has in every figure."""
+def linked_groups(rows: list[dict], keys: list[str]) -> list[list[str]]:
+    """The keys grouped by what varies together: keys whose values go one to one (an
+    optimizer with its lr and momentum, swept as linked parameters) share a group; in
+    the order given."""
     n = lambda ks: len({tuple(fmt_config(r, k) for k in ks) for r in rows})
     groups: list[list[str]] = []
-    for k in (k for k in varied if k not in SEEDS):
+    for k in keys:
         linked = next((g for g in groups if n(g) == n([k]) == n(g + [k])), None)
         if linked is None:
             groups.append([k])
         else:
             linked.append(k)
+    return groups
+
+
+def colour_keys(rows: list[dict], varied: list[str]) -> list[str]:
+    """The swept keys a scatter's colours tell apart: the group of linked keys
+    (linked_groups) with the fewest values, ties in the sweep's order - not the
+    alphabetically first key. A single key gets the colours it has in every figure."""
+    groups = linked_groups(rows, [k for k in varied if k not in SEEDS])
+    n = lambda ks: len({tuple(fmt_config(r, k) for k in ks) for r in rows})
     return min(groups, key=lambda g: (n(g), groups.index(g)), default=[])
 
 
@@ -564,11 +572,13 @@ def _param_axis(ax, param: str, xs: list, cats: list | None) -> None:
     ax.set_xlabel(param, fontsize=9)
 
 
-def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_readout: bool = False) -> Path:
+def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_readout: bool = False,
+                      linked: list[str] = ()) -> Path:
     """A 16:9 grid, a panel per statistic: the final value against `param` (a categorical
     axis for categorical keys), mean and std over seeds, a marker per layer and a fixed
     colour per combination of the other swept keys (the facets). A baseline (PAIRED) is
-    drawn hollow in its statistic's panel."""
+    drawn hollow in its statistic's panel. `linked`: keys that vary with `param` (not
+    facets: each of their values goes with one of param's)."""
     plt = _plt()
     stats = [s for s in SWEEP_STATS if s not in PAIRED.values()]
     ncol = 3
@@ -576,7 +586,7 @@ def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_r
     fig, axes = plt.subplots(nrow, ncol, figsize=(16, 9), squeeze=False)
     pts = [r for r in rows if r.get("layer") is not None and r.get("status") == "ok"
            and (include_readout or not r.get("trivial"))]
-    others = [k for k in varied if k not in SEEDS and k != param]
+    others = [k for k in varied if k not in SEEDS and k != param and k not in linked]
     facet = lambda r: ", ".join(f"{k}={fmt_config(r, k)}" for k in others) or "all runs"
     xs_all = [r.get(param) for r in pts]
     numeric = _is_numeric(xs_all)
@@ -608,7 +618,8 @@ def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_r
     handles = [Line2D([], [], ls="", marker=MARKERS[(l - 1) % len(MARKERS)], color="k", label=f"layer {l}") for l in layers]
     handles += [Line2D([], [], ls="", marker="o", color=c, label=f.strip("'")) for f, c in colours.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=9, frameon=False)
-    fig.suptitle(f"final statistics against {param}: mean and std over seeds, runs that finished ok", fontsize=12)
+    with_ = f" (with {', '.join(linked)})" if linked else ""
+    fig.suptitle(f"final statistics against {param}{with_}: mean and std over seeds, runs that finished ok", fontsize=12)
     fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(handles) // 6), 1, 1))
     return _save(fig, path)
 
@@ -621,10 +632,10 @@ def sweep_figures(rows: list[dict], varied: list[str], out: Path, include_readou
         _scatter(rows, "pearson_a1", "pearson_a05", ck, out / "pearson_a05_vs_pearson_a1.png",
                  "pearson_a05 against pearson_a1 (one point per run and layer)", include_readout),
     ]
-    for p in varied:
-        if p in SEEDS:  # seeds are what the error bars are over
-            continue
-        figs.append(fig_stat_vs_param(rows, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png", include_readout))
+    # seeds are what the error bars are over; keys that vary together get one figure
+    for p, *linked in linked_groups([r for r in rows if r.get("layer") is not None], [k for k in varied if k not in SEEDS]):
+        figs.append(fig_stat_vs_param(rows, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png", include_readout,
+                                      linked))
     return figs
 
 

@@ -493,3 +493,16 @@ def test_the_command_line_wins_over_a_linked_value(tmp_path):
     only_lr = _write(tmp_path, BASE + "sweep:\n  parameters:\n    train: {values: [{lr: 0.1}, {lr: 1e-3}]}\n"
                      "    seed: {values: [0, 1]}\n", "lr.yaml")
     assert [(r.train.lr, r.seed) for r in config.load_config(only_lr, ["train.lr=0.3"]).expand()] == [(0.3, 0), (0.3, 1)]
+
+
+def test_keys_swept_together_get_one_figure(monkeypatch, tmp_path):
+    from dnfa_cli import report as rp
+
+    rows = _sweep_rows()
+    names = []
+    monkeypatch.setattr(rp, "_save", lambda fig, path: names.append((path.name, fig._suptitle and fig._suptitle.get_text()))
+                        or path)
+    rp.sweep_figures(rows, ["model.width", "seed", "train.lr", "train.optimizer"], tmp_path)
+    stats = sorted(n for n in names if n[0].startswith("stats_vs_"))
+    assert [n for n, _ in stats] == ["stats_vs_model_width.png", "stats_vs_train_lr.png"]
+    assert stats[1][1].startswith("final statistics against train.lr (with train.optimizer):")
