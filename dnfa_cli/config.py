@@ -816,7 +816,7 @@ def drop_inapplicable(raw: dict, fixed: set[str]) -> list[tuple[str, Any, str]]:
     when `fixed` sets the other. Returns (key, value, why) for each."""
     flat, known = flatten(raw), known_keys(raw)
     drops = {k: f"not a key of task {(raw.get('data') or {}).get('task', 'monomial')}" for k in flat
-             if k not in known and k not in fixed and "." in k}
+             if k.startswith("data.") and k not in known and k not in fixed}
     drops.update({k: why for k, why in inapplicable(flat).items() if flat.get(k) and k not in fixed})
     for a, b in EXCLUSIVE:
         for mine, other in ((a, b), (b, a)):

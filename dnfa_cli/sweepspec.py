@@ -318,7 +318,8 @@ class SweepSpec:
         for key, spec in params.items():
             where = f"{source}: sweep.parameters.{key}"
             p = parse_parameter(spec, method, where)
-            section = isinstance(key, str) and any(k.startswith(key + ".") for k in base_keys)
+            # a section, not itself a key (model.init_from is a key that takes a mapping)
+            section = isinstance(key, str) and key not in base_keys and any(k.startswith(key + ".") for k in base_keys)
             if section and not isinstance(p, Values):
                 raise ConfigError(f"{where}: {key} is a section; it takes values, mappings of its keys set together")
             specs[key] = _linked(key, p, where) if section else p

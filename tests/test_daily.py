@@ -506,3 +506,13 @@ def test_keys_swept_together_get_one_figure(monkeypatch, tmp_path):
     stats = sorted(n for n in names if n[0].startswith("stats_vs_"))
     assert [n for n, _ in stats] == ["stats_vs_model_width.png", "stats_vs_train_lr.png"]
     assert stats[1][1].startswith("final statistics against train.lr (with train.optimizer):")
+
+
+def test_a_key_that_takes_a_mapping_is_not_a_section(tmp_path):
+    """model.init_from is a config key whose values are mappings (or null): swept as
+    values, never merged as linked parameters, and its inline source config never dropped."""
+    p = _write(tmp_path, TINY + "sweep:\n  parameters:\n    model.init_from:\n      values:\n        - null\n"
+               "        - {layers: [1], keep: trained, config: {model: {width: 16}}}\n")
+    runs = config.load_config(p).expand()
+    assert runs[0].model.init_from is None
+    assert runs[1].model.init_from.keep == "trained" and runs[1].model.init_from.config["model"]["width"] == 16
