@@ -314,7 +314,8 @@ class LocalExecutor:
             while True:
                 try:
                     ids = self.started.get()
-                except (EOFError, OSError, ValueError):  # the queue closed with the pool
+                except (EOFError, OSError, ValueError, TypeError):  # the queue closed with the pool (TypeError: its
+                    # connection was already released, seen at the end of a 2-worker sweep)
                     return
                 if ids is None:
                     return

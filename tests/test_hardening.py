@@ -356,3 +356,13 @@ def test_figures_that_cannot_be_written_are_one_line_before_any_output(tmp_path)
         assert r.returncode == 2 and r.stdout == "", (args, r.stdout[-300:], r.stderr[-300:])
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "cannot write figures to" in lines[0] and "afile/sub" in lines[0], r.stderr
+
+
+def test_a_two_worker_sweep_ends_without_a_traceback(tmp_path):
+    """The reader thread that prints 'started' lines must end quietly when the pool closes
+    (it raised TypeError from a released queue connection at the end of the quickstart)."""
+    p = _cfg(tmp_path, TINY + "sweep:\n  method: grid\n  parameters:\n    seed: {values: [0, 1, 2, 3]}\n")
+    r = _dnfa("sweep", p, "--runs-dir", "runs", "--workers", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ok 4" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
