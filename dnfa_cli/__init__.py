@@ -29,3 +29,13 @@ if _cache:
         pass
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name):
+    """`from dnfa_cli import load_runs`: frame.py (and with it pandas) is imported on first
+    use only, so `dnfa train` does not pay for pandas at start-up."""
+    if name in ("load_runs", "load_matrices"):
+        from . import frame
+
+        return getattr(frame, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,14 +77,15 @@ def _read_side(d: Path) -> tuple[dict, str | None]:
     return cfg, created
 
 
-def load_run(root: Path, run_id: str) -> RunView:
+def load_run(root: Path, run_id: str, files: bool = True) -> RunView:
     """A run as its files say; status `corrupt` (the reason in `error`) where they are not
-    what dnfa writes, so a listing goes on with the other runs."""
+    what dnfa writes, so a listing goes on with the other runs. `files`: check the
+    checkpoint files and metrics.jsonl beside result.json too (runs.check_files)."""
     d = runs.run_dir(root, run_id)
     if not d.exists():
         return RunView(run_id, d, "missing", {}, [])
     try:
-        res = runs.load_result(root, run_id, files=True)
+        res = runs.load_result(root, run_id, files=files)
     except runs.CorruptRun as e:
         cfg, created = _read_side(d)
         return RunView(run_id, d, "corrupt", cfg, [], {}, str(e), created)

@@ -1,0 +1,183 @@
+"""Runs as data: `load_runs` gives every run x checkpoint x layer as one row of a pandas
+DataFrame (pandas is imported there and nowhere else), `load_matrices` the arrays saved at
+one checkpoint, and `run_row` the one row per run that `--where` filters and `dnfa ls` lists.
+
+    >>> from dnfa_cli import load_runs
+    >>> df = load_runs("runs", where=["train.optimizer=adam"], checkpoints="ends")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from . import runs
+from . import where as wh
+from .config import DnfaInputError, flatten
+from .report import RunView, load_run, resolve
+
+CHECKPOINT_KEYS = ("step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc")
+RUN_KEYS = ("run_id", "status", "error", "created")
+CHECKPOINTS = ("all", "ends", "last")
+
+
+def _cell(v):
+    """Lists (data.coords, a layer's shape) become tuples: hashable, so a column of them
+    groups, sorts and counts."""
+    return tuple(v) if isinstance(v, list) else v
+
+
+# ----------------------------------------------------------------------------- which runs
+def sweep_views(root: Path, sweep: str, files: bool = True) -> list[tuple[RunView, dict]]:
+    """The runs of a sweep (id or unique prefix) in the record's order, each with its swept
+    values; a run not started yet is there with status `missing`."""
+    from .sweep import load_sweep, sweep_file
+
+    if not sweep_file(root, runs.check_id(sweep)).exists():
+        kind, full = resolve(root, sweep)
+        if kind != "sweep":
+            raise DnfaInputError(f"{sweep!r} is a run, not a sweep")
+        sweep = full
+    return [(load_run(root, r["run_id"], files), r["params"]) for r in load_sweep(root, sweep)["runs"]]
+
+
+def views(root: Path, sweep: str | None = None, files: bool = True) -> list[tuple[RunView, dict]]:
+    """(run, its flat config) for the runs of `sweep`, or every run under `root` (id order).
+    `files`: also check the files beside each result.json (report.load_run)."""
+    pairs = sweep_views(root, sweep, files) if sweep is not None else \
+        [(load_run(root, i, files), {}) for i in runs.list_run_ids(root)]
+    return [(v, flatten(v.config) or params) for v, params in pairs]
+
+
+def run_row(v: RunView, flat: dict) -> dict:
+    """One run as one flat row: status, creation time, the end's losses and accuracies, each
+    of its layers' statistics as `STAT@LAYER`, and every config key (`model.width`, ...).
+    What --where, --sort and --columns name."""
+    end = v.checkpoints[-1] if v.checkpoints else {}
+    row = {"created": v.created, "run_id": v.run_id, "status": v.status, "error": v.error}
+    row.update({k: end.get(k) for k in CHECKPOINT_KEYS})
+    for L in end.get("layers") or []:
+        row.update({f"{k}@{L['layer']}": _cell(x) for k, x in L.items() if k != "layer"})
+    row.update({k: _cell(x) for k, x in flat.items()})
+    return row
+
+
+def filtered(root: Path, sweep: str | None, where: Iterable[str] | str | None = (), files: bool = True
+             ) -> list[tuple[RunView, dict]]:
+    """views() with only the runs every --where condition holds for."""
+    conds = wh.parse_all(where)
+    pairs = views(root, sweep, files)
+    if not conds:
+        return pairs
+    rows = wh.select([run_row(v, f) for v, f in pairs], conds)
+    keep = {r["run_id"] for r in rows}
+    return [(v, f) for v, f in pairs if v.run_id in keep]
+
+
+# ----------------------------------------------------------------------------- the frame
+def _pick(cks: list, checkpoints: str) -> list:
+    if checkpoints == "last":
+        return cks[-1:]
+    if checkpoints == "ends" and len(cks) > 2:
+        return [cks[0], cks[-1]]
+    return cks
+
+
+class _Columns:
+    """Column lists grown run by run: a key first seen at row n starts with n Nones, a key
+    a run lacks gets Nones for its rows. Memory is the rows' numbers, nothing else."""
+
+    def __init__(self):
+        self.cols: dict[str, list] = {k: [] for k in (*RUN_KEYS, *CHECKPOINT_KEYS, "layer")}
+        self.config: dict = {}  # the config keys, in the order first seen
+        self.n = 0
+
+    def put(self, key: str, values: list) -> None:
+        col = self.cols.get(key)
+        if col is None:
+            col = self.cols[key] = [None] * self.n
+        col.extend(values)
+
+    def close_run(self, m: int) -> None:
+        self.n += m
+        for col in self.cols.values():
+            if len(col) < self.n:
+                col.extend([None] * (self.n - len(col)))
+
+    def ordered(self) -> dict[str, list]:
+        """Run keys, config keys, checkpoint keys, then the layer's."""
+        order = [*RUN_KEYS, *self.config, *CHECKPOINT_KEYS, *self.cols]
+        return {k: self.cols[k] for k in dict.fromkeys(order)}
+
+
+def _add_run(c: _Columns, v: RunView, flat: dict, checkpoints: str) -> None:
+    pairs = [(ck, L) for ck in _pick(v.checkpoints, checkpoints) for L in (ck.get("layers") or [{}])] or [({}, {})]
+    m = len(pairs)
+    for k in RUN_KEYS:
+        c.put(k, [getattr(v, k)] * m)
+    for k, x in flat.items():
+        c.put(k, [_cell(x)] * m)
+    c.config.update(dict.fromkeys(flat))
+    for k in CHECKPOINT_KEYS:
+        c.put(k, [ck.get(k) for ck, _ in pairs])
+    keys: dict = {}
+    for _, L in pairs:
+        if L.keys() != keys.keys():
+            keys.update(dict.fromkeys(L))
+    # the layers' values row by row (dict.get mapped in C), then turned into columns by zip
+    for k, vals in zip(keys, zip(*[tuple(map(L.get, keys)) for _, L in pairs])):
+        c.put(k, [tuple(x) if type(x) is list else x for x in vals] if k == "shape" else vals)
+    c.close_run(m)
+
+
+def load_runs(runs_dir: str | Path | None = None, *, sweep: str | None = None,
+              where: Iterable[str] | str = (), checkpoints: str = "all"):
+    """Every run as rows of a pandas DataFrame in long form: one row per run x checkpoint x
+    layer, with `run_id`, `status`, `error`, `created`, every config key flattened
+    (`model.width`, `train.lr`, ...), `step`, `epoch`, the losses and accuracies at that
+    checkpoint, `layer`, `shape`, `trivial` and one column per statistic. Keys a run lacks
+    are NaN; a run without checkpoints (failed at once, corrupt, not started) is one row
+    with its status. `sweep`: only its runs (id or unique prefix); `where`: the conditions
+    of `dnfa ls --where`, all of which must hold (on the config and the run's end);
+    `checkpoints`: "all", "ends" (initialisation and the end) or "last". Reads result.json
+    (metrics.jsonl for a run in progress) and nothing else: `status` is result.json's
+    (`dnfa ls` also opens the checkpoint files, and calls a run with a damaged one corrupt)."""
+    import pandas as pd
+
+    if checkpoints not in CHECKPOINTS:
+        raise DnfaInputError(f"checkpoints={checkpoints!r}: must be one of {', '.join(CHECKPOINTS)}")
+    root = runs.check_root(runs.runs_root(runs_dir), write=False)
+    c = _Columns()
+    for v, flat in filtered(root, sweep, where, files=False):
+        _add_run(c, v, flat, checkpoints)
+    return pd.DataFrame(c.ordered())
+
+
+# ----------------------------------------------------------------------------- matrices
+def load_matrices(run_id: str, step: int | None = None, runs_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The arrays saved at one checkpoint of a run (an id or unique prefix): the parameters
+    W1, b1, ..., WL, bL and, where metrics.save_matrices kept them, nfm_i, agop_i,
+    agop_half_i, pgop_i of each layer i. `step`: the checkpoint's step (default: the run's
+    last saved one)."""
+    root = runs.runs_root(runs_dir)
+    kind, rid = resolve(root, run_id)
+    if kind != "run":
+        raise DnfaInputError(f"{run_id!r} is a sweep; load_matrices takes a run id")
+    d = runs.run_dir(root, rid) / "checkpoints"
+    files: dict[int, list[Path]] = {}
+    for f in sorted(d.glob("*_*.npz")):
+        head, _, num = f.stem.rpartition("_")
+        if head in ("step", "matrices") and num.isdigit():
+            files.setdefault(int(num), []).append(f)
+    if not files:
+        raise DnfaInputError(f"run {rid} has no saved checkpoints in {d}")
+    step = max(files) if step is None else step
+    if step not in files:
+        raise DnfaInputError(f"run {rid} has nothing saved at step {step}; steps with files: "
+                             + ", ".join(map(str, sorted(files))))
+    out: dict[str, np.ndarray] = {}
+    for f in files[step]:
+        with np.load(f) as z:
+            out.update({k: z[k] for k in z.files})
+    return out
