@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dnfa_cli import config
+from dnfa_cli import config, runs
 
 # result.json's per-layer keys as dnfa writes them (bootstrap, published and swap on),
 # padded with align_k to the asked count
@@ -74,7 +74,7 @@ def write_run(root: Path, cfg: config.Config, rng, n_ck: int, n_keys: int) -> No
     result = {"schema": config.SCHEMA, "run_id": cfg.run_id, "status": "ok", "error": None, "config": c,
               "created": "2026-12-01T00:00:00+00:00", "finished": "2026-12-01T00:01:00+00:00",
               "seconds": {"total": 60.0, "train": 20.0, "metrics": 40.0}, "info": {"checkpoint_steps": steps},
-              "checkpoints": cks}
+              "checkpoints": cks, "files": runs.manifest(d)}
     (d / "result.json").write_text(json.dumps(result, indent=1))
 
 

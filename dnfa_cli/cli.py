@@ -368,30 +368,38 @@ def _rich_table(title, header, rows) -> Table:
 
 @app.command()
 def report(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="A run id, a sweep id, or a unique prefix of one.")],
+    ident: Annotated[Optional[str], typer.Argument(metavar="ID", help="A run id, a sweep id, or a unique prefix of one (with --where: a sweep, or none for every run).")] = None,
+    where: Where = None,
     format: Annotated[str, typer.Option("--format", metavar="table|json|csv", help="table (terminal), json or csv (rows to stdout).")] = "table",
     html_: Annotated[bool, typer.Option("--html", help="Also write one self-contained HTML page; its path is printed.")] = False,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where figures and HTML go (default: runs/<id>/report/, or runs/sweeps/<id>/report/ for a sweep).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where figures and HTML go (default: runs/<id>/report/, runs/sweeps/<id>/report/ for a sweep, runs/where/<hash>/report/ for --where).")] = None,
     all_checkpoints: Annotated[bool, typer.Option("--all-checkpoints", help="Every checkpoint, not just initialisation and the end.")] = False,
     include_readout: Annotated[bool, typer.Option("--include-readout", help="Also show the trivial read-out layer in tables and figures (json and csv always have it).")] = False,
     runs_dir: RunsDir = None,
 ):
-    """Tables, figures and an HTML page for a run or a whole sweep (reads files, never trains)."""
+    """Tables, figures and an HTML page for a run, a whole sweep, or the runs --where
+    selects (reads files, never trains)."""
     from . import report as rp
     from . import runs
-    from . import sweep as sw
 
     _check_output(format, out_dir)
+    if ident is None and not where:
+        _fail("report what? give a run or sweep ID, or --where to report the runs it selects")
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
-        kind, ident = rp.resolve(root, ident)
-        rec = sw.load_sweep(root, ident) if kind == "sweep" else None
+        kind, ident = rp.resolve(root, ident) if ident is not None else ("sweep", None)
+        if where and kind == "run":
+            raise DnfaInputError(f"--where selects runs of a sweep or of the whole runs directory; {ident} is one run")
+        if kind == "run":
+            v = rp.load_run(root, ident)
+        else:
+            rec, loaded, dest = _sweep_or_selection(root, ident, where)
     except DnfaInputError as e:
         _fail(str(e))
     if kind == "run":
-        v = rp.load_run(root, ident)
         if v.status == "corrupt":
             _fail(f"run {ident} is corrupt: {v.error} ({v.dir.absolute()})", 1)
+        doc = rp.run_json(v, all_checkpoints)
         rows = rp.run_rows(v, all_checkpoints)
         tables = rp.run_tables(v, all_checkpoints, include_readout, terminal=True)
         html_tables = rp.run_tables(v, all_checkpoints, include_readout)
@@ -399,22 +407,20 @@ def report(
         dest = out_dir or v.dir / "report"
         make_figs = lambda: rp.run_figures(v, dest, include_readout)
     else:
-        rows = rp.sweep_rows(root, rec)
-        grouped = rp.grouped_rows(rows, rec["varied"])
-        tables = rp.sweep_tables(rows, grouped, rec["varied"], terminal=True, include_readout=include_readout)
-        html_tables = rp.sweep_tables(rows, grouped, rec["varied"], include_readout=include_readout)
+        every = rp.sweep_rows(root, rec, "all", loaded)
+        rows = every if all_checkpoints else rp.ends(every)[1]
+        doc = {"runs": rows, "grouped": rp.grouped_rows(rows, rec["varied"])}
+        tables = rp.sweep_tables(every, rec["varied"], True, include_readout, all_checkpoints)
+        html_tables = rp.sweep_tables(every, rec["varied"], False, include_readout, all_checkpoints)
         for r in rows:
             if r["status"] in ("corrupt", "unreadable") and r.get("layer") is None:
                 err.print(f"{r['status']}: {r['run_id']}: {r.get('error') or 'cannot be read'}", markup=False)
-        title = f"dnfa sweep {ident}"
-        intro = [f"sweep {ident}: {_count(len(rec['runs']), 'run')} from {', '.join(rec['files'])}; "
-                 + ", ".join(f"{k} {n}" for k, n in rp.sweep_statuses(rec, rows).items())
-                 + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")]
-        dest = out_dir or sw.sweep_file(root, ident).with_suffix("") / "report"
-        make_figs = lambda: rp.sweep_figures(rows, rec["varied"], dest, include_readout)
+        title, intro = _sweep_intro(rec, rows, ident, where)
+        dest = out_dir or dest
+        make_figs = lambda: rp.sweep_figures(every, rec["varied"], dest, include_readout)
     _writable(dest, out_dir is not None)
     if format == "json":
-        _emit(rp.to_json(rp.run_json(v, all_checkpoints) if kind == "run" else {"runs": rows, "grouped": grouped}) + "\n")
+        _emit(rp.to_json(doc) + "\n")
     elif format == "csv":
         _emit(rp.to_csv(rows))
     else:
@@ -429,10 +435,41 @@ def report(
             console_print("per-run rows: --format csv / json, or --html")
     figs = make_figs()
     if format == "table":
-        console_print(f"figures: {dest.absolute()}/ ({', '.join(f.name for f in figs)})")
+        console_print(f"figures: {dest.absolute()}/ ({', '.join(f.name for f, _ in figs)})")
     if html_:
         page = rp.write_html(dest / "report.html", title, intro, html_tables, figs)
         (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
+
+
+def _sweep_or_selection(root: Path, sweep_id: str | None, where: list[str] | None):
+    """(record, runs already read, where figures go) for a sweep, or for the runs --where
+    selects in it or in the whole runs directory (a record with the keys that vary among
+    them as the swept ones)."""
+    import hashlib
+
+    from . import frame
+    from . import sweep as sw
+
+    if not where:
+        return sw.load_sweep(root, sweep_id), None, sw.sweep_file(root, sweep_id).with_suffix("") / "report"
+    rec, loaded = frame.selection(root, sweep_id, where)
+    if not rec["runs"]:
+        raise DnfaInputError(f"no runs in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else "")
+                             + f" where {' and '.join(where)}")
+    tag = hashlib.sha256("\n".join([sweep_id or "", *where]).encode()).hexdigest()[:10]
+    return rec, loaded, root / "where" / tag / "report"
+
+
+def _sweep_intro(rec: dict, rows: list[dict], sweep_id: str | None, where: list[str] | None) -> tuple[str, list[str]]:
+    from . import report as rp
+
+    counts = ", ".join(f"{k} {n}" for k, n in rp.sweep_statuses(rec, rows).items())
+    vary = f"; varying {', '.join(rec['varied'])}" if rec["varied"] else ""
+    n = len(rec["runs"])
+    if not where:
+        return f"dnfa sweep {sweep_id}", [f"sweep {sweep_id}: {n} runs from {', '.join(rec['files'])}; {counts}{vary}"]
+    what = f"runs{f' of sweep {sweep_id}' if sweep_id else ''} where {' and '.join(where)}"
+    return f"dnfa report: {what}", [f"{n} {what}: {counts}{vary}"]
 
 
 def _writable(dest: Path, flag: bool) -> None:
@@ -463,63 +500,85 @@ def console_print(x):
         out.print(x)
 
 
+Where = Annotated[Optional[list[str]], typer.Option(
+    "--where", metavar="KEY OP VALUE",
+    help="Only runs for which this holds (repeatable: all must): OP one of = != < <= > >=, KEY a config key "
+         "(train.lr=1e-3), an end loss or accuracy (test_acc>0.9), or a layer's end statistic (pearson_a1@2>0.8).")]
+
+
 @app.command("ls")
 def ls_(
     sweep_id: Annotated[Optional[str], typer.Option("--sweep", metavar="ID", help="Only the runs of this sweep (id or unique prefix).")] = None,
-    where: Annotated[Optional[list[str]], typer.Option("--where", metavar="KEY=VALUE", help="Only runs whose config has this value, e.g. --where model.width=256 (repeatable: all must hold).")] = None,
+    where: Where = None,
     status: Annotated[Optional[list[str]], typer.Option("--status", metavar="STATUS", help="Only runs with this status: ok, diverged, failed, corrupt, running, interrupted (repeatable).")] = None,
     sort: Annotated[Optional[str], typer.Option("--sort", metavar="KEY", help="Sort by a column or config key (-KEY: descending); default: newest first.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", metavar="KEY,...", help="These columns, in this order (any config key, run-level key or STAT@LAYER).")] = None,
+    format: Annotated[str, typer.Option("--format", metavar="table|csv|json", help="table (terminal), or csv / json rows (every column unless --columns).")] = "table",
+    ids: Annotated[bool, typer.Option("--ids", help="Print the run ids alone, one a line (for pipes).")] = False,
     runs_dir: RunsDir = None,
 ):
     """The runs, newest first: status, the config keys that vary among them, and the
     headline numbers at the end."""
+    from . import frame
     from . import report as rp
     from . import runs
 
+    if format not in ("table", "json", "csv"):
+        _fail(f"--format {format!r}: must be table, json or csv")
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
-        rows = rp.sort_rows(rp.filter_rows(rp.ls_rows(root, sweep_id), where, status), sort)
+        rows = frame.list_runs(root, sweep_id, where, status, sort)
+        cols = frame.ls_columns(rows, [c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+                                every=format != "table")
     except DnfaInputError as e:
         _fail(str(e))
-    varying = rp.varying_keys(rows)
-    where_s = f" where {' and '.join(where)}" if where else ""
-    stats = ["step", "test_loss", "test_acc", "pearson_a05", "pearson_a1", "tightness_range"]
-    stats = [c for c in stats if any(r.get(c) is not None for r in rows)] or ["step"]
-    head = lambda c: f"L1 {c}" if c in ("pearson_a05", "pearson_a1", "tightness_range") else c
-    cell = lambda r, c: (r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c))
-    widths: dict = {}
-
-    def need(c):  # the column's width: its widest cell, padding, border (each cell formatted once)
-        if c not in widths:
-            widths[c] = max([len(head(c))] + [len(cell(r, c)) for r in rows]) + 3
-        return widths[c]
-
-    # every column whole: the varying keys that do not fit the width are named, not squeezed
-    room = out.width - 1 - sum(need(c) for c in ["created", "run_id", "status", *stats])
-    shown = []
-    rank = ("model.", "train.", "seed", "data.", "name", "metrics.")  # what tells runs apart first
-    for k in sorted(varying, key=lambda k: next((i for i, p in enumerate(rank) if k.startswith(p)), len(rank))):
-        if need(k) <= room:
-            shown.append(k)
-            room -= need(k)
-    hidden = [k for k in varying if k not in shown]
-    t = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'} in {root.absolute()}"
-              + (f" (sweep {sweep_id})" if sweep_id else "") + where_s, title_justify="left",
-              caption=(f"{len(hidden)} more varying key{'' if len(hidden) == 1 else 's'} not shown: {', '.join(hidden)} "
-                       "(narrow the list with --sweep or --where)") if hidden else None, caption_justify="left")
-    cols = ["created", "run_id", "status", *shown, *stats]
-    for c in cols:
-        t.add_column(head(c), justify="left" if c in ("created", "run_id", "status") else "right", no_wrap=True,
-                     min_width=need(c) - 3 if c == "run_id" else None)  # an id is never cut
-    for r in rows:
-        t.add_row(*[cell(r, c) for c in cols])
-    # the fixed columns are never squeezed: on a narrow terminal the lines run long instead
-    natural = 1 + sum(need(c) for c in cols)
-    con = out if natural <= out.width else _Console(highlight=False, soft_wrap=True, width=natural)
-    con.print(t if rows else t.title)
+    if ids:
+        _emit("".join(r["run_id"] + "\n" for r in rows))
+    elif format == "json":
+        _emit(rp.to_json([{c: r.get(c) for c in cols} for r in rows]) + "\n")
+    elif format == "csv":
+        _emit(rp.to_csv([{c: r.get(c) for c in cols} for r in rows]))
+    else:
+        title = (f"{len(rows)} run{'' if len(rows) == 1 else 's'} in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else "")
+                 + (f" where {' and '.join(where)}" if where else ""))
+        _ls_table(rows, cols, title, fit=not columns)
     for r in rows:
         if r["status"] == "corrupt":
             err.print(f"corrupt: {r['run_id']}: {r['error']}", markup=False)
+
+
+def _ls_table(rows: list[dict], cols: list[str], title: str, fit: bool) -> None:
+    """Every column whole: with `fit`, the config keys that do not fit the width are left
+    out (the varying ones named below the table); the others are never squeezed, and on a
+    narrow terminal the lines run long instead."""
+    from . import frame
+    from . import report as rp
+
+    cell = lambda r, c: (r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c))
+    width = {c: max([len(c)] + [len(cell(r, c)) for r in rows]) + 3 for c in cols}  # cells, padding, border
+    hidden = []
+    if fit:
+        keys = [c for c in cols if frame.is_config_key(c)]
+        room = out.width - 1 - sum(width[c] for c in cols if c not in keys)
+        for k in keys:
+            if width[k] <= room:
+                room -= width[k]
+            else:
+                hidden.append(k)
+        cols = [c for c in cols if c not in hidden]
+    vary = set(frame.varying_keys(rows))
+    hidden = [k for k in hidden if k in vary]
+    t = Table(title=title, title_justify="left", caption_justify="left",
+              caption=(f"{len(hidden)} more varying key{'' if len(hidden) == 1 else 's'} not shown: {', '.join(hidden)} "
+                       "(narrow the list with --sweep or --where, or choose --columns)") if hidden else None)
+    for c in cols:
+        t.add_column(c, justify="left" if c in frame.LS_HEAD else "right", no_wrap=True,
+                     min_width=width[c] - 3 if c == "run_id" else None)  # an id is never cut
+    for r in rows:
+        t.add_row(*[cell(r, c) for c in cols])
+    natural = 1 + sum(width[c] for c in cols)
+    con = out if natural <= out.width else _Console(highlight=False, soft_wrap=True, width=natural)
+    con.print(t if rows else t.title)
 
 
 @app.command()

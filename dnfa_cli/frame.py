@@ -7,6 +7,8 @@ one checkpoint, and `run_row` the one row per run that `--where` filters and `dn
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 from pathlib import Path
 from typing import Iterable
 
@@ -15,11 +17,10 @@ import numpy as np
 from . import runs
 from . import where as wh
 from .config import DnfaInputError, flatten
-from .report import RunView, load_run, resolve
+from .report import CHECKPOINTS, RunView, load_run, pick_checkpoints, resolve
 
 CHECKPOINT_KEYS = ("step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc")
 RUN_KEYS = ("run_id", "status", "error", "created")
-CHECKPOINTS = ("all", "ends", "last")
 
 
 def _cell(v):
@@ -58,8 +59,8 @@ def run_row(v: RunView, flat: dict) -> dict:
     row = {"created": v.created, "run_id": v.run_id, "status": v.status, "error": v.error}
     row.update({k: end.get(k) for k in CHECKPOINT_KEYS})
     for L in end.get("layers") or []:
-        row.update({f"{k}@{L['layer']}": _cell(x) for k, x in L.items() if k != "layer"})
-    row.update({k: _cell(x) for k, x in flat.items()})
+        row.update({f"{k}@{L['layer']}": x for k, x in L.items() if k != "layer"})
+    row.update(flat)
     return row
 
 
@@ -75,15 +76,89 @@ def filtered(root: Path, sweep: str | None, where: Iterable[str] | str | None = 
     return [(v, f) for v, f in pairs if v.run_id in keep]
 
 
+# ----------------------------------------------------------------------------- dnfa ls
+LS_STATUSES = ("ok", "diverged", "failed", "corrupt", "running", "interrupted")
+LS_HEAD = ("created", "run_id", "status")
+LS_END = ("step", "test_loss", "test_acc", "pearson_a05@1", "pearson_a1@1", "tightness_range@1")
+LS_FIRST = ("train.optimizer", "seed")  # shown even when fixed: what a reader asks of a run first
+_RANK = ("train.optimizer", "seed", "model.", "train.", "data.", "name", "metrics.")
+
+
+def is_config_key(k: str) -> bool:
+    return "." in k or k in ("seed", "name")
+
+
+def list_runs(root: Path, sweep: str | None = None, where: Iterable[str] = (), status: Iterable[str] = (),
+              sort: str | None = None) -> list[dict]:
+    """`dnfa ls`: a run_row per run that has a directory (the side files checked too),
+    those every --where condition holds for and with one of `status`, newest first or
+    sorted by `sort`."""
+    status = list(status or ())
+    for st in status:
+        if st not in LS_STATUSES:
+            raise DnfaInputError(f"--status {st!r}: must be one of {', '.join(LS_STATUSES)}")
+    conds = wh.parse_all(where)
+    rows = wh.select([run_row(v, f) for v, f in views(root, sweep) if v.status != "missing"], conds)
+    rows = [r for r in rows if not status or r["status"] in status]
+    rows.sort(key=lambda r: r["created"] or "", reverse=True)
+    return sort_rows(rows, sort)
+
+
+def sort_rows(rows: list[dict], key: str | None) -> list[dict]:
+    """`--sort KEY` (any key of the rows; -KEY descending); missing values last."""
+    if not key:
+        return rows
+    desc = key.startswith("-")
+    k = key.lstrip("-")
+    if rows:
+        wh.check_key(k, {c for r in rows for c in r}, "--sort")
+    have = [r for r in rows if r.get(k) is not None]
+    missing = [r for r in rows if r.get(k) is None]
+    have.sort(key=lambda r: (not wh.is_number(r[k]), r[k] if wh.is_number(r[k]) else str(r[k])), reverse=desc)
+    return have + missing
+
+
+def varying_keys(rows: list[dict]) -> list[str]:
+    """The config keys whose values differ among these runs, the optimizer and the seed
+    first, then model, train, data ... keys."""
+    keys = dict.fromkeys(k for r in rows for k in r if is_config_key(k))
+    vary = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
+    return sorted(vary, key=lambda k: (next((i for i, p in enumerate(_RANK) if k == p or k.startswith(p) and p.endswith(".")),
+                                             len(_RANK)), k))
+
+
+def ls_columns(rows: list[dict], columns: Iterable[str] | None = None, every: bool = False) -> list[str]:
+    """The columns of `dnfa ls`: `columns` as asked (each checked: a did-you-mean for an
+    unknown one); by default the head, the keys that vary, the optimizer and the seed, then
+    (`every`, for csv and json) the fixed config keys and every end statistic, and the end's
+    headline numbers."""
+    known = dict.fromkeys(k for r in rows for k in r)
+    if columns:
+        for c in columns:
+            if rows:
+                wh.check_key(c, known, "--columns")
+        return list(columns)
+    vary = varying_keys(rows)
+    first = [k for k in LS_FIRST if k in known and k not in vary]
+    end = [c for c in LS_END if any(r.get(c) is not None for r in rows)] or ["step"]
+    if not every:
+        return [*LS_HEAD, *vary, *first, *end]
+    fixed = [k for k in known if is_config_key(k) and k not in vary and k not in first]
+    return list(dict.fromkeys([*LS_HEAD, "error", *vary, *first, *fixed, *end, *known]))
+
+
+def selection(root: Path, sweep: str | None, where: Iterable[str]) -> tuple[dict, dict[str, RunView]]:
+    """The runs --where selects (in a sweep, or all) as a sweep record that
+    report.sweep_rows takes: their ids and statuses, the config keys that vary among them
+    as the swept ones, and each run's values of those; and the runs, read once."""
+    pairs = [(v, f) for v, f in filtered(root, sweep, where) if v.status != "missing"]
+    varied = varying_keys([run_row(v, f) for v, f in pairs])
+    rec = {"runs": [{"run_id": v.run_id, "status": v.status, "params": {k: f.get(k) for k in varied}} for v, f in pairs],
+           "varied": varied, "files": []}
+    return rec, {v.run_id: v for v, _ in pairs}
+
+
 # ----------------------------------------------------------------------------- the frame
-def _pick(cks: list, checkpoints: str) -> list:
-    if checkpoints == "last":
-        return cks[-1:]
-    if checkpoints == "ends" and len(cks) > 2:
-        return [cks[0], cks[-1]]
-    return cks
-
-
 class _Columns:
     """Column lists grown run by run: a key first seen at row n starts with n Nones, a key
     a run lacks gets Nones for its rows. Memory is the rows' numbers, nothing else."""
@@ -112,7 +187,7 @@ class _Columns:
 
 
 def _add_run(c: _Columns, v: RunView, flat: dict, checkpoints: str) -> None:
-    pairs = [(ck, L) for ck in _pick(v.checkpoints, checkpoints) for L in (ck.get("layers") or [{}])] or [({}, {})]
+    pairs = [(ck, L) for ck in pick_checkpoints(v.checkpoints, checkpoints) for L in (ck.get("layers") or [{}])] or [({}, {})]
     m = len(pairs)
     for k in RUN_KEYS:
         c.put(k, [getattr(v, k)] * m)
@@ -149,9 +224,24 @@ def load_runs(runs_dir: str | Path | None = None, *, sweep: str | None = None,
         raise DnfaInputError(f"checkpoints={checkpoints!r}: must be one of {', '.join(CHECKPOINTS)}")
     root = runs.check_root(runs.runs_root(runs_dir), write=False)
     c = _Columns()
-    for v, flat in filtered(root, sweep, where, files=False):
-        _add_run(c, v, flat, checkpoints)
-    return pd.DataFrame(c.ordered())
+    with _gc_paused():
+        for v, flat in filtered(root, sweep, where, files=False):
+            _add_run(c, v, flat, checkpoints)
+        return pd.DataFrame(c.ordered())
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Reading makes ~10^6 dicts and lists, freed by reference counting and in no cycle;
+    the cyclic collector would walk them again at every pass while they pile up (15% of
+    load_runs on 150 runs)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # ----------------------------------------------------------------------------- matrices

@@ -97,16 +97,22 @@ def load_run(root: Path, run_id: str, files: bool = True) -> RunView:
     return RunView(run_id, d, status, cfg, runs.read_metrics(d), {}, None, created)
 
 
-def _pick(cks: list, all_checkpoints: bool) -> list:
-    if all_checkpoints or len(cks) <= 2:
-        return cks
-    return [cks[0], cks[-1]]
+CHECKPOINTS = ("all", "ends", "last")
+
+
+def pick_checkpoints(cks: list, which: str) -> list:
+    """`all` of a run's checkpoints, its `ends` (initialisation and the latest) or the `last`."""
+    if which == "last":
+        return cks[-1:]
+    if which == "ends" and len(cks) > 2:
+        return [cks[0], cks[-1]]
+    return cks
 
 
 def run_rows(v: RunView, all_checkpoints: bool = False) -> list[dict]:
     """One row per (checkpoint, layer) with every key of result.json."""
     rows = []
-    for ck in _pick(v.checkpoints, all_checkpoints):
+    for ck in pick_checkpoints(v.checkpoints, "all" if all_checkpoints else "ends"):
         head = {"run_id": v.run_id, "status": v.status, "step": ck["step"], "epoch": ck["epoch"],
                 "train_loss": ck.get("train_loss"), "test_loss": ck.get("test_loss"),
                 "train_acc": ck.get("train_acc"), "test_acc": ck.get("test_acc")}
@@ -182,7 +188,7 @@ def run_tables(v: RunView, all_checkpoints: bool = False, include_readout: bool 
     """The config (for the terminal only the keys that differ from the defaults), then per
     layer (title, header, rows) with statistics as rows and checkpoints as columns. The
     trivial read-out layer only with `include_readout`."""
-    cks = _pick(v.checkpoints, all_checkpoints)
+    cks = pick_checkpoints(v.checkpoints, "all" if all_checkpoints else "ends")
     tables = []
     if v.config:
         rows, n = config_rows(v.config)
@@ -403,19 +409,31 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def run_figures(v: RunView, out: Path, include_readout: bool = False) -> list[Path]:
-    figs = []
+Figure = tuple[Path, str]  # the PNG and the caption the HTML page prints under it
+
+
+def run_figures(v: RunView, out: Path, include_readout: bool = False) -> list[Figure]:
+    figs: list[Figure] = []
     if not v.checkpoints:
         return figs
-    figs.append(fig_curves(v, out / "curves.png", include_readout))
-    figs.append(fig_loss(v, out / "loss.png"))
+    figs.append((fig_curves(v, out / "curves.png", include_readout),
+                 "The ansatz during training, a panel per layer: pearson_a05 and pearson_a1 (the correlation of "
+                 "the NFM W^T W with AGOP^(1/2) and with AGOP) and tightness_range (1: the pre-activation gradients "
+                 "are isotropic on range(W), a tight frame), against the training step; step 0 is initialisation."))
+    figs.append((fig_loss(v, out / "loss.png"), "Train and test loss against the training step (log scale)."))
     for L in v.checkpoints[0]["layers"]:
         if L.get("trivial") and not include_readout:
             continue
-        for fn, name in ((fig_matrices, "matrices"), (fig_spectrum, "spectrum")):
-            p = fn(v, L["layer"], out / f"{name}_layer{L['layer']}.png")
+        i = L["layer"]
+        for fn, name, caption in (
+                (fig_matrices, "matrices", f"Layer {i}: the NFM, AGOP^(1/2) and AGOP at the saved checkpoints "
+                                           "(rows), each column on one colour scale; where the ansatz holds the "
+                                           "three show the same pattern."),
+                (fig_spectrum, "spectrum", f"Layer {i}: the eigenvalues of pgop divided by their mean, in full and "
+                                           "on range(W); a tight frame is the flat line at 1.")):
+            p = fn(v, i, out / f"{name}_layer{i}.png")
             if p:
-                figs.append(p)
+                figs.append((p, caption))
     return figs
 
 
@@ -429,42 +447,60 @@ def sweep_statuses(rec: dict, rows: list[dict]) -> dict[str, int]:
     return {k: st.count(k) for k in dict.fromkeys(("ok", "diverged", "failed", "corrupt", *st)) if st.count(k)}
 
 
-def sweep_rows(root: Path, rec: dict) -> list[dict]:
-    """One row per (run, layer): the swept values and the final statistics."""
+def sweep_rows(root: Path, rec: dict, checkpoints: str = "last", loaded: dict | None = None) -> list[dict]:
+    """One row per (run, checkpoint, layer): the swept values and the statistics at the
+    run's `last` checkpoint, its `ends` or `all` of them (pick_checkpoints). A run without
+    checkpoints is one row with its status. `loaded`: RunViews already read, by run id."""
     rows = []
     for r in rec["runs"]:
         try:
-            v = load_run(root, r["run_id"])
+            v = (loaded or {}).get(r["run_id"]) or load_run(root, r["run_id"])
         except OSError:
             v = None
         if v is None or not v.checkpoints:
             rows.append({"run_id": r["run_id"], "status": v.status if v else "unreadable", **r["params"], "layer": None,
                          **({"error": v.error} if v is not None and v.error else {})})
             continue
-        last = v.checkpoints[-1]
-        for L in last["layers"]:
-            rows.append({"run_id": r["run_id"], "status": v.status, **r["params"], "step": last["step"],
-                         "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"),
-                         "test_acc": last.get("test_acc"), **L})
+        for ck in pick_checkpoints(v.checkpoints, checkpoints):
+            for L in ck["layers"]:
+                rows.append({"run_id": r["run_id"], "status": v.status, **r["params"], "step": ck["step"],
+                             "train_loss": ck.get("train_loss"), "test_loss": ck.get("test_loss"),
+                             "test_acc": ck.get("test_acc"), **L})
     return rows
+
+
+def ends(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of each run's first checkpoint and those of its last (a run without
+    checkpoints: its one row, in both)."""
+    first: dict = {}
+    last: dict = {}
+    for r in rows:
+        s, rid = r.get("step"), r["run_id"]
+        if s is not None:
+            first[rid] = min(first.get(rid, s), s)
+            last[rid] = max(last.get(rid, s), s)
+    return ([r for r in rows if r.get("step") == first.get(r["run_id"])],
+            [r for r in rows if r.get("step") == last.get(r["run_id"])])
 
 
 SEEDS = ("seed", "data.seed")  # what error bars are over, never a plotted parameter
 
 
 def grouped_rows(rows: list[dict], varied: list[str]) -> list[dict]:
-    """Rows grouped over seeds: mean and standard deviation of each headline statistic, over
-    the runs that finished ok (a diverged run's last checkpoint is from an earlier step)."""
+    """Rows grouped over seeds (per swept value, layer and step): mean and standard
+    deviation of each headline statistic, over the runs that finished ok (a diverged run's
+    last checkpoint is from an earlier step)."""
     keys = [k for k in varied if k not in SEEDS]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("layer") is None or r.get("status") != "ok":
             continue
-        groups.setdefault(tuple(repr(r.get(k)) for k in keys) + (r["layer"],), []).append(r)
+        groups.setdefault(tuple(repr(r.get(k)) for k in keys) + (r["layer"], r.get("step")), []).append(r)
     out = []
     for members in groups.values():
         g = {k: members[0].get(k) for k in keys}
         g["layer"] = members[0]["layer"]
+        g["step"] = members[0].get("step")
         g["trivial"] = members[0].get("trivial")
         g["n"] = len(members)
         for s in SWEEP_STATS + ["test_loss", "test_acc"]:
@@ -588,7 +624,7 @@ def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_r
     pts = [r for r in rows if r.get("layer") is not None and r.get("status") == "ok"
            and (include_readout or not r.get("trivial"))]
     others = [k for k in varied if k not in SEEDS and k != param and k not in linked]
-    facet = lambda r: ", ".join(f"{k}={fmt_config(r, k)}" for k in others) or "all runs"
+    facet = lambda r: _facet(r, others)
     xs_all = [r.get(param) for r in pts]
     numeric = _is_numeric(xs_all)
     cats = sorted({repr(x) for x in xs_all}) if not numeric else None
@@ -625,19 +661,91 @@ def fig_stat_vs_param(rows, param: str, varied: list[str], path: Path, include_r
     return _save(fig, path)
 
 
-def sweep_figures(rows: list[dict], varied: list[str], out: Path, include_readout: bool = False) -> list[Path]:
-    ck = colour_keys([r for r in rows if r.get("layer") is not None], varied)
+def sweep_figures(rows: list[dict], varied: list[str], out: Path, include_readout: bool = False) -> list[Figure]:
+    """From a sweep's rows at every checkpoint: the curves during training, then the
+    statistics at each run's end."""
+    _, end = ends(rows)
+    ck = colour_keys([r for r in end if r.get("layer") is not None], varied)
+    by = f"a colour per value of {', '.join(ck)}" if ck else "one colour"
     figs = [
-        _scatter(rows, "tightness_range", "pearson_a1", ck, out / "pearson_a1_vs_tightness_range.png",
-                 "pearson_a1 against tightness_range (one point per run and layer)", include_readout),
-        _scatter(rows, "pearson_a1", "pearson_a05", ck, out / "pearson_a05_vs_pearson_a1.png",
-                 "pearson_a05 against pearson_a1 (one point per run and layer)", include_readout),
+        (fig_sweep_curves(rows, varied, out / "training.png", include_readout),
+         "During training, a line per combination of the swept keys (the mean over seeds; the band spans the "
+         "seeds' lowest to highest value), runs that finished ok: train and test loss, test accuracy (where the "
+         "task has classes), and each layer's ansatz, pearson_a1 (solid) and pearson_a05 (dashed), against the "
+         "training step; step 0 is initialisation."),
+        (_scatter(end, "tightness_range", "pearson_a1", ck, out / "pearson_a1_vs_tightness_range.png",
+                  "pearson_a1 against tightness_range (one point per run and layer)", include_readout),
+         f"At the end of each run: the ansatz (pearson_a1) against how tight a frame the pre-activation gradients "
+         f"are on range(W) (tightness_range); one point per run and layer, a marker per layer, {by}."),
+        (_scatter(end, "pearson_a1", "pearson_a05", ck, out / "pearson_a05_vs_pearson_a1.png",
+                  "pearson_a05 against pearson_a1 (one point per run and layer)", include_readout),
+         f"At the end of each run: the ansatz with AGOP^(1/2) (pearson_a05) against the ansatz with AGOP "
+         f"(pearson_a1); one point per run and layer, a marker per layer, {by}."),
     ]
     # seeds are what the error bars are over; keys that vary together get one figure
-    for p, *linked in linked_groups([r for r in rows if r.get("layer") is not None], [k for k in varied if k not in SEEDS]):
-        figs.append(fig_stat_vs_param(rows, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png", include_readout,
-                                      linked))
+    for p, *linked in linked_groups([r for r in end if r.get("layer") is not None], [k for k in varied if k not in SEEDS]):
+        with_ = f" (with {', '.join(linked)}, which vary with it)" if linked else ""
+        figs.append((fig_stat_vs_param(end, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png", include_readout,
+                                       linked),
+                     f"The headline statistics at the end against {p}{with_}: mean and std over seeds of the runs "
+                     f"that finished ok, a marker per layer, a colour per combination of the other swept keys; "
+                     f"a random W's value hollow beside its statistic."))
     return figs
+
+
+def _facet(r: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={fmt_config(r, k)}" for k in keys) or "all runs"
+
+
+def fig_sweep_curves(rows: list[dict], varied: list[str], path: Path, include_readout: bool = False) -> Path:
+    """Losses, test accuracy and each layer's pearson_a1 / pearson_a05 against the step, a
+    line per combination of the swept keys but the seed: the mean over seeds and a band
+    from the lowest to the highest."""
+    plt = _plt()
+    keys = [k for k in varied if k not in SEEDS]
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("layer") is not None]
+    layers = sorted({r["layer"] for r in ok if include_readout or not r.get("trivial")})
+    first = min((r["layer"] for r in ok), default=None)  # losses are per checkpoint: one layer's rows carry them
+    panels = [("train_loss", None), ("test_loss", None)]
+    panels += [("test_acc", None)] if any(r.get("test_acc") is not None for r in ok) else []
+    panels += [("pearson_a1", L) for L in layers]
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow + 0.6), squeeze=False)
+    colours = fixed_colours(_facet(r, keys) for r in ok)
+    for ax, (key, layer) in zip(axes.ravel(), panels):
+        sel = [r for r in ok if r["layer"] == (first if layer is None else layer)]
+        for name, style in ((key, "-"), ("pearson_a05", "--")) if layer is not None else ((key, "-"),):
+            for fc in sorted(colours):
+                _mean_band(ax, [r for r in sel if repr(_facet(r, keys)) == fc], name, colours[fc], style)
+        _steps_axis(ax)
+        if "loss" in key:
+            ax.set_yscale("log")
+        ax.set_title(key if layer is None else f"layer {layer}: pearson_a1 (solid), pearson_a05 (dashed)", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, label=f.strip("'")) for f, c in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(handles))), fontsize=9, frameon=False)
+    fig.suptitle("during training: mean over seeds, band from the lowest to the highest", fontsize=11)
+    fig.tight_layout(rect=(0, (0.1 + 0.28 * -(-len(handles) // 4)) / fig.get_figheight(), 1, 1))
+    return _save(fig, path)
+
+
+def _mean_band(ax, rows: list[dict], key: str, colour: str, style: str) -> None:
+    by_step: dict = {}
+    for r in rows:
+        if r.get(key) is not None and r.get("step") is not None:
+            by_step.setdefault(r["step"], []).append(r[key])
+    if not by_step:
+        return
+    steps = sorted(by_step)
+    vals = [np.array(by_step[s], dtype=float) for s in steps]
+    ax.plot(steps, [v.mean() for v in vals], style, color=colour, lw=1.5, marker="o" if len(steps) < 3 else None, ms=3)
+    if any(len(v) > 1 for v in vals):
+        ax.fill_between(steps, [v.min() for v in vals], [v.max() for v in vals], color=colour, alpha=0.15, lw=0)
 
 
 # ----------------------------------------------------------------------------- output
@@ -660,15 +768,17 @@ def to_json(rows: list[dict]) -> str:
 
 
 def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
-               figures: list[Path]) -> Path:
-    """One file, figures inline as base64 PNG, no external resources."""
+               figures: list[Figure]) -> Path:
+    """One file, figures inline as base64 PNG with their captions under them, no external
+    resources."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}",
         "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}",
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}",
-        "td:first-child{text-align:left}img{max-width:100%;margin:0.5em 0 1.5em}",
+        "td:first-child{text-align:left}img{max-width:100%;margin:0.5em 0 0.3em}",
+        "figure{margin:0 0 2em}figcaption{max-width:60em;font-size:14px;color:#333}",
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
@@ -678,42 +788,81 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
         for r in rows:
             parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
         parts.append("</table>")
-    for f in figures:
+    for f, caption in figures:
         b64 = base64.b64encode(Path(f).read_bytes()).decode()
-        parts.append(f"<h3>{html.escape(Path(f).stem)}</h3><img alt='{html.escape(Path(f).stem)}' src='data:image/png;base64,{b64}'>")
+        parts.append(f"<figure><h3>{html.escape(Path(f).stem)}</h3><img alt='{html.escape(Path(f).stem)}' "
+                     f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     runs.atomic_write_bytes(path, "\n".join(parts).encode())
     return path
 
 
 TERMINAL_STATS = [*stats.shown("terminal"), "test_loss", "test_acc"]
+Tables = list[tuple[str, list[str], list[list[str]]]]
 
 
-def sweep_tables(rows: list[dict], grouped: list[dict], varied: list[str], terminal: bool = False,
-                 include_readout: bool = False) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The grouped-over-seeds table (when seeds vary) and the per-run table. For the
-    terminal: fewer statistics, and the per-run table only when there is no grouping. The
-    trivial read-out layer only with `include_readout`."""
+def sweep_tables(rows: list[dict], varied: list[str], terminal: bool = False, include_readout: bool = False,
+                 all_checkpoints: bool = False) -> Tables:
+    """From a sweep's rows at every checkpoint (sweep_rows "all"): the grouped-over-seeds
+    table (when seeds vary) and the per-run table, each cell `init -> end`, or with
+    `all_checkpoints` a row per checkpoint. For the terminal: fewer statistics, and the
+    per-run table only when there is no grouping. The trivial read-out layer only with
+    `include_readout`."""
     if not include_readout:
         rows = [r for r in rows if not r.get("trivial")]
-        grouped = [g for g in grouped if not g.get("trivial")]
-    stats = TERMINAL_STATS if terminal else SWEEP_STATS + ["test_loss"]
+    shown = [s for s in (TERMINAL_STATS if terminal else SWEEP_STATS + ["test_loss", "test_acc"])
+             if s != "test_acc" or any(r.get(s) is not None for r in rows)]
     keys = [k for k in varied if k not in SEEDS]
     seeds_vary = any(k in SEEDS for k in varied)
-    layer = lambda r: f"{r.get('layer')}" + ("*" if r.get("trivial") else "") if r.get("layer") is not None else "-"
+    star = " (* the trivial read-out layer)" if include_readout else ""
     out = []
-    if grouped and seeds_vary:
-        gcols = [*keys, "layer", "n", *stats]
-        grows = [[fmt(g.get(k)) for k in keys] + [layer(g), str(g["n"])]
-                 + [_pm(g.get(f"{s}_mean"), g.get(f"{s}_std")) for s in stats] for g in grouped]
-        star = " (* the trivial read-out layer)" if include_readout else ""
-        out.append((f"grouped over seeds, runs that finished ok: mean ± std{star}", gcols, grows))
+    if seeds_vary:
+        out.append(_grouped_table(rows, varied, keys, shown, all_checkpoints, star, terminal))
     if not (terminal and seeds_vary):
-        cols = ["run_id", "status", *varied, "layer", *stats]
-        out.append(("runs: final checkpoint, one row per layer" + (" (* trivial)" if include_readout else ""), cols,
-                    [[fmt(r.get(c)) for c in cols[:-len(stats) - 1]] + [layer(r)] + [fmt(r.get(s)) for s in stats]
-                     for r in rows]))
+        out.append(_runs_table(rows, varied, shown, all_checkpoints, star))
     return out
+
+
+def _layer(r) -> str:
+    return f"{r.get('layer')}" + ("*" if r.get("trivial") else "") if r.get("layer") is not None else "-"
+
+
+def _init_end(first: dict, last: dict, cell) -> str:
+    a, b = cell(first), cell(last)
+    return b if first.get("step") == last.get("step") else f"{a} -> {b}"
+
+
+def _grouped_table(rows, varied, keys, shown, all_checkpoints, star, terminal):
+    """Grouped over seeds; for the terminal, initialisation as the mean alone."""
+    what = "mean ± std over seeds of the runs that finished ok"
+    if all_checkpoints:
+        grows = [[fmt_config(g, k) for k in keys] + [_layer(g), fmt(g["step"]), str(g["n"])]
+                 + [_pm(g.get(f"{s}_mean"), g.get(f"{s}_std")) for s in shown] for g in grouped_rows(rows, varied)]
+        return (f"grouped over seeds, every checkpoint: {what}{star}", [*keys, "layer", "step", "n", *shown], grows)
+    first, last = (grouped_rows(x, varied) for x in ends(rows))
+    at0 = {tuple(repr(g.get(k)) for k in keys) + (g["layer"],): g for g in first}
+    grows = []
+    for g in last:
+        g0 = at0.get(tuple(repr(g.get(k)) for k in keys) + (g["layer"],), {})
+        grows.append([fmt_config(g, k) for k in keys] + [_layer(g), str(g["n"])]
+                     + [_init_end(g0, g, lambda x: _pm(x.get(f"{s}_mean"), None if terminal and x is g0 else x.get(f"{s}_std")))
+                        for s in shown])
+    return (f"grouped over seeds, initialisation -> end: {what}{star}", [*keys, "layer", "n", *[f"{s}\ninit -> end" for s in shown]],
+            grows)
+
+
+def _runs_table(rows, varied, shown, all_checkpoints, star):
+    head = ["run_id", "status", *varied]
+    if all_checkpoints:
+        return (f"runs: every checkpoint, one row per layer{star}", [*head, "layer", "step", *shown],
+                [[fmt_config(r, c) for c in head] + [_layer(r), fmt(r.get("step"))] + [fmt(r.get(s)) for s in shown]
+                 for r in rows])
+    first, last = ends(rows)
+    at0 = {(r["run_id"], r.get("layer")): r for r in first}
+    return (f"runs: initialisation -> end, one row per layer{star}", [*head, "layer", *[f"{s}\ninit -> end" for s in shown]],
+            [[fmt_config(r, c) for c in head] + [_layer(r)]
+             + [_init_end(at0.get((r["run_id"], r.get("layer")), r), r, lambda x: fmt(x.get(s))) for s in shown]
+             for r in last])
 
 
 def _pm(m, s) -> str:
@@ -724,90 +873,6 @@ def _pm(m, s) -> str:
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return f"{m:.3f}"
     return f"{m:.3f}±{s:.3f}"
-
-
-# ----------------------------------------------------------------------------- ls
-def ls_rows(root: Path, sweep_id: str | None = None) -> list[dict]:
-    """One row per run (newest first): status, creation time, the end's headline numbers,
-    and every config key flattened (`model.width`, ...) for filtering and columns."""
-    if sweep_id is not None:
-        from .sweep import load_sweep, sweep_file
-
-        if not sweep_file(root, runs.check_id(sweep_id)).exists():
-            _, sweep_id = resolve(root, sweep_id)
-            if not sweep_file(root, sweep_id).exists():
-                raise DnfaInputError(f"{sweep_id!r} is a run, not a sweep")
-        ids = [r["run_id"] for r in load_sweep(root, sweep_id)["runs"]]
-        ids = [i for i in ids if (Path(root) / i).exists()]  # runs not started yet have no row
-    else:
-        ids = runs.list_run_ids(root)
-    rows = []
-    for rid in ids:
-        v = load_run(root, rid)
-        end = v.checkpoints[-1] if v.checkpoints else {}
-        L1 = (end.get("layers") or [{}])[0]
-        rows.append({"created": v.created, "run_id": rid, "status": v.status, "error": v.error,
-                     "step": end.get("step"), "test_loss": end.get("test_loss"), "test_acc": end.get("test_acc"),
-                     "pearson_a05": L1.get("pearson_a05"), "pearson_a1": L1.get("pearson_a1"),
-                     "tightness_range": L1.get("tightness_range"), **flatten(v.config)})
-    rows.sort(key=lambda r: r["created"] or "", reverse=True)
-    return rows
-
-
-LS_STATUSES = ("ok", "diverged", "failed", "corrupt", "running", "interrupted")
-
-
-def varying_keys(rows: list[dict]) -> list[str]:
-    """The config keys whose values differ among these runs (name last)."""
-    keys = []
-    for r in rows:
-        for k in r:
-            if "." in k or k in ("seed",):
-                if k not in keys:
-                    keys.append(k)
-    keys = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
-    return sorted(keys)
-
-
-def filter_rows(rows: list[dict], where: list[str] | None, status: list[str] | None) -> list[dict]:
-    """`--where KEY=VALUE` (every one must hold; VALUE read as YAML, so 256 matches the
-    number and relu the string) and `--status` (any of them)."""
-    import yaml
-
-    conds = []
-    for w in where or []:
-        key, sep, text = w.partition("=")
-        if not sep or not key:
-            raise DnfaInputError(f"--where {w!r}: expected KEY=VALUE, e.g. --where model.width=256")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        known = {k for r in rows for k in r}
-        if rows and key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-            raise DnfaInputError(f"--where {key}: no such key in these runs" + (f" (did you mean {close[0]}?)" if close else ""))
-        conds.append((key, value, text))
-    for st in status or []:
-        if st not in LS_STATUSES:
-            raise DnfaInputError(f"--status {st!r}: must be one of {', '.join(LS_STATUSES)}")
-    return [r for r in rows if all(r.get(k) == v or str(r.get(k)) == t for k, v, t in conds)
-            and (not status or r["status"] in status)]
-
-
-def sort_rows(rows: list[dict], key: str | None) -> list[dict]:
-    """`--sort KEY` (a column or config key; -KEY descending); missing values last."""
-    if not key:
-        return rows
-    desc = key.startswith("-")
-    k = key.lstrip("-")
-    if rows and not any(k in r for r in rows):
-        raise DnfaInputError(f"--sort {k}: no such key in these runs")
-    have = [r for r in rows if r.get(k) is not None]
-    missing = [r for r in rows if r.get(k) is None]
-    have.sort(key=lambda r: (not isinstance(r[k], (int, float)), r[k] if isinstance(r[k], (int, float)) else str(r[k])),
-              reverse=desc)
-    return have + missing
 
 
 # ----------------------------------------------------------------------------- compare

@@ -3,13 +3,12 @@ over a run's row (config keys, run-level keys, the end's losses and `STAT@LAYER`
 compared as numbers; and the did-you-mean for a key that no run has."""
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .config import DnfaInputError
+from .errors import DnfaInputError, closest
 
 OPS = ("=", "!=", "<", "<=", ">", ">=")
 _COND = re.compile(r"^\s*([^\s=!<>]+)\s*(==|!=|<=|>=|=|<|>)\s*(.*?)\s*$")
@@ -30,7 +29,7 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _is_number(x) -> bool:
+def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
@@ -49,7 +48,7 @@ class Condition:
         if self.op in ("=", "!="):
             return self._equal(row.get(self.key)) == (self.op == "=")
         x = row.get(self.key)
-        if _missing(x) or not _is_number(x):
+        if _missing(x) or not is_number(x):
             return False
         a, b = float(x), self.number
         return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[self.op]
@@ -57,7 +56,7 @@ class Condition:
     def _equal(self, x) -> bool:
         if _missing(x):
             return self.value.lower() in NULLS
-        if self.number is not None and _is_number(x):
+        if self.number is not None and is_number(x):
             return float(x) == self.number
         if isinstance(x, bool):
             return self.value.lower() == str(x).lower()
@@ -96,12 +95,17 @@ def check_key(key: str, known: Iterable[str], flag: str) -> None:
     known = sorted(set(known))
     if key in known:
         return
+    stat, at, layer = key.rpartition("@")
+    layers = sorted(int(k.rpartition("@")[2]) for k in known if k.startswith(stat + "@") and k.rpartition("@")[2].isdigit())
+    if at and layers:
+        raise DnfaInputError(f"{flag} {key}: no layer {layer} in these runs; {stat} is there for layer "
+                             + ", ".join(map(str, layers)))
     per_layer = sorted(k for k in known if k.startswith(key + "@"))
     if per_layer:
         raise DnfaInputError(f"{flag} {key}: a statistic of each layer; name the layer, e.g. {per_layer[0]} "
                              f"({', '.join(per_layer[:6])}{' ...' if len(per_layer) > 6 else ''})")
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    raise DnfaInputError(f"{flag} {key}: no such key in these runs" + (f" (did you mean {close[0]}?)" if close else ""))
+    close = closest(key, known)
+    raise DnfaInputError(f"{flag} {key}: no such key in these runs" + (f" (did you mean {close}?)" if close else ""))
 
 
 def select(rows: list[dict], conds: list[Condition]) -> list[dict]:

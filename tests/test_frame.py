@@ -1,5 +1,6 @@
 """Runs as data: load_runs against result.json read here independently, load_matrices
 against the .npz files, the --where language against hand-computed selections."""
+import io
 import json
 import math
 import re
@@ -215,3 +216,83 @@ def test_cli_does_not_import_pandas():
     code = "import sys, dnfa_cli.cli, dnfa_cli.report, dnfa_cli.sweep, dnfa_cli.frame; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- dnfa ls
+def _ls(root, *args):
+    return runner.invoke(app, ["ls", "--runs-dir", str(root), *map(str, args)])
+
+
+def _end_row(root, rid):
+    """What `dnfa ls` should say of a finished run, read from its result.json here."""
+    res = _result(root, rid)
+    end = res["checkpoints"][-1]
+    row = {"run_id": rid, "status": res["status"], "created": res["created"],
+           **{k: end[k] for k in ("step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc")}}
+    for L in end["layers"]:
+        row.update({f"{k}@{L['layer']}": v for k, v in L.items() if k != "layer"})
+    return {**row, **_flat(res["config"])}
+
+
+def test_ls_json_and_csv_round_trip(made):
+    import pandas as pd
+
+    root, sweep_id, ids = made
+    want = {rid: _end_row(root, rid) for rid in ids}
+    r = _ls(root, "--sweep", sweep_id, "--format", "json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert sorted(x["run_id"] for x in got) == sorted(ids)
+    for x in got:
+        w = want[x["run_id"]]
+        assert {k: v for k, v in x.items() if k != "error"} == w  # every column, exactly
+    r = _ls(root, "--sweep", sweep_id, "--format", "csv")
+    df = pd.read_csv(io.StringIO(r.stdout))
+    assert list(df.columns[:6]) == ["created", "run_id", "status", "error", "train.optimizer", "train.lr"]
+    assert len(df) == 4
+    for rec in df.to_dict("records"):
+        w = want[rec["run_id"]]
+        for k, v in w.items():
+            if isinstance(v, list):
+                assert json.loads(rec[k]) == v, k
+            elif isinstance(v, bool):
+                assert rec[k] == v, k
+            else:
+                assert _same(None if isinstance(rec[k], float) and math.isnan(rec[k]) else rec[k], v), (k, rec[k], v)
+
+
+def test_ls_ids_columns_and_default_order(made):
+    root, sweep_id, ids = made
+    res = _ends(root, ids)
+    adam = sorted(sorted(r for r in ids if res[r]["config"]["train"]["optimizer"] == "adam"),
+                  key=lambda r: res[r]["created"], reverse=True)  # newest first; ties in id order
+    r = _ls(root, "--ids", "--where", "train.optimizer=adam")
+    assert r.exit_code == 0 and r.stdout.splitlines() == adam
+    r = _ls(root, "--ids", "--sweep", sweep_id, "--sort", "pearson_a1@2")
+    assert r.stdout.splitlines() == sorted(ids, key=lambda i: res[i]["checkpoints"][-1]["layers"][1]["pearson_a1"])
+    r = _ls(root, "--sweep", sweep_id, "--columns", "run_id,train.lr,pearson_a1@2", "--format", "csv")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "run_id,train.lr,pearson_a1@2" and len(lines) == 5
+    for line in lines[1:]:
+        rid, lr, p = line.split(",")
+        assert float(lr) == res[rid]["config"]["train"]["lr"]
+        assert float(p) == res[rid]["checkpoints"][-1]["layers"][1]["pearson_a1"]
+    # the table: the keys that vary (optimizer first), then the seed although it is fixed
+    r = _ls(root, "--sweep", sweep_id)
+    header = re.split("[│┃]", next(line for line in r.stdout.splitlines() if "run_id" in line))
+    names = [h.strip() for h in header if h.strip()]
+    assert names[:6] == ["created", "run_id", "status", "train.optimizer", "train.lr", "seed"]
+    assert "model.width" not in names and "pearson_a1@1" in names
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--columns", "run_id,trian.lr"], "--columns trian.lr: no such key in these runs (did you mean train.lr?)"),
+    (["--sort", "pearson_a1@9"], "--sort pearson_a1@9: no layer 9 in these runs; pearson_a1 is there for layer 1, 2, 3"),
+    (["--where", "train.lr=>1"], "--where 'train.lr=>1': expected KEY OP VALUE"),
+    (["--where", "train.lr>big"], "--where 'train.lr>big': > compares numbers, and 'big' is not a number"),
+    (["--sweep", "sweep-nope"], "no run or sweep 'sweep-nope'"),
+    (["--format", "xml"], "--format 'xml': must be table, json or csv")])
+def test_ls_bad_input_is_one_line_and_exit_2(made, args, msg):
+    root, _, _ = made
+    r = _ls(root, *args)
+    assert r.exit_code == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.output

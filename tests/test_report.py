@@ -178,12 +178,15 @@ def test_sweep_report_rows_grouping_and_figures(made, tmp_path):
     assert r.exit_code == 0, r.output
     assert "grouped over seeds" in r.stdout and "±" in r.stdout
     names = {"pearson_a1_vs_tightness_range.png": (750, 520), "pearson_a05_vs_pearson_a1.png": (750, 520),
-             "stats_vs_model_activation.png": (1600, 900)}  # 16:9; no plot against the seed
+             "stats_vs_model_activation.png": (1600, 900),  # 16:9; no plot against the seed
+             "training.png": (1680, 400)}  # train loss, test loss, layers 1 and 2 (no accuracy: a regression)
     for n, size in names.items():
         assert _png_size(out / n) == size
     assert not (out / "stats_vs_seed.png").exists()
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
+    # a caption under each figure
+    assert len(re.findall(r"<img [^>]*><figcaption>[^<]{40,}</figcaption></figure>", page)) == 4
 
 
 def test_bad_ids(made):
@@ -291,13 +294,12 @@ def test_ls_columns_filters_and_sort(made):
         cli.out.width = wide
     ids = re.findall(r"(rep-\w{10}|sw-\w{10})", r.stdout)
     assert r.exit_code == 0 and len(ids) == 5 and "more varying key" in r.stdout and "seed" in r.stdout.split("not shown:")[1]
-    r = runner.invoke(app, ["ls", "--runs-dir", str(root), "--status", "ok", "--sort", "-pearson_a05"])
-    vals = [float(x) for x in re.findall(r"│\s+\d+\s+│\s+\S+\s+│\s+(0\.\d{4})\s+│", r.stdout)]
+    r = runner.invoke(app, ["ls", "--runs-dir", str(root), "--status", "ok", "--sort", "-pearson_a05@1"])
     got = [json.loads((root / i / "result.json").read_text())["checkpoints"][-1]["layers"][0]["pearson_a05"]
            for i in re.findall(r"(rep-\w{10}|sw-\w{10})", r.stdout)]
     assert got == sorted(got, reverse=True) and len(got) == 5
     for bad, msg in ((["--where", "model.widht=8"], "did you mean model.width"), (["--status", "done"], "must be one of"),
-                     (["--sort", "nope"], "no such key")):
+                     (["--sort", "nope"], "no such key"), (["--sort", "pearson_a05"], "name the layer, e.g. pearson_a05@1")):
         r = runner.invoke(app, ["ls", "--runs-dir", str(root), *bad])
         assert r.exit_code == 2 and msg in r.output
 
@@ -361,7 +363,7 @@ def test_small_things():
     assert r.exit_code == 0 and r.stdout.strip() == f"dnfa {__import__('dnfa_cli').__version__}"
     h = runner.invoke(app, ["train", "--help"]).stdout
     assert "train [OPTIONS] CONFIG\n" in h and "--set KEY=VALUE" in h and "<list[str]>" not in h and "{CONFIG}" not in h
-    for cmd, arg in (("train", "CONFIG"), ("sweep", "FILE..."), ("compare", "ID..."), ("report", "ID")):
+    for cmd, arg in (("train", "CONFIG"), ("sweep", "FILE..."), ("compare", "ID..."), ("report", "[ID]")):
         h = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "100"}).stdout
         assert f"{cmd} [OPTIONS] {arg}\n" in h, h
         assert "<" not in h.split("Arguments", 1)[1].split("Options", 1)[0], h  # no <list[Path]>, <str>
@@ -397,3 +399,129 @@ def test_a_swept_value_has_one_colour_in_every_sweep_figure(tmp_path, monkeypatc
         assert scatter[f"model.activation={a}"] == by_width[f"model.activation={a}"]
     assert scatter["model.activation=relu"] != scatter["model.activation=tanh"]
     assert "stats_vs_seed.png" not in legends  # seeds are the error bars, not a plot
+
+
+# ----------------------------------------------------------------------------- sweeps over checkpoints, --where
+def _sweep_results(root, sweep_id):
+    rec = json.loads((root / "sweeps" / f"{sweep_id}.json").read_text())
+    return {r["run_id"]: json.loads((root / r["run_id"] / "result.json").read_text()) for r in rec["runs"]}
+
+
+def test_sweep_all_checkpoints_in_csv_and_json(made):
+    root, _, sweep_id = made
+    res = _sweep_results(root, sweep_id)
+    want = [(rid, ck, L) for rid, r in res.items() for ck in r["checkpoints"] for L in ck["layers"]]
+    r = _report(root, sweep_id, "--format", "csv", "--all-checkpoints")
+    assert r.exit_code == 0, r.output
+    table = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(table) == len(want) == 4 * len(res[next(iter(res))]["checkpoints"]) * 3
+    assert {int(row["step"]) for row in table} >= {0, res[next(iter(res))]["checkpoints"][-1]["step"]}
+    for row, (rid, ck, L) in zip(table, want):
+        assert row["run_id"] == rid and int(row["step"]) == ck["step"] and int(row["layer"]) == L["layer"]
+        assert row["model.activation"] == res[rid]["config"]["model"]["activation"]
+        for k in ("pearson_a1", "tightness_range", "test_loss"):
+            v = L[k] if k in L else ck[k]
+            assert (row[k] == "") if v is None else float(row[k]) == v
+    doc = json.loads(_report(root, sweep_id, "--format", "json", "--all-checkpoints").stdout)
+    assert len(doc["runs"]) == len(want)
+    # grouped over seeds at every checkpoint: mean and std of the runs' own numbers at that step
+    assert len(doc["grouped"]) == 2 * 3 * len(res[next(iter(res))]["checkpoints"])
+    for g in doc["grouped"]:
+        vals = [L["pearson_a1"] for r in res.values() if r["config"]["model"]["activation"] == g["model.activation"]
+                for ck in r["checkpoints"] if ck["step"] == g["step"] for L in ck["layers"] if L["layer"] == g["layer"]]
+        assert g["n"] == len(vals) == 2
+        assert g["pearson_a1_mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+        assert g["pearson_a1_std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+
+
+def test_sweep_tables_show_initialisation_beside_the_end(made, tmp_path, monkeypatch):
+    from dnfa_cli import cli
+
+    root, _, sweep_id = made
+    res = _sweep_results(root, sweep_id)
+    monkeypatch.setattr(cli.out, "width", 250)  # no cell wrapped
+    r = _report(root, sweep_id)
+    assert r.exit_code == 0, r.output
+    for act in ("relu", "tanh"):
+        for layer in (1, 2):
+            at = lambda i: [x["checkpoints"][i]["layers"][layer - 1]["pearson_a1"] for x in res.values()
+                            if x["config"]["model"]["activation"] == act]
+            m = re.search(rf"│ {act}\s+│\s+{layer}\s+│\s+2\s+│[^│]+│\s+([-\d.]+) -> ([-\d.]+)±([\d.]+)\s+│", r.stdout)
+            assert m, r.stdout
+            assert float(m.group(1)) == pytest.approx(np.mean(at(0)), abs=5e-4)
+            assert float(m.group(2)) == pytest.approx(np.mean(at(-1)), abs=5e-4)
+            assert float(m.group(3)) == pytest.approx(np.std(at(-1), ddof=1), abs=5e-4)
+    # the page's per-run table: each run's own init -> end
+    _report(root, sweep_id, "--html", "--out", tmp_path / "h")
+    page = (tmp_path / "h" / "report.html").read_text()
+    for rid, x in res.items():
+        a, b = (x["checkpoints"][i]["layers"][0]["pearson_a05"] for i in (0, -1))  # the first statistic
+        assert re.search(rf"<td>{rid}</td><td>ok</td>(<td>[^<]*</td>){{2}}<td>1</td><td>{a:.4f} -&gt; {b:.4f}</td>", page), rid
+
+
+def test_report_where_reports_the_selected_runs_as_a_sweep(made, tmp_path):
+    root, res, sweep_id = made
+    all_runs = json.loads(_report(root, sweep_id, "--format", "json").stdout)["runs"]
+    r = _report(root, "--where", "model.activation=tanh", "--format", "json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    tanh = [x for x in all_runs if x["model.activation"] == "tanh"]
+    assert sorted(x["run_id"] for x in got["runs"]) == sorted(x["run_id"] for x in tanh) and len(tanh) == 2 * 3
+    by = {(x["run_id"], x["layer"]): x for x in got["runs"]}
+    for x in tanh:
+        assert by[(x["run_id"], x["layer"])]["pearson_a1"] == x["pearson_a1"]
+    assert [g["n"] for g in got["grouped"]] == [2, 2, 2]  # seeds vary among them: grouped over seeds
+    out = tmp_path / "w"
+    r = _report(root, sweep_id[:10], "--where", "seed=1", "--where", "pearson_a1@1>-1", "--html", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert f"2 runs of sweep {sweep_id} where seed=1 and pearson_a1@1>-1: ok 2; varying model.activation" in r.stdout
+    assert (out / "report.html").exists() and (out / "stats_vs_model_activation.png").exists()
+    r = _report(root, "--where", "model.activation=relu")
+    assert r.exit_code == 0 and len(list((root / "where").glob("*/report/training.png"))) == 2  # one per selection
+    for args, msg in ((["--where", "model.activation=gelu"], "no runs in"), ([], "report what?"),
+                      ([res["run_id"], "--where", "seed=0"], "is one run"),
+                      (["--where", "model.activaton=relu"], "did you mean model.activation")):
+        r = _report(root, *args)
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (args, r.output)
+
+
+def test_sweep_training_curves_are_the_mean_and_range_over_seeds(tmp_path, monkeypatch):
+    from dnfa_cli import report as rp
+
+    rng = np.random.default_rng(0)
+    rows = [{"run_id": f"r{a}{s}", "status": "ok", "layer": layer, "trivial": layer == 3, "step": step,
+             "model.activation": a, "seed": s, "train_loss": rng.random(), "test_loss": rng.random(),
+             "test_acc": rng.random(), "pearson_a1": rng.random(), "pearson_a05": rng.random()}
+            for a in ("relu", "tanh") for s in (0, 1, 2) for step in (0, 5, 50) for layer in (1, 2, 3)]
+    seen = {}
+    real = rp._save
+    monkeypatch.setattr(rp, "_save", lambda fig, path: seen.setdefault(path.name, fig) and real(fig, path))
+    rp.fig_sweep_curves(rows, ["model.activation", "seed"], tmp_path / "t.png")
+    axes = [ax for ax in seen["t.png"].axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["train_loss", "test_loss", "test_acc",
+                                               "layer 1: pearson_a1 (solid), pearson_a05 (dashed)",
+                                               "layer 2: pearson_a1 (solid), pearson_a05 (dashed)"]
+    colours = rp.fixed_colours(f"model.activation={a}" for a in ("relu", "tanh"))
+    for ax, key, layer in ((axes[2], "test_acc", 1), (axes[4], "pearson_a1", 2)):
+        for a in ("relu", "tanh"):
+            line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "-"
+                        and ln.get_color() == colours[repr(f"model.activation={a}")])
+            want = [np.mean([r[key] for r in rows if r["model.activation"] == a and r["step"] == st and r["layer"] == layer])
+                    for st in (0, 5, 50)]
+            np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+            np.testing.assert_allclose(line.get_xdata(), [0, 5, 50])
+
+
+def test_sweep_tables_carry_accuracy_and_every_checkpoint():
+    from dnfa_cli import report as rp
+
+    rows = [{"run_id": f"r{s}", "status": "ok", "layer": 1, "step": st, "seed": s, "model.width": 8,
+             "pearson_a1": 0.1 * st + s, "test_acc": 0.5 + 0.01 * st + 0.1 * s} for s in (0, 1) for st in (0, 10)]
+    (grouped,) = rp.sweep_tables(rows, ["seed"], terminal=True)
+    col = grouped[1].index("test_acc\ninit -> end")
+    assert grouped[2][0][col] == f"{0.55:.3f} -> {0.65:.3f}±{np.std([0.6, 0.7], ddof=1):.3f}"
+    grouped, per_run = rp.sweep_tables(rows, ["seed"], all_checkpoints=True)
+    assert [r[grouped[1].index("step")] for r in grouped[2]] == ["0", "10"]
+    assert [(r[0], r[per_run[1].index("step")]) for r in per_run[2]] == [("r0", "0"), ("r0", "10"), ("r1", "0"), ("r1", "10")]
+    col = per_run[1].index("pearson_a1")
+    assert [float(r[col]) for r in per_run[2]] == [0.0, 1.0, 1.0, 2.0]
