@@ -217,7 +217,8 @@ def load_runs(runs_dir: str | Path | None = None, *, sweep: str | None = None,
     of `dnfa ls --where`, all of which must hold (on the config and the run's end);
     `checkpoints`: "all", "ends" (initialisation and the end) or "last". Reads result.json
     (metrics.jsonl for a run in progress) and nothing else: `status` is result.json's
-    (`dnfa ls` also opens the checkpoint files, and calls a run with a damaged one corrupt)."""
+    (`dnfa ls` also checks the files beside it, and calls a run whose checkpoint files are
+    damaged corrupt)."""
     import pandas as pd
 
     if checkpoints not in CHECKPOINTS:
@@ -232,8 +233,9 @@ def load_runs(runs_dir: str | Path | None = None, *, sweep: str | None = None,
 
 @contextlib.contextmanager
 def _gc_paused():
-    """Reading makes ~10^6 dicts and lists, freed by reference counting and in no cycle;
-    the cyclic collector would walk them again at every pass while they pile up (15% of
+    """Reading makes hundreds of thousands of containers (the parsed JSON's dicts, the
+    columns' lists and tuples), none in a cycle, all freed by reference counting; the
+    cyclic collector would walk the growing heap again and again for nothing (15% of
     load_runs on 150 runs)."""
     was = gc.isenabled()
     gc.disable()
