@@ -379,97 +379,54 @@ def report(
 ):
     """Tables, figures and an HTML page for a run, a whole sweep, or the runs --where
     selects (reads files, never trains)."""
+    from . import frame
     from . import report as rp
     from . import runs
 
     _check_output(format, out_dir)
     if ident is None and not where:
         _fail("report what? give a run or sweep ID, or --where to report the runs it selects")
+    opts = dict(all_checkpoints=all_checkpoints, include_readout=include_readout)
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
         kind, ident = rp.resolve(root, ident) if ident is not None else ("sweep", None)
         if where and kind == "run":
             raise DnfaInputError(f"--where selects runs of a sweep or of the whole runs directory; {ident} is one run")
-        if kind == "run":
-            v = rp.load_run(root, ident)
+        if where:
+            rep = frame.selection_report(root, ident, where, **opts)
+        elif kind == "sweep":
+            rep = rp.sweep_id_report(root, ident, **opts)
         else:
-            rec, loaded, dest = _sweep_or_selection(root, ident, where)
+            v = rp.load_run(root, ident)
+            if v.status == "corrupt":
+                _fail(f"run {ident} is corrupt: {v.error} ({v.dir.absolute()})", 1)
+            rep = rp.run_report(v, **opts)
     except DnfaInputError as e:
         _fail(str(e))
-    if kind == "run":
-        if v.status == "corrupt":
-            _fail(f"run {ident} is corrupt: {v.error} ({v.dir.absolute()})", 1)
-        doc = rp.run_json(v, all_checkpoints)
-        rows = rp.run_rows(v, all_checkpoints)
-        tables = rp.run_tables(v, all_checkpoints, include_readout, terminal=True)
-        html_tables = rp.run_tables(v, all_checkpoints, include_readout)
-        title, intro = f"dnfa run {ident}", [rp.run_headline(v)]
-        dest = out_dir or v.dir / "report"
-        make_figs = lambda: rp.run_figures(v, dest, include_readout)
-    else:
-        every = rp.sweep_rows(root, rec, "all", loaded)
-        rows = every if all_checkpoints else rp.ends(every)[1]
-        doc = {"runs": rows, "grouped": rp.grouped_rows(rows, rec["varied"])}
-        tables = rp.sweep_tables(every, rec["varied"], True, include_readout, all_checkpoints)
-        html_tables = rp.sweep_tables(every, rec["varied"], False, include_readout, all_checkpoints)
-        for r in rows:
-            if r["status"] in ("corrupt", "unreadable") and r.get("layer") is None:
-                err.print(f"{r['status']}: {r['run_id']}: {r.get('error') or 'cannot be read'}", markup=False)
-        title, intro = _sweep_intro(rec, rows, ident, where)
-        dest = out_dir or dest
-        make_figs = lambda: rp.sweep_figures(every, rec["varied"], dest, include_readout)
+    for note in rep.notes:
+        err.print(note, markup=False)
+    dest = out_dir or rep.dest
     _writable(dest, out_dir is not None)
     if format == "json":
-        _emit(rp.to_json(doc) + "\n")
+        _emit(rp.to_json(rep.doc) + "\n")
     elif format == "csv":
-        _emit(rp.to_csv(rows))
+        _emit(rp.to_csv(rep.rows))
     else:
-        for line in intro:
+        for line in rep.intro:
             console_print(line)
-        for t in tables:
+        for t in rep.tables:
             if len(t[2]) > 200:
                 console_print(f"{t[0]}: {len(t[2])} rows, see --format csv or --html")
                 continue
             console_print(_rich_table(*t))
-        if kind == "sweep" and any(k in rp.SEEDS for k in rec["varied"]):
+        if rep.per_run_hint:
             console_print("per-run rows: --format csv / json, or --html")
-    figs = make_figs()
+    figs = rep.figures(dest)
     if format == "table":
         console_print(f"figures: {dest.absolute()}/ ({', '.join(f.name for f, _ in figs)})")
     if html_:
-        page = rp.write_html(dest / "report.html", title, intro, html_tables, figs)
+        page = rp.write_html(dest / "report.html", rep.title, rep.intro, rep.html_tables, figs)
         (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
-
-
-def _sweep_or_selection(root: Path, sweep_id: str | None, where: list[str] | None):
-    """(record, runs already read, where figures go) for a sweep, or for the runs --where
-    selects in it or in the whole runs directory (a record with the keys that vary among
-    them as the swept ones)."""
-    import hashlib
-
-    from . import frame
-    from . import sweep as sw
-
-    if not where:
-        return sw.load_sweep(root, sweep_id), None, sw.sweep_file(root, sweep_id).with_suffix("") / "report"
-    rec, loaded = frame.selection(root, sweep_id, where)
-    if not rec["runs"]:
-        raise DnfaInputError(f"no runs in {root.absolute()}" + (f" (sweep {sweep_id})" if sweep_id else "")
-                             + f" where {' and '.join(where)}")
-    tag = hashlib.sha256("\n".join([sweep_id or "", *where]).encode()).hexdigest()[:10]
-    return rec, loaded, root / "where" / tag / "report"
-
-
-def _sweep_intro(rec: dict, rows: list[dict], sweep_id: str | None, where: list[str] | None) -> tuple[str, list[str]]:
-    from . import report as rp
-
-    counts = ", ".join(f"{k} {n}" for k, n in rp.sweep_statuses(rec, rows).items())
-    vary = f"; varying {', '.join(rec['varied'])}" if rec["varied"] else ""
-    n = len(rec["runs"])
-    if not where:
-        return f"dnfa sweep {sweep_id}", [f"sweep {sweep_id}: {n} runs from {', '.join(rec['files'])}; {counts}{vary}"]
-    what = f"runs{f' of sweep {sweep_id}' if sweep_id else ''} where {' and '.join(where)}"
-    return f"dnfa report: {what}", [f"{n} {what}: {counts}{vary}"]
 
 
 def _writable(dest: Path, flag: bool) -> None:

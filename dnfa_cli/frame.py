@@ -17,7 +17,7 @@ import numpy as np
 from . import runs
 from . import where as wh
 from .config import DnfaInputError, flatten
-from .report import CHECKPOINTS, RunView, load_run, pick_checkpoints, resolve
+from .report import CHECKPOINTS, Report, RunView, load_run, pick_checkpoints, resolve, sweep_report
 
 CHECKPOINT_KEYS = ("step", "epoch", "train_loss", "test_loss", "train_acc", "test_acc")
 RUN_KEYS = ("run_id", "status", "error", "created")
@@ -156,6 +156,21 @@ def selection(root: Path, sweep: str | None, where: Iterable[str]) -> tuple[dict
     rec = {"runs": [{"run_id": v.run_id, "status": v.status, "params": {k: f.get(k) for k in varied}} for v, f in pairs],
            "varied": varied, "files": []}
     return rec, {v.run_id: v for v, _ in pairs}
+
+
+def selection_report(root: Path, sweep: str | None, where: list[str], **kw) -> Report:
+    """`dnfa report [SWEEP] --where ...`: the selected runs reported as a sweep; figures
+    go to runs/where/<hash of the sweep and conditions>/report/."""
+    import hashlib
+
+    rec, loaded = selection(root, sweep, where)
+    of = f" of sweep {sweep}" if sweep else ""
+    if not rec["runs"]:
+        raise DnfaInputError(f"no runs{of} in {Path(root).absolute()} where {' and '.join(where)}")
+    tag = hashlib.sha256("\n".join([sweep or "", *where]).encode()).hexdigest()[:10]
+    what = f"runs{of} where {' and '.join(where)}"
+    return sweep_report(root, rec, f"{len(rec['runs'])} {what}", f"dnfa report: {what}",
+                        Path(root) / "where" / tag / "report", loaded, **kw)
 
 
 # ----------------------------------------------------------------------------- the frame

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -873,6 +874,57 @@ def _pm(m, s) -> str:
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return f"{m:.3f}"
     return f"{m:.3f}±{s:.3f}"
+
+
+# ----------------------------------------------------------------------------- what dnfa report shows
+@dataclass
+class Report:
+    """What `dnfa report` shows of a run, a sweep or a --where selection: the title and
+    intro lines, the json document and csv rows, the terminal's and the page's tables,
+    where figures go by default, how to draw them, and lines for stderr (runs that
+    cannot be read)."""
+    title: str
+    intro: list[str]
+    doc: object
+    rows: list[dict]
+    tables: Tables
+    html_tables: Tables
+    dest: Path
+    figures: Callable[[Path], list[Figure]]
+    notes: list[str] = field(default_factory=list)
+    per_run_hint: bool = False  # the terminal shows groups only: say where the per-run rows are
+
+
+def run_report(v: RunView, all_checkpoints: bool = False, include_readout: bool = False) -> Report:
+    return Report(f"dnfa run {v.run_id}", [run_headline(v)], run_json(v, all_checkpoints), run_rows(v, all_checkpoints),
+                  run_tables(v, all_checkpoints, include_readout, terminal=True),
+                  run_tables(v, all_checkpoints, include_readout), v.dir / "report",
+                  lambda dest: run_figures(v, dest, include_readout))
+
+
+def sweep_report(root: Path, rec: dict, what: str, title: str, dest: Path, loaded: dict | None = None,
+                 all_checkpoints: bool = False, include_readout: bool = False) -> Report:
+    """A sweep record's runs (or a selection's, frame.selection): `what` opens the intro
+    line, the statuses and the varying keys follow."""
+    every = sweep_rows(root, rec, "all", loaded)
+    rows = every if all_checkpoints else ends(every)[1]
+    counts = ", ".join(f"{k} {n}" for k, n in sweep_statuses(rec, rows).items())
+    intro = f"{what}; {counts}" + (f"; varying {', '.join(rec['varied'])}" if rec["varied"] else "")
+    notes = [f"{r['status']}: {r['run_id']}: {r.get('error') or 'cannot be read'}" for r in rows
+             if r["status"] in ("corrupt", "unreadable") and r.get("layer") is None]
+    return Report(title, [intro], {"runs": rows, "grouped": grouped_rows(rows, rec["varied"])}, rows,
+                  sweep_tables(every, rec["varied"], True, include_readout, all_checkpoints),
+                  sweep_tables(every, rec["varied"], False, include_readout, all_checkpoints), dest,
+                  lambda d: sweep_figures(every, rec["varied"], d, include_readout), notes,
+                  any(k in SEEDS for k in rec["varied"]))
+
+
+def sweep_id_report(root: Path, sweep_id: str, **kw) -> Report:
+    from .sweep import load_sweep, sweep_file
+
+    rec = load_sweep(root, sweep_id)
+    return sweep_report(root, rec, f"sweep {sweep_id}: {len(rec['runs'])} runs from {', '.join(rec['files'])}",
+                        f"dnfa sweep {sweep_id}", sweep_file(root, sweep_id).with_suffix("") / "report", **kw)
 
 
 # ----------------------------------------------------------------------------- compare

@@ -474,7 +474,7 @@ def test_report_where_reports_the_selected_runs_as_a_sweep(made, tmp_path):
     out = tmp_path / "w"
     r = _report(root, sweep_id[:10], "--where", "seed=1", "--where", "pearson_a1@1>-1", "--html", "--out", out)
     assert r.exit_code == 0, r.output
-    assert f"2 runs of sweep {sweep_id} where seed=1 and pearson_a1@1>-1: ok 2; varying model.activation" in r.stdout
+    assert f"2 runs of sweep {sweep_id} where seed=1 and pearson_a1@1>-1; ok 2; varying model.activation" in r.stdout
     assert (out / "report.html").exists() and (out / "stats_vs_model_activation.png").exists()
     r = _report(root, "--where", "model.activation=relu")
     assert r.exit_code == 0 and len(list((root / "where").glob("*/report/training.png"))) == 2  # one per selection
