@@ -923,7 +923,8 @@ def sweep_id_report(root: Path, sweep_id: str, **kw) -> Report:
     from .sweep import load_sweep, sweep_file
 
     rec = load_sweep(root, sweep_id)
-    return sweep_report(root, rec, f"sweep {sweep_id}: {len(rec['runs'])} runs from {', '.join(rec['files'])}",
+    n = len(rec["runs"])
+    return sweep_report(root, rec, f"sweep {sweep_id}: {n} run{'' if n == 1 else 's'} from {', '.join(rec['files'])}",
                         f"dnfa sweep {sweep_id}", sweep_file(root, sweep_id).with_suffix("") / "report", **kw)
 
 
