@@ -321,7 +321,8 @@ class LocalExecutor:
                     return
                 fn(ids)
 
-        threading.Thread(target=read, daemon=True, name="dnfa-run-starts").start()
+        self._reader = threading.Thread(target=read, daemon=True, name="dnfa-run-starts")
+        self._reader.start()
 
     def stop_new(self) -> None:
         """Start no new run: groups a worker has already taken off the queue come back as
@@ -338,7 +339,9 @@ class LocalExecutor:
         else:
             self.pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(OSError, ValueError):
-            self.started.put(None)  # ends the reader thread
+            self.started.put(None)  # ends the reader thread ...
+        if getattr(self, "_reader", None) is not None:
+            self._reader.join(5.0)  # ... before the interpreter's exit releases the queue under it
 
 
 class _Deferred:
