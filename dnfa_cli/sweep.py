@@ -338,6 +338,9 @@ class LocalExecutor:
             self.pool.shutdown(wait=False, cancel_futures=True)
         else:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if kill:  # a worker stopped mid-put may hold the queue's lock: never wait on it at exit
+            self.started.cancel_join_thread()
+            return
         with contextlib.suppress(OSError, ValueError):
             self.started.put(None)  # ends the reader thread ...
         if getattr(self, "_reader", None) is not None:
