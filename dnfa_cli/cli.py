@@ -472,6 +472,7 @@ def ls_(
     columns: Annotated[Optional[str], typer.Option("--columns", metavar="KEY,...", help="These columns, in this order (any config key, run-level key or STAT@LAYER).")] = None,
     format: Annotated[str, typer.Option("--format", metavar="table|csv|json", help="table (terminal), or csv / json rows (every column unless --columns).")] = "table",
     ids: Annotated[bool, typer.Option("--ids", help="Print the run ids alone, one a line (for pipes).")] = False,
+    size: Annotated[bool, typer.Option("--size", help="A size column: the disk each run's directory takes (also for --sort size, --where size>1e8).")] = False,
     runs_dir: RunsDir = None,
 ):
     """The runs, newest first: status, the config keys that vary among them, and the
@@ -484,7 +485,9 @@ def ls_(
         _fail(f"--format {format!r}: must be table, json or csv")
     try:
         root = runs.check_root(runs.runs_root(runs_dir), write=False)
-        rows = frame.list_runs(root, sweep_id, where, status, sort)
+        named = [c.strip() for c in (columns or "").split(",")] + [(sort or "").lstrip("-")]
+        size = size or "size" in named or any(w.strip().startswith("size") for w in where or [])
+        rows = frame.list_runs(root, sweep_id, where, status, sort, size=size)
         cols = frame.ls_columns(rows, [c.strip() for c in columns.split(",") if c.strip()] if columns else None,
                                 every=format != "table")
     except DnfaInputError as e:
@@ -511,7 +514,15 @@ def _ls_table(rows: list[dict], cols: list[str], title: str, fit: bool) -> None:
     from . import frame
     from . import report as rp
 
-    cell = lambda r, c: (r.get(c) or "-").replace("+00:00", "Z") if c == "created" else rp.fmt(r.get(c))
+    from .cleanup import human_bytes
+
+    def cell(r, c):
+        if c == "created":
+            return (r.get(c) or "-").replace("+00:00", "Z")
+        if c == "size" and r.get(c) is not None:
+            return human_bytes(r[c])
+        return rp.fmt_config(r, c) if frame.is_config_key(c) else rp.fmt(r.get(c))
+
     width = {c: max([len(c)] + [len(cell(r, c)) for r in rows]) + 3 for c in cols}  # cells, padding, border
     hidden = []
     if fit:

@@ -89,16 +89,20 @@ def is_config_key(k: str) -> bool:
 
 
 def list_runs(root: Path, sweep: str | None = None, where: Iterable[str] = (), status: Iterable[str] = (),
-              sort: str | None = None) -> list[dict]:
+              sort: str | None = None, size: bool = False) -> list[dict]:
     """`dnfa ls`: a run_row per run that has a directory (the side files checked too),
     those every --where condition holds for and with one of `status`, newest first or
-    sorted by `sort`."""
+    sorted by `sort`. `size`: each row's `size`, the bytes its directory holds (before
+    --where and --sort, which may use it)."""
     status = list(status or ())
     for st in status:
         if st not in LS_STATUSES:
             raise DnfaInputError(f"--status {st!r}: must be one of {', '.join(LS_STATUSES)}")
     conds = wh.parse_all(where)
-    rows = wh.select([run_row(v, f) for v, f in views(root, sweep) if v.status != "missing"], conds)
+    rows = [run_row(v, f) for v, f in views(root, sweep) if v.status != "missing"]
+    for r in rows if size else []:
+        r["size"] = runs.disk_usage(runs.run_dir(root, r["run_id"]))
+    rows = wh.select(rows, conds)
     rows = [r for r in rows if not status or r["status"] in status]
     rows.sort(key=lambda r: r["created"] or "", reverse=True)
     return sort_rows(rows, sort)
@@ -141,10 +145,11 @@ def ls_columns(rows: list[dict], columns: Iterable[str] | None = None, every: bo
     vary = varying_keys(rows)
     first = [k for k in LS_FIRST if k in known and k not in vary]
     end = [c for c in LS_END if any(r.get(c) is not None for r in rows)] or ["step"]
+    size = ["size"] if "size" in known else []  # dnfa ls --size
     if not every:
-        return [*LS_HEAD, *vary, *first, *end]
+        return [*LS_HEAD, *size, *vary, *first, *end]
     fixed = [k for k in known if is_config_key(k) and k not in vary and k not in first]
-    return list(dict.fromkeys([*LS_HEAD, "error", *vary, *first, *fixed, *end, *known]))
+    return list(dict.fromkeys([*LS_HEAD, *size, "error", *vary, *first, *fixed, *end, *known]))
 
 
 def selection(root: Path, sweep: str | None, where: Iterable[str]) -> tuple[dict, dict[str, RunView]]:

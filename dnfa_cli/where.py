@@ -25,6 +25,19 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _boolean(text: str) -> bool | None:
+    """The value as YAML reads a boolean (true, yes, on, off, ... as in a config file), or None."""
+    import yaml
+
+    from . import yaml12
+
+    try:
+        v = yaml12.load(text)
+    except yaml.YAMLError:
+        return None
+    return v if isinstance(v, bool) else None
+
+
 def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -59,7 +72,7 @@ class Condition:
         if self.number is not None and is_number(x):
             return float(x) == self.number
         if isinstance(x, bool):
-            return self.value.lower() == str(x).lower()
+            return _boolean(self.value) is x
         if isinstance(x, (list, tuple)):  # data.coords=[0,1] or data.coords=[0, 1]
             return self.value.replace(" ", "") == "[" + ",".join(map(str, x)) + "]"
         return str(x) == self.value

@@ -516,3 +516,41 @@ def test_a_key_that_takes_a_mapping_is_not_a_section(tmp_path):
     runs = config.load_config(p).expand()
     assert runs[0].model.init_from is None
     assert runs[1].model.init_from.keep == "trained" and runs[1].model.init_from.config["model"]["width"] == 16
+
+
+# ----------------------------------------------------------------------------- ls
+def test_ls_size_column_sorts_and_filters_by_the_disk_a_run_takes(tmp_path):
+    import os
+
+    from dnfa_cli.cleanup import human_bytes
+
+    rd = tmp_path / "runs"
+    small = _write(tmp_path, TINY.replace("metrics: {", "metrics: {save_weights: ends, "), "small.yaml")
+    big = _write(tmp_path, TINY.replace("width: 8", "width: 64").replace("name: b", "name: big"), "big.yaml")
+    for f in (small, big):
+        assert _cli("train", f, "--runs-dir", rd, "--set", "train.epochs=3", "--set", "metrics.checkpoints=3").exit_code == 0
+    du = {d.name: sum(os.path.getsize(os.path.join(w, f)) for w, _, fs in os.walk(d) for f in fs)
+          for d in rd.iterdir() if (d / "config.yaml").exists()}
+    r = _cli("ls", "--runs-dir", rd, "--size", "--format", "json", "--columns", "run_id,size")
+    assert {row["run_id"]: row["size"] for row in json.loads(r.stdout)} == du
+    r = _cli("ls", "--runs-dir", rd, "--sort", "-size", "--columns", "run_id,size")  # --sort size asks for sizes
+    order = sorted(du, key=du.get, reverse=True)
+    assert [x.split()[1] for x in r.stdout.splitlines() if x.startswith("│")] == order
+    assert all(human_bytes(du[rid]) in r.stdout for rid in du)
+    r = _cli("ls", "--runs-dir", rd, "--where", f"size>{min(du.values())}", "--ids")
+    assert r.stdout.split() == [max(du, key=du.get)]
+
+
+def test_ls_and_where_read_values_as_a_config_does(tmp_path):
+    rd = tmp_path / "runs"
+    p = _write(tmp_path, TINY + "sweep:\n  parameters:\n    train: {values: [{optimizer: sgd, lr: 0.1, momentum: 0.9},"
+               " {optimizer: adam, lr: 1e-3}]}\n    model.bias: {values: [true, false]}\n")
+    assert _cli("sweep", p, "--workers", "1", "--runs-dir", rd).exit_code == 0
+    ids = lambda *w: sorted(_cli("ls", "--runs-dir", rd, "--ids", *[a for x in w for a in ("--where", x)]).stdout.split())
+    adam = ids("train.optimizer=adam")
+    assert len(adam) == 2 and ids("train.lr=1e-3") == adam and ids("train.lr=.001") == adam
+    assert ids("model.bias=yes") == ids("model.bias=true") == ids("model.bias=on") and len(ids("model.bias=yes")) == 2
+    assert ids("model.bias=off") == ids("model.bias=false") and set(ids("model.bias=off")).isdisjoint(ids("model.bias=on"))
+    r = _cli("ls", "--runs-dir", rd, "--columns", "run_id,train.optimizer,train.lr,train.momentum")
+    rows = {tuple(c.strip() for c in x.split("│")[2:5]) for x in r.stdout.splitlines() if x.startswith("│")}
+    assert rows == {("sgd", "0.1", "0.9"), ("adam", "0.001", "-")}
