@@ -174,7 +174,8 @@ def selection_report(root: Path, sweep: str | None, where: list[str], **kw) -> R
         raise DnfaInputError(f"no runs{of} in {Path(root).absolute()} where {' and '.join(where)}")
     tag = hashlib.sha256("\n".join([sweep or "", *where]).encode()).hexdigest()[:10]
     what = f"runs{of} where {' and '.join(where)}"
-    return sweep_report(root, rec, f"{len(rec['runs'])} {what}", f"dnfa report: {what}",
+    n = len(rec["runs"])
+    return sweep_report(root, rec, f"{n} {what if n != 1 else what.replace('runs', 'run', 1)}", f"dnfa report: {what}",
                         Path(root) / "where" / tag / "report", loaded, **kw)
 
 

@@ -369,6 +369,8 @@ def test_a_sweep_prints_its_plan_at_once_and_a_line_as_each_run_starts(tmp_path,
     one = _write(tmp_path, TINY, "one.yaml")
     r = _cli("sweep", one, "--workers", workers, "--runs-dir", tmp_path / "runs", "--dry-run")
     assert re.search(r"^sweep sweep-b-[0-9a-f]{10}: 1 run, 1 done, 0 to run$", r.stdout, re.M), r.stdout
+    r = _cli("report", "--where", "seed=0", "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 0 and r.stdout.startswith("1 run where seed=0; ok 1"), r.stdout
 
 
 def test_the_example_config_sweeps_sgd_and_adam_as_pairs():
