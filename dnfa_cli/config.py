@@ -329,6 +329,9 @@ class TrainCfg(_Strict):
 # ----------------------------------------------------------------------------- metrics
 class MetricsCfg(_Strict):
     checkpoints: NonNegInt | list[NonNegInt] = 10
+    # where `checkpoints: N` puts its N steps in [1, total]: log-spaced (dense early) or
+    # evenly spaced (N steps total / N apart, the last step included)
+    spacing: Literal["log", "linear"] = "log"
     samples: PosInt = 2000
     split: Literal["train", "test"] = "train"
     jacobian: Literal["auto", "jacfwd", "preact"] = "auto"
@@ -751,7 +754,7 @@ def _file_sha256(path: str) -> str:
 # a config that does not use them keeps the id (and the finished run) it always had.
 LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none",
               ("train", "freeze"): [], ("metrics", "swap_uv"): "none", ("model", "init_from"): None,
-              ("metrics", "save_weights"): "all"}
+              ("metrics", "save_weights"): "all", ("metrics", "spacing"): "log"}
 
 
 def run_id(cfg: Config) -> str:

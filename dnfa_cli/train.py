@@ -136,8 +136,9 @@ def total_steps(cfg: Config, n_train: int) -> int:
 
 
 def checkpoint_steps(cfg: Config, total: int) -> list[int]:
-    """Step 0 and the final step always; `checkpoints: N` adds N log-spaced steps in
-    [1, total] (fewer where they coincide), a list adds those steps."""
+    """Step 0 and the final step always; `checkpoints: N` adds N steps in [1, total] (fewer
+    where they coincide): log-spaced from 1 to total (`metrics.spacing: log`), or total / N
+    apart ending at total (`linear`); a list adds those steps."""
     ck = cfg.metrics.checkpoints
     if isinstance(ck, list):
         late = [s for s in ck if s > total]
@@ -145,7 +146,8 @@ def checkpoint_steps(cfg: Config, total: int) -> list[int]:
             raise DnfaInputError(f"metrics.checkpoints: step {late[0]} is beyond the run's last step {total}")
         pts = set(ck)
     else:
-        pts = set(int(round(v)) for v in np.geomspace(1, total, ck)) if ck > 0 else set()
+        grid = np.geomspace(1, total, ck) if cfg.metrics.spacing == "log" else np.linspace(0, total, ck + 1)[1:]
+        pts = set(int(round(v)) for v in grid) if ck > 0 else set()
     return sorted(pts | {0, total})
 
 

@@ -1,8 +1,12 @@
 """Config validation, overrides, run ids and sweep expansion."""
+from pathlib import Path
+
 import pytest
 import yaml
 
 from dnfa_cli import config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _err(raw, src="c.yaml"):
@@ -69,25 +73,34 @@ def test_run_id_is_content_addressed():
 
 
 def test_keys_added_later_keep_old_run_ids_at_their_default():
-    """Keys added after schema 1 (metrics.save_matrices, published, swap, save_weights) are left out of the
+    """Keys added after schema 1 (metrics.save_matrices, published, swap, save_weights, spacing, ...) are left out of the
     hash at their defaults, so every run finished before they existed keeps its id."""
     import hashlib
     import json
 
     cfg = config.validate({"name": "x", "model": {"width": 8}})
     d = cfg.to_dict()
-    for k in ("save_matrices", "published", "swap", "swap_uv", "save_weights"):
+    for k in ("save_matrices", "published", "swap", "swap_uv", "save_weights", "spacing"):
         del d["metrics"][k]
     del d["train"]["freeze"]
     del d["model"]["init_from"]
     payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
     for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all"), ("swap_uv", "ends"),
-                 ("save_weights", "ends")):
+                 ("save_weights", "ends"), ("spacing", "linear")):
         assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {k: v}}).run_id != cfg.run_id
     frozen = config.validate({"name": "x", "model": {"width": 8}, "train": {"freeze": [4, 1]}})
     assert frozen.run_id != cfg.run_id and frozen.train.freeze == [1, 4]  # one order, one id
     assert frozen.run_id == config.validate({"name": "x", "model": {"width": 8}, "train": {"freeze": [1, 4]}}).run_id
+    assert config.validate({"name": "x", "model": {"width": 8}, "metrics": {"spacing": "log"}}).run_id == cfg.run_id
+
+
+def test_the_published_configs_keep_their_run_ids():
+    """The ids the README and FINDINGS cite, and that finished runs on disk carry: a new
+    config key at its default changes none of them."""
+    ids = {"quickstart.yaml": "quickstart-4b22040aff", "paper_x1x2.yaml": "paper_x1x2-7c8c78905a"}
+    for name, rid in ids.items():
+        assert config.load_config(ROOT / "configs" / name).base.run_id == rid
 
 
 def test_files_and_overrides(tmp_path):

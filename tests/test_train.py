@@ -1,4 +1,6 @@
 """The training loop against a hand-written numpy loop; compilation; determinism."""
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -198,6 +200,14 @@ def test_checkpoint_schedule():
     assert train.checkpoint_steps(cfg, 1000) == [0, 1, 6, 32, 178, 1000]
     cfg = _cfg(**{"metrics.checkpoints": 0})
     assert train.checkpoint_steps(cfg, 7) == [0, 7]
+    # evenly spaced: N steps total / N apart, the last one included
+    cfg = _cfg(**{"metrics.checkpoints": 5, "metrics.spacing": "linear"})
+    assert train.checkpoint_steps(cfg, 1000) == [0, 200, 400, 600, 800, 1000]
+    assert train.checkpoint_steps(cfg, 12) == [0, 2, 5, 7, 10, 12]  # 2.4, 4.8, 7.2, 9.6 rounded
+    assert train.checkpoint_steps(cfg, 3) == [0, 1, 2, 3]  # fewer where they coincide
+    assert train.checkpoint_steps(_cfg(**{"metrics.checkpoints": [3, 5], "metrics.spacing": "linear"}), 9) == [0, 3, 5, 9]
+    ex = config.load_config(Path(__file__).resolve().parent.parent / "configs" / "paper_x1x2_linear.yaml").base
+    assert train.checkpoint_steps(ex, train.total_steps(ex, 2000)) == list(range(0, 1601, 80))
     cfg = _cfg(**{"metrics.checkpoints": [3, 5, 5]})
     assert train.checkpoint_steps(cfg, 9) == [0, 3, 5, 9]
     with pytest.raises(config.DnfaInputError, match="beyond the run's last step 9"):
