@@ -84,7 +84,8 @@ def published(cfg, params, params0, X, hs, i: int, *, dtype) -> dict:
     Z = published_inputs(params, dW, hs, X, i=i)
     g = grams.compute_grams(subnet(params, i, dW), Z, act, method=cfg.metrics.jacobian, dtype=dtype,
                             chunk=cfg.metrics.chunk)
-    return _float(stats.published_row(dW, g.agop[0], g.jbar[0], max(dW.shape) * float(jnp.finfo(dtype).eps)))
+    return _float(stats.published_row(dW, g.agop[0], g.agop_c[0], g.pgop[0], g.gdev[0],
+                                      max(dW.shape) * float(jnp.finfo(dtype).eps)))
 
 
 def swap(cfg, params, hs, i: int, f: SwapFactors, *, dtype, family: str = "swap") -> dict:

@@ -134,12 +134,13 @@ def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, s
     mc, mt = cfg0.model, cfg0.metrics
     recs = [loss_record(c, d, p, step, spe, a) for c, d, p, a in zip(cfgs, dss, params_list, arrays or [None] * len(cfgs))]
     Xs = [(d.X_train if mt.split == "train" else d.X_test)[s] for d, s in zip(dss, subsets)]
+    Ts = [(d.T_train if mt.split == "train" else d.T_test)[s] for d, s in zip(dss, subsets)]
     mdt = jnp.dtype(mt.dtype)
     # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use the
     # same random factors for the whole run
     keys = [jax.random.fold_in(jax.random.fold_in(mdl.run_keys(c.seed)[2], 1), step) for c in cfgs]
     gs = grams.compute_grams_batch(params_list, Xs, mc.activation, method=method, dtype=mdt, chunk=mt.chunk,
-                                   bootstrap=mt.bootstrap, keys=keys)
+                                   bootstrap=mt.bootstrap, keys=keys, params0_list=params0_list, T_list=Ts)
     L = len(params_list[0])
     eps = float(jnp.finfo(mdt).eps)
     items = [(stats.layer_input(p[l]["W"], p0[l]["W"], g, l, max(p[l]["W"].shape) * eps, t[l]), l == L - 1)

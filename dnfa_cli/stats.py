@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import baselines as bl
+from .grams import Reps
 
 F64 = jnp.float64
 ALPHA_RANGE = (0.05, 2.0)
@@ -47,12 +48,14 @@ class LayerIn(NamedTuple):
     W0: jax.Array
     agop: jax.Array
     pgop: jax.Array
-    jbar: jax.Array
+    agop_c: jax.Array  # the gradient-centred agop
+    gdev: jax.Array  # E|g - g*|_F^2: the rounding scale of the centred Grams (grams.Grams)
     pcov: jax.Array
     boot: jax.Array
     lamG: jax.Array  # ascending eigenvalues of pgop (eigvalsh_pgop)
     rel_tol: jax.Array
     base: bl.Terms
+    reps: Reps  # the representation Grams for CKA (zeros where none were computed)
 
 
 # ============================================================================ helpers
@@ -78,6 +81,43 @@ def cosine(A, B):
     a, b = A.ravel(), B.ravel()
     den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
     return jnp.where(den > 0, (a @ b) / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def traceless_pearson(A, B):
+    """pearson(A - (tr A / k) I, B - (tr B / k) I): the correlation once each matrix's mean
+    diagonal (an identity bulk, present at initialisation) is taken out."""
+    k = A.shape[0]
+    eye = jnp.eye(k, dtype=A.dtype)
+    return pearson(A - jnp.trace(A) / k * eye, B - jnp.trace(B) / k * eye)
+
+
+def offdiag_pearson(A, B):
+    """Pearson correlation over the k (k - 1) / 2 strict upper-triangle entries (i < j)
+    alone; nan for k = 1 or a constant off-diagonal."""
+    k = A.shape[0]
+    up = jnp.triu(jnp.ones((k, k), bool), 1)
+    K = max(k * (k - 1) // 2, 1)
+    a = jnp.where(up, A - jnp.sum(jnp.where(up, A, 0.0)) / K, 0.0)
+    b = jnp.where(up, B - jnp.sum(jnp.where(up, B, 0.0)) / K, 0.0)
+    den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
+    return jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def centred_noise(s2, G, gdev, rel_tol):
+    """The rounding scale (Frobenius) of a gradient-centred agop = W^T C W, C the centred
+    pgop accumulated about one sample's gradients g* (grams.py): C's entries carry errors
+    of eps |g| |g - g*|, hence rel_tol sqrt(tr G E|g - g*|^2), and W^T C W multiplies
+    them by at most s_max(W)^2 = `s2`."""
+    return rel_tol * s2 * jnp.sqrt(jnp.clip(jnp.trace(G), 0.0) * jnp.clip(gdev, 0.0))
+
+
+def cka(AB, AA, BB, sA, sB, rel_tol):
+    """Linear CKA |A_c^T B_c|_F^2 / (|A_c^T A_c|_F |B_c^T B_c|_F) from the centred Grams;
+    nan where either representation is constant across the samples to rounding (its
+    centred Gram within MARGIN rel_tol of the trace of its second moment, sA or sB)."""
+    nA, nB = jnp.linalg.norm(AA), jnp.linalg.norm(BB)
+    ok = (nA > MARGIN * rel_tol * sA) & (nB > MARGIN * rel_tol * sB)
+    return jnp.where(ok, jnp.sum(AB * AB) / jnp.where(ok, nA * nB, 1.0), jnp.nan)
 
 
 def pearson_from_sums(K, sA, sB, sAA, sBB, sAB):
@@ -140,6 +180,17 @@ class PowerPearson(NamedTuple):
         return self.many(jnp.reshape(alpha, (1,)).astype(F64))[0]
 
 
+def alpha_grid():
+    """The alphas of ALPHA_RANGE in steps of 0.005 (391 points)."""
+    return jnp.linspace(*ALPHA_RANGE, ALPHA_GRID, dtype=F64)
+
+
+def curve_range(pp: PowerPearson):
+    """max - min of pearson(N, A^alpha) over alpha_grid(); nan where it is nowhere defined."""
+    vals = pp.many(alpha_grid())
+    return jnp.where(jnp.any(jnp.isfinite(vals)), jnp.nanmax(vals) - jnp.nanmin(vals), jnp.nan)
+
+
 def alpha_star(pp: PowerPearson):
     """The alpha in [0.05, 2] maximising pearson(nfm, agop^alpha): a grid of step 0.005,
     then golden-section refinement on the bracket around the best grid point. Returns
@@ -147,7 +198,7 @@ def alpha_star(pp: PowerPearson):
     alpha (then the maximum is nan too) and where the maximum sits at an end of the range,
     which edge says (-1 low, +1 high, 0 otherwise)."""
     lo, hi = ALPHA_RANGE
-    grid = jnp.linspace(lo, hi, ALPHA_GRID, dtype=F64)
+    grid = alpha_grid()
     vals = pp.many(grid)
     fin = jnp.isfinite(vals)
     # the curve's values are float64 sums over the k eigenvalues: flat within that rounding
@@ -211,6 +262,39 @@ def isotropy(G, r, lmin, lmax, rel_tol):
         "eff_rank": r * t,  # (tr G)^2 / tr G^2
         "cond": jnp.where(ok, cond, jnp.nan),
     }
+
+
+ISO_LEVEL = 0.9  # iso_dim90: the tightness every leading block must reach
+
+
+def group_ends(s, r, size: int):
+    """Where iso_dim90 looks (bool, per index j = 0..m-1 of the descending singular values
+    s of a matrix whose larger side is `size`): the ends of groups of tied singular values
+    within the rank r. s_j and s_{j+1} tie when s_j^2 - s_{j+1}^2 is within MARGIN of the
+    rounding of the float64 Gram they come from, size eps s_max^2 (the scale at which
+    w_rank is decided); inside a group the top-j singular vectors are not determined, the
+    group's span is."""
+    m = s.shape[0]
+    s2 = s * s
+    nxt = jnp.concatenate([s2[1:], jnp.zeros((1,), s.dtype)])
+    idx = jnp.arange(m)
+    return (idx < r) & ((idx == r - 1) | (s2 - nxt > MARGIN * size * EPS64 * s2[0]))
+
+
+def iso_dim(M, ends, tol):
+    """The largest j among `ends` such that the leading j x j block of M (M = U^T G U in
+    the order of the singular values) has tightness >= ISO_LEVEL - tol at every end up to
+    j; 0 when the first end fails. A block's tightness comes from running sums: its trace,
+    and |block_j|_F^2 = |block_{j-1}|_F^2 plus row j and column j of M up to j."""
+    m = M.shape[0]
+    d = jnp.diagonal(M)
+    S = M * M
+    shell = jnp.sum(jnp.triu(S), axis=0) + jnp.sum(jnp.tril(S, -1), axis=1)
+    j = jnp.arange(1, m + 1)
+    t = tightness_of(jnp.cumsum(d), jnp.cumsum(shell), j)
+    fail = ends & ~(t >= ISO_LEVEL - tol)  # a nan tightness (no trace) fails
+    first = jnp.min(jnp.where(fail, j, m + 1))
+    return jnp.max(jnp.where(ends & (j < first), j, 0))
 
 
 def eigvalsh_pgop(G):
@@ -391,10 +475,11 @@ def markdown_table() -> str:
 
 
 # ============================================================================ per layer
-def _baselines(G, s, base: bl.Terms, k_in: int):
-    """rand_pearson_a1 (Gaussian R) and rand_spec_pearson_a1 (R_s = Q_out diag(s) Q_in^T)
-    for each draw, from the run's fixed terms (see baselines.py). One draw at a time
-    (lax.map), so only one draw's k x k products are alive at once."""
+def _baselines(G, s, base: bl.Terms, k_in: int, ends, tol):
+    """rand_pearson_a1 (Gaussian R), rand_spec_pearson_a1 (R_s = Q_out diag(s) Q_in^T) and
+    iso_dim of R_s (its left singular vectors are Q_out's columns; `ends`, `tol` as for
+    iso_dim) for each draw, from the run's fixed terms (see baselines.py). One draw at a
+    time (lax.map), so only one draw's k x k products are alive at once."""
     K = k_in * k_in
     s2 = s * s
     p_route = bl.p_route((G.shape[0], k_in))
@@ -410,10 +495,11 @@ def _baselines(G, s, base: bl.Terms, k_in: int):
             B = P.T @ (G @ P)
             sAB, sBB = jnp.sum(A * B), jnp.sum(B * B)
         rand = pearson_from_sums(K, sumA, sB, sqA, sBB, sAB)
-        Ms = (Qo.T @ (G @ Qo)) * s[:, None] * s[None, :]  # S M S, M = Q_out^T G Q_out
+        M = Qo.T @ (G @ Qo)
+        Ms = M * s[:, None] * s[None, :]  # S M S
         spec = pearson_from_sums(K, jnp.sum(s2 * q * q), q @ Ms @ q, jnp.sum(s2 * s2), jnp.sum(Ms * Ms),
                                  jnp.sum(s2 * jnp.diagonal(Ms)))
-        return rand, spec
+        return rand, spec, iso_dim(M, ends, tol)
 
     return jax.lax.map(one, tuple(base))
 
@@ -464,6 +550,18 @@ class Layer:
         return rank90(self.s)
 
     @functools.cached_property
+    def agop_half(self):  # agop^(1/2), the PSD power (numerically zero eigenvalues clipped)
+        return (self.VA * jnp.sqrt(self.lamA_c)) @ self.VA.T
+
+    @functools.cached_property
+    def ends(self):  # where iso_dim90 looks: the ends of groups of tied singular values
+        return group_ends(self.s, self.r, max(self.k_out, self.k_in))
+
+    @functools.cached_property
+    def draws(self):  # the random-W baselines, each draw: (rand, spec, iso_dim of R_s)
+        return _baselines(self.G, self.s, self.x.base, self.k_in, self.ends, MARGIN * self.rel_tol)
+
+    @functools.cached_property
     def dW(self):
         return self.W - self.W0
 
@@ -493,8 +591,7 @@ def _layer(x: LayerIn, *, route: str, trivial: bool):
         c.o.update(zip(keys, out))
     if x.boot.shape[0]:
         c.o.update(_bootstrap(c, x.boot))
-    agop_half = (c.VA * jnp.sqrt(c.lamA_c)) @ c.VA.T
-    mats = {"nfm": c.nfm, "agop": x.agop, "agop_half": agop_half, "pgop": x.pgop}
+    mats = {"nfm": c.nfm, "agop": x.agop, "agop_half": c.agop_half, "pgop": x.pgop}
     return c.o, mats, c.sv.ok
 
 
@@ -604,7 +701,7 @@ def _left_pearson(c: Layer):
            stat("rand_spec_pearson_a1", "the same for R with W's singular values, Haar singular vectors", headline=14),
            stat("rand_spec_pearson_a1_sd", "the standard deviation of those 4 draws"))
 def _random_baselines(c: Layer):
-    rand, spec = _baselines(c.G, c.s, c.x.base, c.k_in)
+    rand, spec, _ = c.draws
     return (*mean_sd(rand), *mean_sd(spec))
 
 
@@ -647,16 +744,18 @@ def _delta_pearson_a05(c: Layer):
            stat("delta_gc_pearson_a05", "pearson(dW^T dW, gradient-centred agop^(1/2))"),
            stat("delta_gc_cosine_a1", "cosine(dW^T dW, gradient-centred agop)"))
 def _gradient_centred(c: Layer):
-    agop_gc = c.agop - c.x.jbar.T @ c.x.jbar
-    # every sample with the same Jacobian (the read-out layer always): the centred AGOP is
-    # zero and what is left of the subtraction is rounding noise
-    real = jnp.linalg.norm(agop_gc) > jnp.maximum(MARGIN * c.rel_tol * jnp.linalg.norm(c.agop), c.k_in * c.floor)
     if c.trivial:  # f is linear in h_L: J = W_L for every sample, exactly
         return (_nan(),) * 4
+    agop_gc = c.x.agop_c
+    noise = centred_noise(c.s[0] ** 2, c.G, c.x.gdev, c.rel_tol)
+    # every sample with the same Jacobian: the centred AGOP is zero (exactly, when they are
+    # bitwise equal) or rounding noise
+    real = jnp.linalg.norm(agop_gc) > MARGIN * noise
     lam_gc, V_gc = jnp.linalg.eigh(agop_gc)
+    half = lambda N: PowerPearson.make(N, lam_gc, V_gc, c.rel_tol, noise)(0.5)
     return (jnp.where(real, pearson(c.nfm, agop_gc), jnp.nan),
-            jnp.where(real, c.power(c.nfm, lam_gc, V_gc)(0.5), jnp.nan),
-            jnp.where(real, c.power(c.dN, lam_gc, V_gc)(0.5), jnp.nan),
+            jnp.where(real, half(c.nfm), jnp.nan),
+            jnp.where(real, half(c.dN), jnp.nan),
             jnp.where(real, cosine(c.dN, agop_gc), jnp.nan))
 
 
@@ -685,6 +784,41 @@ def _align(c: Layer):
     # the top rr eigenvectors of agop are determined only up to its rank: beyond, null
     return tuple(jnp.where((rr <= jnp.minimum(na, c.r)) & (rr <= jnp.sum(c.lamA_c > 0)),
                            cos[min(rr, cos.shape[0]) - 1], jnp.nan) for rr in range(1, N_ALIGN + 1))
+
+
+_NO_BULK = {"traceless": ("traceless_pearson", "pearson(A - (tr A / k) I, B - (tr B / k) I)", traceless_pearson),
+            "offdiag": ("offdiag_pearson", "pearson over the strict upper-triangle entries (i < j) of A, B",
+                        offdiag_pearson)}
+
+
+@statistic(*(stat(f"{pre}{name}_{a}", f"{meaning}, A = {nfm}, B = {agop}: the ansatz without the identity bulk")
+             for pre, nfm in (("", "nfm"), ("delta_", "dW^T dW")) for name, meaning, _ in _NO_BULK.values()
+             for a, agop in (("a1", "agop"), ("a05", "agop^(1/2)"))))
+def _without_the_bulk(c: Layer):
+    return tuple(fn(N, B) for N in (c.nfm, c.dN) for _, _, fn in _NO_BULK.values() for B in (c.agop, c.agop_half))
+
+
+@statistic(stat("alpha_curve_range", "max - min of pearson(nfm, agop^alpha) over alpha in [0.05, 2] (the grid of "
+                "alpha_star): small, and alpha_star says little"))
+def _alpha_curve_range(c: Layer):
+    return curve_range(c.pp)
+
+
+@statistic(stat("iso_dim90", "largest k such that U_j^T G U_j has tightness >= 0.9 for every j <= k (U_j: the top j "
+                "left singular vectors of W; j at the ends of groups of tied singular values)", kind="int"),
+           stat("iso_frac90", "iso_dim90 / w_rank: the fraction of range(W), from its top, on which G is isotropic"),
+           stat("rand_iso_dim90", "iso_dim90 of the same-spectrum random R (Q_out's columns for U), mean of 4 draws"))
+def _iso_dim90(c: Layer):
+    k = iso_dim(c.Gr, c.ends, MARGIN * c.rel_tol)
+    return k, jnp.where(c.r > 0, k / jnp.where(c.r > 0, c.r, 1), jnp.nan), jnp.mean(c.draws[2].astype(F64))
+
+
+@statistic(stat("cka_init", "linear CKA between the layer's output (h_{l+1}; f for the read-out) now and at "
+                "initialisation, on the metrics subset"),
+           stat("kta", "linear CKA between the layer's output and the targets T: centred kernel-target alignment"))
+def _cka(c: Layer):
+    r = c.x.reps
+    return cka(r.AB, r.AA, r.BB, r.sA, r.sB, c.rel_tol), cka(r.AT, r.AA, r.TT, r.sA, r.sT, c.rel_tol)
 
 
 # the counterfactual nets' keys, computed by counterfactual.py
@@ -753,15 +887,15 @@ def signed_sqrt(A):
 
 
 @jax.jit
-def published_row(dW, agop, jbar, rel_tol):
+def published_row(dW, agop, gc, pgop, gdev, rel_tol):
     """What the published scripts print for one layer: dNFM = dW^T dW / k against the AGOP'
-    of the net whose W is dW, and against its gradient-centred version; Pearson with
-    AGOP'^(1/2) (Science era), cosine with AGOP' (arXiv era). The centred ones are null
-    where agop' - jbar'^T jbar' is rounding noise (every sample with the same Jacobian: a
-    linear net), as gc_pearson_a1 is: the scripts would print a correlation with noise."""
+    of the net whose W is dW, and against its gradient-centred version gc (pgop', gdev:
+    that net's, for gc's rounding scale); Pearson with AGOP'^(1/2) (Science era), cosine
+    with AGOP' (arXiv era). The centred ones are null where gc is rounding noise (every
+    sample with the same Jacobian: a linear net), as gc_pearson_a1 is: the scripts would
+    print a correlation with noise."""
     M = dW.T @ dW / dW.shape[0]
-    gc = agop - jbar.T @ jbar
-    real = jnp.linalg.norm(gc) > MARGIN * rel_tol * jnp.linalg.norm(agop)
+    real = jnp.linalg.norm(gc) > MARGIN * centred_noise(jnp.linalg.norm(dW, 2) ** 2, pgop, gdev, rel_tol)
     return {"published_pearson_a05": pearson(M, signed_sqrt(agop)),
             "published_gc_pearson_a05": jnp.where(real, pearson(M, signed_sqrt(gc)), jnp.nan),
             "published_cosine_a1": cosine(M, agop),
@@ -829,8 +963,11 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, terms: b
 def layer_input(W, W0, grams, l: int, rel_tol: float, terms: bl.Terms) -> LayerIn:
     """The inputs of layer l (W and W0 in any float dtype: layers_batch casts them)."""
     boot = grams.pgop_boot[l] if grams.pgop_boot is not None else np.zeros((0,) + grams.pgop[l].shape)
-    return LayerIn(W, W0, grams.agop[l], grams.pgop[l], grams.jbar[l], grams.pcov[l], boot,
-                   eigvalsh_pgop(grams.pgop[l]), np.float64(rel_tol), terms)
+    k = np.shape(W)[0]
+    reps = grams.reps[l] if grams.reps is not None else Reps(*(np.zeros(s) for s in ((k, k),) * 3 + ((k, 1), (1, 1))),
+                                                             *(np.float64(0.0),) * 3)
+    return LayerIn(W, W0, grams.agop[l], grams.pgop[l], grams.agop_c[l], grams.gdev[l], grams.pcov[l], boot,
+                   eigvalsh_pgop(grams.pgop[l]), np.float64(rel_tol), terms, reps)
 
 
 def svd_range(W):

@@ -166,6 +166,37 @@ def isotropy(G, rel_tol: float = 0.0, eigvals=None) -> dict:
     }
 
 
+def traceless_pearson(A, B) -> float:
+    """pearson(A - (tr A / k) I, B - (tr B / k) I)."""
+    k = A.shape[0]
+    return pearson(A - np.trace(A) / k * np.eye(k), B - np.trace(B) / k * np.eye(k))
+
+
+def offdiag_pearson(A, B) -> float:
+    """Pearson correlation of the entries A_ij, B_ij with i < j."""
+    iu = np.triu_indices(A.shape[0], 1)
+    return pearson(A[iu], B[iu]) if len(iu[0]) else math.nan
+
+
+def group_ends(s, r: int, size: int) -> list[int]:
+    """The j (1-based, j <= r) that end a group of tied singular values: s_j^2 - s_{j+1}^2
+    above MARGIN size eps s_1^2, or j = r."""
+    s2 = np.asarray(s, np.float64) ** 2
+    return [j for j in range(1, r + 1) if j == r or s2[j - 1] - s2[j] > MARGIN * size * EPS * s2[0]]
+
+
+def iso_dim90(U, G, ends, tol: float) -> int:
+    """The largest end j such that tightness(U_i^T G U_i) >= 0.9 - tol for every end i <= j,
+    U_i the first i columns of U, each block formed explicitly; 0 if the first fails."""
+    k = 0
+    for j in ends:
+        t = tightness(U[:, :j].T @ G @ U[:, :j])
+        if not t >= 0.9 - tol:
+            break
+        k = j
+    return k
+
+
 def svd_range(W):
     """Thin SVD of W (k_out, k_in) and its numerical rank r (s_j > max(shape) eps s_max)."""
     U, s, Vt = np.linalg.svd(np.asarray(W, np.float64), full_matrices=False)
@@ -191,13 +222,52 @@ def principal_cos_max_angle(A, B) -> float:
 
 
 # ============================================================================ per layer
-def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors) -> tuple[dict, dict]:
+ACT = {"relu": lambda x: np.maximum(x, 0.0), "tanh": np.tanh, "quadratic": np.square, "identity": lambda x: x,
+       "silu": lambda x: x / (1.0 + np.exp(-x)), "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))}
+
+
+def _erf(x):
+    from scipy.special import erf
+
+    return erf(x)
+
+
+def outputs(params, X, activation: str) -> list:
+    """Each layer's output representation over the rows of X, in numpy: h_{l+1} =
+    s(W_l h_l + b_l) for a hidden layer, f for the read-out."""
+    h = np.asarray(X, np.float64)
+    out = []
+    for l, p in enumerate(params):
+        z = h @ np.asarray(p["W"], np.float64).T + (np.asarray(p["b"], np.float64) if "b" in p else 0.0)
+        h = z if l == len(params) - 1 else ACT[activation](z)
+        out.append(h)
+    return out
+
+
+def cka(A, B, rel_tol: float) -> float:
+    """Linear CKA in its n x n kernel form, tr(K H L H) / sqrt(tr(K H K H) tr(L H L H)), K =
+    A A^T, L = B B^T, H = I - 11^T / n; nan where a representation is constant across the
+    samples to rounding: |H K H|_F / n (= |A_c^T A_c|_F / n) within MARGIN rel_tol of
+    mean_i |a_i - a_1|^2."""
+    A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    n = len(A)
+    H = np.eye(n) - 1.0 / n
+    Kc, Lc = H @ (A @ A.T) @ H, H @ (B @ B.T) @ H
+    for Z, Zc in ((A, Kc), (B, Lc)):
+        if not np.linalg.norm(Zc) / n > MARGIN * rel_tol * np.mean(np.sum((Z - Z[0]) ** 2, axis=1)):
+            return math.nan
+    return float(np.sum(Kc * Lc) / math.sqrt(np.sum(Kc * Kc) * np.sum(Lc * Lc)))
+
+
+def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors, reps=None) -> tuple[dict, dict]:
     """Every per-layer statistic of docs/SCIENCE.md for layer l (0-based) -> (json row, matrices).
     W, W0 are numpy float64; `rel_tol` (k eps of the metrics dtype) sets the noise floors: an
     eigenvalue of agop counts as zero below max(rel_tol l_max(agop), rel_tol s_max(W)^2
     l_max(pgop)) (the rounding scale of W^T pgop W), and cond is undefined when l_min <=
     rel_tol l_max. `factors`: the layer's random factors, (R, Q_out, q = Q_in^T 1) for each
-    draw; Q_in is rebuilt from q (columns_with_sum)."""
+    draw; Q_in is rebuilt from q (columns_with_sum). `reps`: (A, B, T), the layer's output
+    over the metrics rows now and at initialisation and the targets (`outputs`), for
+    cka_init and kta (null without)."""
     W = np.asarray(W, np.float64)
     W0 = np.asarray(W0, np.float64)
     agop, G = (np.asarray(a, np.float64) for a in (grams.agop[l], grams.pgop[l]))
@@ -233,13 +303,15 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors)
     row["left_pearson"] = pearson(WWt, G)
 
     # ---- baselines (docs/SCIENCE.md, "Baselines")
-    rand, spec = [], []
+    ends = group_ends(s, r, max(k_out, k_in))
+    rand, spec, rand_iso = [], [], []
     for R, Qo, q in factors:
         R, Qo, q = (np.asarray(a, np.float64) for a in (R, Qo, q))
         Qi = columns_with_sum(q, W.shape[1])
         rand.append(pearson(R.T @ R, R.T @ G @ R))
         Rs = random_with_spectrum(Qo, Qi, s)
         spec.append(pearson(Rs.T @ Rs, Rs.T @ G @ Rs))
+        rand_iso.append(iso_dim90(np.linalg.svd(Rs, full_matrices=False)[0], G, ends, MARGIN * rel_tol))
     row["rand_pearson_a1"], row["rand_pearson_a1_sd"] = _mean_sd(rand)
     row["rand_spec_pearson_a1"], row["rand_spec_pearson_a1_sd"] = _mean_sd(spec)
     # what W itself contributes beyond any matrix of its shape at the same pgop
@@ -250,11 +322,13 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors)
     row["delta_cosine_a1"] = cosine(dW.T @ dW, agop)
     row["delta_pearson_a1"] = pearson(dW.T @ dW, agop)
     row["delta_pearson_a05"] = pearson(dW.T @ dW, agop_half)
-    jbar = np.asarray(grams.jbar[l], np.float64)
-    agop_gc = agop - jbar.T @ jbar
-    if np.linalg.norm(agop_gc) > max(MARGIN * rel_tol * np.linalg.norm(agop), k_in * floor):
+    # the gradient-centred agop as the Grams give it (tests/test_grams.py checks it against
+    # its two-pass definition); its rounding scale: rel_tol s_max^2 sqrt(tr G E|g - g*|^2)
+    agop_gc = np.asarray(grams.agop_c[l], np.float64)
+    noise = rel_tol * float(s[0] ** 2) * math.sqrt(max(float(np.trace(G)), 0.0) * max(float(grams.gdev[l]), 0.0))
+    if not trivial and np.linalg.norm(agop_gc) > MARGIN * noise:
         row["gc_pearson_a1"] = pearson(nfm, agop_gc)
-        half_gc = psd_power(agop_gc, 0.5, rel_tol, floor)
+        half_gc = psd_power(agop_gc, 0.5, rel_tol, noise)
         row["gc_pearson_a05"] = pearson(nfm, half_gc)
         row["delta_gc_pearson_a05"] = pearson(dW.T @ dW, half_gc)
         row["delta_gc_cosine_a1"] = cosine(dW.T @ dW, agop_gc)
@@ -269,6 +343,20 @@ def layer_stats(W, W0, grams, l: int, *, trivial: bool, rel_tol: float, factors)
     rmax = min(8, r, int(np.sum(lamA_c > 0)))  # agop's eigenvectors beyond its rank are arbitrary
     for rr in range(1, 9):
         row[f"align_{rr}"] = (principal_cos_max_angle(Vt[:rr].T, VA[:, order[:rr]]) if rr <= rmax else math.nan)
+
+    # ---- the ansatz without the identity bulk, and isotropy on a width-free scale
+    for pre, N in (("", nfm), ("delta_", dW.T @ dW)):
+        for name, fn in (("traceless_pearson", traceless_pearson), ("offdiag_pearson", offdiag_pearson)):
+            row[f"{pre}{name}_a1"] = fn(N, agop)
+            row[f"{pre}{name}_a05"] = fn(N, agop_half)
+    curve = pp.many(np.linspace(0.05, 2.0, 391))
+    row["alpha_curve_range"] = float(np.nanmax(curve) - np.nanmin(curve)) if np.any(np.isfinite(curve)) else math.nan
+    row["iso_dim90"] = iso_dim90(U, G, ends, MARGIN * rel_tol)
+    row["iso_frac90"] = row["iso_dim90"] / r if r else math.nan
+    row["rand_iso_dim90"] = float(np.mean(rand_iso))
+
+    A, B, T = reps if reps is not None else (np.zeros((2, 1)),) * 3
+    row["cka_init"], row["kta"] = cka(A, B, rel_tol), cka(A, T, rel_tol)
 
     if grams.pgop_boot is not None:
         b_a05, b_a1, b_tr = [], [], []

@@ -221,7 +221,8 @@ def test_mnist_without_its_package_is_one_clear_error(monkeypatch):
 def test_swap_and_published_row_helpers_handle_a_zero_difference():
     """At initialisation W - W0 = 0: the published statistics are undefined (null), not 0."""
     dW = jnp.zeros((3, 4))
-    row = {k: float(v) for k, v in stats.published_row(dW, jnp.zeros((4, 4)), jnp.zeros((1, 4)), 4e-16).items()}
+    zero = jnp.zeros((4, 4))
+    row = {k: float(v) for k, v in stats.published_row(dW, zero, zero, jnp.eye(3), 0.0, 4e-16).items()}
     assert all(math.isnan(v) for v in row.values())
 
 

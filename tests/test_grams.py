@@ -33,9 +33,30 @@ def _loop_reference(params, X, activation):
             Js[l].append(J)
     n = len(X)
     jbar = [np.mean(J, axis=0) for J in Js]
-    # gradient-centred AGOP straight from its definition: E[(J - E J)^T (J - E J)]
+    # gradient-centred AGOP straight from its definition, two passes: E[(J - E J)^T (J - E J)]
     cent = [np.mean([(J - jb).T @ (J - jb) for J in Jl], axis=0) for Jl, jb in zip(Js, jbar)]
     return [a / n for a in agop], [a / n for a in pgop], jbar, cent
+
+
+def _two_pass(params, X, activation):
+    """Per layer, from per-sample Jacobians (a Python loop of jax.jacobian), centred in two
+    passes: (E[(J - E J)^T (J - E J)], the same for g = df/dp, E|g - g_1|_F^2)."""
+    out = []
+    for l in range(len(params)):
+        Js, gs = [], []
+        for x in X:
+            hs, ps = mdl.forward_all(params, x, activation)
+            Js.append(np.asarray(jax.jacobian(lambda h: mdl.f_from_input(params, l, h, activation))(hs[l])))
+            gs.append(np.asarray(jax.jacobian(lambda p: mdl.f_from_preact(params, l, p, activation))(ps[l])))
+        Js, gs = np.stack(Js), np.stack(gs)
+        Jc, gc = Js - Js.mean(0), gs - gs.mean(0)
+        out.append((np.einsum("nck,ncK->kK", Jc, Jc) / len(X), np.einsum("nck,ncK->kK", gc, gc) / len(X),
+                    float(np.sum((gs - gs[0]) ** 2) / len(X))))
+    return out
+
+
+def _rel(a, b):
+    return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "relu", "quadratic", "silu"])
@@ -51,8 +72,8 @@ def test_agop_two_methods_and_loop_agree(activation):
             np.testing.assert_allclose(g.agop[l], ref_agop[l], rtol=1e-11, atol=1e-13)
             np.testing.assert_allclose(g.pgop[l], ref_pgop[l], rtol=1e-11, atol=1e-13)
             np.testing.assert_allclose(g.jbar[l], ref_jbar[l], rtol=1e-11, atol=1e-13)
-            # what layer_stats centres with: agop - jbar^T jbar
-            np.testing.assert_allclose(g.agop[l] - g.jbar[l].T @ g.jbar[l], ref_cent[l], rtol=1e-9, atol=1e-12)
+            # the centred AGOP the statistics use, against its two-pass definition
+            np.testing.assert_allclose(g.agop_c[l], ref_cent[l], rtol=1e-9, atol=1e-12)
     # the read-out layer's pgop is I_c, computed, not assumed
     np.testing.assert_allclose(g.pgop[-1], np.eye(3), atol=1e-15)
 
@@ -153,9 +174,71 @@ def test_runs_of_a_seed_batch_equal_each_run_alone():
     params = [_net(k, [4, 6, 2], "tanh") for k in keys]
     Xs = [np.asarray(jax.random.normal(jax.random.fold_in(k, 1), (15, 4), jnp.float64)) for k in keys]
     bkeys = [jax.random.fold_in(k, 2) for k in keys]
-    batch = gm.compute_grams_batch(params, Xs, "tanh", method="preact", chunk=4, bootstrap=2, keys=bkeys)
-    for p, X, k, g in zip(params, Xs, bkeys, batch):
-        alone = gm.compute_grams(p, X, "tanh", method="preact", chunk=4, bootstrap=2, key=k)
-        for a, b in zip(alone.agop + alone.pgop + alone.jbar + alone.pcov + alone.pgop_boot,
-                        g.agop + g.pgop + g.jbar + g.pcov + g.pgop_boot):
+    p0s = [_net(jax.random.fold_in(k, 3), [4, 6, 2], "tanh") for k in keys]
+    Ts = [np.asarray(jax.random.normal(jax.random.fold_in(k, 4), (15, 2), jnp.float64)) for k in keys]
+    batch = gm.compute_grams_batch(params, Xs, "tanh", method="preact", chunk=4, bootstrap=2, keys=bkeys,
+                                   params0_list=p0s, T_list=Ts)
+    for p, X, k, g, p0, T in zip(params, Xs, bkeys, batch, p0s, Ts):
+        alone = gm.compute_grams(p, X, "tanh", method="preact", chunk=4, bootstrap=2, key=k, params0=p0, T=T)
+        every = lambda g: (g.agop + g.pgop + g.jbar + g.pcov + g.pgop_boot + g.agop_c + g.pgop_c + g.gdev
+                           + [a for r in g.reps for a in r])
+        for a, b in zip(every(alone), every(g), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["preact", "jacfwd"])
+def test_centred_grams_keep_their_content_where_the_jacobians_barely_vary(method):
+    """A tanh net with small pre-activations is nearly linear: the Jacobians vary across
+    samples by ~1e-5 of their size, the centred Grams are ~1e-10 of the uncentred ones.
+    Accumulated about one sample's Jacobian they equal the two-pass float64 reference to
+    1e-9; agop - jbar^T jbar, the difference of two nearly equal matrices, does not."""
+    params = mdl.init_params(jax.random.PRNGKey(30), [5, 8, 7, 2], bias=True, init="gaussian", init_scale=1.0,
+                             dtype=jnp.float64)
+    X = 3e-3 * np.asarray(jax.random.normal(jax.random.PRNGKey(31), (40, 5), jnp.float64))
+    g = gm.compute_grams(params, X, "tanh", method=method, chunk=16)  # 0-15, 16-31, 24-39
+    plain = _loop_reference(params, X, "tanh")
+    for l, (agop_c, pgop_c, gdev) in enumerate(_two_pass(params, X, "tanh")[:2]):
+        assert np.linalg.norm(agop_c) < 1e-8 * np.linalg.norm(g.agop[l])  # the content is small
+        assert _rel(g.agop_c[l], agop_c) < 1e-9 and _rel(g.pgop_c[l], pgop_c) < 1e-9, l
+        assert float(g.gdev[l]) == pytest.approx(gdev, rel=1e-9)
+        old = np.asarray(g.agop[l]) - np.asarray(g.jbar[l]).T @ np.asarray(g.jbar[l])
+        assert _rel(old, agop_c) > 1e-7, l  # what the subtraction left of it
+        # the uncentred Grams, derived from the centred ones, are still the plain sums
+        np.testing.assert_allclose(g.agop[l], plain[0][l], rtol=1e-12)
+        np.testing.assert_allclose(g.pgop[l], plain[1][l], rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["preact", "jacfwd"])
+def test_a_linear_net_has_centred_grams_exactly_zero(method):
+    """Identity activation: every sample has the same Jacobian, and the differences from the
+    first sample's are exactly 0 whatever the chunking - no rounding is left to decide on."""
+    params = _net(jax.random.PRNGKey(32), [4, 9, 6, 3], "identity")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(33), (25, 4), jnp.float64))
+    for chunk in (1, 7, 25):
+        g = gm.compute_grams(params, X, "identity", method=method, chunk=chunk)
+        for l in range(3):
+            assert not np.any(np.asarray(g.agop_c[l])) and not np.any(np.asarray(g.pgop_c[l])), (chunk, l)
+            assert float(g.gdev[l]) == 0.0
+
+
+def test_representation_grams_against_two_pass_centring():
+    """reps[l]: the output of layer l (h_{l+1}; f for the read-out) now (A), at
+    initialisation (B), and the targets T, column-centred in two passes."""
+    sizes = [4, 7, 6, 3]
+    params, params0 = _net(jax.random.PRNGKey(34), sizes, "silu"), _net(jax.random.PRNGKey(35), sizes, "silu")
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(36), (30, 4), jnp.float64))
+    T = np.asarray(jax.random.normal(jax.random.PRNGKey(37), (30, 2), jnp.float64)) + 5.0  # far from centred
+    c = lambda Z: Z - Z.mean(0)
+    raw = lambda p: [np.asarray(Z) for Z in mdl.forward_all(p, X, "silu")[0][1:] + [mdl.forward(p, X, "silu")]]
+    A, B, Tc = [c(Z) for Z in raw(params)], [c(Z) for Z in raw(params0)], c(T)
+    for method, chunk in (("preact", 8), ("jacfwd", 30)):
+        g = gm.compute_grams(params, X, "silu", method=method, chunk=chunk, params0=params0, T=T)
+        for l in range(3):
+            r = g.reps[l]
+            for got, want in ((r.AA, A[l].T @ A[l]), (r.AB, A[l].T @ B[l]), (r.BB, B[l].T @ B[l]),
+                              (r.AT, A[l].T @ Tc), (r.TT, Tc.T @ Tc)):
+                np.testing.assert_allclose(got, want / 30, rtol=1e-11, atol=1e-13 * np.abs(want).max())
+            Z = raw(params)[l]
+            assert float(r.sA) == pytest.approx(np.mean(np.sum((Z - Z[0]) ** 2, 1)), rel=1e-12)
+            assert float(r.sT) == pytest.approx(np.mean(np.sum((T - T[0]) ** 2, 1)), rel=1e-12)
+    assert gm.compute_grams(params, X, "silu").reps is None  # only when asked for

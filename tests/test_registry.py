@@ -30,7 +30,8 @@ def _layer(B=3, k_out=5, k_in=4, key=0):
     G = A @ A.T
     boot = np.stack([G * (1 + 0.1 * b) for b in range(B)]) if B else None
     g = gm.Grams(agop=[W.T @ G @ W], pgop=[G], jbar=[np.zeros((2, k_in))], gbar=[np.zeros((2, k_out))],
-                 pcov=[np.eye(k_out)], pgop_boot=None if boot is None else [boot], n=10)
+                 pcov=[np.eye(k_out)], pgop_boot=None if boot is None else [boot], n=10, agop_c=[W.T @ G @ W],
+                 pgop_c=[G], gdev=[np.trace(G)])
     return W, 0.5 * W, g
 
 
@@ -91,7 +92,7 @@ def test_every_entry_is_complete_and_every_display_is_drawn_from_the_registry():
     assert rp.HEADLINE == stats.shown("headline") and rp.CI == stats.shown("ci")
     assert rp.SWEEP_STATS == stats.shown("sweep") and rp.COMPARE_STATS == stats.shown("compare")
     assert rp.TERMINAL_STATS[:-2] == stats.shown("terminal")
-    assert stats.INT_KEYS == ("w_rank", "w_rank90")
+    assert stats.INT_KEYS == ("w_rank", "w_rank90", "iso_dim90")
 
 
 def test_docs_science_shows_the_registry():

@@ -37,7 +37,8 @@ if eps:  # a relative perturbation at the scale of rounding differences between 
     E = eps * p.normal(size=G.shape)
     G = G * (1 + 0.5 * (E + E.T))
 agop = W.T @ G @ W
-g = gm.Grams(agop=[agop], pgop=[G], jbar=[jbar], gbar=[np.zeros((2, k_out))], pcov=[G], pgop_boot=None, n=100)
+g = gm.Grams(agop=[agop], pgop=[G], jbar=[jbar], gbar=[np.zeros((2, k_out))], pcov=[G], pgop_boot=None, n=100,
+             agop_c=[agop - jbar.T @ jbar], pgop_c=[G], gdev=[np.trace(G)])
 row, _ = stats.layer_stats(W, W0, g, 0, trivial=False, rel_tol=k_out * np.finfo(float).eps,
                            terms=bl.draw_terms(jax.random.PRNGKey(0), W.shape))
 print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}))  # nan: null, as in result.json

@@ -28,10 +28,14 @@ def _W(key, k_out, k_in):
 
 
 def _grams_for(W, G, jbar=None, pcov=None, boot=None):
+    """Grams of a layer W with pgop G, built by hand: the centred agop from a given mean
+    Jacobian (zero by default), the gradients' spread about one sample of the size of G."""
     c = 2
-    return gm.Grams(agop=[W.T @ G @ W], pgop=[G], jbar=[np.zeros((c, W.shape[1])) if jbar is None else jbar],
-                    gbar=[np.zeros((c, W.shape[0]))], pcov=[np.eye(W.shape[0]) if pcov is None else pcov],
-                    pgop_boot=boot, n=10)
+    jbar = np.zeros((c, W.shape[1])) if jbar is None else jbar
+    agop = W.T @ G @ W
+    return gm.Grams(agop=[agop], pgop=[G], jbar=[jbar], gbar=[np.zeros((c, W.shape[0]))],
+                    pcov=[np.eye(W.shape[0]) if pcov is None else pcov], pgop_boot=boot, n=10,
+                    agop_c=[agop - jbar.T @ jbar], pgop_c=[G], gdev=[np.trace(G)])
 
 
 def _stats(W, W0, grams, l=0, *, trivial=False, rel_tol=1e-12, key=0, terms=None):
@@ -57,11 +61,11 @@ def _tolerance(key, want):
     return 1e-10
 
 
-def assert_matches_reference(W, W0, g, l, *, trivial, rel_tol, key=7):
+def assert_matches_reference(W, W0, g, l, *, trivial, rel_tol, key=7, reps=None):
     f, facs = _factors(key, W.shape)
     row, mats = stats.layer_stats(W, W0, g, l, trivial=trivial, rel_tol=rel_tol, terms=bl.terms(f))
     want, want_mats = ref.layer_stats(np.asarray(W, np.float64), np.asarray(W0, np.float64), g, l,
-                                      trivial=trivial, rel_tol=rel_tol, factors=facs)
+                                      trivial=trivial, rel_tol=rel_tol, factors=facs, reps=reps)
     assert set(row) == set(want)
     for k, v in want.items():
         got = row[k]
@@ -95,12 +99,19 @@ NETS = [  # activation, sizes (c = 1 and c = 10), bias
 @pytest.mark.parametrize("activation,sizes,bias", NETS)
 def test_every_statistic_equals_the_numpy_reference(activation, sizes, bias):
     params = _net(len(sizes) + sizes[1], sizes, activation, bias)
+    # the net at "initialisation": close to today's, as after training
+    params0 = [{k: v * 0.8 + 0.05 * _W(l, *v.shape) if k == "W" else v for k, v in p.items()}
+               for l, p in enumerate(params)]
     X = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (200, sizes[0]), jnp.float64))
-    g = gm.compute_grams(params, X, activation, bootstrap=6, key=jax.random.PRNGKey(4))
+    T = np.array(jax.random.normal(jax.random.PRNGKey(5), (200, 3), jnp.float64))
+    T[:, 2] = np.tanh(X[:, 0] * X[:, 1])  # one target the nets can represent
+    g = gm.compute_grams(params, X, activation, bootstrap=6, key=jax.random.PRNGKey(4), params0=params0, T=T)
+    now, init = ref.outputs(params, X, activation), ref.outputs(params0, X, activation)
     for l, p in enumerate(params):
-        W = np.asarray(p["W"])
-        W0 = W * 0.8 + 0.05 * _W(l, *W.shape)
-        assert_matches_reference(W, W0, g, l, trivial=l == len(params) - 1, rel_tol=max(W.shape) * EPS)
+        W, W0 = np.asarray(p["W"]), np.asarray(params0[l]["W"])
+        row = assert_matches_reference(W, W0, g, l, trivial=l == len(params) - 1, rel_tol=max(W.shape) * EPS,
+                                       reps=(now[l], init[l], T))
+        assert 0.0 < row["cka_init"] < 1.0 and 0.0 < row["kta"] < 1.0
 
 
 def test_rank_deficient_layers_equal_the_reference_through_the_svd():
@@ -350,7 +361,7 @@ def test_gradient_centred_agop_of_a_constant_jacobian_is_null():
     W = _W(40, 3, 4)
     E = np.eye(3)[:2]
     g = gm.Grams(agop=[W.T @ E.T @ E @ W], pgop=[np.eye(3)], jbar=[E @ W], gbar=[E], pcov=[np.eye(3)],
-                 pgop_boot=None, n=5)
+                 pgop_boot=None, n=5, agop_c=[np.zeros((4, 4))], pgop_c=[np.zeros((3, 3))], gdev=[0.0])
     for trivial in (True, False):  # the read-out skips it outright; elsewhere the size test does
         row = _stats(W, W, g, trivial=trivial, rel_tol=1e-13)
         assert math.isnan(row["gc_pearson_a1"]) and math.isnan(row["gc_pearson_a05"])
@@ -472,3 +483,98 @@ def test_both_gaussian_routes_and_the_same_key_give_the_same_terms():
         np.testing.assert_allclose(got, want, atol=1e-13)
         again = bl.draw(jax.random.PRNGKey(95), shape)
         np.testing.assert_array_equal(np.asarray(again.R), np.asarray(f.R))
+
+
+# ----------------------------------------------------------------------------- issue 16: what the text claims
+def test_cosine_a1_is_the_spectrum_weighted_tightness():
+    """docs/SCIENCE.md: with W = U S V^T and M = U^T G U, cosine(W^T W, W^T G W) =
+    sum s^4 M_jj / (sqrt(sum s^4) sqrt(sum s_j^2 s_k^2 M_jk^2)); with S = I, sqrt(tightness_range)."""
+    for key, (k_out, k_in) in enumerate(((7, 9), (9, 4), (6, 6), (12, 5))):
+        W = _W(100 + key, k_out, k_in)
+        G = _rand_psd(110 + key, k_out, rank=3 if key == 3 else None)
+        row = _stats(W, W, _grams_for(W, G))
+        U, s, _ = np.linalg.svd(W, full_matrices=False)
+        M, s2 = U.T @ G @ U, s**2
+        want = np.sum(s2**2 * np.diag(M)) / (np.sqrt(np.sum(s2**2)) * np.sqrt(np.sum(np.outer(s2, s2) * M**2)))
+        assert abs(row["cosine_a1"] - want) <= 1e-12, (k_out, k_in)
+        Q = np.linalg.svd(W, full_matrices=False)
+        Wi = Q[0] @ Q[2]  # the same singular vectors, S = I
+        row = _stats(Wi, Wi, _grams_for(Wi, G))
+        assert row["cosine_a1"] == pytest.approx(math.sqrt(row["tightness_range"]), abs=1e-12)
+
+
+def test_without_the_identity_bulk_known_answers():
+    """A = c I + E, B = c' I + 2E (E symmetric, zero diagonal): entry-wise Pearson is near 1
+    by the diagonal alone only when E is small; traceless and off-diagonal Pearson see E
+    alone, which the two share exactly, so they are 1 whatever E's size."""
+    E = _rand_psd(120, 6)
+    E = E - np.diag(np.diag(E))
+    A, B = 5.0 * np.eye(6) + 0.01 * E, 9.0 * np.eye(6) - 0.02 * E
+    assert float(stats.traceless_pearson(A, B)) == pytest.approx(-1.0, abs=1e-13)
+    assert float(stats.offdiag_pearson(A, B)) == pytest.approx(-1.0, abs=1e-13)
+    assert float(stats.pearson(A, B)) > 0.99  # the diagonal decides the entry-wise value
+    D = np.diag([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # a diagonal shared, nothing off it
+    assert float(stats.traceless_pearson(D, 3 * D + np.eye(6))) == pytest.approx(1.0, abs=1e-13)
+    assert math.isnan(float(stats.offdiag_pearson(D, 3 * D)))  # constant (zero) off-diagonals
+    assert math.isnan(float(stats.offdiag_pearson(np.eye(1), np.eye(1))))
+    F = _rand_psd(121, 5)
+    iu = np.triu_indices(5, 1)
+    assert float(stats.offdiag_pearson(F, F @ F)) == pytest.approx(np.corrcoef(F[iu], (F @ F)[iu])[0, 1], abs=1e-13)
+
+
+def test_alpha_curve_range_against_explicit_powers_and_a_flat_curve():
+    A = _rand_psd(122, 7)
+    lam, V = np.linalg.eigh(A)
+    N = (V * lam**0.7) @ V.T
+    pp = stats.PowerPearson.make(jnp.asarray(N), jnp.asarray(lam), jnp.asarray(V), 1e-13)
+    curve = [np.corrcoef(N.ravel(), ((V * lam**a) @ V.T).ravel())[0, 1] for a in np.linspace(0.05, 2.0, 391)]
+    assert float(stats.curve_range(pp)) == pytest.approx(max(curve) - min(curve), abs=1e-12)
+    assert max(curve) == pytest.approx(1.0, abs=1e-12)  # N = A^0.7: 0.7 is on the grid
+    v = np.array([1.0, 2.0, -1.0, 0.5, 0.0, 3.0, 1.0])
+    P = np.outer(v, v)  # rank 1: every power is proportional to P, the curve is flat
+    lp, Vp = np.linalg.eigh(P)
+    flat = stats.PowerPearson.make(jnp.asarray(A), jnp.asarray(lp), jnp.asarray(Vp), 7 * EPS)
+    assert 0.0 <= float(stats.curve_range(flat)) <= 10 * 7 * EPS
+
+
+def _layer_with(U, s, V, g):
+    """W = U diag(s) V^T and G = U diag(g) U^T (U square): G's tightness on each top block is
+    known from g."""
+    W = (U[:, :len(s)] * s) @ V.T
+    return W, U @ np.diag(g) @ U.T
+
+
+def test_iso_dim90_known_answers_ties_and_the_rounding_scale():
+    U = np.linalg.qr(_W(130, 5, 5))[0]
+    V = np.linalg.qr(_W(131, 7, 5))[0]
+    g = [1.0, 1.45, 0.55, 1.0, 1.0]  # top-j tightness: 1, .967, .881, .908, .925
+    W, G = _layer_with(U, np.array([3.0, 2.5, 2.0, 1.5, 1.0]), V, g)
+    row = _stats(W, W, _grams_for(W, G))
+    assert row["iso_dim90"] == 2 and row["iso_frac90"] == pytest.approx(2 / 5, abs=1e-15)
+    # s_2 = s_3 = s_4 tie: only j = 1, 4, 5 are looked at, and all pass (j = 3 alone would not)
+    W, G = _layer_with(U, np.array([3.0, 2.0 * (1 + 1e-15), 2.0, 2.0, 1.0]), V, g)
+    row = _stats(W, W, _grams_for(W, G))
+    assert row["iso_dim90"] == 5 and row["iso_frac90"] == 1.0
+    # not monotone: j = 4 fails at 0.862, j = 20 passes at 0.943; iso_dim90 stops at 3
+    U20 = np.linalg.qr(_W(132, 20, 20))[0]
+    W, G = _layer_with(U20, np.linspace(3.0, 1.0, 20), np.linalg.qr(_W(133, 30, 20))[0], [1.0] * 3 + [2.2] + [1.0] * 16)
+    row = _stats(W, W, _grams_for(W, G))
+    assert row["iso_dim90"] == 3 and ref.tightness(G) > 0.9
+    # exactly 0.9 (j = 2: 3^2 / (2 * 5)) passes whatever the rounding; G = cI: all of range(W)
+    W, G = _layer_with(U, np.array([3.0, 2.5, 2.0, 1.5, 1.0]), V, [1.0, 2.0, 40.0, 1.0, 1.0])
+    assert _stats(W, W, _grams_for(W, G))["iso_dim90"] == 2
+    row = _stats(W, W, _grams_for(W, 3.0 * np.eye(5)))
+    assert row["iso_dim90"] == 5 and row["rand_iso_dim90"] == 5.0
+    assert _stats(W, W, _grams_for(W, np.zeros((5, 5))))["iso_dim90"] == 0  # no trace: no tightness
+
+
+def test_rand_iso_dim90_is_the_mean_over_the_same_spectrum_draws():
+    W = _W(134, 8, 6)
+    G = _rand_psd(135, 8) + 4.0 * np.eye(8)
+    f, facs = _factors(136, W.shape)
+    row = _stats(W, W, _grams_for(W, G), terms=bl.terms(f))
+    U, s, _, r = ref.svd_range(W)
+    ends = ref.group_ends(s, r, 8)
+    each = [ref.iso_dim90(np.asarray(Qo), G, ends, 10 * 1e-12) for _, Qo, _ in facs]
+    assert row["rand_iso_dim90"] == pytest.approx(np.mean(each), abs=1e-15)
+    assert len(set(each)) > 1  # the draws differ: a mean, not one draw
