@@ -187,7 +187,7 @@ def _grams_runs(params_list, X_list, wbs, feats, *, activation, method, m, dtype
     run's (params0, T) for the representation Grams."""
     cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a).astype(dtype), t)
     fn = functools.partial(_grams, activation=activation, method=method, m=m)
-    runs = [(p, X, w, None if feats is None else f) for p, X, w, f in zip(params_list, X_list, wbs, feats or wbs)]
+    runs = list(zip(params_list, X_list, wbs, feats or (None,) * len(params_list)))
     if len(runs) == 1:
         return [fn(*cast(runs[0]))]
     out = jax.vmap(fn)(*cast(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *runs)))
@@ -287,7 +287,11 @@ def _chunk_sums(rows, anc, ps, w, wbc) -> dict:
         B = [x - x0 for x, x0 in zip(r["b"], a["b"])]
         T = r["t"] - a["t"]
         wt = lambda Z: Z * w[:, None]
-        out["reps"] = {"AA": [wt(Z).T @ Z for Z in A], "AB": [wt(Z).T @ Y for Z, Y in zip(A, B)],
-                       "BB": [wt(Y).T @ Y for Y in B], "AT": [wt(Z).T @ T for Z in A], "TT": wt(T).T @ T,
-                       "sa": [wt(Z).sum(0) for Z in A], "sb": [wt(Y).sum(0) for Y in B], "st": wt(T).sum(0)}
+        # A'^T [A' B' T'] as one GEMM: its blocks are A'^T A', A'^T B', A'^T T'
+        ABT = [wt(Z).T @ jnp.concatenate([Z, Y, T], axis=1) for Z, Y in zip(A, B)]
+        k = [Z.shape[1] for Z in A]
+        out["reps"] = {"AA": [M[:, :kk] for M, kk in zip(ABT, k)], "AB": [M[:, kk:2 * kk] for M, kk in zip(ABT, k)],
+                       "AT": [M[:, 2 * kk:] for M, kk in zip(ABT, k)], "BB": [wt(Y).T @ Y for Y in B],
+                       "TT": wt(T).T @ T, "sa": [wt(Z).sum(0) for Z in A], "sb": [wt(Y).sum(0) for Y in B],
+                       "st": wt(T).sum(0)}
     return out

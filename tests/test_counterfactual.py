@@ -57,6 +57,26 @@ def test_published_keys_equal_the_transcribed_scripts(act):
     assert abs(ref.cosine(M, np.asarray(honest.agop[0])) - got["published_cosine_a1"]) > 1e-3
 
 
+def test_a_small_W_minus_W0_keeps_its_centred_published_keys():
+    """issue 16: on a tanh net a small step from its initialisation, the net whose W is
+    W - W0 is nearly linear (its first pre-activations are ~1e-3), its Jacobians barely
+    vary, and agop' - jbar'^T jbar' was rounding noise (null) where the scripts print a
+    number. Accumulated about one sample's Jacobian, the centred AGOP' keeps that content:
+    the keys equal the two-pass transcription of the scripts."""
+    sizes = [5, 8, 8, 2]
+    params0 = _net(21, sizes, "tanh")
+    step = _net(22, sizes, "tanh")
+    params = [{"W": p["W"] + 1e-3 * q["W"]} for p, q in zip(params0, step)]
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(23), (80, 5), jnp.float64))
+    hs = cf.layer_inputs(params, jnp.asarray(X), "tanh")
+    Ws, W0s = [p["W"] for p in params], [p["W"] for p in params0]
+    for i in range(2):
+        got = cf.published(_cfg(), params, params0, jnp.asarray(X), hs, i, dtype=jnp.float64)
+        want = reference_published.published(Ws, W0s, X, i, "tanh")
+        for k in ("published_gc_cosine_a1", "published_gc_pearson_a05"):
+            assert got[k] == pytest.approx(want[k], abs=1e-9), (i, k)
+
+
 def test_with_W0_zero_the_first_layers_published_keys_are_the_plain_ones():
     """W0 = 0 removes the in-place subtraction; at layer 0 the rows are the inputs and the
     sub-network the net itself, so the scripts print the plain (intended) statistics."""

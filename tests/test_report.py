@@ -525,3 +525,39 @@ def test_sweep_tables_carry_accuracy_and_every_checkpoint():
     assert [(r[0], r[per_run[1].index("step")]) for r in per_run[2]] == [("r0", "0"), ("r0", "10"), ("r1", "0"), ("r1", "10")]
     col = per_run[1].index("pearson_a1")
     assert [float(r[col]) for r in per_run[2]] == [0.0, 1.0, 1.0, 2.0]
+
+
+# the keys issue 16 added: runs made before them lack them
+NEW_KEYS = ("traceless_pearson_a1", "offdiag_pearson_a05", "delta_traceless_pearson_a05", "alpha_curve_range",
+            "iso_dim90", "iso_frac90", "rand_iso_dim90", "cka_init", "kta")
+
+
+def test_runs_made_before_a_statistic_existed_load_with_it_missing(made, tmp_path):
+    """An old run's result.json lacks the newer keys: its report, and a sweep report that
+    mixes it with new runs, show them as missing ('-', an empty csv cell), never crash."""
+    root, res, sweep_id = made
+    old = tmp_path / "runs"
+    shutil.copytree(root, old)
+    rec = json.loads((old / "sweeps" / f"{sweep_id}.json").read_text())
+    stripped = [res["run_id"], rec["runs"][0]["run_id"]]
+    for rid in stripped:
+        p = old / rid / "result.json"
+        doc = json.loads(p.read_text())
+        for ck in doc["checkpoints"]:
+            for L in ck["layers"]:
+                assert all(k in L for k in NEW_KEYS)  # today's runs have them, at every checkpoint
+                for k in NEW_KEYS:
+                    del L[k]
+        p.write_text(json.dumps(doc))
+    r = _report(old, res["run_id"])
+    assert r.exit_code == 0, r.output
+    r = _report(old, res["run_id"], "--format", "csv", "--all-checkpoints")
+    assert r.exit_code == 0 and "iso_dim90" not in r.stdout.splitlines()[0]
+    r = _report(old, sweep_id, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    for row in rows:
+        for k in NEW_KEYS:
+            assert (row[k] == "") == (row["run_id"] in stripped), (row["run_id"], k)
+    r = _report(old, sweep_id)
+    assert r.exit_code == 0, r.output

@@ -478,7 +478,8 @@ def test_both_gaussian_routes_and_the_same_key_give_the_same_terms():
         f = bl.draw(jax.random.PRNGKey(95), shape)
         t = bl.terms(f)
         assert bl.p_route(shape) == (shape == (9, 9))
-        got = np.asarray(stats._baselines(jnp.asarray(G), jnp.ones(min(shape)), t, shape[1])[0])
+        m = min(shape)
+        got = np.asarray(stats._baselines(jnp.asarray(G), jnp.ones(m), t, shape[1], jnp.ones(m, bool), 0.0)[0])
         want = [ref.pearson(np.asarray(R).T @ R, np.asarray(R).T @ G @ R) for R in np.asarray(f.R)]
         np.testing.assert_allclose(got, want, atol=1e-13)
         again = bl.draw(jax.random.PRNGKey(95), shape)
