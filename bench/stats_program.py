@@ -41,7 +41,8 @@ def layer(shape, B):
     A = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (ko, ko)), np.float64)
     G = A @ A.T
     g = gm.Grams(agop=[W.T @ G @ W], pgop=[G], jbar=[np.zeros((2, ki))], gbar=[np.zeros((2, ko))],
-                 pcov=[np.eye(ko)], pgop_boot=[np.stack([G] * B)] if B else None, n=10)
+                 pcov=[np.eye(ko)], pgop_boot=[np.stack([G] * B)] if B else None, n=10, agop_c=[W.T @ G @ W],
+                 pgop_c=[G], gdev=[np.trace(G)])
     return stats.layer_input(W, W, g, 0, 1e-12, bl.draw_terms(jax.random.PRNGKey(2), shape))
 
 
