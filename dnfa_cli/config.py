@@ -271,6 +271,9 @@ class ModelCfg(_Strict):
     init: Literal["gaussian", "torch"] = "gaussian"
     init_scale: Annotated[float, Field(gt=0)] = 1.0
     init_from: InitFrom | None = None  # transplanted layers (InitFrom)
+    # every hidden-to-hidden layer starts as a copy of the first one (W_3 = W_2 at step 0 in
+    # the paper's depth-3 net): the official x1x2 code builds its net with a copied layer
+    tied_init: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -289,6 +292,14 @@ class ModelCfg(_Strict):
                 if v["width"] is None:
                     v["width"] = 1024
         return v
+
+    @model_validator(mode="after")
+    def _tied_shapes(self):
+        h = self.hidden()
+        if self.tied_init and (len(h) < 3 or len(set(h)) != 1):
+            raise ValueError(f"tied_init needs at least two hidden-to-hidden layers of one shape "
+                             f"(3 or more hidden layers of equal width), not hidden widths {h}")
+        return self
 
     def hidden(self) -> list[int]:
         return list(self.widths) if self.widths is not None else [self.width] * self.depth
@@ -754,7 +765,8 @@ def _file_sha256(path: str) -> str:
 # a config that does not use them keeps the id (and the finished run) it always had.
 LATER_KEYS = {("metrics", "save_matrices"): "ends", ("metrics", "published"): "none", ("metrics", "swap"): "none",
               ("train", "freeze"): [], ("metrics", "swap_uv"): "none", ("model", "init_from"): None,
-              ("metrics", "save_weights"): "all", ("metrics", "spacing"): "log"}
+              ("metrics", "save_weights"): "all", ("metrics", "spacing"): "log",
+              ("model", "tied_init"): False}
 
 
 def run_id(cfg: Config) -> str:

@@ -56,6 +56,13 @@ def init_params(key, sizes: list[int], *, bias: bool, init: str, init_scale: flo
     return params
 
 
+def tie_hidden(params: Params) -> Params:
+    """Every hidden-to-hidden layer (2..L-1, 1-based) replaced by a copy of layer 2, W and b:
+    the nets of the official x1x2 code start so (model.tied_init); the layers train apart."""
+    copies = [jax.tree.map(jnp.copy, params[1]) for _ in range(len(params) - 3)]
+    return [params[0], params[1], *copies, params[-1]]
+
+
 def transplant(params: Params, donor: Params, layers: list[int], keep: str, key) -> Params:
     """`params` with layers (1-based) taken from `donor` (another net's parameters, numpy
     or device arrays): `trained`, W as it is (and b where both nets have one); `spectrum`,

@@ -163,6 +163,8 @@ def init_state(cfg: Config, ds: Dataset, donor=None) -> TrainState:
     mc = cfg.model
     params = mdl.init_params(k_init, sizes_for(cfg, ds), bias=mc.bias, init=mc.init,
                              init_scale=mc.init_scale, dtype=jnp.dtype(cfg.train.dtype))
+    if mc.tied_init:
+        params = mdl.tie_hidden(params)
     if mc.init_from is not None:
         if donor is None:
             raise ValueError("model.init_from: the source run's parameters were not given")

@@ -226,3 +226,28 @@ def test_a_killed_sweep_of_sources_and_transplants_resumes_with_every_transplant
             continue
         theirs, mine = _npz(root, config.source_id(cfg)), _npz(root, x["run_id"])
         assert _bits(mine["W2"]) == _bits(theirs["W2"]) and _bits(mine["b2"]) == _bits(theirs["b2"]), x["run_id"]
+
+
+def test_tied_init_starts_the_hidden_to_hidden_layers_equal_and_trains_them_apart(tmp_path):
+    raw = _with(BASE, **{"model.depth": 3, "model.tied_init": True})
+    cfg = config.validate(raw)
+    assert engine.execute([cfg], tmp_path)[0]["status"] == "ok"
+    first, last = _npz(tmp_path, cfg.run_id, 0), _npz(tmp_path, cfg.run_id)
+    # the untied draw of the same seed: layers 1, 2 and the read-out are it, layer 3 is layer 2
+    own = mdl.init_params(mdl.run_keys(4)[0], [5, 7, 7, 7, 1], bias=True, init="torch", init_scale=1.0, dtype=jnp.float64)
+    for l, src in ((1, 1), (2, 2), (3, 2), (4, 4)):
+        for p in ("W", "b"):
+            np.testing.assert_array_equal(first[f"{p}{l}"], np.asarray(own[src - 1][p]))
+    assert not np.array_equal(own[2]["W"], own[1]["W"])
+    assert not np.array_equal(last["W3"], last["W2"])  # tied at the start only
+    # off by default, and then absent from the run id: the ids of every earlier run stay
+    plain = _with(BASE, **{"model.depth": 3})
+    assert config.validate(_with(plain, **{"model.tied_init": False})).run_id == config.validate(plain).run_id
+    assert cfg.run_id != config.validate(plain).run_id
+
+
+@pytest.mark.parametrize("model", [{"depth": 2, "width": 7}, {"widths": [7, 7, 8]}])
+def test_tied_init_needs_two_hidden_to_hidden_layers_of_one_shape(model):
+    raw = _with(BASE, **{"model": {**model, "tied_init": True}})
+    with pytest.raises(config.ConfigError, match="tied_init needs"):
+        config.validate(raw)
