@@ -576,7 +576,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as e:
+    except (_DuplicateKey, yaml12.AliasBomb) as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

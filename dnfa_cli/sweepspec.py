@@ -28,6 +28,8 @@ def _value(text: str, what: str):
         raise ConfigError(f"{what}: no value (write null to leave a key at its default)")
     try:
         return yaml12.load(text)
+    except yaml12.AliasBomb as e:
+        raise ConfigError(f"{what}: {e}") from None
     except yaml.YAMLError:
         return text
 
