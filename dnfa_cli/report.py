@@ -235,9 +235,14 @@ def run_headline(v: RunView) -> str:
 
 # ----------------------------------------------------------------------------- figures
 def _plt():
+    """pyplot, drawing to files (Agg), with every text drawn as given: titles, legends, labels
+    and ticks carry user text (a name, a swept data.path), and `$...$` in it must not be read
+    as matplotlib mathtext (a parse error ends the report; no figure here uses mathtext).
+    Both settings are the process's, as matplotlib.use always is."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

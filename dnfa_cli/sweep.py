@@ -618,6 +618,10 @@ def load_sweep(root: Path, sweep_id: str) -> dict:
     if not ok:
         raise DnfaInputError(f"sweep record {p} is corrupt: not the runs, files and varied keys dnfa writes")
     for r in rec["runs"]:
+        try:
+            runs.check_id(r["run_id"])  # a path out of the runs directory is never read
+        except DnfaInputError as e:
+            raise DnfaInputError(f"sweep record {p} is corrupt: {e}") from None
         r.setdefault("params", {})
         r.setdefault("status", "pending")
     return rec
