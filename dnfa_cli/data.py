@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import config as cf
+from . import npzhead
 from .config import Config, DnfaInputError
 
 
@@ -185,44 +186,63 @@ def _mnist(cfg, key):
 MAX_CLASSES = 10_000
 
 
+NPZ_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
+
+
+def _npz_shapes(dc: cf.Npz, bad) -> dict[str, npzhead.Member]:
+    """The checks a user's .npz passes on its headers alone (names, dtypes, shapes), before
+    any array is decompressed."""
+    try:
+        heads = npzhead.read(dc.path)
+    except npzhead.NotNpz as e:
+        raise bad(str(e)) from None
+    except OSError as e:
+        raise bad(f"cannot read as .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
+    missing = [k for k in NPZ_ARRAYS if k not in heads]
+    if missing:
+        raise bad(f"missing arrays {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
+    for k in NPZ_ARRAYS:
+        h = heads[k]
+        if h.error is not None:
+            raise bad(f"{k} {h.error}")
+        if h.dtype.hasobject:
+            raise bad(f"{k} holds Python objects: it cannot be read without pickle, which is never loaded")
+        if not (np.issubdtype(h.dtype, np.integer) or np.issubdtype(h.dtype, np.floating)
+                or (h.dtype == bool and k.startswith("y"))):  # complex would lose its imaginary part
+            raise bad(f"{k} has dtype {h.dtype}; real numbers only")
+    Xtr, ytr, Xte, yte = (heads[k].shape for k in NPZ_ARRAYS)
+    for nm, X in (("X_train", Xtr), ("X_test", Xte)):
+        if len(X) != 2:
+            raise bad(f"{nm} must be 2-D (n, d), got shape {X}")
+        if X[1] < 1:
+            raise bad(f"{nm} has d = 0 input features")
+    if Xtr[1] != Xte[1]:
+        raise bad(f"X_train has d = {Xtr[1]} but X_test has d = {Xte[1]}")
+    for nm, X, y in (("train", Xtr, ytr), ("test", Xte, yte)):
+        if len(y) == 0:
+            raise bad(f"y_{nm} is a scalar; it needs one row per sample of X_{nm}")
+        if y[0] != X[0]:
+            raise bad(f"y_{nm} has {y[0]} rows but X_{nm} has {X[0]}")
+    if Xtr[0] == 0 or Xte[0] == 0:
+        raise bad("X_train and X_test must not be empty")
+    return heads
+
+
 def _npz(cfg, key):
     dc = cfg.data
     bad = lambda msg: DnfaInputError(f"data.path = {dc.path!r}: {msg}")
-    try:
-        z = np.load(dc.path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise bad(f"cannot read as .npz: {type(e).__name__}: {e}".splitlines()[0]) from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise bad("is a single .npy array, not an .npz archive of X_train, y_train, X_test, y_test")
-    need = ("X_train", "y_train", "X_test", "y_test")
-    missing = [k for k in need if k not in z.files]
-    if missing:
-        raise bad(f"missing arrays {', '.join(missing)} (needs {', '.join(need)})")
+    heads = _npz_shapes(dc, bad)
+    Xtr, ytr = heads["X_train"].shape, heads["y_train"].shape
+    c = ytr[1] if dc.kind == "regression" and len(ytr) == 2 else 1  # classes: known once the labels are read
+    check_memory(cfg, Xtr[1], c, Xtr[0] + heads["X_test"].shape[0])
     arrays = {}
-    for k in need:
-        try:
-            a = np.asarray(z[k])
-        except Exception as e:  # noqa: BLE001 - object arrays (pickles) and broken members
-            raise bad(f"{k} cannot be read without pickle or is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
-                or (a.dtype == bool and k.startswith("y"))):  # complex would lose its imaginary part
-            raise bad(f"{k} has dtype {a.dtype}; real numbers only")
-        arrays[k] = a
-    Xtr, ytr, Xte, yte = (arrays[k] for k in need)
-    for nm, X in (("X_train", Xtr), ("X_test", Xte)):
-        if X.ndim != 2:
-            raise bad(f"{nm} must be 2-D (n, d), got shape {X.shape}")
-        if X.shape[1] < 1:
-            raise bad(f"{nm} has d = 0 input features")
-    if Xtr.shape[1] != Xte.shape[1]:
-        raise bad(f"X_train has d = {Xtr.shape[1]} but X_test has d = {Xte.shape[1]}")
-    for nm, X, y in (("train", Xtr, ytr), ("test", Xte, yte)):
-        if y.ndim == 0:
-            raise bad(f"y_{nm} is a scalar; it needs one row per sample of X_{nm}")
-        if len(y) != len(X):
-            raise bad(f"y_{nm} has {len(y)} rows but X_{nm} has {len(X)}")
-    if len(Xtr) == 0 or len(Xte) == 0:
-        raise bad("X_train and X_test must not be empty")
+    with np.load(dc.path, allow_pickle=False) as z:
+        for k in NPZ_ARRAYS:
+            try:
+                arrays[k] = np.asarray(z[k])
+            except Exception as e:  # noqa: BLE001 - a member damaged past its header
+                raise bad(f"{k} is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    Xtr, ytr, Xte, yte = (arrays[k] for k in NPZ_ARRAYS)
     if not (np.all(np.isfinite(Xtr)) and np.all(np.isfinite(Xte))):
         raise bad("X contains NaN or inf")
     if dc.kind == "classification":

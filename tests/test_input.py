@@ -1,15 +1,19 @@
 """Input that must be refused cheaply and in one line (issue 21): YAML alias bombs, npz
 archives whose arrays are larger than the memory, markup in paths, data a float32 run
 cannot hold."""
+import io
 import resource
 import subprocess
 import sys
+import tracemalloc
+import zipfile
 
+import numpy as np
 import pytest
 import yaml
 
-from dnfa_cli import config, sweepspec, yaml12
-from dnfa_cli.errors import ConfigError
+from dnfa_cli import config, data, sweep, sweepspec, yaml12
+from dnfa_cli.errors import ConfigError, DnfaInputError
 
 
 def _bomb(levels: int, width: int = 10) -> str:
@@ -64,3 +68,63 @@ def test_the_cli_refuses_an_alias_bomb_in_one_line_under_a_memory_limit(tmp_path
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (cmd, r.returncode, r.stderr[-800:])
         assert r.stderr.startswith("error: bomb.yaml: line 6: YAML aliases expand this to 111,111 values")
         assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- npz bombs
+def _zeros_npz(path, n, d=8):
+    """A compressed .npz whose X_train is n x d float64 zeros: 8 n d bytes declared,
+    about a thousandth of that on disk."""
+    np.savez_compressed(path, X_train=np.zeros((n, d)), y_train=np.zeros(n), X_test=np.zeros((4, d)),
+                        y_test=np.zeros(4))
+
+
+def test_a_sweep_plan_over_an_npz_reads_its_headers_once_and_no_array(tmp_path, monkeypatch):
+    """What `dnfa sweep --dry-run` does for 5 runs on a 64 MB array compressed to 64 KB:
+    the rows are counted from the .npy header, the zip is opened once for all runs, and
+    no more than a few MB is ever allocated (the array would be 64 MB, per run)."""
+    _zeros_npz(tmp_path / "z.npz", 1_000_000)
+    assert (tmp_path / "z.npz").stat().st_size < 1_000_000
+    (tmp_path / "s.yaml").write_text("name: z\ndata: {task: npz, path: z.npz}\nmodel: {depth: 1, width: 4}\n"
+                                     "train: {epochs: 1, batch_size: 1000}\nsweep:\n  parameters:\n"
+                                     "    seed: {values: [0, 1, 2, 3, 4]}\n")
+    opened = []
+    init = zipfile.ZipFile.__init__
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", lambda self, f, *a, **k: (opened.append(f), init(self, f, *a, **k))[1])
+    tracemalloc.start()
+    try:
+        prep = sweep.prepare([tmp_path / "s.yaml"], runs_dir=tmp_path / "runs", write=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(prep.todo) == 5 and [c.data.train_size() for c in prep.todo] == [1_000_000] * 5
+    assert peak < 8e6, f"{peak / 1e6:.0f} MB allocated"
+    assert len(opened) == 1, opened
+    # a batch larger than the declared rows is still refused, from the header alone
+    (tmp_path / "b.yaml").write_text((tmp_path / "s.yaml").read_text().replace("batch_size: 1000", "batch_size: 2000000"))
+    with pytest.raises(DnfaInputError, match="exceeds the 1000000 training samples"):
+        sweep.prepare([tmp_path / "b.yaml"], runs_dir=tmp_path / "runs", write=False)
+
+
+def _crafted_npz(path, n, d, dtype="<f4"):
+    """An .npz whose X_train and y_train headers declare n x d and n rows over 16 bytes of
+    data each: what a few-KB compressed file can claim. The test arrays are honest."""
+    with zipfile.ZipFile(path, "w") as z:
+        for k, shape in (("X_train", (n, d)), ("y_train", (n,))):
+            buf = io.BytesIO()
+            np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+            z.writestr(f"{k}.npy", buf.getvalue() + b"\0" * 16)
+        for k, a in (("X_test", np.zeros((4, d))), ("y_test", np.zeros(4))):
+            buf = io.BytesIO()
+            np.save(buf, a)
+            z.writestr(f"{k}.npy", buf.getvalue())
+
+
+def test_the_memory_check_comes_before_any_array_is_loaded(tmp_path):
+    """X_train declares 10^9 x 1000 float32 (4 TB): refused as too large for this machine
+    from its header, not read (and then called damaged, or worse, allocated)."""
+    _crafted_npz(tmp_path / "big.npz", 10**9, 1000)
+    cfg = config.validate({"data": {"task": "npz", "path": str(tmp_path / "big.npz")}, "model": {"width": 4}})
+    assert cfg.data.train_size() == 10**9
+    with pytest.raises(DnfaInputError, match=r"data.n_train \+ data.n_test = 1,000,000,004: this run would need about "
+                                             r"16 TB of memory"):
+        data.make_dataset(cfg)
