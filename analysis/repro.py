@@ -46,16 +46,20 @@ def balanced_alpha(L: int, i: int) -> float:
     return 1.0 / (L - i + 1)
 
 
-def balance_residuals(Ws: list[np.ndarray]) -> list[float]:
+def imbalances(Ws: list[np.ndarray]) -> list[tuple[float, float]]:
     """For each pair of adjacent layers (j, j + 1), j = 1 .. L-1, of weights W_j (out, in):
-    |W_{j+1}^T W_{j+1} - W_j W_j^T|_F / max(|W_{j+1}^T W_{j+1}|_F, |W_j W_j^T|_F), 0 for
-    exactly balanced layers, at most 2."""
+    (|W_{j+1}^T W_{j+1} - W_j W_j^T|_F, max(|W_{j+1}^T W_{j+1}|_F, |W_j W_j^T|_F))."""
     out = []
     for lo, hi in zip(Ws, Ws[1:]):
         A, B = hi.T @ hi, lo @ lo.T
-        den = max(np.linalg.norm(A), np.linalg.norm(B))
-        out.append(float(np.linalg.norm(A - B) / den) if den > 0 else math.nan)
+        out.append((float(np.linalg.norm(A - B)), float(max(np.linalg.norm(A), np.linalg.norm(B)))))
     return out
+
+
+def balance_residuals(Ws: list[np.ndarray]) -> list[float]:
+    """Per pair of adjacent layers, the imbalance relative to the larger Gram: 0 for
+    exactly balanced layers, at most 2."""
+    return [d / n if n > 0 else math.nan for d, n in imbalances(Ws)]
 
 
 def layer_residual(res: list[float], i: int) -> float:
@@ -67,10 +71,11 @@ def layer_residual(res: list[float], i: int) -> float:
 
 
 # ----------------------------------------------------------------------------- loading
-def load(runs_dir: Path):
-    """The reproductions' rows (one per run x checkpoint x layer) of load_runs, with the
-    runs of other configs left out; None where no reproduction has run."""
-    df = load_runs(runs_dir, checkpoints="all")
+def load(runs_dir: Path, frame=None):
+    """The reproductions' rows (one per run x checkpoint x layer) of load_runs (or of
+    `frame`, load_runs(runs_dir, checkpoints="all") read by the caller), with the runs of
+    other configs left out; None where no reproduction has run."""
+    df = load_runs(runs_dir, checkpoints="all") if frame is None else frame
     if df.empty or "name" not in df:
         return None
     df = df[df["name"].isin(list(REPRODUCTIONS))]
@@ -208,7 +213,21 @@ def x1x2_settings(init, end, runs_dir: Path) -> str:
         f"against {f3(t['test_loss'])} (R^2 {f3(r2['paper_x1x2'])}) for the text's, and layer 1's printed "
         f"numbers are {sci} (code against text). With one run per setting these differences carry no "
         "interval and may be seed noise; issue 18's five-seed comparison of the official code (not rerun "
-        "here) put the shift between the two settings at 2.6-5.6 standard errors.")
+        "here) put the shift between the two settings at 2.6-5.6 standard errors." + same_net(end))
+
+
+def same_net(end) -> str:
+    """Whether paper_x1x2_linear, paper_x1x2 with other checkpoints, ends where it does."""
+    flat = end.reset_index()
+    a, b = (flat[(flat["name"] == n) & (flat["layer"] == 1)] for n in ("paper_x1x2", "paper_x1x2_linear"))
+    if a.empty or b.empty:
+        return ""
+    keys = ["test_loss", "train_loss", "pearson_a05"]
+    same = all(a[k].iloc[0] == b[k].iloc[0] for k in keys)
+    return (" `paper_x1x2_linear` trains " + ("the same net: its end's losses and layer 1's pearson_a05 are those "
+            "of `paper_x1x2` to the last digit; only its checkpoints differ." if same else
+            "the text's setting with other checkpoints, and ends at test loss "
+            f"{f3(b['test_loss'].iloc[0])} against `paper_x1x2`'s {f3(a['test_loss'].iloc[0])}."))
 
 
 # ----------------------------------------------------------------------------- deep linear
@@ -234,23 +253,27 @@ def deep_linear_rows(init, end, runs_dir: Path) -> list[dict]:
     flat = end.reset_index()
     for rid, g in order(flat[flat["name"].isin(DEEP_LINEAR)]).groupby("run_id", sort=False):
         steps = (int(init.loc[rid]["step"].iloc[0]), int(g["step"].iloc[0]))
-        res = [balance_residuals([m[f"W{i}"].astype(np.float64) for i in range(1, len(g) + 1)])
+        imb = [imbalances([m[f"W{i}"].astype(np.float64) for i in range(1, len(g) + 1)])
                for m in (load_matrices(rid, s, runs_dir) for s in steps)]
+        res = [[d / n for d, n in x] for x in imb]
+        drift = [e[0] / i[0] for i, e in zip(*imb)]  # the absolute imbalance, end over init
+        r2 = r_squared(rid, runs_dir, g["test_loss"].iloc[0])
         for _, r in g.iterrows():
             i, L = int(r["layer"]), len(g)
-            out.append({"run": label(r), "name": r["name"], "scale": r["model.init_scale"], "layer": i, "L": L,
+            out.append({"run": label(r), "name": r["name"], "scale": r["model.init_scale"], "layer": i, "L": L, "r2": r2,
                         "alpha_star": r["alpha_star"], "edge": r.get("alpha_star_edge"),
                         "pearson": r["pearson_alpha_star"], "closed": balanced_alpha(L, i),
-                        "res_end": layer_residual(res[1], i), "res_init": layer_residual(res[0], i)})
+                        "res_end": layer_residual(res[1], i), "res_init": layer_residual(res[0], i),
+                        "drift": drift})
     return out
 
 
 def t_deep_linear(rows: list[dict]) -> str:
-    body = [[r["run"], f"{r['scale']:g}", str(r["layer"]), f3(r["alpha_star"]) if finite(r["alpha_star"])
+    body = [[r["run"], f"{r['scale']:g}", f3(r["r2"]), str(r["layer"]), f3(r["alpha_star"]) if finite(r["alpha_star"])
              else f"none ({r['edge']})", f3(r["closed"]), f"{r['alpha_star'] - r['closed']:+.4f}"
              if finite(r["alpha_star"]) else "-", f"{r['pearson']:.5f}" if finite(r["pearson"]) else "-",
              g3(r["res_end"]), g3(r["res_init"])] for r in rows]
-    return table(["run", "init scale", "layer", "alpha_star", "closed form 1/(L-i+1)", "alpha_star - closed form",
+    return table(["run", "init scale", "test R^2", "layer", "alpha_star", "closed form 1/(L-i+1)", "alpha_star - closed form",
                   "pearson at alpha_star", "balance residual, end", "at init"], body)
 
 
@@ -269,14 +292,17 @@ def deep_linear_words(rows: list[dict]) -> str:
                      f"|alpha_star - 1/(L-i+1)| is {max(gap):.4f}" if gap else f"at init scale {scale:g} no layer "
                      "has an alpha_star")
         parts[-1] += (f" ({none} without an alpha_star)" if none and gap else "") + \
-            f", with balance residuals {g3(min(r['res_end'] for r in sel))}-{g3(max(r['res_end'] for r in sel))}"
+            f", with balance residuals {g3(min(r['res_end'] for r in sel))}-{g3(max(r['res_end'] for r in sel))}" + \
+            f" and test R^2 {f3(min(r['r2'] for r in sel))}-{f3(max(r['r2'] for r in sel))}"
     readout = [r["alpha_star"] for r in rows if r["layer"] == r["L"]]
     ro = (f" At the read-out alpha_star is {', '.join(sorted({f3(a) for a in readout}))}, as it must be."
           if readout else "")
     r0 = [r["res_init"] for r in inner]
+    drift = [x for r in rows for x in r["drift"]]
     start = (f" At initialisation the residuals are {g3(min(r0))}-{g3(max(r0))}: random layers are far from "
-             "balanced relative to their own small size; training conserves the (small) absolute imbalance "
-             "while the layers grow.")
+             "balanced relative to their own small size. Gradient flow would keep the absolute imbalance "
+             f"|W_(j+1)^T W_(j+1) - W_j W_j^T|_F fixed while the layers grow; SGD ends with {f2(min(drift))}-"
+             f"{f2(max(drift))} times its initial value over the pairs of these nets.")
     return "Measured against the closed form: " + "; ".join(parts) + "." + ro + start + trend(inner)
 
 
@@ -357,10 +383,11 @@ def fig_grok(c, figdir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the section
-def section(runs_dir: Path, figdir: Path = ROOT / "findings") -> tuple[str, list[Path]]:
+def section(runs_dir: Path, figdir: Path = ROOT / "findings", frame=None) -> tuple[str, list[Path]]:
     """The markdown of FINDINGS' "Closed forms and reproductions" and the figures it wrote
-    in `figdir` (linked as `<figdir name>/<file>`, FINDINGS.md beside figdir)."""
-    df = load(Path(runs_dir))
+    in `figdir` (linked as `<figdir name>/<file>`, FINDINGS.md beside figdir). `frame`:
+    load_runs(runs_dir, checkpoints="all") when the caller has it already."""
+    df = load(Path(runs_dir), frame)
     head = "## Closed forms and reproductions\n\n"
     if df is None:
         return head + f"No reproduction has run in {runs_dir}.\n", []
