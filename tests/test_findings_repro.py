@@ -84,3 +84,28 @@ def test_balanced_alpha_per_layer():
 def test_layer_residual_takes_the_pairs_above():
     assert layer_residual([0.1, 0.3, 0.2], 1) == 0.3
     assert layer_residual([0.1, 0.3, 0.2], 3) == 0.2
+
+
+def curve(train, test):
+    import pandas as pd
+
+    steps = [0, 10, 100, 1000, 10000][:len(train)]
+    return pd.DataFrame({"step": steps, "epoch": [s / 10 for s in steps], "train_acc": train, "test_acc": test,
+                         "pearson_a05": [0.9] * len(train), "pearson_a1": [0.8] * len(train)})
+
+
+def test_a_late_rise_in_test_accuracy_is_called_grokking_with_its_steps():
+    from analysis.repro import grok_words
+
+    words = grok_words(curve([0.0, 0.5, 1.0, 1.0, 1.0], [0.0, 0.0, 0.1, 0.3, 0.9]))
+    # train saturates at step 100 (test 0.1); half-way to 0.9 is 0.5, first reached at step 10000
+    assert words.startswith("The run groks: train accuracy reaches its maximum 1.000 at step 100 (epoch 10)")
+    assert "between the checkpoints at steps 1000 and 10000 (100.0 times the saturation step)" in words
+
+
+def test_test_accuracy_rising_with_train_accuracy_is_not_grokking():
+    from analysis.repro import grok_words
+
+    words = grok_words(curve([0.0, 0.5, 1.0, 1.0], [0.0, 0.4, 0.8, 0.85]))
+    assert words.startswith("The run is not shown to grok: train accuracy reaches its maximum 1.000 at step 100")
+    assert "already 0.800 of its best 0.850" in words
