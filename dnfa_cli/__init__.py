@@ -17,16 +17,38 @@ jax.config.update("jax_enable_x64", True)
 
 # Compiled programs are kept on disk, so a run pays XLA's compile (about 1.5 s for the
 # statistics of each layer shape) once per machine, not once per process.
-# DNFA_CACHE_DIR="" turns it off.
+# DNFA_CACHE_DIR="" turns it off. A directory that exists but takes no files (a read-only
+# mount, another user's) would make JAX warn at every compile, a dozen lines per run: it is
+# tried once here, and if it fails the cache is off, with one note, for this process and
+# the workers it starts.
 _cache = os.environ.get("DNFA_CACHE_DIR", os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "dnfa", "jax"))
-if _cache:
+
+
+def _writable_dir(path: str) -> bool:
+    import tempfile
+
     try:
-        _cache = os.path.expanduser(_cache)
-        os.makedirs(_cache, exist_ok=True)
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".dnfa-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
+if _cache:
+    _cache = os.path.expanduser(_cache)
+    if _writable_dir(_cache):
         jax.config.update("jax_compilation_cache_dir", _cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    except OSError:  # a read-only home: compile every time, as before
-        pass
+    else:  # a read-only home: compile every time, as before
+        if "DNFA_CACHE_DIR" in os.environ or os.path.exists(_cache):
+            import sys
+
+            print(f"note: compilation cache {_cache} is not writable: compiling in every process "
+                  f"(DNFA_CACHE_DIR names another; empty turns the cache off)", file=sys.stderr)
+        os.environ["DNFA_CACHE_DIR"] = ""  # the sweep's workers: no second note
 
 __version__ = "0.2.0"
 

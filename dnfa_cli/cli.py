@@ -70,6 +70,12 @@ def _stdout_closed():
 
 
 class _Console(Console):
+    def __init__(self, **kw):
+        """Markup off: what dnfa prints is user text (paths, names, keys, values) and none
+        of it is rich markup, so `--runs-dir 'runs[old]'` prints as written and '[/]'
+        cannot crash a print."""
+        super().__init__(markup=False, **kw)
+
     def on_broken_pipe(self) -> None:
         """A closed stdout or stderr silences this console. It ends the command only where
         the output is all it does (report, ls, compare read stdout's reader gone as "done");
@@ -173,8 +179,8 @@ class _RunProgress:
         """The live line, from the first phase on (after the line printed before it)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                             TextColumn("eta {task.fields[eta]}"), console=err, transient=True)
+        self.prog = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(),
+                             TextColumn("eta {task.fields[eta]}", markup=False), console=err, transient=True)
         self.prog.__enter__()
         self.task = self.prog.add_task(self.what, total=1.0, eta="-")
 

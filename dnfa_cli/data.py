@@ -223,6 +223,8 @@ def _npz_shapes(dc: cf.Npz, bad) -> dict[str, npzhead.Member]:
             raise bad(f"y_{nm} is a scalar; it needs one row per sample of X_{nm}")
         if y[0] != X[0]:
             raise bad(f"y_{nm} has {y[0]} rows but X_{nm} has {X[0]}")
+        if dc.kind == "regression" and len(y) == 2 and y[1] == 0:
+            raise bad(f"y_{nm} has shape {y}: no outputs (regression y is (n,) or (n, c) with c >= 1)")
     if Xtr[0] == 0 or Xte[0] == 0:
         raise bad("X_train and X_test must not be empty")
     return heads
@@ -245,6 +247,7 @@ def _npz(cfg, key):
     Xtr, ytr, Xte, yte = (arrays[k] for k in NPZ_ARRAYS)
     if not (np.all(np.isfinite(Xtr)) and np.all(np.isfinite(Xte))):
         raise bad("X contains NaN or inf")
+    _check_range(cfg, bad, {"X_train": Xtr, "X_test": Xte})
     if dc.kind == "classification":
         for nm, y in (("y_train", ytr), ("y_test", yte)):
             if y.ndim != 1 or not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)) or (len(y) and y.min() < 0):
@@ -258,7 +261,23 @@ def _npz(cfg, key):
             raise bad(f"{nm} must be finite, of shape (n,) or (n, c)")
     if ytr.ndim != yte.ndim or (ytr.ndim == 2 and ytr.shape[1] != yte.shape[1]):
         raise bad("y_train and y_test have different output dimensions")
+    _check_range(cfg, bad, {"y_train": ytr, "y_test": yte})
     return _regression(Xtr, ytr, Xte, yte)
+
+
+def _check_range(cfg, bad, arrays: dict) -> None:
+    """Finite arrays that the training dtype cannot hold (1e39 is inf in float32): bad
+    input naming the array, not a run that 'diverged at step 0'."""
+    dt = np.dtype(cfg.train.dtype)
+    for nm, a in arrays.items():
+        if not a.size or not np.issubdtype(a.dtype, np.number):
+            continue
+        lo, hi = a.min(), a.max()
+        with np.errstate(over="ignore"):
+            if np.isinf(dt.type(lo)) or np.isinf(dt.type(hi)):
+                top = hi if abs(float(hi)) >= abs(float(lo)) else lo
+                raise bad(f"{nm} holds {float(top):.3g}, beyond the range of train.dtype {dt.name} "
+                          f"(|x| <= {float(np.finfo(dt).max):.3g}): rescale it or set train.dtype: float64")
 
 
 _MAKERS = {  # each task class of config.TASK_CLASSES -> the function that draws its data

@@ -128,3 +128,69 @@ def test_the_memory_check_comes_before_any_array_is_loaded(tmp_path):
     with pytest.raises(DnfaInputError, match=r"data.n_train \+ data.n_test = 1,000,000,004: this run would need about "
                                              r"16 TB of memory"):
         data.make_dataset(cfg)
+
+
+# ----------------------------------------------------------------------------- smaller (issue 21.10)
+TINY = """name: tiny
+data: {task: monomial, d: 4, n_train: 64, n_test: 16}
+model: {depth: 1, width: 8}
+train: {epochs: 3, batch_size: 16}
+metrics: {checkpoints: 1, samples: 64}
+"""
+
+
+def _dnfa(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "dnfa_cli.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=900, env=env)
+
+
+def test_paths_that_look_like_rich_markup_print_as_written(tmp_path):
+    """`[old]` was taken for a style and dropped, `[/]` for a closing tag and crashed the
+    print (after the run's lock was taken: a traceback, exit 1)."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "e[/]").mkdir(parents=True)  # the directory "]" in "e["
+    r = _dnfa("ls", "--runs-dir", "e[/]", cwd=tmp_path)
+    assert r.returncode == 0 and "e[/]" in r.stdout, r.stderr[-500:]
+    for why in ("->", "already finished ok"):
+        r = _dnfa("train", "tiny.yaml", "--runs-dir", "runs[old][/]", cwd=tmp_path)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-800:]
+        line = next(x for x in r.stdout.splitlines() if x.startswith("run tiny-"))
+        assert why in line and line.endswith("runs[old][/]/" + line.split()[1]), line
+
+
+def test_a_cache_dir_that_takes_no_files_is_one_note():
+    """/proc exists and takes no new files, even for root: JAX warned at every compile
+    (two lines each); now one note, and the compile still works."""
+    code = "import dnfa_cli, jax, jax.numpy as jnp; print(jax.jit(lambda x: jnp.sin(x) * 2)(1.0))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "DNFA_CACHE_DIR": "/proc"})
+    assert r.returncode == 0 and r.stdout.strip() == str(np.sin(1.0) * 2), r.stderr[-800:]
+    assert r.stderr.splitlines() == ["note: compilation cache /proc is not writable: compiling in every process "
+                                     "(DNFA_CACHE_DIR names another; empty turns the cache off)"], r.stderr[-800:]
+
+
+def _npz_cfg(tmp_path, dtype="float32", **arrays):
+    base = {"X_train": np.zeros((4, 2)), "y_train": np.zeros(4), "X_test": np.zeros((2, 2)), "y_test": np.zeros(2)}
+    np.savez(tmp_path / "d.npz", **{**base, **arrays})
+    return config.validate({"data": {"task": "npz", "path": str(tmp_path / "d.npz")}, "model": {"width": 4},
+                            "train": {"batch_size": 2, "dtype": dtype}})
+
+
+def test_regression_targets_with_no_outputs_are_bad_input(tmp_path):
+    cfg = _npz_cfg(tmp_path, y_train=np.zeros((4, 0)), y_test=np.zeros((2, 0)))
+    with pytest.raises(DnfaInputError, match=r"y_train has shape \(4, 0\): no outputs"):
+        data.make_dataset(cfg)
+
+
+@pytest.mark.parametrize("name,n", [("X_train", 4), ("X_test", 2), ("y_train", 4), ("y_test", 2)])
+def test_finite_data_beyond_float32_is_bad_input_naming_the_array(tmp_path, name, n):
+    """1e39 is finite in float64 and inf in float32: the run 'diverged at step 0'. Bad
+    input under train.dtype float32; under float64 the same file trains."""
+    a = np.zeros((n, 2) if name[0] == "X" else n)
+    a.flat[-1] = -1e39
+    with pytest.raises(DnfaInputError, match=rf"d.npz': {name} holds -1e\+39, beyond the range of train.dtype float32"):
+        data.make_dataset(_npz_cfg(tmp_path, **{name: a}))
+    ds = data.make_dataset(_npz_cfg(tmp_path, "float64", **{name: a}))
+    assert getattr(ds, name.replace("y_", "T_")).min() == -1e39  # Dataset.T_*: the regression targets
+    a.flat[-1] = float(np.finfo(np.float32).max)  # the largest float32 is allowed
+    data.make_dataset(_npz_cfg(tmp_path, **{name: a}))
