@@ -129,6 +129,35 @@ def test_in_a_linear_net_a_swap_leaves_the_gradients_alone():
         assert got["swap_spec_tightness_range"] == pytest.approx(ref.tightness(Qo.T @ G @ Qo), abs=1e-10)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_in_a_tanh_net_the_swaps_equal_the_nets_written_out_by_hand(bias):
+    """The Gaussian swap matrix is R rescaled to |W_i|_F, checked where the scale matters:
+    in a tanh net the swapped layer's pgop depends on the size of M (in a linear net it
+    does not, and pearson and tightness are scale-free, so a missing rescale passes there).
+    The references: the swapped nets in numpy (reference_stats.tanh_swap), with R scaled
+    here by numpy norms."""
+    sizes = [5, 9, 6, 3]
+    params = mdl.init_params(jax.random.PRNGKey(31), sizes, bias=bias, init="torch", init_scale=1.5, dtype=jnp.float64)
+    X = np.asarray(jax.random.normal(jax.random.PRNGKey(32), (70, 5), jnp.float64))
+    hs = cf.layer_inputs(params, jnp.asarray(X), "tanh")
+    Ws = [np.asarray(p["W"]) for p in params]
+    bs = [np.asarray(p.get("b", np.zeros(p["W"].shape[0]))) for p in params]
+    for i in range(2):
+        f = cf.SwapFactors(jax.random.PRNGKey(40 + i), Ws[i].shape)
+        R = np.asarray(f.R) * (np.sqrt(np.sum(Ws[i] ** 2)) / np.sqrt(np.sum(np.asarray(f.R) ** 2)))
+        M = np.asarray(cf._swap_matrices(jnp.asarray(Ws[i]), f.R, f.Qo, f.Qi)[0])
+        np.testing.assert_allclose(np.sqrt(np.sum(M ** 2)), np.sqrt(np.sum(Ws[i] ** 2)), rtol=1e-12)  # |M|_F = |W|_F
+        Rs = (np.asarray(f.Qo) * np.linalg.svd(Ws[i], compute_uv=False)) @ np.asarray(f.Qi).T
+        got = cf.swap(_cfg("tanh"), params, hs, i, f, dtype=jnp.float64)
+        H = np.asarray(hs[i])
+        for arm, Mref in (("swap", R), ("swap_spec", Rs)):
+            p, t = ref.tanh_swap(Ws, bs, i, Mref, H)
+            assert got[f"{arm}_pearson_a1"] == pytest.approx(p, abs=1e-10), (bias, i, arm)
+            assert got[f"{arm}_tightness_range"] == pytest.approx(t, abs=1e-10), (bias, i, arm)
+        # the scale is not idle here: R at a tenth of |W|_F gives other statistics
+        assert abs(ref.tanh_swap(Ws, bs, i, R / 10, H)[0] - got["swap_pearson_a1"]) > 1e-4
+
+
 def _uv_factors(W, key):
     return cf.SwapFactors(jax.random.PRNGKey(key), W.shape, uv=True)
 

@@ -166,3 +166,40 @@ def test_a_closed_pipe_silences_a_sweep_whose_record_says_what_finished(tmp_path
                             tmp_path) == 0
     rec = json.loads(max((tmp_path / "runs" / "sweeps").glob("*.json"), key=os.path.getmtime).read_text())
     assert [r["status"] for r in rec["runs"]] == ["diverged", "diverged"]
+
+
+def test_result_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """result.json goes through a temp file in the run's directory and one rename: a
+    process killed before the rename leaves no result.json (the run reads as unfinished),
+    never a partial or a complete one for a run whose write did not finish. The kill is
+    an exception raised at the rename; a direct write (no rename) would leave the file."""
+    from types import SimpleNamespace
+
+    cfg = config.validate({"name": "w", "model": {"width": 4}})
+    outcome = SimpleNamespace(status="ok", error=None, seconds={"total": 1.0}, checkpoints=[])
+    renames = []
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "result.json":
+            renames.append((Path(src), Path(dst), Path(src).read_text()))
+            if len(renames) == 1:
+                raise KeyboardInterrupt  # killed between the write and the rename
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    w = runs.RunWriter(tmp_path / "runs", cfg)
+    w.start({})
+    with pytest.raises(KeyboardInterrupt):
+        w.finish(outcome, {}, runs.now_iso())
+    assert len(renames) == 1 and not (w.dir / "result.json").exists()
+    assert sorted(p.name for p in w.dir.iterdir()) == ["checkpoints", "config.yaml", "env.json", "metrics.jsonl"]
+    assert runs.result_status(tmp_path / "runs", cfg.run_id) is None  # unfinished, so a rerun trains it
+    w.release()
+    w = runs.RunWriter(tmp_path / "runs", cfg)
+    w.start({})
+    res = w.finish(outcome, {}, runs.now_iso())
+    src, dst, text = renames[1]
+    assert dst == w.dir / "result.json" and src.parent == w.dir and src != dst  # a temp file beside it, renamed
+    assert json.loads(text) == res == json.loads(dst.read_text())  # whole before the rename
+    assert runs.result_status(tmp_path / "runs", cfg.run_id) == "ok"
