@@ -170,12 +170,16 @@ def summaries(df: pd.DataFrame, cols, by) -> dict[str, pd.DataFrame]:
             for c in cols}
 
 
+DIGITS = {"iso_dim90": 1, "rand_iso_dim90": 1, "iso_gap": 1, "iso_gap_0": 1, "t_loss": 0,
+          **{f"lag_{s}": 0 for s in ("pearson_a1", "pearson_a05")}}  # decimals where 2 is not the scale
+
+
 def strata_rows(sums: dict[str, pd.DataFrame], cols: dict[str, str], by, signed=(), cell=None) -> tuple[list, list]:
     """(header, body) of a table with one row per stratum present in any summary and one
     column per `cols` label -> summary key, each `mean [lo, hi]` (n runs in a last column);
     `cell(key, stratum)` prints a cell otherwise."""
     idx = sorted({i for s in sums.values() for i in s.index}, key=_stratum_key)
-    cell = cell or (lambda k, i: inf.fmt(_at(sums[k], i), signed=k in signed))
+    cell = cell or (lambda k, i: inf.fmt(_at(sums[k], i), DIGITS.get(k, 2), signed=k in signed))
     body = []
     for i in idx:
         cells = [cell(k, i) for k in cols.values()]
@@ -420,20 +424,33 @@ def q1(lt: pd.DataFrame) -> tuple[str, str, dict]:
     return t1, t2, {"deltas": deltas, "ends": ends, "conv": conv}
 
 
+def span(s: pd.DataFrame, digits: int = 2) -> str:
+    """'a to b': the smallest and largest stratum mean of a summary."""
+    v = s["mean"].astype(float).dropna() if len(s) else pd.Series(dtype=float)
+    if v.empty:
+        return "-"
+    return f"{v.min():.{digits}f}" if v.min() == v.max() else f"{v.min():.{digits}f} to {v.max():.{digits}f}"
+
+
+def rose(d: pd.DataFrame) -> str:
+    p, n, z = signs(d)
+    return f"rose in {p} of {p + n + z}, fell in {n}"
+
+
 def q1_words(s: dict) -> str:
     out = []
     for reg in REGIMES:
         parts = []
-        for lab, c in (("entry-wise", "pearson_a1"), ("traceless", "traceless_pearson_a1"), ("off-diagonal", "offdiag_pearson_a1"),
-                       ("entry-wise", "pearson_a05"), ("traceless", "traceless_pearson_a05"), ("off-diagonal", "offdiag_pearson_a05")):
-            d = sel(s["deltas"][f"d_{c}"], regime=reg)
-            if len(d):
-                p, n, z = signs(d)
-                parts.append(f"{lab} alpha = {'1' if c.endswith('a1') else '1/2'} rose in {p}, fell in {n}, "
-                             f"undecided in {z} of {p + n + z}")
+        for a in ("a1", "a05"):
+            e, d = sel(s["ends"][f"pearson_{a}"], regime=reg), sel(s["deltas"][f"d_pearson_{a}"], regime=reg)
+            if not len(d):
+                continue
+            t, o = sel(s["deltas"][f"d_traceless_pearson_{a}"], regime=reg), sel(s["deltas"][f"d_offdiag_pearson_{a}"], regime=reg)
+            te = sel(s["ends"][f"traceless_pearson_{a}"], regime=reg)
+            parts.append(f"alpha = {'1' if a == 'a1' else '1/2'} entry-wise ends at {span(e)} and {rose(d)} strata; "
+                         f"traceless it ends at {span(te)} and {rose(t)}, off-diagonal {rose(o)}")
         if parts:
-            out.append(f"In {reg} nets (strata task x layer, width 256; change end - init, 95% interval over runs): "
-                       + "; ".join(parts) + ".")
+            out.append(f"**{reg.capitalize()} nets** (strata task x layer at width 256): " + "; ".join(parts) + ".")
     return " ".join(out) if out else "No finished runs yet."
 
 
@@ -465,8 +482,12 @@ def q2_words(s: dict) -> str:
     for reg in REGIMES:
         w, g = sel(s["w_minus_u"], regime=reg), sel(s["iso_gap"], regime=reg)
         if len(w):
-            out.append(f"{reg} nets: the spectrum-weighted tightness exceeds the unweighted one in "
-                       f"{count_words(w, 'above', 'below')}; iso_dim90 - rand_iso_dim90: {count_words(g)}")
+            out.append(f"**{reg.capitalize()} nets**: the spectrum-weighted tightness `cosine_a1` ends at "
+                       f"{span(sel(s['cosine_a1'], regime=reg))}, the unweighted sqrt(`tightness_range`) at "
+                       f"{span(sel(s['sqrt_tr'], regime=reg))}; weighted - unweighted is above 0 in {signs(w)[0]} of "
+                       f"{len(w)} strata (below in {signs(w)[1]}). `iso_frac90` ends at {span(sel(s['iso_frac90'], regime=reg))}; "
+                       f"iso_dim90 exceeds its same-spectrum random reference in {signs(g)[0]} of {len(g)} strata "
+                       f"(falls short in {signs(g)[1]}, undecided in {signs(g)[2]})")
     return ("; ".join(out) + ".") if out else "No finished runs yet."
 
 
@@ -488,11 +509,16 @@ def q3(lt: pd.DataFrame):
 def q3_words(s: dict) -> str:
     out = []
     for reg in REGIMES:
-        g, most = sel(s["gap_gauss"], regime=reg), sel(s["most"], regime=reg)
-        if len(g):
-            out.append(f"{reg} nets: the trained W beats a Gaussian R in {count_words(g, 'above 0', 'below')}; "
-                       f"a random matrix with W's singular values closes more of that gap than it leaves in "
-                       f"{signs(most)[0]} of {len(most)} strata (and less in {signs(most)[1]})")
+        g, most, c = sel(s["gap_gauss"], regime=reg), sel(s["most"], regime=reg), sel(s["closed"], regime=reg)
+        if not len(g):
+            continue
+        up = g[g.lo.astype(float) > 0]
+        share = (c.loc[up.index, "mean"].astype(float) / up["mean"].astype(float)) if len(up) else pd.Series(dtype=float)
+        each = ", ".join(f"{t} layer {lay} {v:.0%}" for (t, lay, _), v in sorted(share.items(), key=lambda kv: _stratum_key(kv[0])))
+        frac = f"; where it does, W's spectrum alone closes (ratio of stratum means) {each} of it" if len(share) else ""
+        out.append(f"**{reg.capitalize()} nets**: the trained W's pearson_a1 exceeds a Gaussian R's by {span(g)} (stratum "
+                   f"means), above 0 in {signs(g)[0]} of {len(g)} strata{frac}; the spectrum closes more of the gap than "
+                   f"it leaves in {signs(most)[0]} strata and less in {signs(most)[1]}")
     return ("; ".join(out) + ".") if out else "No finished runs yet."
 
 
@@ -585,7 +611,7 @@ def q4_words(s: dict) -> str:
         parts = []
         for k, r in m.iterrows():
             sign = inf.excludes_zero(r.lo, r.hi)
-            better = {1: "higher", -1: "lower", 0: "not resolved from"}[sign]
+            better = {1: "higher than", -1: "lower than", 0: "not resolved from"}[sign]
             what = "test loss" if k[0] == "x1x2" else "test accuracy"
             parts.append(f"{k[0]}/{k[1]}: {what} {better} the trained net's ({inf.fmt(r, 3, signed=True)})")
         out.append(f"With W_2 {arm}: " + "; ".join(parts) + f"; its pearson_a1 at layer 2 against the trained W_2: "
@@ -602,9 +628,22 @@ def q4_swaps(lt: pd.DataFrame):
     tightness_range minus the trained W's, within run."""
     m = main_layers(lt)
     diffs = {f"{v}_{k}": (f"{v}_{k}", k) for v in SWAPS.values() for k in ("pearson_a1", "tightness_range")}
-    m = with_diffs(m, {f"d_{n}": ab for n, ab in diffs.items()})
+    m = with_diffs(m, {**{f"d_{n}": ab for n, ab in diffs.items()},
+                       "u_minus_v": ("swap_keepu_pearson_a1", "swap_keepv_pearson_a1")})
     cols = {f"{lab}: {k}": f"d_{v}_{k}" for k in ("pearson_a1", "tightness_range") for lab, v in SWAPS.items()}
+    cols["keep U - keep V: pearson_a1"] = "u_minus_v"
     return q_table(m, cols, signed=set(cols.values()))
+
+
+def swaps_words(s: dict) -> str:
+    out = []
+    for reg in REGIMES:
+        d, g = sel(s["u_minus_v"], regime=reg), sel(s["d_swap_pearson_a1"], regime=reg)
+        if len(d):
+            out.append(f"{reg} nets: a Gaussian swap lowers pearson_a1 in {signs(g)[1]} of {len(g)} strata (by "
+                       f"{span(g)}); keeping U and S retains more of it than keeping V and S in {signs(d)[0]} strata, "
+                       f"less in {signs(d)[1]}")
+    return ("; ".join(out) + ".") if out else ""
 
 
 # ----------------------------------------------------------------------------- emergence
@@ -808,7 +847,7 @@ def fig_anyw(s4: dict, out: Path) -> str:
 
 
 def fig_emergence(frame: pd.DataFrame, rt: pd.DataFrame, out: Path) -> str:
-    """Mean progress (v - v_0) / (v_end - v_0) over the rich width-256 runs of the test loss
+    """Median progress (v - v_0) / (v_end - v_0) over the rich width-256 runs of the test loss
     and of pearson_a1 at layers 2 and 3, per task, against the step."""
     plt = _plt()
     ids = rt.loc[(rt.arm == TRAINED) & (rt.width == 256) & (rt.regime == "rich"), "run_id"]
@@ -821,7 +860,7 @@ def fig_emergence(frame: pd.DataFrame, rt: pd.DataFrame, out: Path) -> str:
                                        ("pearson_a1, layer 3", "pearson_a1", 3)), ("k", "C0", "C1")):
             g = d[d.layer == lay].groupby("run_id")[key]
             prog = (d.loc[d.layer == lay, key] - g.transform("first")) / (g.transform("last") - g.transform("first"))
-            curve = prog.groupby(d.loc[d.layer == lay, "step"]).mean()
+            curve = prog.groupby(d.loc[d.layer == lay, "step"]).median()  # a ratio: one flat run must not dominate
             ax.plot(curve.index, curve.values, color=c, label=lab)
         ax.axhline(0.9, color="grey", ls=":", lw=0.8)
         ax.set_ylim(-0.5, 1.5)
@@ -830,7 +869,7 @@ def fig_emergence(frame: pd.DataFrame, rt: pd.DataFrame, out: Path) -> str:
         ax.set_title(f"{task} ({d.run_id.nunique()} rich runs)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Figure 4. Emergence: mean progress over the rich runs (width 256, 50 evenly spaced checkpoints)")
+    fig.suptitle("Figure 4. Emergence: median progress over the rich runs (width 256, 50 evenly spaced checkpoints)")
     fig.tight_layout()
     return _save(fig, out / "fig4_emergence.png")
 
@@ -868,6 +907,9 @@ def analyse(frame: pd.DataFrame, plan: pd.DataFrame, root: Path, figdir: Path) -
     r["design"], r["regime"] = t_design(rt), t_regime(rt)
     r["acc"], facts = t_accuracy(rt)
     r["acc_words"], r["regime_words"] = accuracy_words(facts, rt), regime_words(rt, gains)
+    split = sorted(frame.loc[frame.run_id.isin(rt.run_id), "metrics.split"].dropna().unique()) \
+        if "metrics.split" in frame else []
+    r["split"] = "/".join(split) or "-"
     r["q1"], r["q1_conv"], s1 = q1(lt)
     r["q1_words"] = q1_words(s1)
     for q, fn, words in (("q2", q2, q2_words), ("q3", q3, q3_words), ("q5", q5, q5_words), ("q6", q6, q6_words)):
@@ -876,6 +918,7 @@ def analyse(frame: pd.DataFrame, plan: pd.DataFrame, root: Path, figdir: Path) -
     r["q4"], s4 = q4(lt, rt)
     r["q4_words"] = q4_words(s4)
     r["q4_swaps"], r["q4_swaps_s"] = q4_swaps(lt)
+    r["q4_swaps_words"] = swaps_words(r["q4_swaps_s"])
     em = emergence(frame, rt)
     r["q7"], s7 = q7(em)
     r["q7_words"] = q7_words(em, s7)
@@ -884,18 +927,21 @@ def analyse(frame: pd.DataFrame, plan: pd.DataFrame, root: Path, figdir: Path) -
     r["q8_width"], r["q8_width_words"] = width_effects(lt, rt)
     r["figs"] = [fig_ansatz(s1, figdir), fig_isotropy(lt, figdir), fig_anyw(s4, figdir),
                  fig_emergence(frame, rt, figdir), fig_regime(rt, gains, figdir)]
-    r["repro"] = repro_section(root)
+    r["repro"] = repro_section(root, figdir)
     return r
 
 
-def repro_section(root: Path) -> tuple[str, list]:
+def repro_section(root: Path, figdir: Path) -> tuple[str, list]:
     """The reproductions / closed forms / grokking section, from analysis/repro.py where it
-    exists (written separately); imported only here."""
+    exists (written separately); imported only here. Its figures go to `figdir`."""
     if not (Path(__file__).parent / "repro.py").exists():
         return "(analysis/repro.py is not in this checkout: the reproductions' section is not generated)", []
+    import inspect
+
     import repro
 
-    md, figs = repro.section(root)
+    takes_dir = len(inspect.signature(repro.section).parameters) > 1
+    md, figs = repro.section(root, figdir) if takes_dir else repro.section(root)
     return md, [Path(f) for f in figs]
 
 
@@ -982,7 +1028,10 @@ layer's representation at the end minus at step 0 - how far training moved that
 representation toward the targets. It is a normalised correlation of n x n kernels, free of
 width, and was fixed before the pilot was read (the old 0.25 movement rule falls like
 1/sqrt(width) and called the paper's own run lazy). Rich from {RICH} (a third of the paper's
-run in the pilot), lazy below {LAZY}, between reported as such. {r['regime_words']}
+run in the pilot), lazy below {LAZY}, between reported as such. dnfa measures `kta` on the
+metrics subset ({f['samples']} samples of the `{r['split']}` split), where the pilot's was on the test inputs: on
+training samples a net that fits its training set without learning the task raises it too.
+{r['regime_words']}
 
 {r['regime']}
 
@@ -1048,7 +1097,7 @@ and cell. {r['q4_words']}
 
 Beside it, the swap test's factorial after training (the trained net, each layer swapped in
 turn and the net re-run): which of W's singular frames carries the ansatz and the isotropy?
-Each entry: swapped minus trained, within run.
+Each entry: swapped minus trained, within run. {r['q4_swaps_words']}
 
 {r['q4_swaps']}
 """
@@ -1117,8 +1166,8 @@ def render_review(r: dict, f: dict) -> str:
         ("The same-spectrum result and the left identity are under-sold", "questions 3 and 5", r["q3_words"] + " " + r["q5_words"]),
         ("Diverged runs dropped silently", "counted per cell (table of the study)", f"diverged or failed: {bad_txt}"),
         ("Reproductions without accuracies; grokking not shown; deep-linear alpha_star not against its closed form",
-         "the reproductions' section (analysis/repro.py)", "see that section" if r["repro"][1] or "not in this" not in r["repro"][0]
-         else "not generated in this checkout"),
+         "the reproductions' section (analysis/repro.py)",
+         "not generated in this checkout" if "not in this checkout" in r["repro"][0] else "see the reproductions' section"),
     ]
     return "## The criticism of FINDINGS v2, point by point\n\n" + md_table(
         ["point", "what changed", "the answer now"], [[a, b, c.replace("|", "/")] for a, b, c in rows])
