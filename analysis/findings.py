@@ -437,6 +437,18 @@ def rose(d: pd.DataFrame) -> str:
     return f"rose in {p} of {p + n + z}, fell in {n}"
 
 
+def conv_words(s: dict) -> str:
+    """The conventions' end values side by side, as spans of stratum means per regime."""
+    c, out = s["conv"], []
+    for reg in REGIMES:
+        if len(sel(c["pearson_a05"], regime=reg)):
+            v = {k: span(sel(c[k], regime=reg)) for k in c}
+            out.append(f"{reg} nets: alpha = 1/2 with W {v['pearson_a05']}, with W - W0 {v['delta_pearson_a05']}, "
+                       f"with the gradient-centred AGOP {v['gc_pearson_a05']}; alpha = 1 with W {v['pearson_a1']}, "
+                       f"with W - W0 {v['delta_pearson_a1']}; the centred NFA {v['centered_pearson']}")
+    return ("Stratum means at the end: " + "; ".join(out) + ".") if out else ""
+
+
 def q1_words(s: dict) -> str:
     out = []
     for reg in REGIMES:
@@ -818,9 +830,11 @@ def fig_isotropy(lt: pd.DataFrame, out: Path) -> str:
     m = main_layers(lt)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     for ax, task in zip(axes, TASKS):
-        for reg, c in zip(REGIMES, ("C0", "C1", "C3")):
-            d = m[(m.task == task) & (m.regime == reg)]
-            ax.scatter(d.rand_iso_dim90, d.iso_dim90, s=10, alpha=0.7, color=c, label=f"{reg} ({len(d)} run x layers)")
+        for (reg, c), (lay, mk) in ((rc, lm) for rc in zip(REGIMES, ("C0", "C1", "C3")) for lm in zip((1, 2, 3), "os^")):
+            d = m[(m.task == task) & (m.regime == reg) & (m.layer == lay)]
+            if len(d):
+                ax.scatter(d.rand_iso_dim90, d.iso_dim90, s=14, alpha=0.7, color=c, marker=mk,
+                           label=f"{reg}, layer {lay} ({len(d)} runs)")
         ax.axline((0, 0), slope=1, color="k", ls="--", lw=0.8)
         ax.set_xlabel("rand_iso_dim90 (same spectrum, Haar vectors)")
         ax.set_ylabel("iso_dim90 of the trained W")
@@ -828,7 +842,7 @@ def fig_isotropy(lt: pd.DataFrame, out: Path) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Figure 2. How far down W's top singular directions pgop is isotropic: trained W against random W "
-                 "with its spectrum (width 256, every layer, end)")
+                 "with its spectrum (width 256, end; marker = layer)")
     fig.tight_layout()
     return _save(fig, out / "fig2_isotropy.png")
 
@@ -911,7 +925,7 @@ def analyse(frame: pd.DataFrame, plan: pd.DataFrame, root: Path, figdir: Path) -
         if "metrics.split" in frame else []
     r["split"] = "/".join(split) or "-"
     r["q1"], r["q1_conv"], s1 = q1(lt)
-    r["q1_words"] = q1_words(s1)
+    r["q1_words"], r["conv_words"] = q1_words(s1), conv_words(s1)
     for q, fn, words in (("q2", q2, q2_words), ("q3", q3, q3_words), ("q5", q5, q5_words), ("q6", q6, q6_words)):
         r[q], s = fn(lt)
         r[f"{q}_words"], r[f"{q}_s"] = words(s), s
@@ -956,8 +970,7 @@ def wall_line(w: dict) -> str:
         return "No study run has finished yet."
     return (f"{w['n']} runs of the study finished (the planned ones, the transplants' sources and the reproductions): "
             f"the first started at {w['first']:%Y-%m-%d %H:%M} UTC, the last finished at {w['last']:%H:%M} UTC, "
-            f"{w['minutes']:.0f} minutes of wall time ({w['run_minutes']:.0f} minutes of run time summed over runs, "
-            "2 workers on 2 shared cores).")
+            f"{w['minutes']:.0f} minutes of wall time ({w['run_minutes']:.0f} minutes of run time summed over runs).")
 
 
 def design_facts(plan: pd.DataFrame) -> dict:
@@ -987,8 +1000,8 @@ Every table, figure and number in this file is computed from the runs by
 
 **How to read the numbers.** The unit of inference is the run. Every entry is a mean over
 runs with its 95% interval, `mean [lo, hi]`, computed per stratum task x width x layer (x
-regime or cell where said): a Student t-interval over the runs' values for fewer than 10
-runs, a run-level BCa bootstrap (scipy, 9,999 resamples, fixed seed) for 10 or more. Every
+regime or cell where said): a Student t-interval over the runs' values for fewer than {boot}
+runs, a run-level BCa bootstrap (scipy, {n_boot:,} resamples, fixed seed) for {boot} or more. Every
 comparison is a paired difference: within a run (end - init, trained W - random W, a swap
 - the trained W) or between runs of the same seed (Adam - SGD, a frozen arm - the trained
 net, width 1024 - 256). Layers are never pooled (the input layer, whose input is the data,
@@ -1061,6 +1074,7 @@ change's interval.
 
 The conventions side by side at the end: the NFM of W, of W - W0 (what the published scripts
 intend) and the gradient-centred AGOP; and the centred NFA of Beaglehole et al.
+{r['conv_words']}
 
 {r['q1_conv']}
 
@@ -1210,7 +1224,8 @@ def render_limits(r: dict) -> str:
 
 def render(r: dict, f: dict) -> str:
     md, _ = r["repro"]
-    return "\n\n".join([HEAD, render_study(r, f), render_questions(r), render_later(r),
+    head = HEAD.format(boot=inf.BOOT_FROM, n_boot=inf.N_BOOT)
+    return "\n\n".join([head, render_study(r, f), render_questions(r), render_later(r),
                         "## Reproductions, closed forms and grokking\n\n" + md if not md.startswith("#") else md,
                         render_review(r, f), render_limits(r)]) + "\n"
 
