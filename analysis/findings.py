@@ -25,6 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import inference as inf  # noqa: E402
+import regime as rg  # noqa: E402
 
 from dnfa_cli import load_runs, runs  # noqa: E402
 from dnfa_cli.config import load_config  # noqa: E402
@@ -37,7 +38,7 @@ WIDE = ("study3w_sgd", "study3w_adam")
 PAPER = ("paper_x1x2", "paper_x1x2_code")
 TASK_NAME = {"monomial": "x1x2", "mnist1d": "mnist1d", "mnist": "mnist"}
 TASKS = ("x1x2", "mnist1d", "mnist")
-RICH, LAZY = 0.1, 0.02  # kta_gain of the last hidden layer: rich from 0.1, lazy below 0.02
+RICH, LAZY = rg.RICH, rg.LAZY  # kta_gain on the test inputs (analysis/regime.py): rich from RICH, lazy below LAZY
 REGIMES = ("rich", "between", "lazy")
 TRAINED = "trained"
 ARMS = {None: "frozen at its own init", "trained": "frozen at the next seed's trained W_2",
@@ -88,9 +89,11 @@ def design(configs: Path = CONFIGS) -> pd.DataFrame:
     return d
 
 
-def run_table(frame: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+def run_table(frame: pd.DataFrame, plan: pd.DataFrame, gains: pd.Series | None = None) -> pd.DataFrame:
     """The plan with each run's status ('not run' where absent), end losses and accuracies,
-    kta_gain of the last hidden layer (end minus step 0) and its regime."""
+    `kta_gain` (run id -> the regime measure on the test inputs, analysis/regime.py), its
+    regime, and `kta_gain_train`, the same rise of dnfa's per-checkpoint `kta` on the
+    training samples it measures."""
     st = frame.groupby("run_id", sort=False).agg(status=("status", "first"))
     rt = plan.merge(st, left_on="run_id", right_index=True, how="left")
     rt["status"] = rt["status"].fillna("not run")
@@ -98,8 +101,9 @@ def run_table(frame: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
     last = ends[ends.step == ends.groupby("run_id").step.transform("max")]
     per_run = last.groupby("run_id")[["test_acc", "test_loss", "train_loss", "step"]].first()
     rt = rt.merge(per_run, left_on="run_id", right_index=True, how="left")
-    rt = rt.merge(kta_gain(frame).rename("kta_gain"), left_on="run_id", right_index=True, how="left")
-    rt["regime"] = rt["kta_gain"].map(regime)
+    rt = rt.merge(kta_gain_train(frame).rename("kta_gain_train"), left_on="run_id", right_index=True, how="left")
+    rt["kta_gain"] = rt.run_id.map(gains if gains is not None else pd.Series(dtype=float)).astype(float)
+    rt["regime"] = rg.regime(rt["kta_gain"]).astype(object).where(rt["kta_gain"].notna())
     return rt
 
 
@@ -108,10 +112,10 @@ def _ok_layers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame.status == "ok") & (frame.trivial != True)]  # noqa: E712 (None: a row without layers)
 
 
-def kta_gain(frame: pd.DataFrame) -> pd.Series:
-    """Per ok run: `kta` of the last hidden layer (the highest non-trivial layer) at the
-    last checkpoint minus at step 0: how far training moved that representation toward
-    the targets (width-free: a CKA of n x n kernels)."""
+def kta_gain_train(frame: pd.DataFrame) -> pd.Series:
+    """Per ok run: dnfa's `kta` of the last hidden layer (the highest non-trivial layer) at
+    the last checkpoint minus at step 0, on the training samples it measures (not the
+    regime: a net that only fits its training set raises it too)."""
     f = _ok_layers(frame)
     if f.empty or "kta" not in f:
         return pd.Series(dtype=float)
@@ -120,13 +124,6 @@ def kta_gain(frame: pd.DataFrame) -> pd.Series:
     first = f[f.step == lo].set_index("run_id")["kta"]
     last = f[f.step == hi].set_index("run_id")["kta"]
     return (last - first).astype(float)
-
-
-def regime(g) -> str | None:
-    """rich (kta_gain >= RICH), lazy (< LAZY), between; None where there is no value."""
-    if g is None or not np.isfinite(g):
-        return None
-    return "rich" if g >= RICH else ("lazy" if g < LAZY else "between")
 
 
 def layer_table(frame: pd.DataFrame, rt: pd.DataFrame) -> pd.DataFrame:
@@ -263,16 +260,17 @@ def t_design(rt: pd.DataFrame) -> str:
         return "(no study-3 config found)"
     counts, regs = status_counts(tr, by), regime_counts(tr, by)
     ok = tr[tr.status == "ok"].assign(metric=lambda d: np.where(d.task == "x1x2", d.test_loss, d.test_acc))
-    met, kg = inf.summarize(ok, "metric", by) if len(ok) else None, inf.summarize(ok, "kta_gain", by) if len(ok) else None
+    met, kg, kt = (inf.summarize(ok, c, by) if len(ok) else None for c in ("metric", "kta_gain", "kta_gain_train"))
     body = []
     for key, c in sorted(counts.iterrows(), key=lambda kv: _stratum_key(kv[0])):
         pick = lambda s: s.loc[key] if s is not None and key in s.index else None  # noqa: E731
         r = regs.loc[key] if key in regs.index else pd.Series(0, index=list(REGIMES))
         metric = ("loss " if key[0] == "x1x2" else "acc ") + inf.fmt(pick(met))
         body.append([*key[:3], f"{key[3]:g}", f"{key[4]:g}", c.planned, c.ok, c.diverged, c.failed, c["not run"],
-                     metric, inf.fmt(pick(kg)), " / ".join(str(int(r[g])) for g in REGIMES)])
+                     metric, inf.fmt(pick(kg)), inf.fmt(pick(kt)), " / ".join(str(int(r[g])) for g in REGIMES)])
     head = ["task", "width", "optimizer", "init scale", "lr", "planned", "ok", "diverged", "failed", "not run",
-            "test acc (x1x2: test loss)", "kta_gain", "rich / between / lazy"]
+            "test acc (x1x2: test loss)", "kta_gain (test inputs)", "the same on training samples",
+            "rich / between / lazy"]
     return md_table(head, body)
 
 
@@ -307,12 +305,19 @@ REPRO_NAMES = ("paper_x1x2", "paper_x1x2_code", "paper_x1x2_linear", "mnist1d_ml
 
 
 # ----------------------------------------------------------------------------- regime
-def paper_gain(frame: pd.DataFrame) -> dict[str, float]:
-    """kta_gain of the reproductions of the paper's x1x2 run (its text's setting and its
-    code's), where they ran ok."""
-    g = kta_gain(frame[frame.name.isin(PAPER)])
+def paper_ids(frame: pd.DataFrame) -> list[str]:
+    """The ok runs of the reproductions of the paper's x1x2 run (its text's setting, its code's)."""
+    return sorted(frame.loc[frame.name.isin(PAPER) & (frame.status == "ok"), "run_id"].unique())
+
+
+def paper_gain(frame: pd.DataFrame, gains: pd.Series) -> dict[str, float]:
+    """kta_gain (test inputs) of the paper's x1x2 run reproduced, by config name."""
     names = frame.drop_duplicates("run_id").set_index("run_id")["name"]
-    return {names[r]: float(v) for r, v in g.items()}
+    return {names[r]: float(gains[r]) for r in paper_ids(frame) if r in gains.index and np.isfinite(gains[r])}
+
+
+def regime_of(g: float) -> str:
+    return str(rg.regime(pd.Series([g])).iloc[0])
 
 
 def t_regime(rt: pd.DataFrame) -> str:
@@ -341,7 +346,7 @@ def regime_words(rt: pd.DataFrame, gains: dict) -> str:
                 f"rich and lazy runs within {both[0]} only (sgd: {only['sgd']}; adam: {only['adam']})" if both else
                 f"no optimizer has both (sgd: {only['sgd']}; adam: {only['adam']})")
         out.append(f"{task}: {said}")
-    paper = [f"`{n}` {g:.2f} ({regime(g)})" for n, g in gains.items()]
+    paper = [f"`{n}` {g:.2f} ({regime_of(g)})" for n, g in gains.items()]
     ptxt = ("The paper's own x1x2 run, reproduced here, reads kta_gain " + ", ".join(paper) + "." if paper else
             "The paper's x1x2 run has not run yet in this runs directory (the pilot measured 0.30 on it, "
             "analysis/pilot3/PILOT.md).")
@@ -914,9 +919,11 @@ def fig_regime(rt: pd.DataFrame, gains: dict, out: Path) -> str:
 # ----------------------------------------------------------------------------- the document
 def analyse(frame: pd.DataFrame, plan: pd.DataFrame, root: Path, figdir: Path) -> dict:
     """Every table, sentence and figure of FINDINGS.md, computed from the frame."""
-    rt = run_table(frame, plan)
+    ok = sorted(set(frame.loc[frame.run_id.isin(plan.run_id) & (frame.status == "ok"), "run_id"]) | set(paper_ids(frame)))
+    measured = rg.kta_gain(root, ok) if ok else pd.Series(dtype=float)
+    rt = run_table(frame, plan, measured)
     lt = layer_table(frame, rt)
-    gains = paper_gain(frame)
+    gains = paper_gain(frame, measured)
     r = {"rt": rt, "lt": lt, "gains": gains, "wall": wall_time(root, study_runs(frame, plan))}
     r["design"], r["regime"] = t_design(rt), t_regime(rt)
     r["acc"], facts = t_accuracy(rt)
@@ -1036,14 +1043,15 @@ and its U/V factorial at the ends (width 256).
 
 ## The regime, measured
 
-A run's regime is `kta_gain`: the centred kernel-target alignment `kta` of the last hidden
-layer's representation at the end minus at step 0 - how far training moved that
-representation toward the targets. It is a normalised correlation of n x n kernels, free of
-width, and was fixed before the pilot was read (the old 0.25 movement rule falls like
-1/sqrt(width) and called the paper's own run lazy). Rich from {RICH} (a third of the paper's
-run in the pilot), lazy below {LAZY}, between reported as such. dnfa measures `kta` on the
-metrics subset ({f['samples']} samples of the `{r['split']}` split), where the pilot's was on the test inputs: on
-training samples a net that fits its training set without learning the task raises it too.
+A run's regime is `kta_gain`: the centred kernel-target alignment of the last hidden layer's
+representation on the run's **test** inputs at the end minus at step 0, from the saved
+weights (`analysis/regime.py`) - how far training moved that representation toward the task.
+It is a normalised correlation of n x n kernels, free of width, and was fixed before the
+pilot was read (the old 0.25 movement rule falls like 1/sqrt(width) and called the paper's
+own run lazy). Rich from {RICH} (a third of the paper's run in the pilot), lazy below {LAZY},
+between reported as such. The same rise of dnfa's per-checkpoint `kta`, measured on the
+{f['samples']} `{r['split']}` samples of the metrics subset, is shown beside it in the table of the study: on
+training samples a net that fits its training set without learning the task aligns too.
 {r['regime_words']}
 
 {r['regime']}

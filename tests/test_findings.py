@@ -109,28 +109,28 @@ def _frame(gains):
     return pd.DataFrame(rows)
 
 
-def test_kta_gain_is_the_last_hidden_layers_end_minus_step_0_and_regimes_follow_it():
+def test_kta_gain_train_is_the_last_hidden_layers_end_minus_step_0():
     fr = _frame({"r1": (0.3, "ok"), "r2": (0.05, "ok"), "r3": (0.01, "ok"), "r4": (0.5, "diverged")})
-    g = findings.kta_gain(fr)
-    assert set(g.index) == {"r1", "r2", "r3"}  # the diverged run has no regime
+    g = findings.kta_gain_train(fr)
+    assert set(g.index) == {"r1", "r2", "r3"}  # the diverged run has none
     assert g["r1"] == pytest.approx(0.3) and g["r3"] == pytest.approx(0.01)
-    assert [findings.regime(g[r]) for r in ("r1", "r2", "r3")] == ["rich", "between", "lazy"]
-    assert findings.regime(0.1) == "rich" and findings.regime(0.02) == "between" and findings.regime(None) is None
 
 
-def test_run_table_counts_diverged_and_absent_runs_per_cell():
-    fr = _frame({"r1": (0.3, "ok"), "r4": (0.5, "diverged")})
-    plan = pd.DataFrame({"run_id": ["r1", "r4", "r9"], "part": "main", "arm": findings.TRAINED, "task": "x1x2",
-                         "optimizer": "sgd", "init_scale": 0.5, "lr": 0.1, "width": 256, "seed": [0, 1, 2],
-                         "cell": "sgd scale 0.5"})
-    rt = findings.run_table(fr, plan)
-    assert list(rt.status) == ["ok", "diverged", "not run"]
-    assert rt.regime.iloc[0] == "rich" and rt.regime.iloc[1:].isna().all()
+def test_run_table_counts_diverged_and_absent_runs_and_reads_the_regime_from_the_given_gains():
+    fr = _frame({"r1": (0.3, "ok"), "r2": (0.3, "ok"), "r3": (0.3, "ok"), "r4": (0.5, "diverged")})
+    plan = pd.DataFrame({"run_id": ["r1", "r2", "r3", "r4", "r9"], "part": "main", "arm": findings.TRAINED,
+                         "task": "x1x2", "optimizer": "sgd", "init_scale": 0.5, "lr": 0.1, "width": 256,
+                         "seed": [0, 1, 2, 3, 4], "cell": "sgd scale 0.5"})
+    gains = pd.Series({"r1": 0.5, "r2": 0.05, "r3": findings.LAZY - 1e-9})  # test-input gains, not the frame's kta
+    rt = findings.run_table(fr, plan, gains)
+    assert list(rt.status) == ["ok", "ok", "ok", "diverged", "not run"]
+    assert list(rt.regime.iloc[:3]) == ["rich", "between", "lazy"] and rt.regime.iloc[3:].isna().all()
+    assert rt.kta_gain_train.iloc[0] == pytest.approx(0.3)
     c = findings.status_counts(rt, ["task"]).loc["x1x2"]
-    assert (c.planned, c.ok, c.diverged, c["not run"]) == (3, 1, 1, 1)
+    assert (c.planned, c.ok, c.diverged, c["not run"]) == (5, 3, 1, 1)
     lt = findings.layer_table(fr, rt)
-    assert sorted(lt.layer) == [1, 2] and set(lt.run_id) == {"r1"}  # no read-out, no diverged run
-    assert lt.loc[lt.layer == 2, "kta_0"].item() == pytest.approx(0.2)
+    assert sorted(set(lt.layer)) == [1, 2] and set(lt.run_id) == {"r1", "r2", "r3"}  # no read-out, no diverged run
+    assert lt.loc[(lt.layer == 2) & (lt.run_id == "r1"), "kta_0"].item() == pytest.approx(0.2)
 
 
 def test_step90_locates_the_first_checkpoint_past_90_percent_and_refuses_noise():
