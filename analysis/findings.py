@@ -199,9 +199,18 @@ def _end_change(end: pd.DataFrame, delta: pd.DataFrame, i) -> str:
     return f"{e['mean']:.2f}; {inf.fmt(d, signed=True)}" if d is not None and d["n"] else inf.fmt(e)
 
 
+SCALE_ARMS = ("smallest scale (rich arm)", "larger scale (lazy arm)")
+
+
 def _stratum_key(i):
-    order = {**{t: n for n, t in enumerate(TASKS)}, **{r: n for n, r in enumerate(REGIMES)}}
-    return tuple((0, order[x]) if isinstance(x, str) and x in order else (1, str(x)) for x in (i if isinstance(i, tuple) else (i,)))
+    """Tasks, regimes and arms in their reading order, numbers by value, other text alphabetically."""
+    order = {v: n for seq in (TASKS, REGIMES, SCALE_ARMS) for n, v in enumerate(seq)}
+
+    def key(x):
+        if isinstance(x, str) and x in order:
+            return (0, order[x], "")
+        return (1, float(x), "") if isinstance(x, (int, float, np.number)) else (2, 0, str(x))
+    return tuple(key(x) for x in (i if isinstance(i, tuple) else (i,)))
 
 
 def signs(s: pd.DataFrame) -> tuple[int, int, int]:
@@ -360,7 +369,7 @@ def t_accuracy(rt: pd.DataFrame) -> tuple[str, dict]:
     ok = rt[(rt.arm == TRAINED) & (rt.status == "ok")].assign(
         metric=lambda d: np.where(d.task == "x1x2", d.test_loss, d.test_acc))
     ok = ok.assign(scale_rank=ok.groupby(["task", "width", "optimizer"]).init_scale.rank(method="dense"))
-    ok["arm_scale"] = np.where(ok.scale_rank == 1, "smallest scale (rich arm)", "larger scale (lazy arm)")
+    ok["arm_scale"] = np.where(ok.scale_rank == 1, *SCALE_ARMS)
     by = ["task", "width", "arm_scale"]
     per = inf.summarize(ok, "metric", [*by, "optimizer"]) if len(ok) else pd.DataFrame()
     diff = inf.paired(ok, "metric", "optimizer", "adam", "sgd", by) if len(ok) else pd.DataFrame()
@@ -378,7 +387,7 @@ def accuracy_words(facts: dict, rt: pd.DataFrame) -> str:
     """The issue's two requirements, judged from the intervals: SGD within 0.05 of Adam on
     mnist; the best mnist1d accuracy of each optimizer."""
     out = []
-    d = facts.get(("mnist", 256, "smallest scale (rich arm)"), (None, None, None))[2]
+    d = facts.get(("mnist", 256, SCALE_ARMS[0]), (None, None, None))[2]
     if d is None or not d["n"]:
         out.append("On mnist the SGD and Adam rich cells are not both run yet.")
     else:
@@ -587,8 +596,9 @@ def q6_words(s: dict) -> str:
     has = lambda v: ((ok.lo.astype(float) <= v) & (ok.hi.astype(float) >= v))  # noqa: E731
     return (f"Over {len(ok)} strata with an interior alpha_star in at least 2 runs, the interval of alpha_star holds "
             f"1/2 in {int(has(0.5).sum())} and 1 in {int(has(1.0).sum())}; its stratum means run from "
-            f"{ok['mean'].astype(float).min():.2f} to {ok['mean'].astype(float).max():.2f}. pearson_a05 - pearson_a1: "
-            f"{count_words(d)}.") if len(ok) else "Too few interior alpha_star values to give an interval."
+            f"{ok['mean'].astype(float).min():.2f} to {ok['mean'].astype(float).max():.2f}, and the curve it maximises "
+            f"varies by {span(s['alpha_curve_range'])} (alpha_curve_range, stratum means). Compared directly, "
+            f"pearson_a05 - pearson_a1: {count_words(d)}.") if len(ok) else "Too few interior alpha_star values to give an interval."
 
 
 ANYW = {"task metric": "metric", "pearson_a1": "pearson_a1", "rand_gap_a1": "rand_gap_a1",
@@ -760,13 +770,19 @@ def t_effects(eff: pd.DataFrame) -> str:
 
 
 def effects_words(eff: pd.DataFrame) -> str:
+    """Per statistic, each effect's range of stratum means and how many of its task x layer
+    intervals exclude 0: which factor moves which number, and by how much."""
     if eff.empty:
         return "No finished runs yet."
     out = []
-    for effect, g in eff.groupby("effect"):
-        p, n, z = signs(g)
-        out.append(f"{effect}: {p} of {p + n + z} task x layer x statistic intervals above 0, {n} below")
-    return "; ".join(out) + "."
+    for stat in MOVE.values():
+        parts = []
+        for effect, g in eff[eff.stat == stat].groupby("effect", sort=False):
+            p, n, z = signs(g)
+            parts.append(f"{effect} {span(g)} ({p + n} of {p + n + z} resolved)")
+        if parts:
+            out.append(f"`{stat}`: " + "; ".join(parts))
+    return "Paired differences per task x layer, range of their means: " + ". ".join(out) + "."
 
 
 def width_effects(lt: pd.DataFrame, rt: pd.DataFrame) -> tuple[str, str]:
