@@ -47,6 +47,7 @@ def env_info() -> dict:
         "packages": {p: ver(p) for p in ("jax", "jaxlib", "optax", "numpy", "mnist1d", "pydantic")},
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
+        **run_device(),
         "git_commit": commit,
         "git_dirty": dirty,
         "host": socket.gethostname(),
@@ -54,6 +55,14 @@ def env_info() -> dict:
         "cpu_count": os.cpu_count(),
         "time": runs.now_iso(),
     }
+
+
+def run_device() -> dict:
+    """The device this process's runs use (`jax_device`: JAX's default device, the one a
+    sweep worker was given) and, where set, the GPUs it was allowed to see."""
+    dev = jax.config.jax_default_device or jax.devices()[0]
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"jax_device": str(dev), **({"cuda_visible_devices": seen} if seen is not None else {})}
 
 
 def _count_lines(path: str) -> int | None:

@@ -2,7 +2,7 @@
 
 Runs already done are skipped; runs that differ only in seed are grouped into one vmapped
 program when that pays; the groups execute on a local process pool (spawn, each worker
-pinned to its share of the cores) or on a Dask distributed cluster. The run directories are the only state, so any engine resumes any
+pinned to its share of the cores and to its own device) or on a Dask distributed cluster. The run directories are the only state, so any engine resumes any
 sweep; a per-run file lock keeps two sweeps from ever training the same run twice.
 """
 from __future__ import annotations
@@ -113,10 +113,56 @@ def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = M
     return p
 
 
-def backend() -> str:
+def _jax():
+    """jax, for the sweep's parent, which only asks for the backend and its devices: on a GPU
+    it must not preallocate most of every GPU's memory (the default; a setting of the user's
+    wins). The workers inherit the setting."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
-    return jax.default_backend()
+    return jax
+
+
+def backend() -> str:
+    return _jax().default_backend()
+
+
+GPU_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+@dataclass(frozen=True)
+class Devices:
+    """The devices a local pool's workers are spread over, one worker per device (round
+    robin when there are more workers): `ids` as a worker selects its own, the physical GPU
+    numbers for CUDA_VISIBLE_DEVICES on a GPU, else indices into jax.devices()."""
+
+    platform: str
+    ids: tuple[str, ...]
+
+    def pick(self, slot: int) -> None:
+        """In a fresh worker, before its first program: make device `slot` (mod their
+        number) the one every run of this process uses. On a GPU the worker sees only that
+        device; elsewhere (CPU with forced host devices, TPU) it becomes JAX's default."""
+        if len(self.ids) <= 1:
+            return
+        mine = self.ids[slot % len(self.ids)]
+        if self.platform == "gpu":
+            os.environ[GPU_VISIBLE] = mine
+            return
+        import jax
+
+        jax.config.update("jax_default_device", jax.devices()[int(mine)])
+
+
+def local_devices() -> Devices:
+    """This machine's devices of JAX's default backend."""
+    jax = _jax()
+    devs = jax.devices()
+    platform = devs[0].platform
+    if platform == "gpu":
+        seen = [v.strip() for v in os.environ.get(GPU_VISIBLE, "").split(",") if v.strip()]
+        return Devices(platform, tuple(seen[d.id] if d.id < len(seen) else str(d.id) for d in devs))
+    return Devices(platform, tuple(str(i) for i in range(len(devs))))
 
 
 def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[Config]]:
@@ -253,9 +299,9 @@ def _announce(run_ids: list[str]) -> None:
         pass
 
 
-def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None) -> None:
-    """Pin this worker to its own `share` cores, so N workers never oversubscribe; leave
-    Ctrl-C to the parent (it stops the workers itself) and die with it."""
+def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, devices: Devices | None = None) -> None:
+    """Pin this worker to its own `share` cores, so N workers never oversubscribe, and to
+    its own device; leave Ctrl-C to the parent (it stops the workers itself) and die with it."""
     import signal
 
     global _STOP, _STARTED
@@ -263,25 +309,29 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None) 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
+    with lock:
+        slot = slots.value
+        slots.value += 1
+    if devices is not None:
+        devices.pick(slot)
     try:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return
-    with lock:
-        slot = slots.value
-        slots.value += 1
     mine = [cores[(slot * share + i) % len(cores)] for i in range(share)]
     os.sched_setaffinity(0, mine)
 
 
 class LocalExecutor:
     """A spawn process pool; thread counts for BLAS and XLA are set in the environment the
-    workers inherit, core affinity by each worker's initializer."""
+    workers inherit, core affinity and the device (one worker per device) by each worker's
+    initializer."""
 
     def __init__(self, workers: int):
         import multiprocessing as mp
 
         self.workers = workers
+        self.devices = local_devices()
         share = max(1, default_workers() // workers)
         ctx = mp.get_context("spawn")
         env = {k: str(share) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -293,7 +343,7 @@ class LocalExecutor:
             self.stop, self.started = ctx.Event(), ctx.Queue()
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                             initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid(), self.stop,
-                                                      self.started))
+                                                      self.started, self.devices))
             # start the workers now, while the environment is theirs
             list(self.pool.map(int, range(workers)))
         finally:

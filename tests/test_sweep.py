@@ -318,3 +318,46 @@ def test_sweep_summary_after_a_signal(tmp_path):
                                max_runs=7)
     assert shlex.split(cmd) == ["dnfa", "sweep", str(p), "--runs-dir", str(tmp_path / "my runs"), "--set", "train.epochs=1",
                                 "--grid", "model.width=4,8", "--max-runs", "7"]
+
+
+# ----------------------------------------------------------------------------- devices
+def test_each_worker_runs_on_its_own_device_with_the_numbers_of_one_device(tmp_path):
+    # two forced host devices stand for two accelerators: each of the two workers takes one.
+    # The reference is the same 2-worker sweep on one device (the threads a worker gets
+    # change the statistics' rounding, so a --workers 1 sweep is no reference).
+    base = {**BASE, "model": {"depth": 2, "width": 16}, "train": {**BASE["train"], "epochs": 4},
+            "metrics": {"checkpoints": 2, "samples": 24}}
+    p = _file(tmp_path, {"seed": {"values": [0, 1]}}, base=base)
+    ids = [c.run_id for c in config.load_config(p).expand()]
+    flags = os.environ.get("XLA_FLAGS", "")
+    procs = {}
+    for name, xla in (("one", flags), ("two", f"{flags} --xla_force_host_platform_device_count=2")):
+        procs[name] = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--workers", "2",
+                                        "--runs-dir", str(tmp_path / name)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, env={**os.environ, "XLA_FLAGS": xla.strip()})
+    for proc in procs.values():
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+    one, two = tmp_path / "one", tmp_path / "two"
+    envs = [json.loads((two / i / "env.json").read_text()) for i in ids]
+    assert all(e["jax_devices"] == ["cpu:0", "cpu:1"] for e in envs)
+    assert sorted(e["jax_device"] for e in envs) == ["cpu:0", "cpu:1"]
+    for i in ids:
+        assert json.loads((one / i / "env.json").read_text())["jax_device"] == "cpu:0"
+        a, b = ((d / i / "metrics.jsonl").read_text().splitlines() for d in (one, two))
+        assert [json.loads(x) for x in a] == [json.loads(x) for x in b] and len(a) == 3
+        for f in sorted((one / i / "checkpoints").glob("*.npz")):
+            with np.load(f) as x, np.load(two / i / "checkpoints" / f.name) as y:
+                assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+
+
+def test_a_worker_on_a_gpu_sees_only_its_own(monkeypatch):
+    monkeypatch.delenv(sweep.GPU_VISIBLE, raising=False)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    sweep.local_devices()  # the parent counts devices without taking every GPU's memory; workers inherit it
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    d = sweep.Devices("gpu", ("2", "5"))  # the GPUs the sweep's parent was allowed to see
+    d.pick(3)
+    assert os.environ[sweep.GPU_VISIBLE] == "5"
+    sweep.Devices("gpu", ("7",)).pick(0)  # a single device: nothing to choose
+    assert os.environ[sweep.GPU_VISIBLE] == "5"
