@@ -99,7 +99,7 @@ def test_a_late_rise_in_test_accuracy_is_called_grokking_with_its_steps():
 
     words = grok_words(curve([0.0, 0.5, 1.0, 1.0, 1.0], [0.0, 0.0, 0.1, 0.3, 0.9]))
     # train saturates at step 100 (test 0.1); half-way to 0.9 is 0.5, first reached at step 10000
-    assert words.startswith("The run groks: train accuracy reaches its maximum 1.000 at step 100 (epoch 10)")
+    assert words.startswith("The run groks: train accuracy reaches its maximum 1.000 at step 100 (epoch 10.0)")
     assert "between the checkpoints at steps 1000 and 10000 (100.0 times the saturation step)" in words
 
 
