@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, statnames
 from .config import MAX_RUNS, DnfaInputError
 
 
@@ -372,7 +372,12 @@ def _rich_table(title, header, rows) -> Table:
     return t
 
 
-@app.command()
+# `dnfa report --help` ends with what its per-run table shows (the registry's meanings)
+_HEADLINE_HELP = "\b\nThe statistics of a run's table (every statistic: dnfa stats):\n" + "\n".join(
+    statnames.lines(statnames.shown("headline")))
+
+
+@app.command(epilog=_HEADLINE_HELP)
 def report(
     ident: Annotated[Optional[str], typer.Argument(metavar="ID", help="A run id, a sweep id, or a unique prefix of one (with --where: a sweep, or none for every run).")] = None,
     where: Where = None,
@@ -466,7 +471,7 @@ def console_print(x):
 Where = Annotated[Optional[list[str]], typer.Option(
     "--where", metavar="KEY OP VALUE",
     help="Only runs for which this holds (repeatable: all must): OP one of = != < <= > >=, KEY a config key "
-         "(train.lr=1e-3), an end loss or accuracy (test_acc>0.9), or a layer's end statistic (pearson_a1@2>0.8).")]
+         "(train.lr=1e-3), an end loss or accuracy (test_acc>0.9), or a layer's end statistic (pearson_a1@2>0.8; the statistics: dnfa stats).")]
 
 
 @app.command("ls")
@@ -475,7 +480,7 @@ def ls_(
     where: Where = None,
     status: Annotated[Optional[list[str]], typer.Option("--status", metavar="STATUS", help="Only runs with this status: ok, diverged, failed, corrupt, running, interrupted (repeatable).")] = None,
     sort: Annotated[Optional[str], typer.Option("--sort", metavar="KEY", help="Sort by a column or config key (-KEY: descending); default: newest first.")] = None,
-    columns: Annotated[Optional[str], typer.Option("--columns", metavar="KEY,...", help="These columns, in this order (any config key, run-level key or STAT@LAYER).")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", metavar="KEY,...", help="These columns, in this order (any config key, run-level key or STAT@LAYER; the statistics: dnfa stats).")] = None,
     format: Annotated[str, typer.Option("--format", metavar="table|csv|json", help="table (terminal), or csv / json rows (every column unless --columns).")] = "table",
     ids: Annotated[bool, typer.Option("--ids", help="Print the run ids alone, one a line (for pipes).")] = False,
     size: Annotated[bool, typer.Option("--size", help="A size column: the disk each run's directory takes (also for --sort size, --where size>1e8).")] = False,
@@ -511,6 +516,20 @@ def ls_(
     for r in rows:
         if r["status"] == "corrupt":
             err.print(f"corrupt: {r['run_id']}: {r['error']}", markup=False)
+
+
+@app.command("stats")
+def stats_(
+    prefix: Annotated[Optional[str], typer.Argument(metavar="PREFIX", help="Only the statistics whose key starts with this (delta_, tightness, published).")] = None,
+):
+    """Every statistic dnfa computes, with its one-line meaning: the keys of result.json's
+    layer rows, of report and compare, and of ls --where / --columns as STAT@LAYER
+    (pearson_a1@2). docs/SCIENCE.md defines each in full."""
+    try:
+        text = statnames.listing(prefix or "")
+    except DnfaInputError as e:
+        _fail(str(e))
+    _emit("\n".join(text) + "\n")
 
 
 def _ls_table(rows: list[dict], cols: list[str], title: str, fit: bool) -> None:

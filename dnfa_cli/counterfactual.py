@@ -28,7 +28,7 @@ from . import grams
 from . import model as mdl
 from . import stats
 
-PUBLISHED_KEYS = stats.names("published")  # their meanings: the registry in stats.py
+PUBLISHED_KEYS = stats.names("published")  # their meanings: the registry in statnames.py
 SWAP_KEYS = stats.names("swap")
 SWAP_UV_KEYS = stats.names("swap_uv")
 ARMS = {"swap": ("swap", "swap_spec"), "swap_uv": ("swap_keepu", "swap_keepv")}  # family -> its swapped matrices

@@ -19,13 +19,13 @@ from typing import Callable
 
 import numpy as np
 
-from . import runs, stats
+from . import runs, statnames
 from .config import DnfaInputError, flatten, inapplicable
 
 # the statistics a table shows (json/csv carry every key of result.json)
-HEADLINE = stats.shown("headline")
-CI = stats.shown("ci")  # with metrics.bootstrap: *_lo, *_hi
-SWEEP_STATS = stats.shown("sweep")
+HEADLINE = statnames.shown("headline")
+CI = statnames.shown("ci")  # with metrics.bootstrap: *_lo, *_hi
+SWEEP_STATS = statnames.shown("sweep")
 FIG_DPI = 100
 TINY = 1e-12  # magnitudes below this are printed as 0
 
@@ -803,7 +803,7 @@ def write_html(path: Path, title: str, intro: list[str], tables: list[tuple[str,
     return path
 
 
-TERMINAL_STATS = [*stats.shown("terminal"), "test_loss", "test_acc"]
+TERMINAL_STATS = [*statnames.shown("terminal"), "test_loss", "test_acc"]
 Tables = list[tuple[str, list[str], list[list[str]]]]
 
 
@@ -934,7 +934,7 @@ def sweep_id_report(root: Path, sweep_id: str, **kw) -> Report:
 
 
 # ----------------------------------------------------------------------------- compare
-COMPARE_STATS = stats.shown("compare")
+COMPARE_STATS = statnames.shown("compare")
 
 
 def compare_views(root: Path, idents: list[str]) -> list[RunView]:

@@ -1,5 +1,5 @@
-"""Every per-layer statistic of docs/SCIENCE.md, jit-compiled JAX on the device that holds
-the Grams. A layer's numbers come from three decompositions - eigh(agop), eigvalsh(pgop)
+"""Every per-layer statistic of docs/SCIENCE.md (declared in statnames.py), jit-compiled
+JAX on the device that holds the Grams. A layer's numbers come from three decompositions - eigh(agop), eigvalsh(pgop)
 and the SVD of W - plus eigh of the gradient-centred AGOP, and from GEMMs; each is done
 once and reused by every statistic that needs it. Layers of one shape (and the runs of a
 seed batch) are computed together under `jax.vmap`.
@@ -20,13 +20,14 @@ import numpy as np
 
 from . import baselines as bl
 from .grams import Reps
+from .statnames import (ALIGN_KEYS, GRADIENT_CENTRED_KEYS, ISO_KEYS, ISO_RANGE_KEYS, N_ALIGN, NO_BULK_KEYS,
+                        RANDOM_KEYS, REGISTRY, names, shown)
 
 F64 = jnp.float64
 ALPHA_RANGE = (0.05, 2.0)
 ALPHA_GRID = 391  # step 0.005
 EDGE = 1e-6  # a maximiser this close to an end of ALPHA_RANGE is at that end
 GOLDEN_STEPS = 40
-N_ALIGN = 8
 # Gram-route reliability: eigh(W W^T) gives every singular value above sqrt(TAU_LEFT) s_max
 # to full relative accuracy, so the rank is certain; U = W V / s (the route for tall W)
 # stays orthonormal to ~eps / TAU_RIGHT.
@@ -402,76 +403,29 @@ def align(A, B):
 
 
 # ============================================================================ the registry
-DISPLAYS = ("headline", "ci", "terminal", "sweep", "compare")
-
-
-class Stat(NamedTuple):
-    """One statistic, declared once. `kind`: float, int or edge (alpha_star_edge: low / high
-    / null). `family`: who computes it - "layer" (a function of the layer context, in this
-    module), "published", "swap" or "swap_uv" (counterfactual.py). `shows`: (display, position) pairs:
-    headline (`dnfa report`'s per-run table), ci (bootstrapped with metrics.bootstrap: its
-    *_lo / *_hi keys and the 95% interval row), terminal and sweep (the sweep tables),
-    compare (`dnfa compare`)."""
-
-    name: str
-    meaning: str
-    kind: str = "float"
-    family: str = "layer"
-    shows: tuple = ()
-
-
-REGISTRY: dict[str, Stat] = {}
+# The entries (key, meaning, kind, displays) are declared in statnames.py, without jax; here
+# each per-layer key gets the one function of the layer context that computes it.
 _LAYER_FNS: list = []  # (names, function of the layer context), in the order of the registry
 _BOOT_FNS: dict = {}  # name -> function of (layer context, Resample), for the ci statistics
 
 
-def stat(name: str, meaning: str, *, kind: str = "float", family: str = "layer", **shows: int) -> Stat:
-    """A registry entry; `shows`: display=position (1 first), e.g. headline=2."""
-    bad = set(shows) - set(DISPLAYS)
-    if bad:
-        raise ValueError(f"{name}: unknown display {sorted(bad)} (allowed: {', '.join(DISPLAYS)})")
-    return Stat(name, meaning, kind, family, tuple(shows.items()))
-
-
-def register(*entries: Stat) -> tuple[str, ...]:
-    """Enter statistics in the registry (each name once); returns their names."""
-    for e in entries:
-        if e.name in REGISTRY:
-            raise ValueError(f"statistic {e.name!r} is registered twice")
-        REGISTRY[e.name] = e
-    return tuple(e.name for e in entries)
-
-
-def statistic(*entries: Stat, boot=None):
-    """Decorator: the function of the layer context that computes these entries (one value,
-    or a tuple in the entries' order); `boot(c, resample)`: its bootstrap, for an entry
-    shown in "ci"."""
+def statistic(*keys: str, boot=None):
+    """Decorator: the function of the layer context that computes these registered per-layer
+    statistics (one value, or a tuple in the keys' order); `boot(c, resample)`: its
+    bootstrap, for a key shown in "ci". A key not registered, or computed twice, is an
+    error when this module loads."""
     def deco(fn):
-        names = register(*entries)
-        _LAYER_FNS.append((names, fn))
+        for k in keys:
+            if k not in REGISTRY or REGISTRY[k].family != "layer":
+                raise ValueError(f"{fn.__name__} computes {k!r}, which is not a per-layer statistic of the "
+                                 "registry (dnfa_cli/statnames.py)")
+            if any(k in ks for ks, _ in _LAYER_FNS):
+                raise ValueError(f"{fn.__name__} computes {k!r}, which another function computes already")
+        _LAYER_FNS.append((tuple(keys), fn))
         if boot is not None:
-            _BOOT_FNS[names[0]] = boot
+            _BOOT_FNS[keys[0]] = boot
         return fn
     return deco
-
-
-def names(family: str = "layer") -> tuple[str, ...]:
-    """The keys of one family, in registry order (the order of result.json's layer rows)."""
-    return tuple(n for n, e in REGISTRY.items() if e.family == family)
-
-
-def shown(display: str) -> list[str]:
-    """The statistics a display shows, in its order."""
-    at = {n: dict(e.shows)[display] for n, e in REGISTRY.items() if display in dict(e.shows)}
-    return sorted(at, key=at.get)
-
-
-def markdown_table() -> str:
-    """The registry as docs/SCIENCE.md shows it."""
-    rows = ["| key | meaning | kind | shown in |", "|---|---|---|---|"]
-    for e in REGISTRY.values():
-        rows.append(f"| `{e.name}` | {e.meaning} | {e.kind} | {', '.join(d for d, _ in e.shows) or '-'} |")
-    return "\n".join(rows)
 
 
 # ============================================================================ per layer
@@ -613,62 +567,45 @@ def _bootstrap(c: Layer, boot) -> dict:
 
 
 # ============================================================================ the statistics
-# Each is one function of the layer context (class Layer) and its registry entries; their
-# order here is the order of result.json's layer rows. docs/SCIENCE.md defines them.
-@statistic(stat("w_rank", "numerical rank of W: singular values above max(shape) eps s_max", kind="int"))
+# Each is one function of the layer context (class Layer), attached to its keys of the
+# registry (statnames.py, where their meanings are); their order here is the registry's,
+# the order of result.json's layer rows. docs/SCIENCE.md defines them.
+@statistic("w_rank")
 def _w_rank(c: Layer):
     return c.r
 
 
-@statistic(stat("pearson_a1", "the ansatz at alpha = 1 (arXiv era): pearson(nfm, agop)",
-                headline=2, ci=2, terminal=2, sweep=2, compare=2),
-           boot=lambda c, b: pearson(c.nfm, b.agop))
+@statistic("pearson_a1", boot=lambda c, b: pearson(c.nfm, b.agop))
 def _pearson_a1(c: Layer):
     return pearson(c.nfm, c.agop)
 
 
-@statistic(stat("pearson_a05", "the ansatz at alpha = 1/2 (Science era): pearson(nfm, agop^(1/2))",
-                headline=1, ci=1, terminal=1, sweep=1, compare=1),
-           boot=lambda c, b: c.power(c.nfm, b.lam, b.V)(0.5))
+@statistic("pearson_a05", boot=lambda c, b: c.power(c.nfm, b.lam, b.V)(0.5))
 def _pearson_a05(c: Layer):
     return c.pp(0.5)
 
 
-@statistic(stat("cosine_a1", "cosine(nfm, agop), no centring (the arXiv scripts' measure)", headline=3))
+@statistic("cosine_a1")
 def _cosine_a1(c: Layer):
     return cosine(c.nfm, c.agop)
 
 
-@statistic(stat("cosine_a05", "cosine(nfm, agop^(1/2))"))
+@statistic("cosine_a05")
 def _cosine_a05(c: Layer):
     return c.pp.cosine(0.5)
 
 
-@statistic(stat("alpha_star", "the alpha in [0.05, 2] maximising pearson(nfm, agop^alpha); null at an end or on a "
-                "flat curve", headline=5, terminal=4, sweep=3, compare=3),
-           stat("alpha_star_edge", "low / high when that maximum sits at an end of [0.05, 2], else null", kind="edge"),
-           stat("pearson_alpha_star", "pearson(nfm, agop^alpha) at its maximum"))
+@statistic("alpha_star", "alpha_star_edge", "pearson_alpha_star")
 def _alpha_star(c: Layer):
     return alpha_star(c.pp)
 
 
-_ISO = {"tightness": "(tr G)^2 / (k tr G^2) of G = pgop: 1 exactly when G = cI",
-        "iso_dev": "|G / (tr G / k) - I|_F / sqrt(k): RMS relative deviation of G from isotropy",
-        "eff_rank": "(tr G)^2 / tr G^2 of G: its participation ratio",
-        "cond": "l_max / l_min of G; null when G is numerically singular"}
-
-
-@statistic(*(stat(k, m, **({"headline": 6, "compare": 4} if k == "tightness" else {})) for k, m in _ISO.items()))
+@statistic(*ISO_KEYS)
 def _isotropy(c: Layer):
     return tuple(isotropy(_sym(c.G), c.k_out, c.lamG[0], c.lamG[-1], c.rel_tol).values())
 
 
-_RANGE_SHOWS = {"tightness": dict(headline=7, ci=3, terminal=3, sweep=4, compare=5), "iso_dev": dict(headline=10),
-                "eff_rank": dict(headline=11), "cond": {}}
-
-
-@statistic(*(stat(f"{k}_range", f"{k} of U_r^T G U_r: G on range(W), r = w_rank", **_RANGE_SHOWS[k]) for k in _ISO),
-           boot=lambda c, b: tightness(b.Gr, c.r))
+@statistic(*ISO_RANGE_KEYS, boot=lambda c, b: tightness(b.Gr, c.r))
 def _isotropy_range(c: Layer):
     if c.route == "svd":  # the block padded with its own mean eigenvalue keeps its extremes
         mean = jnp.trace(c.Gr) / jnp.where(c.r > 0, c.r, 1)
@@ -678,71 +615,61 @@ def _isotropy_range(c: Layer):
     return tuple(isotropy(_sym(c.Gr), c.r, lamR[0], lamR[-1], c.rel_tol).values())
 
 
-@statistic(stat("w_rank90", "fewest top singular directions of W carrying 90% of sum s_j^2", kind="int", headline=9))
+@statistic("w_rank90")
 def _w_rank90(c: Layer):
     return c.r90
 
 
-@statistic(stat("tightness_top", "tightness of G on the w_rank90 top singular directions of W", headline=8))
+@statistic("tightness_top")
 def _tightness_top(c: Layer):
     top = jnp.arange(c.s.shape[0]) < c.r90
     Gt = c.Gr * (top[:, None] & top[None, :])
     return jnp.where(c.r90 > 0, tightness(Gt, c.r90), jnp.nan)
 
 
-@statistic(stat("left_pearson", "pearson(W W^T, pgop): the left Gram against the gradients", headline=18))
+@statistic("left_pearson")
 def _left_pearson(c: Layer):
     return pearson(c.WWt, c.G)
 
 
-@statistic(stat("rand_pearson_a1", "pearson(R^T R, R^T G R) for Gaussian R of W's shape, mean of 4 draws",
-                headline=12, terminal=5, sweep=5, compare=6),
-           stat("rand_pearson_a1_sd", "the standard deviation of those 4 draws", headline=13),
-           stat("rand_spec_pearson_a1", "the same for R with W's singular values, Haar singular vectors", headline=14),
-           stat("rand_spec_pearson_a1_sd", "the standard deviation of those 4 draws"))
+@statistic(*RANDOM_KEYS)
 def _random_baselines(c: Layer):
     rand, spec, _ = c.draws
     return (*mean_sd(rand), *mean_sd(spec))
 
 
-@statistic(stat("rand_gap_a1", "pearson_a1 - rand_pearson_a1: what W adds beyond any matrix of its shape",
-                headline=15, compare=7))
+@statistic("rand_gap_a1")
 def _rand_gap(c: Layer):
     return c.o["pearson_a1"] - c.o["rand_pearson_a1"]
 
 
-@statistic(stat("delta_rel", "|W - W0|_F / |W0|_F: how far training moved W (small: lazy regime)", compare=8))
+@statistic("delta_rel")
 def _delta_rel(c: Layer):
     dW, n0 = c.dW, jnp.linalg.norm(c.W0)
     return jnp.where(n0 > 0, jnp.linalg.norm(dW) / jnp.where(n0 > 0, n0, 1.0), jnp.nan)
 
 
-@statistic(stat("centered_pearson", "centred NFA (Beaglehole et al.): pearson(dW^T G dW, dW^T dW), dW = W - W0",
-                headline=16))
+@statistic("centered_pearson")
 def _centered(c: Layer):
     return pearson(c.dW.T @ (c.G @ c.dW), c.dN)
 
 
-@statistic(stat("delta_cosine_a1", "cosine(dW^T dW, agop): what the arXiv scripts intend", headline=4))
+@statistic("delta_cosine_a1")
 def _delta_cosine_a1(c: Layer):
     return cosine(c.dN, c.agop)
 
 
-@statistic(stat("delta_pearson_a1", "pearson(dW^T dW, agop)"))
+@statistic("delta_pearson_a1")
 def _delta_pearson_a1(c: Layer):
     return pearson(c.dN, c.agop)
 
 
-@statistic(stat("delta_pearson_a05", "pearson(dW^T dW, agop^(1/2)): what the Science scripts intend"))
+@statistic("delta_pearson_a05")
 def _delta_pearson_a05(c: Layer):
     return c.power(c.dN, c.lamA, c.VA)(0.5)
 
 
-@statistic(stat("gc_pearson_a1", "pearson(nfm, gradient-centred agop); null where that is rounding noise",
-                headline=17),
-           stat("gc_pearson_a05", "pearson(nfm, gradient-centred agop^(1/2))"),
-           stat("delta_gc_pearson_a05", "pearson(dW^T dW, gradient-centred agop^(1/2))"),
-           stat("delta_gc_cosine_a1", "cosine(dW^T dW, gradient-centred agop)"))
+@statistic(*GRADIENT_CENTRED_KEYS)
 def _gradient_centred(c: Layer):
     if c.trivial:  # f is linear in h_L: J = W_L for every sample, exactly
         return (_nan(),) * 4
@@ -759,14 +686,12 @@ def _gradient_centred(c: Layer):
             jnp.where(real, cosine(c.dN, agop_gc), jnp.nan))
 
 
-@statistic(stat("left_act_pearson", "pearson(W W^T, E[p p^T]): the left Gram against the pre-activations",
-                headline=19))
+@statistic("left_act_pearson")
 def _left_act_pearson(c: Layer):
     return pearson(c.WWt, c.x.pcov)
 
 
-@statistic(stat("half_range_pearson", "pearson(P G P, W W^T), P the projector on range(W): alpha = 1/2 on range(W)",
-                headline=20, sweep=6, compare=9))
+@statistic("half_range_pearson")
 def _half_range_pearson(c: Layer):
     # <Pi G Pi, W W^T> = <G, W W^T>, sum(Pi G Pi) = (Pi 1)^T G (Pi 1), |Pi G Pi|_F = |G_r|_F
     p1 = c.Ur @ (c.Ur.T @ jnp.ones(c.k_out, F64))
@@ -774,9 +699,7 @@ def _half_range_pearson(c: Layer):
                              jnp.sum(c.WWt * c.WWt), jnp.sum(c.G * c.WWt))
 
 
-@statistic(*(stat(f"align_{rr}", f"cosine of the largest principal angle between the top {rr} right singular "
-                  f"vectors of W and the top {rr} eigenvectors of agop; null beyond their ranks",
-                  **({"headline": {1: 21, 4: 22}[rr]} if rr in (1, 4) else {})) for rr in range(1, N_ALIGN + 1)))
+@statistic(*ALIGN_KEYS)
 def _align(c: Layer):
     VA_top = c.VA[:, ::-1][:, :N_ALIGN]  # eigh's eigenvalues ascend
     na = c.sv.Vtop.shape[1]
@@ -786,60 +709,29 @@ def _align(c: Layer):
                            cos[min(rr, cos.shape[0]) - 1], jnp.nan) for rr in range(1, N_ALIGN + 1))
 
 
-_NO_BULK = {"traceless": ("traceless_pearson", "pearson(A - (tr A / k) I, B - (tr B / k) I)", traceless_pearson),
-            "offdiag": ("offdiag_pearson", "pearson over the strict upper-triangle entries (i < j) of A, B",
-                        offdiag_pearson)}
+_NO_BULK = {"traceless": traceless_pearson, "offdiag": offdiag_pearson}  # statnames.NO_BULK
 
 
-@statistic(*(stat(f"{pre}{name}_{a}", f"{meaning}, A = {nfm}, B = {agop}: the ansatz without the identity bulk")
-             for pre, nfm in (("", "nfm"), ("delta_", "dW^T dW")) for name, meaning, _ in _NO_BULK.values()
-             for a, agop in (("a1", "agop"), ("a05", "agop^(1/2)"))))
+@statistic(*NO_BULK_KEYS)
 def _without_the_bulk(c: Layer):
-    return tuple(fn(N, B) for N in (c.nfm, c.dN) for _, _, fn in _NO_BULK.values() for B in (c.agop, c.agop_half))
+    return tuple(fn(N, B) for N in (c.nfm, c.dN) for fn in _NO_BULK.values() for B in (c.agop, c.agop_half))
 
 
-@statistic(stat("alpha_curve_range", "max - min of pearson(nfm, agop^alpha) over alpha in [0.05, 2] (the grid of "
-                "alpha_star): small, and alpha_star says little"))
+@statistic("alpha_curve_range")
 def _alpha_curve_range(c: Layer):
     return curve_range(c.pp)
 
 
-@statistic(stat("iso_dim90", "largest k such that U_j^T G U_j has tightness >= 0.9 for every j <= k (U_j: the top j "
-                "left singular vectors of W; j at the ends of groups of tied singular values)", kind="int"),
-           stat("iso_frac90", "iso_dim90 / w_rank: the fraction of range(W), from its top, on which G is isotropic"),
-           stat("rand_iso_dim90", "iso_dim90 of the same-spectrum random R (Q_out's columns for U), mean of 4 draws"))
+@statistic("iso_dim90", "iso_frac90", "rand_iso_dim90")
 def _iso_dim90(c: Layer):
     k = iso_dim(c.Gr, c.ends, MARGIN * c.rel_tol)
     return k, jnp.where(c.r > 0, k / jnp.where(c.r > 0, c.r, 1), jnp.nan), jnp.mean(c.draws[2].astype(F64))
 
 
-@statistic(stat("cka_init", "linear CKA between the layer's output (h_{l+1}; f for the read-out) now and at "
-                "initialisation, on the metrics subset"),
-           stat("kta", "linear CKA between the layer's output and the targets T: centred kernel-target alignment"))
+@statistic("cka_init", "kta")
 def _cka(c: Layer):
     r = c.x.reps
     return cka(r.AB, r.AA, r.BB, r.sA, r.sB, c.rel_tol), cka(r.AT, r.AA, r.TT, r.sA, r.sT, c.rel_tol)
-
-
-# the counterfactual nets' keys, computed by counterfactual.py
-register(
-    stat("published_pearson_a05", "Science era, \"uncentered\": pearson(dNFM, AGOP'^(1/2)) as the published "
-         "script prints it", family="published"),
-    stat("published_gc_pearson_a05", "Science era, \"centered\": the same with the gradient-centred AGOP'",
-         family="published"),
-    stat("published_cosine_a1", "arXiv era, \"uncentered\": cosine(dNFM, AGOP')", family="published"),
-    stat("published_gc_cosine_a1", "arXiv era, \"centered\"", family="published"),
-    stat("swap_pearson_a1", "W replaced by a Gaussian R (|W|_F), net re-run: pearson(R^T R, agop')", family="swap"),
-    stat("swap_tightness_range", "that swapped net's tightness of pgop' on range(R)", family="swap"),
-    stat("swap_spec_pearson_a1", "the same with R of W's singular values, Haar singular vectors", family="swap"),
-    stat("swap_spec_tightness_range", "its tightness of pgop' on range(R)", family="swap"),
-    stat("swap_keepu_pearson_a1", "W replaced by W O, O Haar orthogonal (W's U and S kept, V drawn), net re-run: "
-         "pearson(R^T R, agop')", family="swap_uv"),
-    stat("swap_keepu_tightness_range", "its tightness of pgop' on range(W O) = range(W)", family="swap_uv"),
-    stat("swap_keepv_pearson_a1", "W replaced by O' W, O' Haar orthogonal (W's V and S kept, U drawn)",
-         family="swap_uv"),
-    stat("swap_keepv_tightness_range", "its tightness of pgop' on range(O' W)", family="swap_uv"),
-)
 
 
 def batch_layers() -> bool:

@@ -1,4 +1,4 @@
-"""The registry of statistics (stats.REGISTRY) against what is computed and shown: every key
+"""The registry of statistics (statnames.REGISTRY) against what is computed and shown: every key
 a run writes is registered, every registered key is written, the numpy reference names
 the same per-layer keys, the report's lists are drawn from it, and docs/SCIENCE.md shows
 its meanings."""
@@ -13,6 +13,7 @@ import reference_stats as ref
 import dnfa_cli  # noqa: F401  (enables x64)
 from dnfa_cli import baselines as bl
 from dnfa_cli import config, data, stats, train
+from dnfa_cli import statnames as sn
 from dnfa_cli import grams as gm
 from dnfa_cli import report as rp
 
@@ -41,7 +42,7 @@ def test_the_reference_and_the_device_compute_exactly_the_registered_layer_keys(
     facs = [tuple(np.asarray(a[d]) for a in f) for d in range(bl.N_DRAWS)]
     row, _ = stats.layer_stats(W, W0, g, 0, trivial=False, rel_tol=1e-12, terms=bl.terms(f))
     want, _ = ref.layer_stats(W, W0, g, 0, trivial=False, rel_tol=1e-12, factors=facs)
-    registered = set(stats.names("layer")) | _boot(stats.shown("ci"))
+    registered = set(sn.names("layer")) | _boot(sn.shown("ci"))
     assert set(want) - ROW == registered  # the reference names its keys by hand
     assert set(row) - ROW == registered
 
@@ -54,7 +55,7 @@ def test_a_run_writes_every_registered_key_and_nothing_else():
                                        "swap": "all", "swap_uv": "all"}})
     out = train.train(cfg, data.make_dataset(cfg))
     assert out.status == "ok"
-    every = set(stats.REGISTRY) | _boot(stats.shown("ci"))
+    every = set(sn.REGISTRY) | _boot(sn.shown("ci"))
     for ck in out.checkpoints:
         for L in ck["layers"]:
             assert set(L) - ROW == every, (ck["step"], L["layer"])
@@ -79,21 +80,32 @@ def test_a_statistic_missing_from_the_registry_fails_the_layer_program(monkeypat
     jax.clear_caches()
 
 
+def test_a_function_of_an_unregistered_key_fails_and_every_registered_key_has_one_function():
+    with pytest.raises(ValueError, match="computes 'not_registered', which is not a per-layer statistic"):
+        stats.statistic("not_registered")(lambda c: 0.0)
+    with pytest.raises(ValueError, match="computes 'published_cosine_a1', which is not a per-layer statistic"):
+        stats.statistic("published_cosine_a1")(lambda c: 0.0)  # counterfactual.py's, not a layer context's
+    with pytest.raises(ValueError, match="computes 'kta', which another function computes already"):
+        stats.statistic("kta")(lambda c: 0.0)
+    computed = [k for keys, _ in stats._LAYER_FNS for k in keys]
+    assert tuple(computed) == sn.names("layer") == stats.ROW_ORDER  # each once, in the registry's order
+
+
 def test_every_entry_is_complete_and_every_display_is_drawn_from_the_registry():
-    for name, e in stats.REGISTRY.items():
+    for name, e in sn.REGISTRY.items():
         assert e.name == name and e.meaning and "\n" not in e.meaning
         assert e.kind in ("float", "int", "edge") and e.family in ("layer", "published", "swap", "swap_uv")
         for display, pos in e.shows:
-            assert display in stats.DISPLAYS and isinstance(pos, int)
-    for d in stats.DISPLAYS:  # positions 1..n, none twice
-        pos = sorted(dict(e.shows)[d] for e in stats.REGISTRY.values() if d in dict(e.shows))
+            assert display in sn.DISPLAYS and isinstance(pos, int)
+    for d in sn.DISPLAYS:  # positions 1..n, none twice
+        pos = sorted(dict(e.shows)[d] for e in sn.REGISTRY.values() if d in dict(e.shows))
         assert pos == list(range(1, len(pos) + 1)), d
-    assert set(stats._BOOT_FNS) == set(stats.shown("ci"))
-    assert rp.HEADLINE == stats.shown("headline") and rp.CI == stats.shown("ci")
-    assert rp.SWEEP_STATS == stats.shown("sweep") and rp.COMPARE_STATS == stats.shown("compare")
-    assert rp.TERMINAL_STATS[:-2] == stats.shown("terminal")
+    assert set(stats._BOOT_FNS) == set(sn.shown("ci"))
+    assert rp.HEADLINE == sn.shown("headline") and rp.CI == sn.shown("ci")
+    assert rp.SWEEP_STATS == sn.shown("sweep") and rp.COMPARE_STATS == sn.shown("compare")
+    assert rp.TERMINAL_STATS[:-2] == sn.shown("terminal")
     assert stats.INT_KEYS == ("w_rank", "w_rank90", "iso_dim90")
 
 
 def test_docs_science_shows_the_registry():
-    assert stats.markdown_table() in (ROOT / "docs" / "SCIENCE.md").read_text()
+    assert sn.markdown_table() in (ROOT / "docs" / "SCIENCE.md").read_text()
