@@ -579,3 +579,32 @@ def test_rand_iso_dim90_is_the_mean_over_the_same_spectrum_draws():
     each = [ref.iso_dim90(np.asarray(Qo), G, ends, 10 * 1e-12) for _, Qo, _ in facs]
     assert row["rand_iso_dim90"] == pytest.approx(np.mean(each), abs=1e-15)
     assert len(set(each)) > 1  # the draws differ: a mean, not one draw
+
+
+def test_gradient_centred_keys_of_a_nearly_linear_net_equal_those_of_the_two_pass_centring():
+    """The case `agop - jbar^T jbar` lost (issue 16.4): a tanh net with small pre-activations,
+    whose Jacobians vary by ~1e-5 of their size. Its gc_* and delta_gc_* keys are not null
+    and equal the reference's on the centred agop formed in two passes in float64
+    (tests/test_grams.py's _two_pass); the reference on the old subtraction is far off."""
+    from test_grams import _two_pass
+
+    params = mdl.init_params(jax.random.PRNGKey(30), [5, 8, 7, 2], bias=True, init="gaussian", init_scale=1.0,
+                             dtype=jnp.float64)
+    params0 = [{k: 0.9 * v if k == "W" else v for k, v in p.items()} for p in params]
+    X = 3e-3 * np.asarray(jax.random.normal(jax.random.PRNGKey(31), (40, 5), jnp.float64))
+    g = gm.compute_grams(params, X, "tanh", chunk=16)
+    two = _two_pass(params, X, "tanh")
+    exact = g._replace(agop_c=[t[0] for t in two], pgop_c=[t[1] for t in two], gdev=[t[2] for t in two])
+    old = g._replace(agop_c=[np.asarray(a) - np.asarray(j).T @ np.asarray(j) for a, j in zip(g.agop, g.jbar)])
+    keys = ("gc_pearson_a1", "gc_pearson_a05", "delta_gc_pearson_a05", "delta_gc_cosine_a1")
+    for l in range(2):
+        W, W0 = np.asarray(params[l]["W"]), np.asarray(params0[l]["W"])
+        rel_tol = max(W.shape) * EPS
+        f, facs = _factors(7, W.shape)
+        row = _stats(W, W0, g, l, rel_tol=rel_tol, terms=bl.terms(f))
+        want = ref.layer_stats(W, W0, exact, l, trivial=False, rel_tol=rel_tol, factors=facs)[0]
+        lost = ref.layer_stats(W, W0, old, l, trivial=False, rel_tol=rel_tol, factors=facs)[0]
+        for k in keys:
+            assert not math.isnan(want[k]) and abs(row[k] - want[k]) <= 1e-10, (l, k, row[k], want[k])
+        # the subtraction: 1.6e-8 to 1.6e-6 off here (the one pass: 3e-13)
+        assert max(abs(lost[k] - want[k]) for k in keys) > 1e-8, l
