@@ -2,6 +2,7 @@
 
     dnfa sweep configs/study3_*.yaml configs/study3w_*.yaml configs/paper_x1x2*.yaml \\
         configs/mnist1d_mlp.yaml configs/grokking_modular.yaml configs/deep_linear.yaml \\
+        configs/deep_linear_depth.yaml \\
         && python analysis/findings.py
 
 Reads the runs with dnfa's DataFrame API (`dnfa_cli.load_runs`: one row per run x
@@ -310,7 +311,8 @@ def study_runs(frame: pd.DataFrame, plan: pd.DataFrame) -> list[str]:
     return sorted(frame.loc[frame.name.isin(names), "run_id"].unique())
 
 
-REPRO_NAMES = ("paper_x1x2", "paper_x1x2_code", "paper_x1x2_linear", "mnist1d_mlp", "grokking_modular", "deep_linear")
+REPRO_NAMES = ("paper_x1x2", "paper_x1x2_code", "paper_x1x2_linear", "mnist1d_mlp", "grokking_modular", "deep_linear",
+               "deep_linear_depth")
 
 
 # ----------------------------------------------------------------------------- regime
@@ -1017,6 +1019,7 @@ Every table, figure and number in this file is computed from the runs by
 
     dnfa sweep configs/study3_*.yaml configs/study3w_*.yaml configs/paper_x1x2*.yaml \\
         configs/mnist1d_mlp.yaml configs/grokking_modular.yaml configs/deep_linear.yaml \\
+        configs/deep_linear_depth.yaml \\
         && python analysis/findings.py
 
 (the sweep skips runs that are done; `analysis/findings.py` reads them with
