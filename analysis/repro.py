@@ -340,19 +340,30 @@ def deep_linear_words(rows: list[dict]) -> str:
 
 
 def trend(inner: list[dict]) -> str:
-    """Whether the layers with the smaller balance residual sit closer to the closed form
-    (a rank correlation over the layers below the read-out)."""
+    """Whether the runs nearer balance sit nearer the closed form: a rank correlation over
+    runs (a run's layers share its balance, so they are not independent) of each run's
+    largest |alpha_star - closed form| and largest end residual below the read-out."""
     from scipy.stats import spearmanr
 
-    pts = [(r["res_end"], abs(r["alpha_star"] - r["closed"])) for r in inner
-           if finite(r["alpha_star"]) and finite(r["res_end"])]
-    if len(pts) < 3 or len({p[0] for p in pts}) < 2:
+    runs_: dict = {}
+    for r in inner:
+        if finite(r["alpha_star"]) and finite(r["res_end"]):
+            gap, res = runs_.get((r["run"], r["scale"]), (0.0, 0.0))
+            runs_[(r["run"], r["scale"])] = (max(gap, abs(r["alpha_star"] - r["closed"])), max(res, r["res_end"]))
+    pts = list(runs_.values())
+    if len(pts) < 3 or len({p[1] for p in pts}) < 2:
         return ""
-    res = spearmanr(*zip(*pts))
-    how = "layers nearer balance sit nearer the closed form" if res.statistic > 0 and res.pvalue < 0.05 else \
-        "no clear relation at this number of layers"
-    return (f" Across these {len(pts)} layers |alpha_star - closed form| and the end residual have Spearman rho "
-            f"{res.statistic:.2f} (p = {res.pvalue:.2g}): {how}.")
+    res = spearmanr([p[1] for p in pts], [p[0] for p in pts])
+    how = "runs nearer balance sit nearer the closed form" if res.statistic > 0 and res.pvalue < 0.05 else \
+        "no clear relation at this number of runs"
+    by_scale: dict = {}
+    for r in sorted(inner, key=lambda r: r["L"]):
+        d = by_scale.setdefault(r["scale"], {})
+        d[r["L"]] = max(d.get(r["L"], 0.0), r["res_end"])
+    deeper = all(np.all(np.diff(list(d.values())) > 0) for d in by_scale.values())
+    return (f" Over the {len(pts)} runs, each run's largest |alpha_star - closed form| and largest end residual "
+            f"have Spearman rho {res.statistic:.2f} (p = {res.pvalue:.2g}): {how}"
+            + (" (depth moves both: at each init scale the deeper net is the less balanced one)." if deeper else "."))
 
 
 # ----------------------------------------------------------------------------- grokking
