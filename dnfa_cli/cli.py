@@ -2,6 +2,7 @@
 (0 ok, 1 a failed or diverged run, 2 bad input). Kept thin on purpose."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -253,6 +254,10 @@ def train(
         _fail(str(e))
     except runs.RunBusy as e:
         _fail(str(e), 1)
+    except OSError as e:  # the run directory could not be started (disk full, no permission)
+        if runs.io_failure(e) is None:
+            raise
+        _fail(runs.io_failure(e), 1)
     rid, res = done.run_id, done.result
     if done.why:
         out.print(f"run {rid} {done.why}: {done.dir}")
@@ -287,6 +292,7 @@ def sweep(
 ):
     """Run every config of one or more files; skip finished runs; resume after interruption."""
     _PIPE["stop"] = False
+    from . import runs
     from . import sweep as sw
 
     if seed_batch not in ("auto", "on", "off"):
@@ -304,15 +310,22 @@ def sweep(
     if dry_run:
         return _dry_run_table(prep, seed_batch, workers)
     opts = sw.Options(workers, scheduler, scheduler_timeout, force, rerun_failed, seed_batch, finish_running)
+    again = sw.resume_command(files, runs_dir=runs_dir, overrides=set_, grid=grid, max_runs=max_runs, scheduler=scheduler,
+                              name=name)
     try:
         pad = " " * len(f"[{len(prep.todo)}/{len(prep.todo)}]")  # the run id under those of the [k/n] lines
         s = sw.run(prep, opts, on_done=_sweep_line, say=lambda line: err.print(line, markup=False),
                    on_start=lambda rid: err.print(f"{pad} started   {rid}", markup=False, highlight=False))
     except DnfaInputError as e:
         _fail(str(e))
+    except OSError as e:  # the sweep record cannot be written (disk full, no permission)
+        if runs.io_failure(e) is None:
+            raise
+        _fail(f"{runs.io_failure(e)}; the runs that finished are kept; resume with: {again}", 1)
+    except sw.SchedulerLost as e:
+        _fail(f"{e}; the runs that finished are kept (record: {sw.sweep_file(prep.root, plan.sweep_id)}); "
+              f"resume with: {again}", 1)
     if s.interrupted is not None:
-        again = sw.resume_command(files, runs_dir=runs_dir, overrides=set_, grid=grid, max_runs=max_runs, scheduler=scheduler,
-                                  name=name)
         err.print(f"{s.signal_name}: stopped after {s.seconds:.1f} s; {s.finished} of {_count(s.runs, 'run')} finished "
                   f"({s.finished_now} this time); resume with: {again}", markup=False)
         raise typer.Exit(128 + s.interrupted)
@@ -432,12 +445,23 @@ def report(
             console_print(_rich_table(*t))
         if rep.per_run_hint:
             console_print("per-run rows: --format csv / json, or --html")
-    figs = rep.figures(dest)
-    if format == "table":
-        console_print(f"figures: {dest.absolute()}/ ({', '.join(f.name for f, _ in figs)})")
-    if html_:
-        page = rp.write_html(dest / "report.html", rep.title, rep.intro, rep.html_tables, figs)
-        (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
+    with _writes():
+        figs = rep.figures(dest)
+        if format == "table":
+            console_print(f"figures: {dest.absolute()}/ ({', '.join(f.name for f, _ in figs)})")
+        if html_:
+            page = rp.write_html(dest / "report.html", rep.title, rep.intro, rep.html_tables, figs)
+            (out if format == "table" else err).print(f"html: {page.absolute()}", markup=False)
+
+
+@contextlib.contextmanager
+def _writes():
+    """Figures and pages being written: a full disk or a denied write ends the command in
+    one line naming the file (exit 2, as a place that cannot be written is for _writable)."""
+    try:
+        yield
+    except OSError as e:
+        _fail(f"cannot write {e.filename or 'a file'}: {e.strerror or e}")
 
 
 def _writable(dest: Path, flag: bool) -> None:
@@ -608,7 +632,8 @@ def compare(
     else:
         for t in rp.compare_tables(views, include_readout):
             console_print(_rich_table(*t))
-    fig = rp.fig_compare(views, dest / "curves.png", include_readout)
+    with _writes():
+        fig = rp.fig_compare(views, dest / "curves.png", include_readout)
     (out if format == "table" else err).print(f"figure: {fig.absolute()}", markup=False)
 
 

@@ -3,6 +3,7 @@ the input checks before it), the environment a run records, and the housekeeping
 compiled programs a long-lived process accumulates."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -198,18 +199,23 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
             for w in writers:
                 w.release()
             raise
-        # a broken run is recorded, the sweep goes on
-        msg = f"{type(e).__name__}: {e}".splitlines()[0]
-        tb = traceback.format_exc()
+        # a broken run is recorded, the sweep goes on; a file that could not be written
+        # (disk full, no permission) is named, and the run is tried again by the next sweep
+        io = runs.io_failure(e)
+        msg = io or f"{type(e).__name__}: {e}".splitlines()[0]
+        tb = None if io else traceback.format_exc()
         outs = [train.Outcome("failed", checkpoints=runs.read_metrics(w.dir), error=msg, traceback=tb) for w in writers]
+    else:
+        io = None
     try:
         for w, o in zip(writers, outs):
             if o.traceback:
-                (w.dir / "traceback.txt").write_text(o.traceback)
+                with contextlib.suppress(OSError):  # a diagnostic: result.json has the error line
+                    (w.dir / "traceback.txt").write_text(o.traceback)
         results = []
         for w, o, ds in zip(writers, outs, datasets):
             info = {**o.info, "data": _data_info(ds)}
-            results.append(w.finish(o, info, created))
+            results.append(w.finish(o, info, created, io_failed=io is not None))
     finally:
         for w in writers:
             w.release()

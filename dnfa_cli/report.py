@@ -249,9 +249,13 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIG_DPI, metadata={"Software": None})
-    _plt().close(fig)
+    """Write the figure and close it; an OSError (a full disk) names `path`."""
+    try:
+        with runs.writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=FIG_DPI, metadata={"Software": None})
+    finally:
+        _plt().close(fig)
     return path
 
 

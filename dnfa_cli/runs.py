@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
@@ -48,10 +49,41 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide files on shared runs/
 
 
+# the errors of a place that cannot take a file (disk full, file size limit, quota, no
+# permission, read-only filesystem, a failing device): not the run's fault, tried again
+IO_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EACCES", "EPERM", "EROFS", "EIO")
+                      if hasattr(errno, n))
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """An OSError raised while writing `path` names it: a write to a full disk says only
+    "No space left on device", and which file is what the user needs."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
+def io_failure(e: BaseException) -> str | None:
+    """The line that reports an I/O failure (IO_ERRNOS), naming the file; None for any
+    other error."""
+    if not isinstance(e, OSError) or e.errno not in IO_ERRNOS:
+        return None
+    return f"I/O error writing {e.filename or '(a file)'}: {e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then os.replace: readers see the
-    old file or the whole new one, never a part."""
+    old file or the whole new one, never a part. An OSError names `path`."""
     path = Path(path)
+    with writing(path):
+        _atomic_write_bytes(path, data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -159,6 +191,7 @@ def _check_result(r) -> None:
             raise CorruptRun(f"result.json: checkpoint {i} is not a record of step and layers")
 
 
+IO_FAILED = "io_failed"  # result.json: true where the run failed writing a file; a sweep runs it again
 MANIFEST = "files"  # result.json's manifest: every other file of the run, name -> size in bytes
 
 
@@ -382,7 +415,8 @@ class RunWriter:
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.dir / "config.yaml", config_to_yaml(self.cfg).encode())
         atomic_write_json(self.dir / "env.json", env)
-        (self.dir / "metrics.jsonl").touch()
+        with writing(self.dir / "metrics.jsonl"):
+            (self.dir / "metrics.jsonl").touch()
 
     def _clear(self, corrupt: bool) -> None:
         """Empty the directory of an earlier attempt. result.json goes first, and durably:
@@ -410,7 +444,7 @@ class RunWriter:
             arrays[f"W{i}"] = W
             arrays[f"b{i}"] = np.asarray(layer["b"]) if "b" in layer else np.zeros(W.shape[0], W.dtype)
         atomic_savez(self.dir / "checkpoints" / f"step_{step:07d}.npz", arrays)
-        with open(self.dir / "metrics.jsonl", "a") as f:
+        with writing(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
             f.flush()
         # save_weights ends: the first checkpoint's weights and the latest's, which is the
@@ -425,7 +459,11 @@ class RunWriter:
         atomic_savez(self.dir / "checkpoints" / f"matrices_{step:07d}.npz",
                      {k: np.asarray(v, np.float32) for k, v in mats.items()})
 
-    def finish(self, outcome, info: dict, created: str) -> dict:
+    def finish(self, outcome, info: dict, created: str, io_failed: bool = False) -> dict:
+        """Write result.json (last, atomically) and return its content. `io_failed`: the run
+        failed writing a file (IO_FAILED). If result.json itself cannot be written for want
+        of space or permission, the run is left unfinished (the next sweep reruns it) and
+        the returned result says so."""
         result = {
             "schema": SCHEMA,
             "run_id": self.run_id,
@@ -438,8 +476,15 @@ class RunWriter:
             "info": info,
             "checkpoints": outcome.checkpoints,
             MANIFEST: manifest(self.dir),  # checked on every read: an ok run has all its files
+            **({IO_FAILED: True} if io_failed else {}),
         }
-        atomic_write_json(self.dir / RESULT, result)
+        try:
+            atomic_write_json(self.dir / RESULT, result)
+        except OSError as e:
+            line = io_failure(e)
+            if line is None:
+                raise
+            result.update({"status": "failed", "error": outcome.error if io_failed else line, IO_FAILED: True})
         self.release()
         return result
 

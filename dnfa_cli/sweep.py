@@ -206,14 +206,44 @@ def _summary(res: dict, ran: bool) -> dict:
     }
 
 
-def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool = False) -> list[dict]:
+def identity() -> dict:
+    """What this process runs: dnfa's version and the schema number that enters run ids
+    (read when asked: a Dask worker reports its own)."""
+    from . import __version__, config
+
+    return {"dnfa": __version__, "schema": config.SCHEMA}
+
+
+def _differences(planned: dict, ran: dict, pairs: list[tuple[str, str]] = ()) -> list[str]:
+    """What differs between a sweep's plan and a worker: 'dnfa 0.1.0 (this sweep: 0.2.0)',
+    the schema likewise, and 'run id A (this sweep: B)' for each of `pairs` (planned, ran)
+    that differ."""
+    out = [f"{k} {ran.get(k, 'unknown')} (this sweep: {planned[k]})" for k in ("dnfa", "schema") if ran.get(k) != planned[k]]
+    return out + [f"run id {theirs} (this sweep: {mine})" for mine, theirs in pairs if mine != theirs]
+
+
+def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool = False,
+              planned: dict | None = None) -> list[dict]:
     """Worker entry point (local pool or Dask): lock each run, skip those that finished
-    meanwhile (another sweep), train the rest together, return one summary per run.
-    Runs whose lock another process holds come back as `busy` unless `blocking`."""
+    meanwhile (another sweep), train the rest together, return one summary per run, each
+    saying who ran it (`worker`: identity()). Runs whose lock another process holds come
+    back as `busy` unless `blocking`. `planned`: the sweep's identity() and run ids; a
+    worker that differs (another dnfa version or schema) trains nothing and says what
+    differs, each run failed."""
+    me = identity()
+    cfgs = [Config.model_validate(d) for d in cfg_dicts]
+    if planned is not None:
+        pairs = list(zip(planned["ids"], [c.run_id for c in cfgs]))
+        diff = _differences(planned, me, pairs)
+        if diff:
+            why = f"not run: the worker differs from this sweep: {'; '.join(diff)}; install this sweep's dnfa on the workers"
+            return [{"run_id": rid, "status": "failed", "ran": False, "error": why, "worker": me} for rid in planned["ids"]]
+    return [{**r, "worker": me} for r in _run_group(cfgs, Path(root), rerun, blocking)]
+
+
+def _run_group(cfgs: list[Config], rootp: Path, rerun: list[str], blocking: bool) -> list[dict]:
     import contextlib
 
-    rootp = Path(root)
-    cfgs = [Config.model_validate(d) for d in cfg_dicts]
     if _STOP is not None and _STOP.is_set():  # queued before a --finish-running signal: not started
         return [{"run_id": c.run_id, "status": "stopped", "ran": False} for c in cfgs]
     out, todo = [], []
@@ -225,7 +255,7 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
                 out.append({"run_id": c.run_id, "status": "busy", "ran": False})
                 continue
             st, res = runs.load_checked(rootp, c.run_id)
-            if st is not None and st != "corrupt" and st not in rerun:
+            if not _to_run(st, res, rerun):
                 # finished by another process between planning and taking the lock
                 out.append({**_summary(res, ran=False), "elsewhere": True})
                 continue
@@ -241,6 +271,11 @@ def run_group(cfg_dicts: list[dict], root: str, rerun: list[str], blocking: bool
                 results = engine.execute(todo, rootp, datasets)
             except (runs.RunBusy, DnfaInputError) as e:  # another writer, a symlink: nothing written
                 return out + [{"run_id": c.run_id, "status": "failed", "error": str(e), "ran": False} for c in todo]
+            except OSError as e:  # a run directory that cannot be started: no result.json, rerun next time
+                if runs.io_failure(e) is None:
+                    raise
+                return out + [{"run_id": c.run_id, "status": "failed", "error": runs.io_failure(e), "ran": True}
+                              for c in todo]
             for res in results:
                 out.append(_summary(res, ran=True))
     engine.release_compiled_if_crowded()
@@ -374,6 +409,9 @@ class LocalExecutor:
         self._reader = threading.Thread(target=read, daemon=True, name="dnfa-run-starts")
         self._reader.start()
 
+    def check(self) -> None:  # a local pool has no scheduler to lose (a dead worker fails its group)
+        pass
+
     def stop_new(self) -> None:
         """Start no new run: groups a worker has already taken off the queue come back as
         `stopped` (the pool hands out more than one group per worker)."""
@@ -434,9 +472,18 @@ class InlineExecutor:
     def stop_new(self) -> None:  # the sweep cancels the deferred groups itself
         pass
 
+    def check(self) -> None:
+        pass
+
     def close(self, kill: bool = False):
         global _STARTED
         _STARTED = None
+
+
+class SchedulerLost(Exception):
+    """The Dask scheduler went away mid-sweep (it cancels every future: no run failed). The
+    runs that finished are on disk and in the sweep record; the sweep started again, on a
+    new scheduler or locally, does the rest."""
 
 
 DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):\d{1,5}$")
@@ -475,7 +522,12 @@ class DaskExecutor:
                 f"no answer within {timeout:g} s"
             raise ConfigError(f"--scheduler {address}: cannot reach a Dask scheduler ({reason}); "
                               "see --scheduler-timeout")
-        self.client = box["client"]
+        self.client, self.address = box["client"], address
+        # the client logs the loss of its scheduler as tracebacks from its own thread, before
+        # the sweep sees a cancelled future: the sweep says it in one line (check)
+        import logging
+
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
         self._futures: list = []
         self.workers = max(1, sum(w.get("nthreads", 1) for w in box["workers"].values()))
 
@@ -490,7 +542,20 @@ class DaskExecutor:
     def on_start(self, fn) -> None:  # Dask workers run elsewhere: no word when a run starts
         pass
 
+    def check(self) -> None:
+        """SchedulerLost once the client has lost its scheduler (it then tries to reconnect,
+        and logs its tracebacks as it gives up: they are silenced, the user gets one line)."""
+        if self.client.status not in ("running", "newly-created"):
+            import logging
+
+            logging.disable(logging.CRITICAL)
+            raise SchedulerLost(f"the Dask scheduler {self.address} was lost mid-sweep")
+
     def close(self, kill: bool = False):
+        if self.client.status not in ("running", "newly-created"):  # lost: nothing to cancel, nobody to tell
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=5)
+            return
         if kill:  # the runs in flight stop; they leave no result.json and rerun next time
             self.client.cancel([f for f in self._futures if not f.done()], force=True)
         self.client.close()
@@ -532,11 +597,18 @@ def rerun_statuses(force: bool, rerun_failed: bool) -> list[str]:
     return ["ok", "diverged", "failed"] if force else (["diverged", "failed"] if rerun_failed else [])
 
 
+def _to_run(status: str | None, res: dict | None, rerun: list[str]) -> bool:
+    """Whether a sweep executes a run of this status (load_checked): one not finished, a
+    corrupt one, one of the `rerun` statuses, or one that failed for want of disk space or
+    permission (runs.IO_FAILED: not the run's fault, tried again without --rerun-failed)."""
+    return status in (None, "corrupt") or status in rerun or bool(res and res.get(runs.IO_FAILED))
+
+
 def todo_of(p: Plan, root: Path, rerun: list[str]) -> tuple[list[Config], dict[str, str | None]]:
     """The runs to execute, and every run's current status (None: no result.json; 'corrupt':
     files that are not what dnfa writes, always rerun, the bad files kept aside)."""
-    status = {c.run_id: runs.result_status(root, c.run_id) for c in p.configs}
-    return [c for c in p.configs if status[c.run_id] in (None, "corrupt") or status[c.run_id] in rerun], status
+    checked = {c.run_id: runs.load_checked(root, c.run_id) for c in p.configs}
+    return [c for c in p.configs if _to_run(*checked[c.run_id], rerun)], {rid: st for rid, (st, _) in checked.items()}
 
 
 class _Queue:
@@ -613,20 +685,27 @@ def run_sweep(p: Plan, root: Path, executor, *, force: bool = False, rerun_faile
             if not stop():
                 ready, failed = queue.take(state)
                 record(failed, False)
-                pending.update({executor.submit([c.to_dict() for c in g], str(root), rerun): (g, False) for g in ready})
+                pending.update({executor.submit([c.to_dict() for c in g], str(root), rerun, False, _planned(g)): (g, False)
+                                for g in ready})
             if not pending and busy and not stop():
                 # runs another sweep held: wait for its lock, then train them only if it did not finish
-                pending.update({executor.submit([c.to_dict()], str(root), rerun if not force else [], True): ([c], True)
-                                for c in busy})
+                pending.update({executor.submit([c.to_dict()], str(root), rerun if not force else [], True, _planned([c])):
+                                ([c], True) for c in busy})
                 busy.clear()
             if stop():
                 for fut in [f for f in pending if f.cancel()]:
                     pending.pop(fut)
             if not pending:
                 break
-            for fut in _wait_any(set(pending)):
+            try:
+                done = _wait_any(set(pending))
+            except Exception:
+                executor.check()  # a lost scheduler cancels every future: SchedulerLost, not a traceback
+                raise
+            executor.check()
+            for fut in done:
                 group, blocking = pending.pop(fut)
-                record(_results(fut, group), blocking)
+                record(_as_planned(_results(fut, group), group), blocking)
     finally:
         _settle(root, p, state)
         write_sweep_record(root, p, state, created)
@@ -640,6 +719,26 @@ def _results(fut, group: list[Config]) -> list[dict]:
     except Exception as e:  # noqa: BLE001
         return [{"run_id": c.run_id, "status": "failed", "error": f"worker: {type(e).__name__}: {e}", "ran": False}
                 for c in group]
+
+
+def _planned(group: list[Config]) -> dict:
+    return {**identity(), "ids": [c.run_id for c in group]}
+
+
+def _as_planned(results: list[dict], group: list[Config]) -> list[dict]:
+    """A group's summaries, checked against the plan: a worker that ran runs this sweep
+    did not plan (one on another dnfa version or schema, from before workers checked
+    that themselves) fails the group's runs, saying what differs."""
+    ids = {c.run_id for c in group}
+    extra = [r["run_id"] for r in results if r.get("run_id") not in ids]
+    if not extra:
+        return results
+    worker = next((r["worker"] for r in results if isinstance(r.get("worker"), dict)), {})
+    diff = _differences(identity(), worker)
+    what = "; ".join(diff) if diff and worker else "another dnfa version or schema (it does not say which)"
+    why = (f"the worker runs {what} and wrote runs this sweep did not plan ({', '.join(map(str, extra))}); "
+           "install this sweep's dnfa on the workers")
+    return [{"run_id": c.run_id, "status": "failed", "ran": False, "error": why} for c in group]
 
 
 def _settle(root: Path, p: Plan, state: dict[str, dict]) -> None:
