@@ -176,10 +176,10 @@ def _failed(step: int, e: Exception) -> Ended:
 
 class Meter:
     """Measures the runs of one seed batch at their checkpoints. Holds what is drawn once
-    per run (the random-W terms at its first checkpoint, the swap factors when first
-    needed) and, for save_matrices: ends, the parameters (not the 50 MB of matrices at
-    width 1024) of each run's latest checkpoint: should the run end before its last step,
-    that checkpoint's matrices are measured again from them (`end`)."""
+    per run (the random-W terms from the start, the swap factors when first needed) and,
+    for save_matrices: ends, the parameters (not the 50 MB of matrices at width 1024) of
+    each run's latest checkpoint: should the run end before its last step, that
+    checkpoint's matrices are measured again from them (`end`)."""
 
     def __init__(self, cfgs: list[Config], dss: list[Dataset], params0: list, *, spe: int, total: int, method: str,
                  arrays_of: Callable[[int], tuple], on_checkpoint=None, on_matrices=None):
@@ -189,10 +189,14 @@ class Meter:
         self.on_checkpoint = on_checkpoint or [None] * R
         self.on_matrices = on_matrices or [None] * R
         self.subsets = [metrics_subset(c, d) for c, d in zip(cfgs, dss)]
-        self.terms: list = [None] * R
+        # the random-W terms are dispatched now and not waited for: they compute (1.4 s at
+        # width 1024) while the first checkpoint's programs are traced and loaded, which is
+        # Python on one core; the statistics, the first program that takes them, wait for them
+        t0 = time.perf_counter()
+        self.terms: list = [random_baselines(c, p) for c, p in zip(cfgs, params0)]
+        self.baseline_seconds = time.perf_counter() - t0  # dispatching the draws, all runs
         self.swaps: list = [None] * R
         self.held: list = [None] * R  # (step, params) of the latest checkpoint, save_matrices: ends
-        self.baseline_seconds = 0.0  # drawing the random-W terms, all runs
 
     def due(self, mode: str, step: int) -> bool:
         """Whether a checkpoint-set key (all / ends / none) includes this step."""
@@ -266,10 +270,6 @@ class Meter:
 
     def _measure(self, idx: list[int], params: dict, step: int, what: set) -> dict:
         for r in idx:
-            if self.terms[r] is None:
-                t0 = time.perf_counter()
-                self.terms[r] = jax.block_until_ready(random_baselines(self.cfgs[r], self.params0[r]))
-                self.baseline_seconds += time.perf_counter() - t0
             if what & {"swap", "swap_uv"} and self.swaps[r] is None:
                 self.swaps[r] = swap_factors(self.cfgs[r], self.params0[r])
         pick = lambda xs: [xs[r] for r in idx]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dnfa_cli import baselines as bl
 from dnfa_cli import config, data, train
 from dnfa_cli import measure as ms
 from dnfa_cli import model as mdl
@@ -336,3 +337,18 @@ def test_the_eta_is_within_2x_of_the_truth_after_a_tenth_of_the_run(profile):
     # and it has one from the first event after a second checkpoint and a second call
     p_second = next(i for i, (t, eta, truth) in enumerate(events) if eta is not None)
     assert all(eta is not None for _, eta, _ in events[p_second:])
+
+
+def test_the_random_w_factors_are_drawn_at_the_start_from_the_run_s_metrics_key():
+    # dispatched when the Meter is made (before the first checkpoint), not waited for: the
+    # factors must be those of the documented keys, bit for bit, drawn and waited for alone
+    cfg = _cfg()
+    ds = data.make_dataset(cfg)
+    params0 = train.init_state(cfg, ds).params
+    m = ms.Meter([cfg], [ds], [params0], spe=1, total=1, method="preact", arrays_of=lambda r: None)
+    assert m.terms[0] is not None
+    k = jax.random.fold_in(mdl.run_keys(cfg.seed)[2], 2)
+    for l, p in enumerate(params0):
+        want = jax.block_until_ready(bl.draw_terms(jax.random.fold_in(k, l), p["W"].shape))
+        got = m.terms[0][l]
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))
