@@ -459,7 +459,7 @@ def conv_words(s: dict) -> str:
     for reg in REGIMES:
         if len(sel(c["pearson_a05"], regime=reg)):
             v = {k: span(sel(c[k], regime=reg)) for k in c}
-            out.append(f"{reg} nets: alpha = 1/2 with W {v['pearson_a05']}, with W - W0 {v['delta_pearson_a05']}, "
+            out.append(f"**{reg.capitalize()} nets**: alpha = 1/2 with W {v['pearson_a05']}, with W - W0 {v['delta_pearson_a05']}, "
                        f"with the gradient-centred AGOP {v['gc_pearson_a05']}; alpha = 1 with W {v['pearson_a1']}, "
                        f"with W - W0 {v['delta_pearson_a1']}; the centred NFA {v['centered_pearson']}")
     return ("Stratum means at the end: " + "; ".join(out) + ".") if out else ""
@@ -571,7 +571,7 @@ def q5_words(s: dict) -> str:
         e = sel(s["half_range_pearson"], regime=reg)
         if len(h):
             lo, hi = np.nanmin(e["mean"].astype(float)), np.nanmax(e["mean"].astype(float))
-            out.append(f"{reg} nets: half_range_pearson ends between {lo:.2f} and {hi:.2f} (stratum means) and rose from "
+            out.append(f"**{reg.capitalize()} nets**: half_range_pearson ends between {lo:.2f} and {hi:.2f} (stratum means) and rose from "
                        f"init in {signs(h)[0]} of {len(h)} strata (fell in {signs(h)[1]}); left_pearson rose in "
                        f"{signs(l_)[0]} (fell in {signs(l_)[1]})")
     return ("; ".join(out) + ".") if out else "No finished runs yet."
@@ -631,6 +631,25 @@ def q4(lt: pd.DataFrame, rt: pd.DataFrame):
     return (md_table(head, body) if body else "(no finished runs yet)"), s
 
 
+def q4_verdict(s: dict) -> str:
+    """Over every frozen arm x task x optimizer: how often the net with W_2 frozen is worse
+    on its task than the trained net of the same seed (higher loss, lower accuracy), and
+    how often its layer-2 pearson_a1 is lower."""
+    worse = same = better = low = n_a = 0
+    for d in s.values():
+        for k, r in d["metric"].iterrows():
+            sign = inf.excludes_zero(r.lo, r.hi) * (1 if k[0] == "x1x2" else -1)  # +1: worse on the task
+            worse, same, better = worse + (sign == 1), same + (sign == 0), better + (sign == -1)
+        low += signs(d["pearson_a1"])[1]
+        n_a += len(d["pearson_a1"])
+    m = worse + same + better
+    if not m:
+        return ""
+    return (f"Over the {m} frozen arm x task x optimizer comparisons, the net with W_2 frozen is worse on its task in "
+            f"{worse}, not resolved from the trained net in {same} and better in {better}; its layer-2 pearson_a1 is "
+            f"lower than the trained W_2's in {low} of {n_a}. ")
+
+
 def q4_words(s: dict) -> str:
     out = []
     for arm, d in s.items():
@@ -645,7 +664,7 @@ def q4_words(s: dict) -> str:
             parts.append(f"{k[0]}/{k[1]}: {what} {better} the trained net's ({inf.fmt(r, 3, signed=True)})")
         out.append(f"With W_2 {arm}: " + "; ".join(parts) + f"; its pearson_a1 at layer 2 against the trained W_2: "
                    f"{count_words(a, 'higher', 'lower')}")
-    return (". ".join(out) + ".") if out else "The frozen-layer arms have not run yet."
+    return (q4_verdict(s) + ". ".join(out) + ".") if out else "The frozen-layer arms have not run yet."
 
 
 SWAPS = {"Gaussian R": "swap", "W's spectrum, Haar U and V": "swap_spec", "keep U (and S), V Haar": "swap_keepu",
@@ -669,7 +688,7 @@ def swaps_words(s: dict) -> str:
     for reg in REGIMES:
         d, g = sel(s["u_minus_v"], regime=reg), sel(s["d_swap_pearson_a1"], regime=reg)
         if len(d):
-            out.append(f"{reg} nets: a Gaussian swap lowers pearson_a1 in {signs(g)[1]} of {len(g)} strata (by "
+            out.append(f"**{reg.capitalize()} nets**: a Gaussian swap lowers pearson_a1 in {signs(g)[1]} of {len(g)} strata (by "
                        f"{span(g)}); keeping U and S retains more of it than keeping V and S in {signs(d)[0]} strata, "
                        f"less in {signs(d)[1]}")
     return ("; ".join(out) + ".") if out else ""
