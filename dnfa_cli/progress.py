@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def call_sizes(cks: list[int], spe: int) -> list[int]:
-    """The steps of each epoch-function call a run makes: epochs cut at the checkpoints."""
-    out, step = [], 0
+def call_sizes(cks: list[int], spe: int, chunk: int | None = None) -> list[int]:
+    """The steps of each training call a run makes: epochs cut at the checkpoints, and
+    into calls of at most `chunk` steps (train.chunk_steps; None: whole epochs)."""
+    out, step, chunk = [], 0, chunk or spe
     for target in cks[1:]:
         while step < target:
-            n = min(spe - step % spe, target - step)
+            n = min(spe - step % spe, target - step, chunk)
             out.append(n)
             step += n
     return out

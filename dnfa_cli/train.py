@@ -1,9 +1,12 @@
 """The Optax training loop: epochs, steps, optimizer state, seed batching; at each
 checkpoint it hands the parameters to measure.Meter.
 
-One jit-compiled function per epoch: a `lax.scan` over every minibatch slot of a shuffled
-epoch, each step gated by `lax.cond` on [start, stop) so a checkpoint can fall inside an
-epoch without a second compilation. Optimizer hyperparameters live in the optimizer state
+An epoch is shuffled once (epoch_order) and stepped in calls of one jit-compiled function
+(steps_fn): a `lax.scan` over a fixed number of the epoch's minibatch slots (chunk_steps:
+the whole epoch, or as much of it as takes about CALL_SECONDS, so Ctrl-C, honoured between
+calls, is prompt), each step gated by `lax.cond` on [start, stop) so a checkpoint can fall
+inside a call without a second compilation. The calls do epoch_fn's arithmetic step for
+step (tests/test_stopping.py). Optimizer hyperparameters live in the optimizer state
 (`optax.inject_hyperparams`), so runs that differ in lr / momentum / weight decay share
 one compiled program, and the same function is `jax.vmap`ped over seeds (seed batching).
 """
@@ -88,20 +91,27 @@ def init_opt_state(cfg: Config, params):
 
 
 # ----------------------------------------------------------------------------- epoch
-@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "batch_size", "trains"))
-def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, kind, optimizer, batch_size,
-             trains=None):
-    """Steps [start, stop) of the epoch whose shuffle is drawn from `key`; returns the new
-    state and the minibatch losses (0 for slots outside [start, stop)). The last minibatch
-    of an epoch holds the n mod batch_size leftover samples (as torch's DataLoader).
-    `trains` (trains_of): the frozen layers keep the very arrays they came with, bit for
-    bit, whatever the optimizer would have done to them (weight decay, momentum)."""
-    n = X.shape[0]
+def epoch_order(key, n: int, batch_size: int):
+    """The epoch's minibatches as (slots, batch_size) sample indices, from the shuffle
+    drawn from `key`; the last slot holds the n mod batch_size leftover samples (as torch's
+    DataLoader), padded with index 0."""
     spe = -(-n // batch_size)
-    pad = spe * batch_size - n
     perm = jax.random.permutation(key, n)
-    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(spe, batch_size)
-    wts = jnp.concatenate([jnp.ones((n,), X.dtype), jnp.zeros((pad,), X.dtype)]).reshape(spe, batch_size)
+    return jnp.concatenate([perm, jnp.zeros((spe * batch_size - n,), perm.dtype)]).reshape(spe, batch_size)
+
+
+def epoch_weights(n: int, batch_size: int, dtype):
+    """(slots, batch_size): 1 for the samples of epoch_order's slots, 0 for its padding."""
+    spe = -(-n // batch_size)
+    return jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((spe * batch_size - n,), dtype)]).reshape(spe, batch_size)
+
+
+def _gated_steps(state: TrainState, X, T, y, idx, wts, slots, start, stop, *, activation, loss, kind, optimizer,
+                 trains):
+    """A `lax.scan` over the epoch `slots` (indices into idx / wts), each step gated by
+    `lax.cond` on [start, stop); returns the new state and the slots' minibatch losses (0
+    outside [start, stop)). `trains` (trains_of): the frozen layers keep the very arrays
+    they came with, bit for bit, whatever the optimizer would have done to them."""
     opt = make_optimizer(optimizer, str(X.dtype), trains)
 
     def loss_fn(params, i):
@@ -122,7 +132,51 @@ def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, 
         active = (i >= start) & (i < stop)
         return jax.lax.cond(active, step, lambda s, i: (s, jnp.zeros((), X.dtype)), st, i)
 
-    return jax.lax.scan(body, state, jnp.arange(spe))
+    return jax.lax.scan(body, state, slots)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "batch_size", "trains"))
+def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, kind, optimizer, batch_size,
+             trains=None):
+    """Steps [start, stop) of the epoch whose shuffle is drawn from `key`, as one program
+    over every slot of the epoch; returns the new state and the epoch's minibatch losses
+    (0 for slots outside [start, stop)). The training loop runs the same steps in bounded
+    calls of steps_fn."""
+    n = X.shape[0]
+    idx, wts = epoch_order(key, n, batch_size), epoch_weights(n, batch_size, X.dtype)
+    return _gated_steps(state, X, T, y, idx, wts, jnp.arange(idx.shape[0]), start, stop, activation=activation,
+                        loss=loss, kind=kind, optimizer=optimizer, trains=trains)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "steps", "trains"))
+def steps_fn(state: TrainState, X, T, y, idx, wts, first, start, stop, *, activation, loss, kind, optimizer, steps,
+             trains=None):
+    """Slots [first, first + steps) of the epoch whose minibatches are `idx` (epoch_order)
+    and `wts` (epoch_weights), each stepped if in [start, stop): epoch_fn's arithmetic,
+    step for step, in a call whose length is bounded by `steps` rather than the epoch's
+    (one compiled program per `steps`). Returns the new state and the slots' losses."""
+    return _gated_steps(state, X, T, y, idx, wts, first + jnp.arange(steps), start, stop, activation=activation,
+                        loss=loss, kind=kind, optimizer=optimizer, trains=trains)
+
+
+# What one steps_fn call should take: short enough that Ctrl-C, honoured between calls, is
+# prompt; long enough that the per-call cost (dispatch, syncing the losses) is lost in it.
+CALL_SECONDS = 0.5
+# a step's cost, estimated: a fixed part in seconds (the scan and cond around it, the small
+# ops) and the multiply-adds of the forward and backward passes at a rate per second
+# (CPU: as bench/train_steps.py measured on 2 cores; other devices: a guess, faster)
+_STEP_COST = {"cpu": (1e-5, 2e9)}
+_STEP_COST_ACCEL = (1e-5, 2e11)
+
+
+def chunk_steps(sizes: list[int], batch_size: int, spe: int, backend: str | None = None) -> int:
+    """The slots of each training call: the epoch's `spe` split evenly into as few calls as
+    keep each under CALL_SECONDS by the cost estimate (the whole epoch when it does)."""
+    fixed, rate = _STEP_COST.get(backend or jax.default_backend(), _STEP_COST_ACCEL)
+    macs = batch_size * sum(a * b for a, b in zip(sizes, sizes[1:]))
+    most = max(1, int(CALL_SECONDS / (fixed + 3 * macs / rate)))
+    calls = -(-spe // most)
+    return -(-spe // calls)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -218,32 +272,40 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
 
 class _Batch:
     """A seed batch's training state and data: one run's as they are, several stacked along
-    a leading axis and stepped by the vmapped epoch function."""
+    a leading axis and stepped by the vmapped steps function, `chunk` epoch slots a call."""
 
-    def __init__(self, cfgs: list[Config], dss: list[Dataset], donors: list):
+    def __init__(self, cfgs: list[Config], dss: list[Dataset], donors: list, chunk: int):
         tc, mc = cfgs[0].train, cfgs[0].model
         dt = jnp.dtype(tc.dtype)
         states = [init_state(c, d, donor) for c, d, donor in zip(cfgs, dss, donors)]
         self.params0 = [s.params for s in states]
         arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
         keys = [mdl.run_keys(c.seed)[1] for c in cfgs]
-        step = functools.partial(epoch_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
-                                 optimizer=tc.optimizer, batch_size=tc.batch_size,
-                                 trains=trains_of(cfgs[0], len(states[0].params)))
-        self.R = len(cfgs)
+        n, bs = len(dss[0].X_train), tc.batch_size
+        self.spe, self.chunk, self.wts = steps_per_epoch(n, bs), chunk, epoch_weights(n, bs, dt)
+        order = functools.partial(epoch_order, n=n, batch_size=bs)
+        step = functools.partial(steps_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
+                                 optimizer=tc.optimizer, steps=chunk, trains=trains_of(cfgs[0], len(states[0].params)))
+        self.R, self._e, self._idx = len(cfgs), None, None
         if self.R == 1:
-            self._epoch, self._fold, self.skeys = step, jax.random.fold_in, keys[0]
+            self._steps, self._order, self._fold, self.skeys = step, jax.jit(order), jax.random.fold_in, keys[0]
             self.state, self.data = states[0], arrays[0]
         else:
-            self._epoch = jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, None))
+            self._steps = jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, None, None, None))
+            self._order = jax.jit(jax.vmap(order))
             self._fold, self.skeys = jax.vmap(jax.random.fold_in, in_axes=(0, None)), jnp.stack(keys)
             self.state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
             self.data = tuple(jnp.stack([a[j] for a in arrays]) for j in range(3))
 
     def epoch(self, e: int, i0: int, i1: int) -> np.ndarray:
-        """Steps [i0, i1) of epoch e for every run; the minibatch losses, (runs, slots)."""
-        self.state, losses = self._epoch(self.state, *self.data, self._fold(self.skeys, e), i0, i1)
-        return np.asarray(losses).reshape(self.R, -1)
+        """Steps [i0, i1) of epoch e for every run, i1 - i0 <= chunk, in one call; their
+        minibatch losses, (runs, i1 - i0). The epoch's shuffle is drawn once, at its first call."""
+        if self._e != e:
+            self._e, self._idx = e, None  # the previous epoch's order goes before the next is made
+            self._idx = self._order(self._fold(self.skeys, e))
+        first = min(i0, self.spe - self.chunk)  # the call's slots stay inside the epoch
+        self.state, losses = self._steps(self.state, *self.data, self._idx, self.wts, first, i0, i1)
+        return np.asarray(losses).reshape(self.R, -1)[:, i0 - first:i1 - first]
 
     def params(self, r: int):
         """Run r's slice of the batch's parameters."""
@@ -265,7 +327,8 @@ class _Loop:
         sizes = sizes_for(cfg0, ds0)
         method = grams.choose_method(sizes, cfg0.metrics.jacobian)
         self.t_start = time.perf_counter()
-        self.batch = _Batch(cfgs, dss, donors)
+        self.chunk = chunk_steps(sizes, cfg0.train.batch_size, self.spe)
+        self.batch = _Batch(cfgs, dss, donors, self.chunk)
         self.meter = ms.Meter(cfgs, dss, self.batch.params0, spe=self.spe, total=total, method=method,
                               arrays_of=self.batch.arrays_of, on_checkpoint=on_checkpoint, on_matrices=on_matrices)
         self.outs = [Outcome("ok", info={"total_steps": total, "steps_per_epoch": self.spe, "jacobian": method,
@@ -273,7 +336,7 @@ class _Loop:
                      for s in self.meter.subsets]
         self.alive = list(range(len(cfgs)))
         self.t_ck: list[float] = []  # measuring seconds of each checkpoint (the whole batch's)
-        self.prog = Progress(step=0, total=total, checkpoints=len(self.cks), calls=call_sizes(self.cks, self.spe),
+        self.prog = Progress(step=0, total=total, checkpoints=len(self.cks), calls=call_sizes(self.cks, self.spe, self.chunk),
                              checkpoint_seconds=self.t_ck)
         self.on_progress = on_progress
 
@@ -298,17 +361,18 @@ class _Loop:
             self.on_progress(p)
 
     def segment(self, step: int, target: int) -> int:
-        """One epoch-function call from `step` towards `target` (cut at the epoch's end);
-        runs whose loss went non-finite are diverged. Returns the step reached."""
+        """One call of the steps function from `step` towards `target` (cut at the epoch's
+        end and at the call's length); runs whose loss went non-finite are diverged.
+        Returns the step reached."""
         e, i0 = divmod(step, self.spe)
-        i1 = min(self.spe, i0 + (target - step))
+        i1 = min(self.spe, i0 + (target - step), i0 + self.chunk)
         t0 = time.perf_counter()
         # runs that diverged keep computing (harmless NaNs) so the batch keeps its shape
         losses = self.batch.epoch(e, i0, i1)
         self.prog.train_calls.append((i1 - i0, time.perf_counter() - t0))
         still = []
         for r in self.alive:
-            lv = losses[r, i0:i1]
+            lv = losses[r]
             if np.all(np.isfinite(lv)):
                 still.append(r)
                 continue

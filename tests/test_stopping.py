@@ -1,0 +1,176 @@
+"""Stopping a run (issue 21.6): training in bounded calls changes no number, and Ctrl-C
+ends `dnfa train` promptly, inside a long epoch and inside a compile."""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dnfa_cli import config, data, runs, train
+from dnfa_cli import measure as ms
+from dnfa_cli import model as mdl
+
+
+# ----------------------------------------------------------------------------- the reference
+@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "batch_size", "trains"))
+def main_epoch_fn(state, X, T, y, key, start, stop, *, activation, loss, kind, optimizer, batch_size, trains=None):
+    """dnfa's epoch function before bounded calls (main at 4e2a41e), verbatim: one program
+    over every slot of the epoch. The study in progress was trained with it."""
+    n = X.shape[0]
+    spe = -(-n // batch_size)
+    pad = spe * batch_size - n
+    perm = jax.random.permutation(key, n)
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(spe, batch_size)
+    wts = jnp.concatenate([jnp.ones((n,), X.dtype), jnp.zeros((pad,), X.dtype)]).reshape(spe, batch_size)
+    opt = train.make_optimizer(optimizer, str(X.dtype), trains)
+
+    def loss_fn(params, i):
+        b = idx[i]
+        f = mdl.forward(params, X[b], activation)
+        w = wts[i]
+        return jnp.sum(w * mdl.per_example_loss(f, T[b], y[b], loss, kind)) / jnp.sum(w)
+
+    def step(st, i):
+        lval, g = jax.value_and_grad(loss_fn)(st.params, i)
+        upd, opt_state = opt.update(g, st.opt_state, st.params)
+        new = optax.apply_updates(st.params, upd)
+        if trains is not None:
+            new = [n if t else old for n, old, t in zip(new, st.params, trains)]
+        return train.TrainState(new, opt_state), lval
+
+    def body(st, i):
+        active = (i >= start) & (i < stop)
+        return jax.lax.cond(active, step, lambda s, i: (s, jnp.zeros((), X.dtype)), st, i)
+
+    return jax.lax.scan(body, state, jnp.arange(spe))
+
+
+def main_params_at_checkpoints(cfgs, dss) -> list[dict]:
+    """Each run's parameters at each checkpoint as main's loop made them: one whole-epoch
+    call per segment (epochs cut at the checkpoints), several seeds under jax.vmap."""
+    cfg, ds = cfgs[0], dss[0]
+    tc = cfg.train
+    dt = jnp.dtype(tc.dtype)
+    states = [train.init_state(c, d) for c, d in zip(cfgs, dss)]
+    arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
+    keys = [mdl.run_keys(c.seed)[1] for c in cfgs]
+    fn = functools.partial(main_epoch_fn, activation=cfg.model.activation, loss=tc.loss, kind=ds.kind,
+                           optimizer=tc.optimizer, batch_size=tc.batch_size, trains=train.trains_of(cfg, len(states[0].params)))
+    R = len(cfgs)
+    if R > 1:
+        fn = jax.vmap(fn, in_axes=(0, 0, 0, 0, 0, None, None))
+        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+        state, keys = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states), jnp.stack(keys)
+        arrays = [tuple(jnp.stack([a[j] for a in arrays]) for j in range(3))]
+    else:
+        fold, state, keys = jax.random.fold_in, states[0], keys[0]
+    spe = train.steps_per_epoch(len(ds.X_train), tc.batch_size)
+    total = train.total_steps(cfg, len(ds.X_train))
+    cks = train.checkpoint_steps(cfg, total)
+    take = lambda st: [st.params if R == 1 else jax.tree_util.tree_map(lambda a: a[r], st.params) for r in range(R)]
+    out = [{0: p} for p in take(state)]
+    step = 0
+    for target in cks[1:]:
+        while step < target:
+            e, i0 = divmod(step, spe)
+            i1 = min(spe, i0 + target - step)
+            state, _ = fn(state, *arrays[0], fold(keys, e), i0, i1)
+            step += i1 - i0
+        for r, p in enumerate(take(state)):
+            out[r][target] = p
+    return out
+
+
+def _cfg(**over):
+    raw = {
+        "name": "t", "seed": 3,
+        "data": {"task": "monomial", "d": 4, "n_train": 23, "n_test": 7, "noise": 0.1},
+        "model": {"depth": 2, "width": 6, "activation": "tanh", "bias": True, "init": "torch"},
+        "train": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.01, "batch_size": 4, "epochs": 4,
+                  "dtype": "float32"},
+        "metrics": {"checkpoints": [3, 8, 14, 19], "samples": 23},
+    }
+    for k, v in over.items():
+        config._set_dotted(raw, k, v)
+    return config.validate(raw)
+
+
+def _record_params(monkeypatch) -> list[dict]:
+    """Checkpoints that only keep each run's parameters ({step: params} per run), instead of
+    measuring them: what this file tests is the training."""
+    got = [{}, {}]
+
+    def checkpoint(self, params, step):
+        for r, p in params.items():
+            got[r][step] = p
+        return {r: {"step": step} for r in params}, {}
+
+    monkeypatch.setattr(ms.Meter, "checkpoint", checkpoint)
+    return got
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
+# 23 samples in batches of 4: 6 slots an epoch (the last of 3), 24 steps, checkpoints inside
+# epochs; calls of 4 slots do not divide the epoch, 1 and 2 do, 6 is the whole epoch
+@pytest.mark.parametrize("chunk", [1, 4, 6])
+@pytest.mark.parametrize("over", [
+    {},
+    {"train.optimizer": "sgd", "train.momentum": 0.9, "train.lr": 0.05, "train.dtype": "float64"},
+])
+def test_bounded_calls_give_mains_numbers_bit_for_bit(monkeypatch, chunk, over):
+    cfg = _cfg(**over)
+    ds = data.make_dataset(cfg)
+    want = main_params_at_checkpoints([cfg], [ds])[0]
+    monkeypatch.setattr(train, "chunk_steps", lambda *a, **k: chunk)
+    got, calls, real = _record_params(monkeypatch)[0], [], train.steps_fn
+
+    def steps_fn(state, X, T, y, idx, wts, first, start, stop, **k):
+        calls.append((k["steps"], stop - start))
+        return real(state, X, T, y, idx, wts, first, start, stop, **k)
+
+    monkeypatch.setattr(train, "steps_fn", steps_fn)
+    train.train(cfg, ds)
+    assert sorted(got) == sorted(want) == [0, 3, 8, 14, 19, 24]
+    for s in want:
+        assert _same(got[s], want[s]), f"parameters differ at step {s}"
+    assert {k for k, _ in calls} == {chunk} and max(n for _, n in calls) <= chunk  # calls of that many slots
+    assert sum(n for _, n in calls) == 24 and len(calls) >= 24 / chunk
+    assert not _same(got[24], got[19])  # it trained
+
+
+@pytest.mark.parametrize("chunk", [2, 4])
+def test_a_seed_batch_in_bounded_calls_gives_mains_numbers_bit_for_bit(monkeypatch, chunk):
+    cfgs = [_cfg(seed=s, **{"train.freeze": [2]}) for s in (3, 11)]
+    dss = [data.make_dataset(c) for c in cfgs]
+    want = main_params_at_checkpoints(cfgs, dss)
+    monkeypatch.setattr(train, "chunk_steps", lambda *a, **k: chunk)
+    got = _record_params(monkeypatch)
+    train.train_batched(cfgs, dss)
+    for r in (0, 1):
+        assert sorted(got[r]) == sorted(want[r])
+        for s in want[r]:
+            assert _same(got[r][s], want[r][s]), f"run {r}: parameters differ at step {s}"
+    assert not _same(got[0][24], got[1][24])
+
+
+def test_call_lengths_bound_the_estimated_seconds_and_split_epochs_evenly():
+    # a tiny net: the whole epoch if it is short, else equal calls of at most CALL_SECONDS
+    assert train.chunk_steps([2, 4, 1], 1, 100, "cpu") == 100
+    fixed, rate = train._STEP_COST["cpu"]
+    most = int(train.CALL_SECONDS / (fixed + 3 * 12 / rate))
+    k = train.chunk_steps([2, 4, 1], 1, 10 * most + 1, "cpu")  # 11 calls
+    assert k == -(-(10 * most + 1) // 11) and k <= most
+    # a large step: one slot a call, never none
+    assert train.chunk_steps([4096, 4096, 4096], 4096, 50, "cpu") == 1
