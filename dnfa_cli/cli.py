@@ -247,7 +247,7 @@ def train(
         root = runs.check_root(runs.runs_root(runs_dir))
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
-        with _RunProgress() as show:
+        with engine.prompt_interrupt(), _RunProgress() as show:  # Ctrl-C: within 5 s, even in a compile
             done = engine.train_one(cf.base, root, force=force, source=str(config), on_progress=show, on_phase=show.phase,
                                     on_start=lambda rid, d: out.print(f"run {rid} -> {d}", markup=False))
     except DnfaInputError as e:

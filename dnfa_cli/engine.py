@@ -7,9 +7,13 @@ import contextlib
 import gc
 import os
 import platform
+import select
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +103,57 @@ def release_compiled() -> None:
     from the persistent cache, when next needed)."""
     jax.clear_caches()
     gc.collect()
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+INTERRUPT_GRACE = 5.0  # seconds a Ctrl-C may wait for the call in progress to return
+
+
+@contextlib.contextmanager
+def prompt_interrupt(grace: float | None = None):
+    """Ctrl-C (SIGINT) ends the process within `grace` seconds (INTERRUPT_GRACE). Python
+    raises KeyboardInterrupt only once the main thread is back from the call it is in, and
+    a compile or a long measuring program is one call: if the first SIGINT has not ended
+    the process `grace` seconds later, or at a second SIGINT, a watcher thread ends it at
+    once (exit 130). The run is then left as a KeyboardInterrupt leaves it: no result.json,
+    its lock released by the kernel (`dnfa ls`: interrupted; rerun to redo it). The kernel
+    writes each signal's number to signal.set_wakeup_fd's pipe as it arrives, whatever the
+    main thread is doing; the watcher reads it there. Main thread only."""
+    grace = INTERRUPT_GRACE if grace is None else grace
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_interrupts, args=(r, grace), daemon=True, name="dnfa-ctrl-c").start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old)
+        os.close(w)  # the watcher reads end-of-file and stops
+
+
+def _watch_interrupts(r: int, grace: float) -> None:
+    deadline, seen = None, 0
+    try:
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([r], [], [], wait)[0]:
+                return _end_now(f"interrupted: still busy {grace:g} s after Ctrl-C; ended at once")
+            got = os.read(r, 512)
+            if not got:
+                return
+            seen += got.count(signal.SIGINT)
+            if seen >= 2:
+                return _end_now("interrupted: second Ctrl-C; ended at once")
+            if seen and deadline is None:
+                deadline = time.monotonic() + grace
+    finally:
+        os.close(r)
+
+
+def _end_now(why: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"\n{why}\n".encode())
+    os._exit(130)
 
 
 # ----------------------------------------------------------------------------- running

@@ -174,3 +174,108 @@ def test_call_lengths_bound_the_estimated_seconds_and_split_epochs_evenly():
     assert k == -(-(10 * most + 1) // 11) and k <= most
     # a large step: one slot a call, never none
     assert train.chunk_steps([4096, 4096, 4096], 4096, 50, "cpu") == 1
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+# two million samples in batches of 1: one epoch is a minute of steps or more, one compiled
+# call before bounded calls
+LONG_EPOCH = """name: long
+data: {task: monomial, d: 1, coords: [0], n_train: 2000000, n_test: 16}
+model: {depth: 2, width: 128}
+train: {epochs: 1, batch_size: 1}
+metrics: {checkpoints: 0, samples: 16, split: test}
+"""
+TINY = """name: tiny
+data: {task: monomial, d: 4, n_train: 64, n_test: 16}
+model: {depth: 1, width: 8}
+train: {epochs: 3, batch_size: 16}
+metrics: {checkpoints: 1, samples: 64}
+"""
+# `dnfa train` whose first training call is preceded by one XLA call that runs for hours
+# (a loop of 10^12 steps): Python cannot raise KeyboardInterrupt until it returns. (A
+# compile can be: JAX's compile raises it at once.)
+ENDLESS_CALL = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from dnfa_cli import cli, train
+real = train._Batch.epoch
+def epoch(self, *a):
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, 10**12, lambda i, x: jnp.sin(x) + 1.0, x)).lower(jnp.ones(8)).compile()
+    print("endless call starts", file=sys.stderr, flush=True)
+    np.asarray(loop(jnp.ones(8)))
+    return real(self, *a)
+train._Batch.epoch = epoch
+sys.argv[0] = "dnfa"
+cli.main()
+"""
+
+
+def _wait_for(path: Path, pattern: str, proc, timeout=300.0) -> bool:
+    """Wait until `pattern` (a regex) matches in the file `path`; False if `timeout` passed
+    or the process ended first."""
+    import re
+
+    t = time.monotonic()
+    while time.monotonic() - t < timeout and proc.poll() is None:
+        if re.search(pattern, path.read_text()):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _interrupt(tmp_path, argv, ready: str, signals=1, ready_timeout=300.0, env=None):
+    """Start `argv` in tmp_path, wait for `ready` on its stderr, send SIGINT `signals` times
+    (0.5 s apart); (exit code, seconds from the first SIGINT to the exit, stderr)."""
+    err = tmp_path / "err.txt"
+    with open(err, "w") as fe:
+        # SIGINT as in a terminal's foreground (a background job of a script ignores it)
+        p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe, env={**os.environ, **(env or {})},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            assert _wait_for(err, ready, p, ready_timeout), f"{ready!r} never appeared: {err.read_text()}"
+            t0 = time.monotonic()
+            for k in range(signals):
+                if k:
+                    time.sleep(0.5)
+                p.send_signal(signal.SIGINT)
+            try:
+                rc = p.wait(timeout=20)  # generous, for a loaded machine; the promise is 5 s
+            except subprocess.TimeoutExpired:
+                rc = None
+            took = time.monotonic() - t0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return rc, took, err.read_text()
+
+
+def _interrupted(root: Path, text: str) -> None:
+    """The run's directory is there, without result.json, its lock free: `dnfa ls` says
+    interrupted, and a rerun trains it again."""
+    from dnfa_cli import report
+
+    rid = config.load_config(io_cfg := next(root.parent.glob("*.yaml"))).base.run_id
+    assert report.load_run(root, rid).status == "interrupted", (io_cfg, text)
+
+
+def test_ctrl_c_inside_a_long_epoch_stops_training_between_calls(tmp_path):
+    """The watchdog is off here (a grace of 10^6 s): only a return to Python between two
+    calls can end the run. The progress ticker names a step inside the epoch once a call
+    has returned; with whole-epoch calls none ever does (the step is 0, then 2000000)."""
+    (tmp_path / "long.yaml").write_text(LONG_EPOCH)
+    rc, took, text = _interrupt(tmp_path, [sys.executable, "-c", NO_WATCHDOG, "train", "long.yaml", "--runs-dir", "runs"],
+                                r"training step (?!2000000/)[1-9]\d*/2000000", ready_timeout=300)
+    assert rc == 130, (rc, took, text)
+    assert "ended at once" not in text  # a KeyboardInterrupt between two calls
+    _interrupted(tmp_path / "runs", text)
+
+
+@pytest.mark.parametrize("signals,why", [(1, "still busy 5 s after Ctrl-C"), (2, "second Ctrl-C")])
+def test_ctrl_c_inside_one_endless_call_ends_the_process_after_5_s_or_at_a_second_one(tmp_path, signals, why):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    rc, took, text = _interrupt(tmp_path, [sys.executable, "-c", ENDLESS_CALL, "train", "tiny.yaml", "--runs-dir", "runs"],
+                                "endless call starts", signals=signals)
+    assert rc == 130, (rc, took, text)
+    assert f"interrupted: {why}; ended at once" in text
+    _interrupted(tmp_path / "runs", text)
