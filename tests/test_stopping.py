@@ -191,10 +191,20 @@ model: {depth: 1, width: 8}
 train: {epochs: 3, batch_size: 16}
 metrics: {checkpoints: 1, samples: 64}
 """
+# SIGINT as in a terminal's foreground (a background job of a script is started ignoring it)
+FOREGROUND = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+# `dnfa train` with the watchdog off (a grace of 10^6 s)
+NO_WATCHDOG = FOREGROUND + """
+import sys
+from dnfa_cli import cli, engine
+engine.INTERRUPT_GRACE = 1e6
+sys.argv[0] = "dnfa"
+cli.main()
+"""
 # `dnfa train` whose first training call is preceded by one XLA call that runs for hours
 # (a loop of 10^12 steps): Python cannot raise KeyboardInterrupt until it returns. (A
 # compile can be: JAX's compile raises it at once.)
-ENDLESS_CALL = """
+ENDLESS_CALL = FOREGROUND + """
 import sys
 import jax, jax.numpy as jnp, numpy as np
 from dnfa_cli import cli, train
@@ -228,9 +238,7 @@ def _interrupt(tmp_path, argv, ready: str, signals=1, ready_timeout=300.0, env=N
     (0.5 s apart); (exit code, seconds from the first SIGINT to the exit, stderr)."""
     err = tmp_path / "err.txt"
     with open(err, "w") as fe:
-        # SIGINT as in a terminal's foreground (a background job of a script ignores it)
-        p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe, env={**os.environ, **(env or {})},
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe, env={**os.environ, **(env or {})})
         try:
             assert _wait_for(err, ready, p, ready_timeout), f"{ready!r} never appeared: {err.read_text()}"
             t0 = time.monotonic()
