@@ -1,7 +1,9 @@
 """Training speed, steps per second, of whole-epoch calls (train.epoch_fn: one compiled
 call per epoch, as dnfa trained before issue 21.6) against the bounded calls the training
 loop makes now (train._Batch.epoch: train.chunk_steps slots a call, the epoch shuffled
-once), on the quickstart config and on batch-1 configs with many samples. Training only
+once; an epoch that fits in one call is epoch_fn's call, so the quickstart's two columns
+run one program and differ by the machine's noise only), on the quickstart config and on
+batch-1 configs with many samples. Training only
 (no checkpoints), compiling excluded (one call of each first); each is timed `--repeats`
 times, alternating, and the best kept. Also prints each config's call length as
 estimated (train.chunk_steps) and as measured, to check train._STEP_COST.

@@ -5,7 +5,8 @@ An epoch is shuffled once (epoch_order) and stepped in calls of one jit-compiled
 (steps_fn): a `lax.scan` over a fixed number of the epoch's minibatch slots (chunk_steps:
 the whole epoch, or as much of it as takes about CALL_SECONDS, so Ctrl-C, honoured between
 calls, is prompt), each step gated by `lax.cond` on [start, stop) so a checkpoint can fall
-inside a call without a second compilation. The calls do epoch_fn's arithmetic step for
+inside a call without a second compilation; an epoch of one call is epoch_fn, the same
+scan with the shuffle drawn inside it. The calls do epoch_fn's arithmetic step for
 step (tests/test_stopping.py). Optimizer hyperparameters live in the optimizer state
 (`optax.inject_hyperparams`), so runs that differ in lr / momentum / weight decay share
 one compiled program, and the same function is `jax.vmap`ped over seeds (seed batching).
@@ -286,12 +287,16 @@ class _Batch:
         order = functools.partial(epoch_order, n=n, batch_size=bs)
         step = functools.partial(steps_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
                                  optimizer=tc.optimizer, steps=chunk, trains=trains_of(cfgs[0], len(states[0].params)))
+        whole = functools.partial(epoch_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
+                                  optimizer=tc.optimizer, batch_size=bs, trains=trains_of(cfgs[0], len(states[0].params)))
         self.R, self._e, self._idx = len(cfgs), None, None
         if self.R == 1:
             self._steps, self._order, self._fold, self.skeys = step, jax.jit(order), jax.random.fold_in, keys[0]
+            self._whole = whole
             self.state, self.data = states[0], arrays[0]
         else:
             self._steps = jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None, None, None, None))
+            self._whole = jax.vmap(whole, in_axes=(0, 0, 0, 0, 0, None, None))
             self._order = jax.jit(jax.vmap(order))
             self._fold, self.skeys = jax.vmap(jax.random.fold_in, in_axes=(0, None)), jnp.stack(keys)
             self.state = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
@@ -299,7 +304,12 @@ class _Batch:
 
     def epoch(self, e: int, i0: int, i1: int) -> np.ndarray:
         """Steps [i0, i1) of epoch e for every run, i1 - i0 <= chunk, in one call; their
-        minibatch losses, (runs, i1 - i0). The epoch's shuffle is drawn once, at its first call."""
+        minibatch losses, (runs, i1 - i0). The epoch's shuffle is drawn once, at its first call;
+        an epoch of one call is epoch_fn's program, the shuffle drawn inside it (one dispatch
+        the less: bench/train_steps.py)."""
+        if self.chunk == self.spe:
+            self.state, losses = self._whole(self.state, *self.data, self._fold(self.skeys, e), i0, i1)
+            return np.asarray(losses).reshape(self.R, -1)[:, i0:i1]
         if self._e != e:
             self._e, self._idx = e, None  # the previous epoch's order goes before the next is made
             self._idx = self._order(self._fold(self.skeys, e))

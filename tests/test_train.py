@@ -229,7 +229,7 @@ def test_weights_that_overflow_before_a_checkpoint_are_diverged_not_failed(monke
     unseen; the checkpoint must catch it, for that run only."""
     cfgs = [_cfg(**{"seed": s, "train.epochs": 2, "metrics.checkpoints": 0}) for s in (0, 1)]
     dss = [data.make_dataset(c) for c in cfgs]
-    real = train.steps_fn
+    real = train.epoch_fn
     calls = []
 
     def poisoned(state, X, *a, **k):
@@ -242,7 +242,7 @@ def test_weights_that_overflow_before_a_checkpoint_are_diverged_not_failed(monke
         leaves = [jnp.where(bad.reshape(bad.shape + (1,) * (w.ndim - bad.ndim)), jnp.nan, w) for w in jax.tree_util.tree_leaves(st.params)]
         return st._replace(params=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(st.params), leaves)), L
 
-    monkeypatch.setattr(train, "steps_fn", poisoned)
+    monkeypatch.setattr(train, "epoch_fn", poisoned)
     outs = train.train_batched(cfgs, dss)
     assert outs[0].status == "ok" and [c["step"] for c in outs[0].checkpoints] == [0, 6]
     assert outs[1].status == "diverged" and "non-finite by step 6" in outs[1].error
