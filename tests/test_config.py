@@ -21,7 +21,7 @@ def _err(raw, src="c.yaml"):
     ({"train": {"lr": 0}}, "c.yaml: train.lr = 0: must be greater than 0"),
     ({"train": {"lr": -0.1}}, "c.yaml: train.lr = -0.1: must be greater than 0"),
     ({"train": {"lr": "fast"}}, "c.yaml: train.lr = 'fast': must be a valid number"),
-    ({"model": {"widht": 3}}, "c.yaml: model.widht: unknown key (allowed in model: depth, width, widths, activation, bias, init, init_scale, init_from)"),
+    ({"model": {"widht": 3}}, "c.yaml: model.widht: unknown key (allowed in model: depth, width, widths, activation, bias, init, init_scale, init_from, tied_init)"),
     ({"bogus": 1}, "c.yaml: bogus: unknown key (allowed at top level: name, seed, data, model, train, metrics)"),
     ({"model": {"activation": "sigmoid"}}, "c.yaml: model.activation = 'sigmoid': must be one of 'relu', 'gelu', 'tanh', 'silu', 'quadratic' or 'identity'"),
     ({"data": {"task": "imagenet"}}, "c.yaml: data.task = 'imagenet': unknown task (allowed: monomial, multi_index, linear, sparse_parity, modular, mnist1d, mnist, npz)"),
@@ -52,7 +52,8 @@ def test_defaults_are_filled_and_resolved():
     cfg = config.validate({})
     d = cfg.to_dict()
     assert d["model"] == {"depth": 3, "width": 1024, "widths": None, "activation": "relu", "bias": False,
-                          "init": "gaussian", "init_scale": 1.0, "init_from": None}
+                          "init": "gaussian", "init_scale": 1.0, "init_from": None,
+                          "tied_init": False}
     assert d["data"]["task"] == "monomial" and d["data"]["d"] == 100 and d["data"]["coords"] == [0, 1]
     assert d["train"]["epochs"] == 100 and d["train"]["steps"] is None
     assert cfg.model.hidden() == [1024] * 3
@@ -84,6 +85,7 @@ def test_keys_added_later_keep_old_run_ids_at_their_default():
         del d["metrics"][k]
     del d["train"]["freeze"]
     del d["model"]["init_from"]
+    del d["model"]["tied_init"]
     payload = json.dumps({"schema": 1, "config": d}, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id == "x-" + hashlib.sha256(payload.encode()).hexdigest()[:10]
     for k, v in (("save_matrices", "all"), ("published", "ends"), ("swap", "all"), ("swap_uv", "ends"),
