@@ -285,10 +285,10 @@ class _Batch:
         n, bs = len(dss[0].X_train), tc.batch_size
         self.spe, self.chunk, self.wts = steps_per_epoch(n, bs), chunk, epoch_weights(n, bs, dt)
         order = functools.partial(epoch_order, n=n, batch_size=bs)
-        step = functools.partial(steps_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
-                                 optimizer=tc.optimizer, steps=chunk, trains=trains_of(cfgs[0], len(states[0].params)))
-        whole = functools.partial(epoch_fn, activation=mc.activation, loss=tc.loss, kind=dss[0].kind,
-                                  optimizer=tc.optimizer, batch_size=bs, trains=trains_of(cfgs[0], len(states[0].params)))
+        kw = dict(activation=mc.activation, loss=tc.loss, kind=dss[0].kind, optimizer=tc.optimizer,
+                  trains=trains_of(cfgs[0], len(states[0].params)))
+        step = functools.partial(steps_fn, steps=chunk, **kw)
+        whole = functools.partial(epoch_fn, batch_size=bs, **kw)
         self.R, self._e, self._idx = len(cfgs), None, None
         if self.R == 1:
             self._steps, self._order, self._fold, self.skeys = step, jax.jit(order), jax.random.fold_in, keys[0]
