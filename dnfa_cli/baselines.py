@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .programs import stored
+
 N_DRAWS = 4  # random matrices per baseline; the mean is reported, the spread as *_sd
 
 
@@ -91,11 +93,11 @@ def _draw(key, shape, n):
 
 def draw_terms(key, shape, n: int = N_DRAWS) -> Terms:
     """terms(draw(key, shape, n)) as one program."""
-    return _draw_terms(key, tuple(int(x) for x in shape), n)
+    return _draw_terms(key, shape=tuple(int(x) for x in shape), n=n)
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "n"))
-def _draw_terms(key, shape, n):
+@stored(static=("shape", "n"))
+def _draw_terms(key, *, shape, n):
     return terms(_draw(key, shape, n))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import config as cf
 from . import npzhead
+from .programs import stored
 from .config import Config, DnfaInputError
 
 
@@ -44,6 +45,11 @@ class Dataset(NamedTuple):
 def data_key(cfg: Config) -> jax.Array:
     """The key every dataset draw starts from: `data.seed` if pinned, else the run seed."""
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.seed
+    return _data_key(np.int64(seed))
+
+
+@stored
+def _data_key(seed):
     return jax.random.fold_in(jax.random.PRNGKey(seed), 0xDA7A)
 
 
@@ -51,8 +57,21 @@ def _np_seed(key) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-def _gauss(key, n, d):
-    return np.asarray(jax.random.normal(key, (n, d), dtype=jnp.float64))
+def gauss_split(key, *shapes) -> list[np.ndarray]:
+    """Standard normal float64 arrays of `shapes`, one from each key of split(key,
+    len(shapes)), drawn by one kept program (programs.py)."""
+    return [np.asarray(a) for a in _gauss_split(key, shapes=shapes)]
+
+
+@stored(static=("shapes",))
+def _gauss_split(key, *, shapes):
+    return [jax.random.normal(k, s, dtype=jnp.float64) for k, s in zip(jax.random.split(key, len(shapes)), shapes)]
+
+
+def device_arrays(X, T, y, *, dtype) -> tuple:
+    """(X, T, y) on the device, X and T in `dtype`: cast by numpy, then put (jnp.asarray
+    with a dtype compiles an eager convert program for each)."""
+    return jax.device_put(np.asarray(X, dtype)), jax.device_put(np.asarray(T, dtype)), jax.device_put(np.asarray(y))
 
 
 def _regression(X_tr, y_tr, X_te, y_te, kind="regression"):
@@ -72,31 +91,29 @@ def _classification(X_tr, lab_tr, X_te, lab_te, c):
 
 def _monomial(cfg, key):
     dc = cfg.data
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    Xtr, Xte = _gauss(k1, dc.n_train, dc.d), _gauss(k2, dc.n_test, dc.d)
+    Xtr, Xte, etr, ete = gauss_split(key, (dc.n_train, dc.d), (dc.n_test, dc.d), (dc.n_train, 1), (dc.n_test, 1))
     f = lambda X: np.prod(X[:, dc.coords], axis=1)
-    ytr = f(Xtr) + dc.noise * _gauss(k3, dc.n_train, 1)[:, 0]
-    yte = f(Xte) + dc.noise * _gauss(k4, dc.n_test, 1)[:, 0]
+    ytr = f(Xtr) + dc.noise * etr[:, 0]
+    yte = f(Xte) + dc.noise * ete[:, 0]
     return _regression(Xtr, ytr, Xte, yte)
 
 
 def _multi_index(cfg, key):
     dc = cfg.data
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    Xtr, Xte = _gauss(k1, dc.n_train, dc.d), _gauss(k2, dc.n_test, dc.d)
+    Xtr, Xte, etr, ete = gauss_split(key, (dc.n_train, dc.d), (dc.n_test, dc.d), (dc.n_train, 1), (dc.n_test, 1))
     f = lambda X: X[:, 0] * X[:, 1] * (X[:, 5] > 0)
-    ytr = f(Xtr) + dc.noise * _gauss(k3, dc.n_train, 1)[:, 0]
-    yte = f(Xte) + dc.noise * _gauss(k4, dc.n_test, 1)[:, 0]
+    ytr = f(Xtr) + dc.noise * etr[:, 0]
+    yte = f(Xte) + dc.noise * ete[:, 0]
     return _regression(Xtr, ytr, Xte, yte)
 
 
 def _linear(cfg, key):
     dc = cfg.data
-    kA, k1, k2, k3, k4 = jax.random.split(key, 5)
-    A = _gauss(kA, dc.outputs, dc.d) / np.sqrt(dc.d)
-    Xtr, Xte = _gauss(k1, dc.n_train, dc.d), _gauss(k2, dc.n_test, dc.d)
-    ytr = Xtr @ A.T + dc.noise * _gauss(k3, dc.n_train, dc.outputs)
-    yte = Xte @ A.T + dc.noise * _gauss(k4, dc.n_test, dc.outputs)
+    A, Xtr, Xte, etr, ete = gauss_split(key, (dc.outputs, dc.d), (dc.n_train, dc.d), (dc.n_test, dc.d),
+                                        (dc.n_train, dc.outputs), (dc.n_test, dc.outputs))
+    A = A / np.sqrt(dc.d)
+    ytr = Xtr @ A.T + dc.noise * etr
+    yte = Xte @ A.T + dc.noise * ete
     return _regression(Xtr, ytr, Xte, yte)
 
 

@@ -21,8 +21,8 @@ from typing import Callable
 
 import jax
 
-from . import __version__, data, model, runs, train
-from .config import Config, DnfaInputError, source_id, source_of
+from . import __version__, data, model, programs, runs, train
+from .config import Config, DnfaInputError, canonical_json, source_id, source_of
 
 
 # ----------------------------------------------------------------------------- env
@@ -101,6 +101,7 @@ def release_compiled_if_crowded(fraction: float = 0.5) -> bool:
 def release_compiled() -> None:
     """Drop every compiled JAX program this process holds (they are recompiled, or loaded
     from the persistent cache, when next needed)."""
+    programs.release()
     jax.clear_caches()
     gc.collect()
 
@@ -226,6 +227,16 @@ def donor(cfg: Config, root: Path):
     return runs.final_params(root, source_id(cfg))[1]
 
 
+def program_signature(cfgs: list[Config]) -> str:
+    """What decides the programs a batch of runs calls (for programs.prefetch): the config
+    without its seed and name, and the batch's size."""
+    d = cfgs[0].to_dict()
+    d.pop("seed", None)
+    d.pop("name", None)
+    d["data"].pop("seed", None)
+    return f"{len(cfgs)} {canonical_json(d)}"
+
+
 def _data_info(ds) -> dict:
     return {"kind": ds.kind, "d": ds.d, "c": ds.c, "n_train": len(ds.X_train), "n_test": len(ds.X_test)}
 
@@ -234,6 +245,8 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
     """Train runs that differ only in seed (one run is the usual case) as one program and
     write each run's directory; returns their result dicts. The caller holds the locks.
     An exception inside training is recorded as status `failed`, never raised."""
+    signature = program_signature(cfgs)
+    programs.prefetch(signature)  # loads the programs while the data is made (no-op if begun)
     datasets = datasets or [prepare(c) for c in cfgs]
     donors = [donor(c, root) for c in cfgs]  # a missing source is an input error: nothing written
     env = env or env_info()
@@ -262,6 +275,7 @@ def execute(cfgs: list[Config], root: Path, datasets=None, *, on_progress=None, 
         outs = [train.Outcome("failed", checkpoints=runs.read_metrics(w.dir), error=msg, traceback=tb) for w in writers]
     else:
         io = None
+        programs.record(signature)
     try:
         for w, o in zip(writers, outs):
             if o.traceback:
@@ -310,6 +324,7 @@ def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
         on_start(rid, (root / rid).absolute())
     if on_phase:
         on_phase("preparing data")
+    programs.prefetch(program_signature([cfg]))
     try:
         ds = prepare(cfg)  # every input check, before anything is written
     except DnfaInputError as e:

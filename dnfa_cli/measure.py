@@ -19,7 +19,8 @@ from . import counterfactual as cf
 from . import grams, stats
 from . import model as mdl
 from .config import Config
-from .data import Dataset
+from .data import Dataset, device_arrays
+from .programs import stored
 
 # metrics keys that name a checkpoint set (all | ends | none), each a family of keys
 COUNTERFACTUALS = ("published", "swap", "swap_uv")
@@ -39,16 +40,31 @@ def metrics_subset(cfg: Config, ds: Dataset) -> np.ndarray:
     X = ds.X_train if cfg.metrics.split == "train" else ds.X_test
     n = min(cfg.metrics.samples, len(X))
     _, _, k_metrics = mdl.run_keys(cfg.seed)
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_metrics, 0), len(X)))
-    return np.sort(perm[:n])
+    return np.sort(np.asarray(_permutation(k_metrics, n=len(X)))[:n])
+
+
+@stored(static=("n",))
+def _permutation(k_metrics, *, n):
+    return jax.random.permutation(jax.random.fold_in(k_metrics, 0), n)
 
 
 def random_baselines(cfg: Config, params) -> list[bl.Terms]:
     """Each layer's random-W terms (baselines.py), drawn once per run from the metrics key
     and kept on the device."""
     _, _, k_metrics = mdl.run_keys(cfg.seed)
-    k = jax.random.fold_in(k_metrics, 2)
-    return [bl.draw_terms(jax.random.fold_in(k, l), layer["W"].shape) for l, layer in enumerate(params)]
+    return [bl.draw_terms(k, layer["W"].shape) for k, layer in zip(_layer_keys(k_metrics, salt=2, n=len(params)), params)]
+
+
+@stored
+def _bootstrap_key(k_metrics, step):
+    return jax.random.fold_in(jax.random.fold_in(k_metrics, 1), step)
+
+
+@stored(static=("salt", "n"))
+def _layer_keys(k_metrics, *, salt, n):
+    """fold_in(fold_in(k_metrics, salt), l) for the layers l < n."""
+    k = jax.random.fold_in(k_metrics, salt)
+    return [jax.random.fold_in(k, l) for l in range(n)]
 
 
 def swap_factors(cfg: Config, params) -> list:
@@ -65,10 +81,8 @@ def loss_record(cfg: Config, ds: Dataset, params, step: int, spe: int, arrays=No
     tc, mc = cfg.train, cfg.model
     kw = dict(activation=mc.activation, loss=tc.loss, kind=ds.kind)
     dt = jnp.dtype(tc.dtype)
-    Xtr, Ttr, ytr = arrays or (jnp.asarray(ds.X_train, dt), jnp.asarray(ds.T_train, dt), jnp.asarray(ds.y_train))
-    tr_loss, tr_acc = mdl.evaluate(params, Xtr, Ttr, ytr, **kw)
-    te_loss, te_acc = mdl.evaluate(params, jnp.asarray(ds.X_test, dt), jnp.asarray(ds.T_test, dt),
-                                   jnp.asarray(ds.y_test), **kw)
+    tr_loss, tr_acc = mdl.evaluate(params, *(arrays or device_arrays(ds.X_train, ds.T_train, ds.y_train, dtype=dt)), **kw)
+    te_loss, te_acc = mdl.evaluate(params, *device_arrays(ds.X_test, ds.T_test, ds.y_test, dtype=dt), **kw)
     cls = ds.kind != "regression"
     return {
         "step": int(step),
@@ -138,7 +152,7 @@ def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, s
     mdt = jnp.dtype(mt.dtype)
     # bootstrap resamples are drawn afresh per checkpoint; the random-W baselines use the
     # same random factors for the whole run
-    keys = [jax.random.fold_in(jax.random.fold_in(mdl.run_keys(c.seed)[2], 1), step) for c in cfgs]
+    keys = [_bootstrap_key(mdl.run_keys(c.seed)[2], np.uint32(step)) for c in cfgs]
     gs = grams.compute_grams_batch(params_list, Xs, mc.activation, method=method, dtype=mdt, chunk=mt.chunk,
                                    bootstrap=mt.bootstrap, keys=keys, params0_list=params0_list, T_list=Ts)
     L = len(params_list[0])
@@ -156,7 +170,7 @@ def measure(cfgs: list[Config], dss: list[Dataset], params_list, params0_list, s
     return res
 
 
-@jax.jit
+@stored
 def all_finite(params):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(params)]))
 

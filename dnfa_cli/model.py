@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from .baselines import haar
+from .programs import stored
 
 Params = list  # [{"W": (k_out, k_in), "b": (k_out,)?}, ...]
 
@@ -40,20 +41,32 @@ def layer_sizes(d: int, hidden: list[int], c: int) -> list[int]:
 def init_params(key, sizes: list[int], *, bias: bool, init: str, init_scale: float, dtype) -> Params:
     """`gaussian`: W ~ N(0, init_scale^2 / fan_in), b = 0. `torch`: PyTorch's nn.Linear
     default, W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)),
-    times init_scale."""
+    times init_scale. The draws are one kept program (programs.py); the scaling is done on
+    the host, where it is the very multiplication an eager jax op did (inside the program
+    XLA would fold the scale into jax.random.normal's own, changing the last bit)."""
+    dtype = jnp.dtype(dtype)
     params = []
-    keys = jax.random.split(key, len(sizes) - 1)
-    for k, (fan_in, fan_out) in zip(keys, zip(sizes[:-1], sizes[1:])):
+    for (fan_in, fan_out), (W, b) in zip(zip(sizes[:-1], sizes[1:]),
+                                         _init_draws(key, sizes=tuple(sizes), init=init, dtype=dtype.name)):
+        W = np.asarray(W) * (init_scale / math.sqrt(fan_in) if init == "gaussian" else init_scale)
+        b = np.zeros((fan_out,), dtype) if init == "gaussian" else np.asarray(b) * init_scale
+        params.append({"W": jax.device_put(W), "b": jax.device_put(b)} if bias else {"W": jax.device_put(W)})
+    return params
+
+
+@stored(static=("sizes", "init", "dtype"))
+def _init_draws(key, *, sizes: tuple, init: str, dtype: str):
+    """Each layer's unscaled draws (W, b): N(0, 1) and None, or U(-bound, bound) twice."""
+    out = []
+    for k, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
         kW, kb = jax.random.split(k)
         if init == "gaussian":
-            W = jax.random.normal(kW, (fan_out, fan_in), dtype) * (init_scale / math.sqrt(fan_in))
-            b = jnp.zeros((fan_out,), dtype)
+            out.append((jax.random.normal(kW, (fan_out, fan_in), dtype), None))
         else:
             bound = 1.0 / math.sqrt(fan_in)
-            W = jax.random.uniform(kW, (fan_out, fan_in), dtype, -bound, bound) * init_scale
-            b = jax.random.uniform(kb, (fan_out,), dtype, -bound, bound) * init_scale
-        params.append({"W": W, "b": b} if bias else {"W": W})
-    return params
+            out.append((jax.random.uniform(kW, (fan_out, fan_in), dtype, -bound, bound),
+                        jax.random.uniform(kb, (fan_out,), dtype, -bound, bound)))
+    return out
 
 
 def tie_hidden(params: Params) -> Params:
@@ -156,7 +169,7 @@ def correct(f, T, y, kind: str):
     return (jnp.argmax(f, axis=-1) == y).astype(f.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "chunk"))
+@stored(static=("activation", "loss", "kind", "chunk"))
 def evaluate(params, X, T, y, *, activation, loss, kind, chunk=4096):
     """(mean loss, accuracy) over all rows of X, in chunks."""
     n = X.shape[0]
@@ -185,5 +198,10 @@ def transplant_key(seed: int):
 
 def run_keys(seed: int):
     """init, shuffle and metrics keys, split once from the run seed."""
+    return _run_keys(np.int64(seed))
+
+
+@stored
+def _run_keys(seed):
     k_init, k_shuffle, k_metrics = jax.random.split(jax.random.PRNGKey(seed), 3)
     return k_init, k_shuffle, k_metrics

@@ -27,7 +27,8 @@ from . import grams
 from . import measure as ms
 from . import model as mdl
 from .config import Config, DnfaInputError
-from .data import Dataset
+from .data import Dataset, device_arrays
+from .programs import stored
 from .progress import Progress, call_sizes
 
 
@@ -87,8 +88,14 @@ def init_opt_state(cfg: Config, params):
     tc = cfg.train
     hp = _hyperparams(tc.optimizer, tc.lr, tc.momentum, tc.weight_decay)
     dt = jnp.dtype(tc.dtype)
-    opt = _injected(tc.optimizer, tc.dtype, {k: jnp.asarray(v, dt) for k, v in hp.items()})
-    return _masked(opt, trains_of(cfg, len(params))).init(params)
+    return _opt_init(params, {k: np.asarray(v, dt) for k, v in hp.items()}, name=tc.optimizer, dtype=tc.dtype,
+                     trains=trains_of(cfg, len(params)))
+
+
+@stored(static=("name", "dtype", "trains"))
+def _opt_init(params, hp, *, name, dtype, trains):
+    """optax's init as one kept program (its zeros and casts were a dozen eager ops)."""
+    return _masked(_injected(name, dtype, hp), trains).init(params)
 
 
 # ----------------------------------------------------------------------------- epoch
@@ -104,7 +111,7 @@ def epoch_order(key, n: int, batch_size: int):
 def epoch_weights(n: int, batch_size: int, dtype):
     """(slots, batch_size): 1 for the samples of epoch_order's slots, 0 for its padding."""
     spe = -(-n // batch_size)
-    return jnp.concatenate([jnp.ones((n,), dtype), jnp.zeros((spe * batch_size - n,), dtype)]).reshape(spe, batch_size)
+    return jax.device_put(np.concatenate([np.ones((n,), dtype), np.zeros((spe * batch_size - n,), dtype)]).reshape(spe, batch_size))
 
 
 def _gated_steps(state: TrainState, X, T, y, idx, wts, slots, start, stop, *, activation, loss, kind, optimizer,
@@ -136,7 +143,7 @@ def _gated_steps(state: TrainState, X, T, y, idx, wts, slots, start, stop, *, ac
     return jax.lax.scan(body, state, slots)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "batch_size", "trains"))
+@stored(static=("activation", "loss", "kind", "optimizer", "batch_size", "trains"))
 def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, kind, optimizer, batch_size,
              trains=None):
     """Steps [start, stop) of the epoch whose shuffle is drawn from `key`, as one program
@@ -149,7 +156,7 @@ def epoch_fn(state: TrainState, X, T, y, key, start, stop, *, activation, loss, 
                         loss=loss, kind=kind, optimizer=optimizer, trains=trains)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "loss", "kind", "optimizer", "steps", "trains"))
+@stored(static=("activation", "loss", "kind", "optimizer", "steps", "trains"))
 def steps_fn(state: TrainState, X, T, y, idx, wts, first, start, stop, *, activation, loss, kind, optimizer, steps,
              trains=None):
     """Slots [first, first + steps) of the epoch whose minibatches are `idx` (epoch_order)
@@ -271,6 +278,12 @@ def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None,
     return _Loop(cfgs, dss, on_checkpoint, on_matrices, on_progress, donors or [None] * len(cfgs)).run()
 
 
+@stored
+def _fold_in(key, e):
+    """jax.random.fold_in as a kept program (the epoch's shuffle key)."""
+    return jax.random.fold_in(key, e)
+
+
 class _Batch:
     """A seed batch's training state and data: one run's as they are, several stacked along
     a leading axis and stepped by the vmapped steps function, `chunk` epoch slots a call."""
@@ -280,18 +293,18 @@ class _Batch:
         dt = jnp.dtype(tc.dtype)
         states = [init_state(c, d, donor) for c, d, donor in zip(cfgs, dss, donors)]
         self.params0 = [s.params for s in states]
-        arrays = [(jnp.asarray(d.X_train, dt), jnp.asarray(d.T_train, dt), jnp.asarray(d.y_train)) for d in dss]
+        arrays = [device_arrays(d.X_train, d.T_train, d.y_train, dtype=dt) for d in dss]
         keys = [mdl.run_keys(c.seed)[1] for c in cfgs]
         n, bs = len(dss[0].X_train), tc.batch_size
         self.spe, self.chunk, self.wts = steps_per_epoch(n, bs), chunk, epoch_weights(n, bs, dt)
         order = functools.partial(epoch_order, n=n, batch_size=bs)
         kw = dict(activation=mc.activation, loss=tc.loss, kind=dss[0].kind, optimizer=tc.optimizer,
                   trains=trains_of(cfgs[0], len(states[0].params)))
-        step = functools.partial(steps_fn, steps=chunk, **kw)
+        step = functools.partial(steps_fn, steps=chunk, **kw)  # vmapped: jitted as before (programs.Stored)
         whole = functools.partial(epoch_fn, batch_size=bs, **kw)
         self.R, self._e, self._idx = len(cfgs), None, None
         if self.R == 1:
-            self._steps, self._order, self._fold, self.skeys = step, jax.jit(order), jax.random.fold_in, keys[0]
+            self._steps, self._order, self._fold, self.skeys = step, jax.jit(order), _fold_in, keys[0]
             self._whole = whole
             self.state, self.data = states[0], arrays[0]
         else:
@@ -308,11 +321,11 @@ class _Batch:
         an epoch of one call is epoch_fn's program, the shuffle drawn inside it (one dispatch
         the less: bench/train_steps.py)."""
         if self.chunk == self.spe:
-            self.state, losses = self._whole(self.state, *self.data, self._fold(self.skeys, e), i0, i1)
+            self.state, losses = self._whole(self.state, *self.data, self._fold(self.skeys, np.uint32(e)), i0, i1)
             return np.asarray(losses).reshape(self.R, -1)[:, i0:i1]
         if self._e != e:
             self._e, self._idx = e, None  # the previous epoch's order goes before the next is made
-            self._idx = self._order(self._fold(self.skeys, e))
+            self._idx = self._order(self._fold(self.skeys, np.uint32(e)))
         first = min(i0, self.spe - self.chunk)  # the call's slots stay inside the epoch
         self.state, losses = self._steps(self.state, *self.data, self._idx, self.wts, first, i0, i1)
         return np.asarray(losses).reshape(self.R, -1)[:, i0 - first:i1 - first]

@@ -1,0 +1,185 @@
+"""Programs kept across processes (dnfa_cli/programs.py): a stored program computes what
+jax.jit of the same function computes, bit for bit, whether it was exported here or read
+from the store; a torn file is made again; the key separates what decides a program; the
+prefetch loads what the last run of a signature called; and the eager draws moved into
+kept programs give the very numbers of the eager ops they replace."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dnfa_cli  # noqa: F401  (x64)
+from dnfa_cli import data, model as mdl, programs
+
+
+class Pair(NamedTuple):
+    A: jax.Array
+    b: jax.Array
+
+
+def _fn(p: Pair, key, scale, *, mode: str, k: int):
+    """Enough of what dnfa's programs do: a decomposition, products, a reduction, random
+    draws, a python-scalar argument, a pytree out."""
+    lam, V = jnp.linalg.eigh(p.A @ p.A.T)
+    z = jax.random.normal(key, (k, p.A.shape[0]), jnp.float64)
+    out = {"lam": lam * scale, "proj": z @ V, "sum": jnp.sum(p.b) if mode == "sum" else jnp.max(p.b)}
+    return [out, (V[:, -1], lam[-1])]
+
+
+def _args(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return Pair(jnp.asarray(rng.normal(size=(n, n + 2))), jnp.asarray(rng.normal(size=(n,)))), jax.random.PRNGKey(seed)
+
+
+def _same(a, b):
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNFA_SET_JAX_CACHE", str(tmp_path))
+    return tmp_path / "programs"
+
+
+def _fresh():
+    """A new Stored of _fn: what a new process would have (nothing in memory)."""
+    return programs.Stored(_fn, static=("mode", "k"))
+
+
+def test_exported_and_stored_equal_jit_bit_for_bit(store, monkeypatch):
+    p, key = _args()
+    ref = jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3)
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)  # exported here, written
+    files = list(store.glob("_fn-*.jaxexport"))
+    assert len(files) == 1
+    st = _fresh()  # read from the store: nothing traced
+    monkeypatch.setattr(programs.Stored, "_export", lambda *a: pytest.fail("exported again, not read"))
+    _same(st(p, key, 2.5, mode="sum", k=3), ref)
+    # the same program serves other values of the same avals
+    p2, key2 = _args(seed=5)
+    _same(st(p2, key2, -1.0, mode="sum", k=3), jax.jit(_fn, static_argnames=("mode", "k"))(p2, key2, -1.0, mode="sum", k=3))
+
+
+def test_key_separates_shapes_statics_weak_types_and_source(store, monkeypatch):
+    st = _fresh()
+    p, key = _args()
+    st(p, key, 2.5, mode="sum", k=3)
+    st(p, key, 2.5, mode="max", k=3)  # another static
+    st(p, key, 2.5, mode="sum", k=4)
+    st(_args(n=7)[0], key, 2.5, mode="sum", k=3)  # another shape
+    st(p, key, np.float64(2.5), mode="sum", k=3)  # strong float64 where a python float is weak
+    assert len(list(store.glob("_fn-*.jaxexport"))) == 5
+    sig = next(iter(st._calls))[0]
+    key_now = st._key(sig)
+    monkeypatch.setattr(programs, "_fingerprint", lambda: b"another jax, or an edited dnfa")
+    assert st._key(sig) != key_now
+
+
+def test_a_torn_file_is_made_again(store):
+    p, key = _args()
+    ref = jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3)
+    _fresh()(p, key, 2.5, mode="sum", k=3)
+    (f,) = store.glob("_fn-*.jaxexport")
+    good = f.read_bytes()
+    f.write_bytes(good[: len(good) // 2])
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)
+    assert programs._read(f) is not None and len(f.read_bytes()) > len(good) // 2  # rewritten whole
+
+
+def test_cache_off_exports_in_memory_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNFA_SET_JAX_CACHE", "")
+    p, key = _args()
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3))
+    assert programs.store_dir() is None and not list(tmp_path.iterdir())
+
+
+def test_prefetch_loads_what_the_last_run_of_the_signature_called(store, monkeypatch):
+    st = _fresh()
+    p, key = _args()
+    programs.prefetch("sig A")
+    ref = st(p, key, 2.5, mode="sum", k=3)
+    programs.record("sig A")
+    st._calls.clear()  # a new process
+    monkeypatch.setattr(programs, "_ALL", {st.name: st})
+    programs.prefetch("sig B")  # another signature: nothing recorded for it
+    programs.wait_prefetched()
+    assert not st._calls
+    programs.record("sig B")
+    programs.prefetch("sig A")
+    programs.wait_prefetched()
+    (call,) = st._calls.values()
+    assert call.done() and call.result() is not None
+    monkeypatch.setattr(programs.Stored, "_load", lambda *a: pytest.fail("loaded again, not prefetched"))
+    _same(st(p, key, 2.5, mode="sum", k=3), ref)
+    programs.record("sig A")
+
+
+# ----------------------------------------------------------------------------- the draws moved into programs
+@pytest.mark.parametrize("init", ["gaussian", "torch"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_init_params_equal_the_eager_draws_bit_for_bit(init, dtype):
+    """The formula of model.init_params as eager jax ops, one op at a time (what it was)."""
+    sizes, scale = [5, 16, 16, 3], 0.37
+    key = jax.random.PRNGKey(11)
+    got = mdl.init_params(key, sizes, bias=True, init=init, init_scale=scale, dtype=dtype)
+    for k, (fan_in, fan_out), layer in zip(jax.random.split(key, 3), zip(sizes[:-1], sizes[1:]), got):
+        kW, kb = jax.random.split(k)
+        if init == "gaussian":
+            W = jax.random.normal(kW, (fan_out, fan_in), dtype) * (scale / math.sqrt(fan_in))
+            b = jnp.zeros((fan_out,), dtype)
+        else:
+            bound = 1.0 / math.sqrt(fan_in)
+            W = jax.random.uniform(kW, (fan_out, fan_in), dtype, -bound, bound) * scale
+            b = jax.random.uniform(kb, (fan_out,), dtype, -bound, bound) * scale
+        _same({"W": layer["W"], "b": layer["b"]}, {"W": W, "b": b})
+
+
+def test_keys_and_data_equal_the_eager_draws_bit_for_bit():
+    for seed in (0, 7, 2**31 - 1):
+        _same(mdl.run_keys(seed), tuple(jax.random.split(jax.random.PRNGKey(seed), 3)))
+    key = jax.random.fold_in(jax.random.PRNGKey(3), 0xDA7A)
+    shapes = [(40, 6), (20, 6), (40, 1), (20, 1)]
+    want = [np.asarray(jax.random.normal(k, s, dtype=jnp.float64)) for k, s in zip(jax.random.split(key, 4), shapes)]
+    _same(data.gauss_split(key, *shapes), want)
+
+
+def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_path):
+    """Two fresh `dnfa train` processes on one cache: the second exports nothing (the
+    store's files are untouched), prefetches from the manifest the first wrote, and its
+    result.json equals the first's, number for number."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: tiny\nseed: 3\ndata: {task: monomial, d: 5, n_train: 64, n_test: 32}\n"
+                   "model: {depth: 2, width: 8}\ntrain: {epochs: 2, batch_size: 16}\nmetrics: {checkpoints: 2}\n")
+    env = {**os.environ, "DNFA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(n):
+        r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", "train", str(cfg), "--runs-dir", str(tmp_path / f"r{n}")],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        (res,) = (tmp_path / f"r{n}").glob("tiny-*/result.json")
+        out = json.loads(res.read_text())
+        out.pop("seconds"), out.pop("created"), out.pop("finished")
+        return out
+
+    first = run(1)
+    store = tmp_path / "cache" / "programs"
+    files = {f: f.stat().st_mtime_ns for f in store.glob("*.jaxexport")}
+    (manifest,) = (store / "runs").glob("*.txt")
+    assert set(manifest.read_text().split()) == {f.name for f in files}
+    assert run(2) == first
+    assert {f: f.stat().st_mtime_ns for f in store.glob("*.jaxexport")} == files
