@@ -194,3 +194,32 @@ def test_entry_point_lets_exits_through(monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 1
+
+
+@pytest.mark.parametrize("raised, code, err", [(SystemExit(3), 3, ""), (SystemExit(None), 0, ""),
+                                               (SystemExit("bad thing"), 1, "bad thing\n"), (None, 0, "")])
+def test_the_dnfa_command_leaves_with_mains_status_after_flushing(raised, code, err, monkeypatch, capsys):
+    """`dnfa` (cli.entry) skips the interpreter's teardown once JAX is loaded: main's exit
+    status, the streams flushed, the atexit functions run first."""
+    import atexit
+    import os
+
+    import jax  # noqa: F401  (loaded: the fast exit applies)
+
+    from dnfa_cli import cli
+
+    ran, left = [], []
+
+    def fake_main():
+        print("output", end="")
+        if raised is not None:
+            raise raised
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: ran.append(True))
+    monkeypatch.setattr(os, "_exit", lambda c: left.append(c))  # returns: entry goes on to sys.exit
+    with pytest.raises(SystemExit) as e:
+        cli.entry()
+    assert left == [code] and ran == [True] and e.value.code == code
+    out = capsys.readouterr()
+    assert out.out == "output" and out.err == err
