@@ -1,8 +1,10 @@
 """What a `dnfa train` costs beyond its training (issue 22): for each config, fresh
-processes of `dnfa train CONFIG --force`, cold (an empty compilation cache) and warm (the
-cache the cold run left), and `python -c "import jax"` for the floor. Per process: wall and
-CPU seconds (user + sys of the child, from wait4), peak RSS; from result.json: training,
-measuring, the first checkpoint, the median of the others and dispatching the random-W
+processes of `dnfa train CONFIG --force`, cold (an empty compilation cache and program
+store) and warm (the cache the cold run left), and `python -c "import jax"` for the floor.
+Per process: wall and CPU seconds (user + sys of the child, from wait4), peak RSS; from
+result.json: training, measuring, the first checkpoint, the median of the others, the last
+(which does the first's work where a counterfactual runs at the ends, as paper_x1x2's
+published: ends: first / last is then what is once per run) and dispatching the random-W
 draws. Warm figures are the minimum over --reps processes (the machine is shared: the
 minimum is the least disturbed); the load average is printed before and after.
 
@@ -48,7 +50,8 @@ def train(cfg: str, sets: list[str], runs: Path, env: dict) -> dict:
     s = json.loads(res.read_text())["seconds"]
     per = s["metrics_per_checkpoint"]
     return {**got, "train": s["train"], "metrics": s["metrics"], "first": per[0],
-            "others": statistics.median(per[1:]) if len(per) > 1 else float("nan"), "draws": s["baseline_draws"]}
+            "others": statistics.median(per[1:]) if len(per) > 1 else float("nan"), "last": per[-1],
+            "draws": s["baseline_draws"]}
 
 
 def best(rows: list[dict]) -> dict:
@@ -58,7 +61,8 @@ def best(rows: list[dict]) -> dict:
 def line(label: str, r: dict) -> str:
     return (f"{label:34} {r['wall']:7.2f} {r['cpu']:7.2f} {r.get('train', float('nan')):7.2f} "
             f"{r.get('metrics', float('nan')):7.2f} {r.get('first', float('nan')):7.2f} {r.get('others', float('nan')):7.3f} "
-            f"{r.get('first', float('nan')) / r.get('others', float('nan')):6.2f} {r.get('draws', float('nan')):6.2f} "
+            f"{r.get('first', float('nan')) / r.get('others', float('nan')):6.2f} {r.get('last', float('nan')):7.2f} "
+            f"{r.get('first', float('nan')) / r.get('last', float('nan')):6.2f} {r.get('draws', float('nan')):6.2f} "
             f"{r['rss']:7.0f}")
 
 
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
             env["DNFA_CACHE_DIR"] = str(Path(tmp) / "cache")
         jax_import = best([child([sys.executable, "-c", "import jax; jax.devices()"], env) for _ in range(a.reps)])
         print(f"{'':34} {'wall':>7} {'cpu':>7} {'train':>7} {'metrics':>7} {'first':>7} {'others':>7} {'1st/ot':>6} "
-              f"{'draws':>6} {'RSS MB':>7}")
+              f"{'last':>7} {'1st/la':>6} {'draws':>6} {'RSS MB':>7}")
         print(line("python -c 'import jax' (min)", jax_import))
         for cfg in a.configs:
             runs = Path(tmp) / Path(cfg).stem
