@@ -163,8 +163,8 @@ def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_pat
     store's files are untouched), prefetches from the manifest the first wrote, and its
     result.json equals the first's, number for number."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("name: tiny\nseed: 3\ndata: {task: monomial, d: 5, n_train: 64, n_test: 32}\n"
-                   "model: {depth: 2, width: 8}\ntrain: {epochs: 2, batch_size: 16}\nmetrics: {checkpoints: 2}\n")
+    cfg.write_text("name: tiny\nseed: 3\ndata: {task: monomial, d: 5, n_train: 64, n_test: 32}\n"  # 2 layer shapes
+                   "model: {depth: 1, width: 5}\ntrain: {epochs: 2, batch_size: 16}\nmetrics: {checkpoints: 1}\n")
     env = {**os.environ, "DNFA_CACHE_DIR": str(tmp_path / "cache")}
 
     def run(n):
