@@ -55,7 +55,9 @@ else:
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") == os.environ.get("DNFA_SET_JAX_CACHE"):
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     os.environ.update({_k.upper(): str(int(_v) if isinstance(_v, bool) else _v) for _k, _v in _JAX.items()})
-    os.environ["DNFA_SET_JAX_CACHE"] = _JAX.get("jax_compilation_cache_dir", "")
+# dnfa's cache folder, "" when off, whichever was imported first (programs.store_dir keeps
+# its exported programs there)
+os.environ["DNFA_SET_JAX_CACHE"] = _JAX.get("jax_compilation_cache_dir", "")
 
 __version__ = "0.2.0"
 

@@ -71,6 +71,7 @@ def release() -> None:
     """Drop the compiled programs every `stored` function holds (engine.release_compiled)."""
     for st in _ALL.values():
         st._calls.clear()
+    _loaded.clear()
 
 
 def store_dir() -> Path | None:
@@ -163,6 +164,8 @@ class _Call:
         run = functools.wraps(fn)(lambda *leaves: exp.call(*leaves))  # logs name fn, not "call"
         self.compiled = jax.jit(run).lower(*exp.in_avals).compile()
         self.out_tree, self.file = out_tree, file
+        if file:
+            _loaded.add(file)
 
 
 @contextlib.contextmanager
@@ -218,6 +221,7 @@ def _write(path: Path, head, exp) -> None:
 # threads do is loaded by the run itself. What they have not begun when the run
 # ends, another prefetch starts or the process exits is dropped (`_generation`).
 _ALL: dict[str, Stored] = {}
+_loaded: set[str] = set()  # the files this process holds compiled
 _recording: dict | None = None  # file names, as an ordered set
 _signature: str | None = None
 _generation = 0
@@ -241,8 +245,10 @@ def prefetch(signature: str) -> None:
         return
     _recording, _signature, _generation = {}, signature, _generation + 1
     path = _manifest(signature)
+    if path is None:  # the cache is off: nothing kept, nothing to load
+        return
     try:
-        names = path.read_text().split() if path else []
+        names = path.read_text().split()
     except OSError:
         names = []
     _pending[:] = [_loader.submit(_prefetch_one, name, _generation) for name in _lanes(path.parent.parent, names)]
@@ -275,7 +281,7 @@ def wait_prefetched() -> None:
 
 
 def _prefetch_one(name: str, generation: int) -> None:
-    if generation != _generation:
+    if generation != _generation or name in _loaded:  # a sweep worker's next run: held already
         return
     got = _read(store_dir() / name)
     if got is None or got[0][0] not in _ALL:

@@ -108,14 +108,25 @@ def test_cache_off_exports_in_memory_only(tmp_path, monkeypatch):
     assert programs.store_dir() is None and not list(tmp_path.iterdir())
 
 
+def test_prefetch_and_record_with_the_cache_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNFA_SET_JAX_CACHE", "")
+    st = _fresh()
+    p, key = _args()
+    programs.prefetch("sig C")
+    st(p, key, 2.5, mode="sum", k=3)
+    programs.wait_prefetched()
+    programs.record("sig C")
+    assert not list(tmp_path.iterdir())
+
+
 def test_prefetch_loads_what_the_last_run_of_the_signature_called(store, monkeypatch):
     st = _fresh()
     p, key = _args()
     programs.prefetch("sig A")
     ref = st(p, key, 2.5, mode="sum", k=3)
     programs.record("sig A")
-    st._calls.clear()  # a new process
     monkeypatch.setattr(programs, "_ALL", {st.name: st})
+    programs.release()  # what a new process holds: nothing
     programs.prefetch("sig B")  # another signature: nothing recorded for it
     programs.wait_prefetched()
     assert not st._calls
@@ -126,6 +137,11 @@ def test_prefetch_loads_what_the_last_run_of_the_signature_called(store, monkeyp
     assert call.done() and call.result() is not None
     monkeypatch.setattr(programs.Stored, "_load", lambda *a: pytest.fail("loaded again, not prefetched"))
     _same(st(p, key, 2.5, mode="sum", k=3), ref)
+    programs.record("sig A")
+    # a sweep worker's next run of the config: what it holds is not read again
+    monkeypatch.setattr(programs, "_read", lambda path: pytest.fail(f"{path.name} read again, though held"))
+    programs.prefetch("sig A")
+    programs.wait_prefetched()
     programs.record("sig A")
 
 
@@ -183,3 +199,14 @@ def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_pat
     assert set(manifest.read_text().split()) == {f.name for f in files}
     assert run(2) == first
     assert {f: f.stat().st_mtime_ns for f in store.glob("*.jaxexport")} == files
+
+
+@pytest.mark.parametrize("first", ["import jax\nimport dnfa_cli", "import dnfa_cli\nimport jax"])
+def test_the_store_is_dnfas_cache_whichever_is_imported_first(first, tmp_path):
+    code = first + "\nfrom dnfa_cli import programs\nprint(programs.store_dir())\n"
+    env = {**os.environ, "DNFA_CACHE_DIR": str(tmp_path / "c")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == str(tmp_path / "c" / "programs"), out.stderr[-500:]
+    env["DNFA_CACHE_DIR"] = ""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "None", out.stderr[-500:]
