@@ -42,7 +42,6 @@ except ImportError:  # not POSIX
     fcntl = None
 
 import jax
-import numpy as np
 from jax import export
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -111,7 +110,7 @@ class Stored:
         if isinstance(call, Future):  # being prefetched: wait for it (None: it failed)
             call = call.result()
         if call is None:
-            call = self._calls[here] = self._load(sig, args, kwargs)
+            call = self._calls[here] = self._load(sig)
         if _recording is not None and call.file:
             _recording.setdefault(call.file)
         return jax.tree_util.tree_unflatten(call.out_tree, call.compiled(*leaves))
@@ -125,21 +124,21 @@ class Stored:
         h.update(self.name.encode() + b"\0" + repr(sig).encode())
         return f"{self.fn.__name__}-{h.hexdigest()[:32]}.jaxexport"
 
-    def _load(self, sig, args, kwargs) -> "_Call":
+    def _load(self, sig) -> "_Call":
         folder = store_dir()
         name = self._key(sig)
         with _exclusive(folder, name):
             got = _read(folder / name) if folder else None
             if got is None:
-                exp, out_tree = self._export(sig, args, kwargs)
+                exp, out_tree = self._export(sig)
                 if folder:
                     _write(folder / name, (self.name, sig, out_tree), exp)
             else:
                 exp, out_tree = got[1], got[0][2]
             return _Call(self.fn, exp, out_tree, name if folder else None)
 
-    def _export(self, sig, args, kwargs):
-        tree, static = sig[0], dict(sig[2])
+    def _export(self, sig):
+        tree, avals, static = sig[0], sig[1], dict(sig[2])
         out_tree = []
 
         def flat(*leaves):
@@ -148,10 +147,8 @@ class Stored:
             out_tree.append(t)
             return out
 
-        leaves = jax.tree_util.tree_leaves((args, kwargs))
-        exp = export.export(jax.jit(flat))(*(jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype,
-                                                                   weak_type=jax.typeof(x).weak_type)
-                                             for x in leaves))
+        exp = export.export(jax.jit(flat))(*(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+                                             for shape, dtype, weak in avals))
         return exp, out_tree[0]
 
 
