@@ -1,26 +1,26 @@
-"""Compiled programs that outlive the process (issue 22): a `stored` function is traced and
-lowered once per machine, not once per process.
+"""Compiled programs that outlive the process (issue 22): a `stored` function is traced,
+lowered and compiled once per machine, not once per process.
 
 jax's persistent compilation cache (dnfa_cli/__init__.py) saves XLA's compile, but every
-process still traces the Python function and lowers its jaxpr to StableHLO before it can
-even look the compiled program up: for the statistics of one layer shape that is 0.3 s
-(tens of programs in a small run, most of a warm quickstart's overhead). `stored(fn)` is
-`jax.jit(fn)` whose lowered program is kept with `jax.export`, serialised into the cache's
-`programs/` folder under a key of everything that decides it: the function, its static
-arguments, the structure, shapes and dtypes (weak types too) of its arguments, the
-versions of jax and jaxlib, the platform, and the source of dnfa itself (any edit to the
-package makes new keys, so a stale program is never used). A later process with the same
-key deserialises the program and calls it (`Exported.call` under jit): nothing is traced
-but one call, and XLA's compile is the persistent cache's hit as before.
+process still traces the Python function and lowers it to StableHLO before it can even look
+the compiled program up, and that lowering is most of a warm small run's overhead.
+`stored(fn)` is `jax.jit(fn)` whose compiled executable is kept itself
+(`jax.experimental.serialize_executable`) in the cache's `programs/` folder, under a key of
+everything that decides it: the function, its static arguments, the structure, shapes and
+dtypes (weak types too) of its arguments, the versions of jax and jaxlib, the platform, the
+host's CPU (XLA compiles for its instruction set), XLA_FLAGS, the default device where there
+are several, and the source of dnfa itself (any edit of the package makes new keys, so a
+stale program is never used). A later process with the same key deserialises the executable
+and calls it: nothing is traced, lowered or looked up.
 
-The program run is always the exported one, stored or not (with the cache off it is
-exported in memory), so a number never depends on whether the store held it; it computes
-what jax.jit of the same function computes, bit for bit (tests/test_programs.py, and every
-run of the configs compared with bench/compare_runs.py). It is compiled ahead of time for
-its avals. Called from inside another program (tracers), the function is inlined there as
-jax.jit's would be. A file that cannot be read or deserialised is made again; one that
-cannot be written costs only the time (the cache folder was tried at start-up,
-dnfa_cli/__init__.py).
+The program that runs is the same compiled executable whether it was compiled here or read
+from the store, so a number never depends on whether the store held it; it is jax.jit's
+compile of the function, so it computes what jax.jit computes, bit for bit
+(tests/test_programs.py, and runs compared with bench/compare_runs.py). It is compiled ahead
+of time for its avals. Called from inside another program (tracers), the function is inlined
+there as jax.jit's would be. A file that cannot be read or deserialised is made again; one
+that cannot be written costs only the time (the cache folder was tried at start-up,
+dnfa_cli/__init__.py). With the cache off each process compiles in memory, as jax.jit does.
 
 A run's programs are also prefetched: see `prefetch` below.
 """
@@ -31,6 +31,7 @@ import functools
 import hashlib
 import os
 import pickle
+import platform
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -42,20 +43,34 @@ except ImportError:  # not POSIX
     fcntl = None
 
 import jax
-from jax import export
 
 _PACKAGE = Path(__file__).resolve().parent
+_SUFFIX = ".xla"
+
+
+def _host() -> str:
+    """The CPU the executables are compiled for: XLA:CPU targets the host's instruction set,
+    so a cache folder shared by machines keeps one program per kind of CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):  # x86, arm
+                    return platform.machine() + " " + " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.machine() + " " + platform.processor()
 
 
 @functools.cache
 def _fingerprint() -> bytes:
-    """What every key shares: the versions, the platform and the package's source (not
-    XLA's flags: they act at compile time, on the persistent cache's key, not on the
-    exported program, so a sweep's workers and `dnfa train` share these)."""
+    """What every key shares: the versions, the platform, the host's CPU, XLA_FLAGS (they
+    act on the compiled code) and the package's source."""
     import jaxlib
 
     h = hashlib.sha256()
-    for part in (jax.__version__, jaxlib.__version__, jax.default_backend(), str(jax.config.jax_enable_x64)):
+    backend = jax.devices()[0].client
+    for part in (jax.__version__, jaxlib.__version__, backend.platform, backend.platform_version,
+                 str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", ""), _host()):
         h.update(part.encode() + b"\0")
     for f in sorted(_PACKAGE.glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
@@ -64,6 +79,25 @@ def _fingerprint() -> bytes:
 
 def _device() -> str:
     return str(jax.config.jax_default_device)
+
+
+@functools.cache
+def _custom_calls_ready() -> None:
+    """jaxlib fills its table of LAPACK routines (eigh, and the other decompositions on
+    the CPU) when it first lowers one, and an executable read from a file was never
+    lowered here: called before that, the routine is a null pointer and the process
+    crashes. Fill it first; where that private entry point is missing, lowering one
+    decomposition does it by the public way."""
+    if jax.devices()[0].platform != "cpu":
+        return
+    try:
+        from jaxlib import lapack
+
+        lapack._lapack.initialize()
+    except (ImportError, AttributeError):
+        import jax.numpy as jnp
+
+        jax.jit(jnp.linalg.eigh).lower(jax.ShapeDtypeStruct((2, 2), jnp.float32))
 
 
 def release() -> None:
@@ -87,15 +121,21 @@ def _aval(leaf) -> tuple:
     return a.shape, a.dtype.name, a.weak_type
 
 
+def _pending_call() -> Future:
+    fut = Future()
+    fut.set_running_or_notify_cancel()
+    return fut
+
+
 class Stored:
-    """`jax.jit(fn, static_argnames=static)` whose lowering is exported and kept (module doc).
+    """`jax.jit(fn, static_argnames=static)` whose compiled executable is kept (module doc).
     Called with the same arguments as fn; static arguments by keyword."""
 
     def __init__(self, fn: Callable, static: tuple[str, ...] = ()):
         self.fn, self.static = fn, frozenset(static)
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self.jit = jax.jit(fn, static_argnames=tuple(static))  # called with tracers (vmap, inside a jit)
-        self._calls: dict = {}  # sig -> _Call, or the Future of one a prefetch is loading
+        self._calls: dict = {}  # (sig, device) -> _Call, or the Future of one being loaded
         functools.update_wrapper(self, fn)
         _ALL[self.name] = self
 
@@ -105,15 +145,34 @@ class Stored:
         if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside another program: inlined there
             return self.jit(*args, **kwargs, **dict(static))
         sig = (tree, tuple(_aval(x) for x in leaves), static)
-        here = (sig, _device())  # compiled for the device it runs on; the file serves any
+        here = (sig, _device())  # compiled for the device it runs on
         call = self._calls.get(here)
-        if isinstance(call, Future):  # being prefetched: wait for it (None: it failed)
-            call = call.result()
-        if call is None:
-            call = self._calls[here] = self._load(sig)
+        if not isinstance(call, _Call):
+            call = self._claim(here, sig)
         if _recording is not None and call.file:
             _recording.setdefault(call.file)
         return jax.tree_util.tree_unflatten(call.out_tree, call.compiled(*leaves))
+
+    def _claim(self, here, sig) -> "_Call":
+        """The program for `here`: waited for where a prefetch thread has it in hand,
+        loaded here otherwise (and then not loaded again by the prefetch)."""
+        mine = _pending_call()
+        got = self._calls.setdefault(here, mine)
+        if got is not mine:
+            call = got.result() if isinstance(got, Future) else got
+            if call is not None:
+                self._calls[here] = call
+                return call
+            self._calls[here] = mine  # the prefetch could not load it: this thread does
+        try:
+            call = self._load(sig)
+        except BaseException:
+            self._calls.pop(here, None)
+            mine.set_result(None)
+            raise
+        self._calls[here] = call
+        mine.set_result(call)
+        return call
 
     def _cache_size(self) -> int:
         """How many compiled programs this function holds (as jax.jit's _cache_size)."""
@@ -121,23 +180,31 @@ class Stored:
 
     def _key(self, sig) -> str:
         h = hashlib.sha256(_fingerprint())
-        h.update(self.name.encode() + b"\0" + repr(sig).encode())
-        return f"{self.fn.__name__}-{h.hexdigest()[:32]}.jaxexport"
+        h.update(self.name.encode() + b"\0" + repr(sig).encode() + b"\0" + _device().encode())
+        return f"{self.fn.__name__}-{h.hexdigest()[:32]}{_SUFFIX}"
 
     def _load(self, sig) -> "_Call":
         folder = store_dir()
         name = self._key(sig)
         with _exclusive(folder, name):
-            got = _read(folder / name) if folder else None
-            if got is None:
-                exp, out_tree = self._export(sig)
-                if folder:
-                    _write(folder / name, (self.name, sig, out_tree), exp)
-            else:
-                exp, out_tree = got[1], got[0][2]
-            return _Call(self.fn, exp, out_tree, name if folder else None)
+            got = _load_file(folder / name) if folder else None
+            if got is not None:
+                return _Call(got[1], got[0][2], name)
+            compiled, out_tree, fresh = self._compile(sig, name)
+            if folder and fresh:
+                _write(folder / name, (self.name, sig, out_tree), compiled)
+            return _Call(compiled, out_tree, name if folder else None)
 
-    def _export(self, sig):
+    def _compile(self, sig, name: str):
+        """jax.jit's compile of fn for the avals of `sig`: the executable takes and gives
+        flat lists of arrays; the tree of fn's output and whether XLA compiled it here
+        (`fresh`) are returned beside it.
+
+        Only a fresh executable can be kept: one that jax's persistent cache served
+        serialises without its kernels (jaxlib 0.10: "Function ... not found" when the copy
+        runs). So the program is named by its key, and jax's cache is not given it
+        (`_unshared`): no entry of that name is ever there to be served. Should one be
+        (a cache written otherwise), the cache-hit event says so and nothing is kept."""
         tree, avals, static = sig[0], sig[1], dict(sig[2])
         out_tree = []
 
@@ -147,20 +214,48 @@ class Stored:
             out_tree.append(t)
             return out
 
-        exp = export.export(jax.jit(flat))(*(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
-                                             for shape, dtype, weak in avals))
-        return exp, out_tree[0]
+        flat.__name__ = flat.__qualname__ = name.removesuffix(_SUFFIX).replace("-", "_")
+        hits = _cache_hits()
+        with _unshared():
+            compiled = jax.jit(flat).lower(*(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+                                             for shape, dtype, weak in avals)).compile()
+        return compiled, out_tree[0], _cache_hits() == hits
+
+
+_events = threading.local()
+
+
+def _on_event(event: str, **kw) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _events.hits = getattr(_events, "hits", 0) + 1
+
+
+jax.monitoring.register_event_listener(_on_event)
+
+
+def _cache_hits() -> int:
+    """How many programs jax's persistent cache has served this thread."""
+    return getattr(_events, "hits", 0)
+
+
+def _unshared():
+    """A context in which a compile is not written into jax's persistent cache (its
+    minimum compile time set past any; the setting is this thread's only)."""
+    try:
+        from jax._src import config as jax_config
+
+        return jax_config.persistent_cache_min_compile_time_secs(float("inf"))
+    except (ImportError, AttributeError, TypeError):  # another jax: the cache-hit check still guards
+        return contextlib.nullcontext()
 
 
 class _Call:
-    """One stored program, compiled ahead of time for its avals: a jit would compile again
-    for arguments that differ only in being committed to the device (initial parameters
-    put there from the host, later ones a program's outputs)."""
+    """One stored program, compiled ahead of time for its avals (a jit would compile again
+    for arguments that differ only in being committed to the device: initial parameters put
+    there from the host, later ones a program's outputs)."""
 
-    def __init__(self, fn: Callable, exp, out_tree, file: str | None):
-        run = functools.wraps(fn)(lambda *leaves: exp.call(*leaves))  # logs name fn, not "call"
-        self.compiled = jax.jit(run).lower(*exp.in_avals).compile()
-        self.out_tree, self.file = out_tree, file
+    def __init__(self, compiled, out_tree, file: str | None):
+        self.compiled, self.out_tree, self.file = compiled, out_tree, file
         if file:
             _loaded.add(file)
 
@@ -189,24 +284,56 @@ def _exclusive(folder: Path | None, name: str):
 
 
 def _read(path: Path):
-    """((name, sig, out_tree), Exported) from a stored file; None if absent or unreadable
-    (a torn or foreign file is made again)."""
+    """((name, sig, out_tree), a function that loads the executable) from a stored file:
+    the head is cheap, the load is the deserialisation; None if absent or unreadable (a
+    torn or foreign file is made again)."""
     try:
         blob = path.read_bytes()
         n = int.from_bytes(blob[:8], "little")
-        return pickle.loads(blob[8:8 + n]), export.deserialize(bytearray(blob[8 + n:]))
+        head, in_tree, exe_out = pickle.loads(blob[8:8 + n])
+    except Exception:
+        return None
+
+    def load():
+        from jax.experimental.serialize_executable import deserialize_and_load
+
+        _custom_calls_ready()
+        return deserialize_and_load(blob[8 + n:], in_tree, exe_out, execution_devices=[_default_device()])
+
+    return head, load
+
+
+def _load_file(path: Path):
+    """((name, sig, out_tree), the loaded executable), or None (as _read)."""
+    got = _read(path)
+    if got is None:
+        return None
+    try:
+        return got[0], got[1]()
     except Exception:
         return None
 
 
-def _write(path: Path, head, exp) -> None:
+def _default_device():
+    """The device a program runs on: jax's default (sweep.Devices.pick sets it per worker)."""
+    d = jax.config.jax_default_device
+    if d is None:
+        return jax.devices()[0]
+    return jax.devices(d)[0] if isinstance(d, str) else d
+
+
+def _write(path: Path, head, compiled) -> None:
+    """Keep `compiled` under `path` (whole or not at all: a temporary file renamed)."""
+    from jax.experimental.serialize_executable import serialize
+
     try:
+        payload, in_tree, exe_out = serialize(compiled)
+        head = pickle.dumps((head, in_tree, exe_out))
         path.parent.mkdir(parents=True, exist_ok=True)
-        head = pickle.dumps(head)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(len(head).to_bytes(8, "little") + head + bytes(exp.serialize()))
+        tmp.write_bytes(len(head).to_bytes(8, "little") + head + payload)
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, ValueError, NotImplementedError, pickle.PicklingError):  # not kept: compiled again next time
         pass
 
 
@@ -283,19 +410,19 @@ def _prefetch_one(name: str, generation: int) -> None:
     got = _read(store_dir() / name)
     if got is None or got[0][0] not in _ALL:
         return
-    (owner, sig, out_tree), exp = got
+    (owner, sig, out_tree), load = got
     st, here = _ALL[owner], (sig, _device())
-    if here in st._calls:
+    mine = _pending_call()
+    if st._calls.setdefault(here, mine) is not mine:  # held, or the run (or the other thread) has it in hand
         return
-    fut = Future()
-    fut.set_running_or_notify_cancel()
-    st._calls[here] = fut
-    try:
-        with _exclusive(store_dir(), name):
-            fut.set_result(_Call(st.fn, exp, out_tree, name))
+    try:  # a file is whole once it is there (written aside, then renamed): no lock to read it
+        call = _Call(load(), out_tree, name)
     except Exception:  # the run, reaching it, loads it itself
         st._calls.pop(here, None)
-        fut.set_result(None)
+        mine.set_result(None)
+        return
+    st._calls[here] = call
+    mine.set_result(call)
 
 
 def _stop_prefetch() -> None:
