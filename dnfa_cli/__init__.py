@@ -22,6 +22,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 #   tried once here, and if it fails the cache is off, with one note, for this process and
 #   the workers it starts.
 _JAX = {"jax_enable_x64": True}
+
+# XLA:CPU's matrix products run single-threaded (Eigen's) in every dnfa process, as they
+# always did in a sweep's workers (one core each: with its thread pool a worker's products
+# cost 18% more, README "Start-up"). One setting everywhere means one compiled program for
+# `dnfa train` and a sweep's workers alike (programs.py keys them by XLA_FLAGS), and a sweep
+# gives the numbers it gave before. XLA reads its flags when its backend starts, not when
+# jax is imported; a value set by the user wins.
+if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 _cache = os.environ.get("DNFA_CACHE_DIR", os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "dnfa", "jax"))
 
 

@@ -370,8 +370,6 @@ class LocalExecutor:
         share = max(1, default_workers() // workers)
         ctx = mp.get_context("spawn")
         env = {k: str(share) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        if share == 1:
-            env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
