@@ -217,14 +217,15 @@ class _RunProgress:
             self._say(what)
 
     def __call__(self, p) -> None:
-        eta = p.eta()
-        eta_s = "-" if eta is None else _clock(eta)
         first = p.checkpoint == 1 if p.phase == "measuring" else not p.train_calls
         what = (f"measuring checkpoint {p.checkpoint}/{p.checkpoints}" if p.phase == "measuring"
                 else f"training step {p.step}/{p.total}") + (" (compiling)" if first else "")
+        line = not self.live and p.phase == "training" and p.checkpoint_seconds \
+            and p.checkpoint == len(p.checkpoint_seconds) and getattr(self, "_said", None) != p.checkpoint
+        eta = p.eta() if self.live or line else None  # a fit per report: only where it is shown
+        eta_s = "-" if eta is None else _clock(eta)
         done = p.elapsed / (p.elapsed + eta) if eta is not None and p.elapsed + eta > 0 else 0.0
-        if not self.live and p.phase == "training" and p.checkpoint_seconds and p.checkpoint == len(p.checkpoint_seconds) \
-                and getattr(self, "_said", None) != p.checkpoint:
+        if line:
             self._said = p.checkpoint  # one plain line per measured checkpoint
             self._say(f"checkpoint {p.checkpoint}/{p.checkpoints} measured at step {p.step}/{p.total}; eta {eta_s}")
         self.phase(what, say=first, done=done, eta=eta_s)
