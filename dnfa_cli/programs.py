@@ -5,13 +5,16 @@ jax's persistent compilation cache (dnfa_cli/__init__.py) saves XLA's compile, b
 process still traces the Python function and lowers it to StableHLO before it can even look
 the compiled program up, and that lowering is most of a warm small run's overhead.
 `stored(fn)` is `jax.jit(fn)` whose compiled executable is kept itself
-(`jax.experimental.serialize_executable`) in the cache's `programs/` folder, under a key of
-everything that decides it: the function, its static arguments, the structure, shapes and
-dtypes (weak types too) of its arguments, the versions of jax and jaxlib, the platform, the
-host's CPU (XLA compiles for its instruction set), XLA_FLAGS, the default device where there
-are several, and the source of dnfa itself (any edit of the package makes new keys, so a
-stale program is never used). A later process with the same key deserialises the executable
-and calls it: nothing is traced, lowered or looked up.
+(`jax.experimental.serialize_executable`) in the cache's `programs/` folder, under two
+names. The first is known before anything is traced: the function, its static arguments,
+the structure, shapes and dtypes (weak types too) of its arguments, the versions of jax and
+jaxlib, the platform, the host's CPU (XLA compiles for its instruction set), XLA_FLAGS, the
+default device, and the source of dnfa itself (any edit of the package makes new names, so
+a stale program is never used). A later process with the same name deserialises the
+executable and calls it: nothing is traced, lowered or looked up. The second is what the
+lowered program is (its text, the platform): after an edit of dnfa, or an upgrade, that left
+a program as it was, the process traces and lowers it, finds it under that name and keeps it
+under its new first name, and nothing is compiled again.
 
 The program that runs is the same compiled executable whether it was compiled here or read
 from the store, so a number never depends on whether the store held it; it is jax.jit's
@@ -62,9 +65,9 @@ def _host() -> str:
 
 
 @functools.cache
-def _fingerprint() -> bytes:
-    """What every key shares: the versions, the platform, the host's CPU, XLA_FLAGS (they
-    act on the compiled code) and the package's source."""
+def _platform() -> bytes:
+    """What decides the compiled code besides the program: the versions, the platform, the
+    host's CPU and XLA_FLAGS."""
     import jaxlib
 
     h = hashlib.sha256()
@@ -72,6 +75,14 @@ def _fingerprint() -> bytes:
     for part in (jax.__version__, jaxlib.__version__, backend.platform, backend.platform_version,
                  str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", ""), _host()):
         h.update(part.encode() + b"\0")
+    return h.digest()
+
+
+@functools.cache
+def _fingerprint() -> bytes:
+    """What every name key shares: the platform and the package's source (the name is known
+    before anything is traced; an edit of dnfa makes new names)."""
+    h = hashlib.sha256(_platform())
     for f in sorted(_PACKAGE.glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.digest()
@@ -184,27 +195,38 @@ class Stored:
         return f"{self.fn.__name__}-{h.hexdigest()[:32]}{_SUFFIX}"
 
     def _load(self, sig) -> "_Call":
+        """The program of `sig`, from the store by its name (nothing traced); else traced
+        and lowered, and from the store by what the lowered program is (an edit of dnfa,
+        or an upgrade, that left it as it was: no compile); else compiled and kept under
+        both."""
         folder = store_dir()
         name = self._key(sig)
         with _exclusive(folder, name):
             got = _load_file(folder / name) if folder else None
             if got is not None:
                 return _Call(got[1], got[0][2], name)
-            compiled, out_tree, fresh = self._compile(sig, name)
-            if folder and fresh:
-                _write(folder / name, (self.name, sig, out_tree), compiled)
-            return _Call(compiled, out_tree, name if folder else None)
+            lowered, out_tree = self._lower(sig)
+            head = (self.name, sig, out_tree)
+            if folder is None:
+                return _Call(self._compile(lowered)[0], out_tree, None)
+            same = f"{self.fn.__name__}-{_program_key(lowered)}{_SUFFIX}"
+            blob = _payload(folder / same)
+            if blob is not None:
+                _write_blob(folder / name, head, blob)
+                got = _load_file(folder / name)
+                if got is not None:
+                    return _Call(got[1], out_tree, name)
+            compiled, fresh = self._compile(lowered)
+            if fresh:
+                blob = _serialize(compiled)
+                if blob is not None:
+                    _write_blob(folder / same, head, blob)
+                    _write_blob(folder / name, head, blob)
+            return _Call(compiled, out_tree, name)
 
-    def _compile(self, sig, name: str):
-        """jax.jit's compile of fn for the avals of `sig`: the executable takes and gives
-        flat lists of arrays; the tree of fn's output and whether XLA compiled it here
-        (`fresh`) are returned beside it.
-
-        Only a fresh executable can be kept: one that jax's persistent cache served
-        serialises without its kernels (jaxlib 0.10: "Function ... not found" when the copy
-        runs). So the program is named by its key, and jax's cache is not given it
-        (`_unshared`): no entry of that name is ever there to be served. Should one be
-        (a cache written otherwise), the cache-hit event says so and nothing is kept."""
+    def _lower(self, sig):
+        """jax.jit's lowering of fn for the avals of `sig`: the program takes and gives flat
+        lists of arrays; the tree of fn's output is returned beside it."""
         tree, avals, static = sig[0], sig[1], dict(sig[2])
         out_tree = []
 
@@ -214,12 +236,31 @@ class Stored:
             out_tree.append(t)
             return out
 
-        flat.__name__ = flat.__qualname__ = name.removesuffix(_SUFFIX).replace("-", "_")
+        flat.__name__ = flat.__qualname__ = f"dnfa_{self.fn.__name__}"  # apart from jax.jit(fn)'s own
+        lowered = jax.jit(flat).lower(*(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+                                        for shape, dtype, weak in avals))
+        return lowered, out_tree[0]
+
+    @staticmethod
+    def _compile(lowered):
+        """XLA's compile of `lowered`, and whether it was compiled here (`fresh`).
+
+        Only a fresh executable can be kept: one that jax's persistent cache served
+        serialises without its kernels (jaxlib 0.10: "Function ... not found" when the copy
+        runs). So jax's cache is not given the stored programs (`_unshared`; they are named
+        dnfa_*, apart from anything else's), and should it hold one all the same (a cache
+        written otherwise), the cache-hit event says so and it is not kept."""
         hits = _cache_hits()
         with _unshared():
-            compiled = jax.jit(flat).lower(*(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
-                                             for shape, dtype, weak in avals)).compile()
-        return compiled, out_tree[0], _cache_hits() == hits
+            compiled = lowered.compile()
+        return compiled, _cache_hits() == hits
+
+
+def _program_key(lowered) -> str:
+    """What the lowered program is (its text, without source locations) on this platform."""
+    h = hashlib.sha256(_platform())
+    h.update(lowered.as_text().encode() + b"\0" + _device().encode())
+    return "p" + h.hexdigest()[:31]
 
 
 _events = threading.local()
@@ -322,18 +363,38 @@ def _default_device():
     return jax.devices(d)[0] if isinstance(d, str) else d
 
 
-def _write(path: Path, head, compiled) -> None:
-    """Keep `compiled` under `path` (whole or not at all: a temporary file renamed)."""
+def _serialize(compiled) -> tuple | None:
+    """(payload, in_tree, out_tree of the executable), or None where it cannot be kept."""
     from jax.experimental.serialize_executable import serialize
 
     try:
-        payload, in_tree, exe_out = serialize(compiled)
+        return serialize(compiled)
+    except (ValueError, NotImplementedError):
+        return None
+
+
+def _payload(path: Path) -> tuple | None:
+    """A stored file's executable, as _serialize gave it; None if absent or unreadable."""
+    try:
+        blob = path.read_bytes()
+        n = int.from_bytes(blob[:8], "little")
+        _, in_tree, exe_out = pickle.loads(blob[8:8 + n])
+        return blob[8 + n:], in_tree, exe_out
+    except Exception:
+        return None
+
+
+def _write_blob(path: Path, head, blob: tuple) -> None:
+    """Keep an executable under `path` with its head (whole or not at all: a temporary file
+    renamed); a file that cannot be written costs only the time."""
+    payload, in_tree, exe_out = blob
+    try:
         head = pickle.dumps((head, in_tree, exe_out))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(len(head).to_bytes(8, "little") + head + payload)
         os.replace(tmp, path)
-    except (OSError, ValueError, NotImplementedError, pickle.PicklingError):  # not kept: compiled again next time
+    except (OSError, pickle.PicklingError):
         pass
 
 

@@ -50,6 +50,9 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+NAMED = "_fn-[0-9a-f]*.xla"  # a program under its first name (the second, what it is, starts with p)
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("DNFA_SET_JAX_CACHE", str(tmp_path))
@@ -65,7 +68,7 @@ def test_compiled_and_stored_equal_jit_bit_for_bit(store, monkeypatch):
     p, key = _args()
     ref = jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3)
     _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)  # compiled here, written
-    files = list(store.glob("_fn-*.xla"))
+    files = list(store.glob(NAMED))
     assert len(files) == 1
     st = _fresh()  # read from the store: nothing traced
     monkeypatch.setattr(programs.Stored, "_compile", lambda *a: pytest.fail("compiled again, not read"))
@@ -83,18 +86,31 @@ def test_key_separates_shapes_statics_weak_types_and_source(store, monkeypatch):
     st(p, key, 2.5, mode="sum", k=4)
     st(_args(n=7)[0], key, 2.5, mode="sum", k=3)  # another shape
     st(p, key, np.float64(2.5), mode="sum", k=3)  # strong float64 where a python float is weak
-    assert len(list(store.glob("_fn-*.xla"))) == 5
+    assert len(list(store.glob("_fn-*.xla"))) == 10  # 5 programs, each under 2 names
     sig = next(iter(st._calls))[0]
     key_now = st._key(sig)
     monkeypatch.setattr(programs, "_fingerprint", lambda: b"another jax, or an edited dnfa")
     assert st._key(sig) != key_now
 
 
+def test_an_edit_that_leaves_a_program_as_it_was_compiles_nothing(store, monkeypatch):
+    """After an edit of dnfa (or an upgrade) every first name is new; a program whose
+    lowering did not change is found by what it is, kept under its new name, not compiled."""
+    p, key = _args()
+    ref = _fresh()(p, key, 2.5, mode="sum", k=3)
+    monkeypatch.setattr(programs, "_fingerprint", lambda: b"dnfa edited elsewhere")
+    monkeypatch.setattr(programs.Stored, "_compile", lambda *a: pytest.fail("compiled again"))
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)
+    assert len(list(store.glob(NAMED))) == 2  # the old name and the new one
+    monkeypatch.setattr(programs.Stored, "_lower", lambda *a: pytest.fail("lowered again"))
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)  # by its new name: nothing traced
+
+
 def test_a_torn_file_is_made_again(store):
     p, key = _args()
     ref = jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3)
     _fresh()(p, key, 2.5, mode="sum", k=3)
-    (f,) = store.glob("_fn-*.xla")
+    (f,) = store.glob(NAMED)
     good = f.read_bytes()
     f.write_bytes(good[: len(good) // 2])
     _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)
@@ -194,11 +210,11 @@ def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_pat
 
     first = run(1)
     store = tmp_path / "cache" / "programs"
-    files = {f: f.stat().st_mtime_ns for f in store.glob("*.xla")}
+    files = {f: f.stat().st_mtime_ns for f in store.glob("*-[0-9a-f]*.xla")}  # by name (the manifest's)
     (manifest,) = (store / "runs").glob("*.txt")
     assert set(manifest.read_text().split()) == {f.name for f in files}
     assert run(2) == first
-    assert {f: f.stat().st_mtime_ns for f in store.glob("*.xla")} == files
+    assert {f: f.stat().st_mtime_ns for f in store.glob("*-[0-9a-f]*.xla")} == files
 
 
 _FRESH_PROCESS = """
@@ -225,7 +241,7 @@ def test_a_fresh_process_runs_a_stored_decomposition(tmp_path):
         r = subprocess.run([sys.executable, "-c", code, step, str(tmp_path / f"{step}.npy")], capture_output=True,
                            text=True, env=env, timeout=120)
         assert r.returncode == 0, (step, r.returncode, r.stderr[-1500:])
-    assert len(list((tmp_path / "cache" / "programs").glob("_fn-*.xla"))) == 1
+    assert len(list((tmp_path / "cache" / "programs").glob(NAMED))) == 1
     ref = jax.jit(_fn, static_argnames=("mode", "k"))(*_args(), 2.5, mode="sum", k=3)
     want = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(ref)])
     np.testing.assert_array_equal(np.load(tmp_path / "compile.npy"), want)
@@ -254,18 +270,19 @@ ref = jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3)
 st = programs.Stored(_fn, static=("mode", "k"))
 _same(st(p, key, 2.5, mode="sum", k=3), ref)
 store = programs.store_dir()
-(f,) = store.glob("_fn-*.xla")
-named = lambda: sorted(x.name for x in store.parent.iterdir() if x.name.startswith("jit__fn_"))  # ours: the key in the name
-assert named() == [], named()  # compiled for the store, not given to jax's cache
-# a jax cache written otherwise (by hand here) that holds the very program under its name
+assert len(list(store.glob("*.xla"))) == 2  # under its name and under what the program is
+ours = lambda: sorted(x.name for x in store.parent.iterdir() if x.name.startswith("jit_dnfa__fn"))
+assert ours() == [], ours()  # compiled for the store, not given to jax's cache
+# a jax cache written otherwise (by hand here) that holds the very program
 sig = next(iter(st._calls))[0]
 unshared, programs._unshared = programs._unshared, contextlib.nullcontext
-assert st._compile(sig, f.name)[2] is True and len(named()) == 1  # compiled, and now in jax's cache
-assert st._compile(sig, f.name)[2] is False  # served by jax's cache: seen
+assert st._compile(st._lower(sig)[0])[1] is True and len(ours()) == 1  # compiled, and now in jax's cache
+assert st._compile(st._lower(sig)[0])[1] is False  # served by jax's cache: seen
 programs._unshared = unshared
-f.unlink()
+for f in store.glob("*.xla"):
+    f.unlink()
 _same(programs.Stored(_fn, static=("mode", "k"))(p, key, 2.5, mode="sum", k=3), ref)  # served, runs right
-assert not list(store.glob("_fn-*.xla"))  # but not kept: its copy would lack its kernels
+assert not list(store.glob("*.xla"))  # but not kept: its copy would lack its kernels
 print("ok")
 """
 
