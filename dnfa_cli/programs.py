@@ -210,12 +210,10 @@ class Stored:
             if folder is None:
                 return _Call(self._compile(lowered)[0], out_tree, None)
             same = f"{self.fn.__name__}-{_program_key(lowered)}{_SUFFIX}"
-            blob = _payload(folder / same)
-            if blob is not None:
-                _write_blob(folder / name, head, blob)
-                got = _load_file(folder / name)
-                if got is not None:
-                    return _Call(got[1], out_tree, name)
+            got = _load_file(folder / same)
+            if got is not None:
+                _write_blob(folder / name, head, got[2])
+                return _Call(got[1], out_tree, name)
             compiled, fresh = self._compile(lowered)
             if fresh:
                 blob = _serialize(compiled)
@@ -324,33 +322,41 @@ def _exclusive(folder: Path | None, name: str):
             os.close(fd)  # closing releases the lock
 
 
-def _read(path: Path):
-    """((name, sig, out_tree), a function that loads the executable) from a stored file:
-    the head is cheap, the load is the deserialisation; None if absent or unreadable (a
-    torn or foreign file is made again)."""
+def _parts(path: Path):
+    """((name, sig, out_tree), the executable as _serialize gave it) from a stored file;
+    None if absent or unreadable (a torn or foreign file is made again)."""
     try:
         blob = path.read_bytes()
         n = int.from_bytes(blob[:8], "little")
         head, in_tree, exe_out = pickle.loads(blob[8:8 + n])
     except Exception:
         return None
+    return head, (blob[8 + n:], in_tree, exe_out)
 
-    def load():
-        from jax.experimental.serialize_executable import deserialize_and_load
 
-        _custom_calls_ready()
-        return deserialize_and_load(blob[8 + n:], in_tree, exe_out, execution_devices=[_default_device()])
+def _deserialize(blob: tuple):
+    from jax.experimental.serialize_executable import deserialize_and_load
 
-    return head, load
+    _custom_calls_ready()
+    payload, in_tree, exe_out = blob
+    return deserialize_and_load(payload, in_tree, exe_out, execution_devices=[_default_device()])
+
+
+def _read(path: Path):
+    """(head, a function that loads the executable): the head is cheap, the load is the
+    deserialisation (the prefetch claims the program in between); None as _parts."""
+    got = _parts(path)
+    return None if got is None else (got[0], functools.partial(_deserialize, got[1]))
 
 
 def _load_file(path: Path):
-    """((name, sig, out_tree), the loaded executable), or None (as _read)."""
-    got = _read(path)
+    """(head, the loaded executable, the executable as kept), or None (as _parts, or a file
+    that does not deserialise)."""
+    got = _parts(path)
     if got is None:
         return None
     try:
-        return got[0], got[1]()
+        return got[0], _deserialize(got[1]), got[1]
     except Exception:
         return None
 
@@ -370,17 +376,6 @@ def _serialize(compiled) -> tuple | None:
     try:
         return serialize(compiled)
     except (ValueError, NotImplementedError):
-        return None
-
-
-def _payload(path: Path) -> tuple | None:
-    """A stored file's executable, as _serialize gave it; None if absent or unreadable."""
-    try:
-        blob = path.read_bytes()
-        n = int.from_bytes(blob[:8], "little")
-        _, in_tree, exe_out = pickle.loads(blob[8:8 + n])
-        return blob[8 + n:], in_tree, exe_out
-    except Exception:
         return None
 
 
