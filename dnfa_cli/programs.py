@@ -219,7 +219,7 @@ class Stored:
                 blob = _serialize(compiled)
                 if blob is not None:
                     _write_blob(folder / same, head, blob)
-                    _write_blob(folder / name, head, blob)
+                    _link(folder / same, folder / name, head, blob)
             return _Call(compiled, out_tree, name)
 
     def _lower(self, sig):
@@ -391,6 +391,18 @@ def _write_blob(path: Path, head, blob: tuple) -> None:
         os.replace(tmp, path)
     except (OSError, pickle.PicklingError):
         pass
+
+
+def _link(src: Path, dst: Path, head, blob: tuple) -> None:
+    """`dst` the same file as `src` (a hard link, no second copy on disk; files are replaced,
+    never written in place, so the two names cannot tear each other); a copy where links
+    are not to be had."""
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        _write_blob(dst, head, blob)
 
 
 # ---------------------------------------------------------------------------- prefetching
