@@ -33,10 +33,9 @@ class Removal:
 
 def _sweep_runs(root: Path, sweep_id: str) -> list[str] | None:
     """The run ids a sweep record lists; None if it cannot be read (the record still goes)."""
-    from .sweep import load_sweep
 
     try:
-        return [r["run_id"] for r in load_sweep(root, sweep_id)["runs"]]
+        return [r["run_id"] for r in runs.load_sweep(root, sweep_id)["runs"]]
     except DnfaInputError:
         return None
 
@@ -45,14 +44,13 @@ def plan_removal(root: Path, idents: list[str]) -> Removal:
     """Resolve each id (a run, a sweep with its runs, or a unique prefix of either) and
     size what would go; DnfaInputError for an id that names nothing."""
     from .report import resolve
-    from .sweep import sweep_file
 
     rm = Removal(Path(root))
     for ident in idents:
         kind, full = resolve(root, ident)
         if kind == "sweep" and full not in rm.sweep_ids:
             rm.sweep_ids.append(full)
-            rec = sweep_file(root, full)
+            rec = runs.sweep_file(root, full)
             rm.sizes[full] = runs.disk_usage(rec) + runs.disk_usage(rec.with_suffix(""))
             members = rm.members[full] = [r for r in _sweep_runs(root, full) or [] if runs.run_dir(root, r).is_dir()]
         else:
@@ -95,7 +93,6 @@ class Removed:
 
 def remove(rm: Removal) -> Removed:
     """Remove what `rm` lists (runs that began training meanwhile are kept and named)."""
-    from .sweep import sweep_file
 
     done = Removed()
     for rid in rm.run_ids:
@@ -105,7 +102,7 @@ def remove(rm: Removal) -> Removed:
         else:
             done.busy.append(rid)
     for sid in rm.sweep_ids:
-        rec = sweep_file(rm.root, sid)
+        rec = runs.sweep_file(rm.root, sid)
         with contextlib.suppress(FileNotFoundError):
             rec.unlink()
         shutil.rmtree(rec.with_suffix(""), ignore_errors=True)

@@ -331,7 +331,7 @@ def sweep(
             raise
         _fail(f"{runs.io_failure(e)}; the runs that finished are kept; resume with: {again}", 1)
     except sw.SchedulerLost as e:
-        _fail(f"{e}; the runs that finished are kept (record: {sw.sweep_file(prep.root, plan.sweep_id)}); "
+        _fail(f"{e}; the runs that finished are kept (record: {runs.sweep_file(prep.root, plan.sweep_id)}); "
               f"resume with: {again}", 1)
     if s.interrupted is not None:
         err.print(f"{s.signal_name}: stopped after {s.seconds:.1f} s; {s.finished} of {_count(s.runs, 'run')} finished "

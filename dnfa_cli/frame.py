@@ -33,14 +33,13 @@ def _cell(v):
 def sweep_views(root: Path, sweep: str, files: bool = True) -> list[tuple[RunView, dict]]:
     """The runs of a sweep (id or unique prefix) in the record's order, each with its swept
     values; a run not started yet is there with status `missing`."""
-    from .sweep import load_sweep, sweep_file
 
-    if not sweep_file(root, runs.check_id(sweep)).exists():
+    if not runs.sweep_file(root, runs.check_id(sweep)).exists():
         kind, full = resolve(root, sweep)
         if kind != "sweep":
             raise DnfaInputError(f"{sweep!r} is a run, not a sweep")
         sweep = full
-    return [(load_run(root, r["run_id"], files), r["params"]) for r in load_sweep(root, sweep)["runs"]]
+    return [(load_run(root, r["run_id"], files), r["params"]) for r in runs.load_sweep(root, sweep)["runs"]]
 
 
 def views(root: Path, sweep: str | None = None, files: bool = True) -> list[tuple[RunView, dict]]:

@@ -929,12 +929,10 @@ def sweep_report(root: Path, rec: dict, what: str, title: str, dest: Path, loade
 
 
 def sweep_id_report(root: Path, sweep_id: str, **kw) -> Report:
-    from .sweep import load_sweep, sweep_file
-
-    rec = load_sweep(root, sweep_id)
+    rec = runs.load_sweep(root, sweep_id)
     n = len(rec["runs"])
     return sweep_report(root, rec, f"sweep {sweep_id}: {n} run{'' if n == 1 else 's'} from {', '.join(rec['files'])}",
-                        f"dnfa sweep {sweep_id}", sweep_file(root, sweep_id).with_suffix("") / "report", **kw)
+                        f"dnfa sweep {sweep_id}", runs.sweep_file(root, sweep_id).with_suffix("") / "report", **kw)
 
 
 # ----------------------------------------------------------------------------- compare
@@ -944,12 +942,10 @@ COMPARE_STATS = statnames.shown("compare")
 def compare_views(root: Path, idents: list[str]) -> list[RunView]:
     """The runs the ids name, in order, each once: a sweep id names the runs of that sweep
     that have started."""
-    from .sweep import load_sweep
-
     ids: list[str] = []
     for ident in idents:
         kind, full = resolve(root, ident)
-        members = [r["run_id"] for r in load_sweep(root, full)["runs"]] if kind == "sweep" else [full]
+        members = [r["run_id"] for r in runs.load_sweep(root, full)["runs"]] if kind == "sweep" else [full]
         ids += [rid for rid in members if rid not in ids and (kind == "run" or runs.run_dir(root, rid).exists())]
     if len(ids) < 2:
         raise DnfaInputError(f"compare needs at least two different runs; {' '.join(idents)} name{'s' if len(idents) == 1 else ''} "

@@ -492,3 +492,32 @@ class RunWriter:
         if self._fd is not None:
             os.close(self._fd)  # drops the directory's flock
             self._fd = None
+
+
+# ----------------------------------------------------------------------------- sweep records
+def sweep_file(root: Path, sweep_id: str) -> Path:
+    """A sweep's record: runs/sweeps/<id>.json (sweep.write_sweep_record writes it)."""
+    return Path(root) / "sweeps" / f"{sweep_id}.json"
+
+
+def load_sweep(root: Path, sweep_id: str) -> dict:
+    """runs/sweeps/<id>.json, checked: DnfaInputError (one line) if it is not one dnfa wrote."""
+    p = sweep_file(root, sweep_id)
+    try:
+        with open(p) as f:
+            rec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DnfaInputError(f"sweep record {p} cannot be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    ok = isinstance(rec, dict) and isinstance(rec.get("runs"), list) and isinstance(rec.get("varied"), list) \
+        and isinstance(rec.get("files"), list) and all(isinstance(r, dict) and isinstance(r.get("run_id"), str)
+                                                       and isinstance(r.get("params", {}), dict) for r in rec["runs"])
+    if not ok:
+        raise DnfaInputError(f"sweep record {p} is corrupt: not the runs, files and varied keys dnfa writes")
+    for r in rec["runs"]:
+        try:
+            check_id(r["run_id"])  # a path out of the runs directory is never read
+        except DnfaInputError as e:
+            raise DnfaInputError(f"sweep record {p} is corrupt: {e}") from None
+        r.setdefault("params", {})
+        r.setdefault("status", "pending")
+    return rec

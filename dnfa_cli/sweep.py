@@ -574,17 +574,13 @@ def _wait_any(futures):
 
 
 # ----------------------------------------------------------------------------- the sweep
-def sweep_file(root: Path, sweep_id: str) -> Path:
-    return Path(root) / "sweeps" / f"{sweep_id}.json"
-
-
 def write_sweep_record(root: Path, p: Plan, state: dict[str, dict], created: str) -> None:
     rows = []
     for c in p.configs:
         s = state.get(c.run_id) or {}
         rows.append({"run_id": c.run_id, "status": s.get("status", "pending"), "ran": s.get("ran", False),
                      "seconds": s.get("seconds"), "error": s.get("error"), "params": p.params.get(c.run_id, {})})
-    runs.atomic_write_json(sweep_file(root, p.sweep_id), {
+    runs.atomic_write_json(runs.sweep_file(root, p.sweep_id), {
         "schema": 1, "sweep_id": p.sweep_id, "files": p.files, "created": created, "updated": runs.now_iso(),
         "varied": p.varied, "runs": rows,
     })
@@ -747,31 +743,6 @@ def _settle(root: Path, p: Plan, state: dict[str, dict]) -> None:
             st, res = runs.load_checked(root, c.run_id)
             if st in runs.STATUSES:
                 state[c.run_id] = _summary(res, ran=False)
-
-
-def load_sweep(root: Path, sweep_id: str) -> dict:
-    """runs/sweeps/<id>.json, checked: DnfaInputError (one line) if it is not one dnfa wrote."""
-    import json
-
-    p = sweep_file(root, sweep_id)
-    try:
-        with open(p) as f:
-            rec = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DnfaInputError(f"sweep record {p} cannot be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    ok = isinstance(rec, dict) and isinstance(rec.get("runs"), list) and isinstance(rec.get("varied"), list) \
-        and isinstance(rec.get("files"), list) and all(isinstance(r, dict) and isinstance(r.get("run_id"), str)
-                                                       and isinstance(r.get("params", {}), dict) for r in rec["runs"])
-    if not ok:
-        raise DnfaInputError(f"sweep record {p} is corrupt: not the runs, files and varied keys dnfa writes")
-    for r in rec["runs"]:
-        try:
-            runs.check_id(r["run_id"])  # a path out of the runs directory is never read
-        except DnfaInputError as e:
-            raise DnfaInputError(f"sweep record {p} is corrupt: {e}") from None
-        r.setdefault("params", {})
-        r.setdefault("status", "pending")
-    return rec
 
 
 def default_workers() -> int:
@@ -944,7 +915,7 @@ def run(prep: Prepared, opts: Options, *, on_done: Callable[[dict, int, int, flo
         if executor:
             executor.close(kill=signals.kill())
     ids = [c.run_id for c in prep.plan.configs]
-    s = SweepSummary(prep.plan.sweep_id, sweep_file(prep.root, prep.plan.sweep_id), len(ids), finished_now=len(finished))
+    s = SweepSummary(prep.plan.sweep_id, runs.sweep_file(prep.root, prep.plan.sweep_id), len(ids), finished_now=len(finished))
     s.interrupted = interrupted if interrupted is not None else (signals.caught[0] if signals.caught else None)
     if s.interrupted is None:
         _tally(s, ids, state)
