@@ -169,15 +169,17 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
     """Runs that differ only in seed go together when batching pays (`auto`: on an
     accelerator, for steps small enough to be launch-bound), split so every worker gets
     work; `on` batches regardless, `off` never."""
-    if seed_batch == "off":
-        return [[c] for c in cfgs]
     buckets: dict[str, list[Config]] = {}
     for c in cfgs:
         # the config itself, not its id: a seed-free transplant's source (seed 0 + seed_offset) need not exist
         buckets.setdefault(canonical_json(seed_free(c).to_dict()), []).append(c)
-    groups = []
+    per_bucket = []
     for members in buckets.values():
+        per_bucket.append(groups := [])
         c0 = members[0]
+        if seed_batch == "off":
+            groups += [[c] for c in members]
+            continue
         if seed_batch == "auto":
             if backend() == "cpu":
                 groups += [[c] for c in members]
@@ -192,8 +194,12 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
         n_groups = max(math.ceil(len(members) / MAX_BATCH), min(workers, len(members)))
         size = math.ceil(len(members) / n_groups)
         groups += [members[i:i + size] for i in range(0, len(members), size)]
-    # biggest programs first, so a long one does not start last
-    return sorted(groups, key=len, reverse=True)
+    # the configs in turn (the first group of each, then the second ...): the first runs a
+    # pool starts need different programs, which a cold cache has its workers compile side
+    # by side, and the later runs of a config find theirs made; biggest programs first, so
+    # a long one does not start last
+    turns = [b[i] for i in range(max(map(len, per_bucket), default=0)) for b in per_bucket if i < len(b)]
+    return sorted(turns, key=len, reverse=True)
 
 
 # ----------------------------------------------------------------------------- one group

@@ -97,6 +97,18 @@ def test_grouping(monkeypatch):
     assert [len(g) for g in sweep.group_runs(pinned, "on", 1)] == [2]
 
 
+@pytest.mark.parametrize("seed_batch", ["auto", "off"])
+def test_runs_of_different_configs_start_first(monkeypatch, seed_batch):
+    """The configs take turns (seed 0 of each, then seed 1 ...): the first runs a pool
+    starts need different programs, which a cold cache has the workers compile side by
+    side, and a config's later runs find its programs made."""
+    monkeypatch.setattr(sweep, "backend", lambda: "cpu")
+    cfgs = [config.validate({**BASE, "seed": s, "model": {**BASE.get("model", {}), "activation": a}})
+            for a in ("relu", "tanh", "gelu") for s in range(3)]
+    order = [(g[0].model.activation, g[0].seed) for g in sweep.group_runs(cfgs, seed_batch, 2)]
+    assert order == [(a, s) for s in range(3) for a in ("relu", "tanh", "gelu")]
+
+
 # ----------------------------------------------------------------------------- through the CLI
 def test_grid_runs_skips_and_reruns(tmp_path):
     p = _file(tmp_path, {"model.activation": {"values": ["relu", "tanh", "identity"]}, "seed": {"values": [0, 1]}})
