@@ -96,6 +96,14 @@ def draw_terms(key, shape, n: int = N_DRAWS) -> Terms:
     return _draw_terms(key, shape=tuple(int(x) for x in shape), n=n)
 
 
+def draw_terms_each(keys, shapes, n: int = N_DRAWS) -> list[Terms]:
+    """[draw_terms(k, s, n) for k, s in zip(keys, shapes)], its programs put up as wanted
+    at once (programs.Stored.ahead)."""
+    calls = [((k,), {"shape": tuple(int(x) for x in s), "n": n}) for k, s in zip(keys, shapes)]
+    _draw_terms.ahead(calls)
+    return [_draw_terms(*a, **kw) for a, kw in calls]
+
+
 @stored(static=("shape", "n"))
 def _draw_terms(key, *, shape, n):
     return terms(_draw(key, shape, n))

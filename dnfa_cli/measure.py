@@ -52,7 +52,7 @@ def random_baselines(cfg: Config, params) -> list[bl.Terms]:
     """Each layer's random-W terms (baselines.py), drawn once per run from the metrics key
     and kept on the device."""
     _, _, k_metrics = mdl.run_keys(cfg.seed)
-    return [bl.draw_terms(k, layer["W"].shape) for k, layer in zip(_layer_keys(k_metrics, salt=2, n=len(params)), params)]
+    return bl.draw_terms_each(_layer_keys(k_metrics, salt=2, n=len(params)), [layer["W"].shape for layer in params])
 
 
 @stored

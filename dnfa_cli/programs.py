@@ -36,6 +36,7 @@ import os
 import pickle
 import platform
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -150,12 +151,19 @@ class Stored:
         functools.update_wrapper(self, fn)
         _ALL[self.name] = self
 
-    def __call__(self, *args, **kwargs):
+    def _sig(self, args, kwargs):
+        """(the flat arguments, the signature of the program) of a call; None for tracers."""
         static = tuple(sorted((k, kwargs.pop(k)) for k in list(kwargs) if k in self.static))
         leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
-        if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside another program: inlined there
-            return self.jit(*args, **kwargs, **dict(static))
-        sig = (tree, tuple(_aval(x) for x in leaves), static)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return None
+        return leaves, (tree, tuple(_aval(x) for x in leaves), static)
+
+    def __call__(self, *args, **kwargs):
+        got = self._sig(args, dict(kwargs))
+        if got is None:  # inside another program: inlined there
+            return self.jit(*args, **kwargs)
+        leaves, sig = got
         here = (sig, _device())  # compiled for the device it runs on
         call = self._calls.get(here)
         if not isinstance(call, _Call):
@@ -163,6 +171,21 @@ class Stored:
         if _recording is not None and call.file:
             _recording.setdefault(call.file)
         return jax.tree_util.tree_unflatten(call.out_tree, call.compiled(*leaves))
+
+    def ahead(self, calls) -> None:
+        """Say that these calls ((args, kwargs) each) come next, in that order: the
+        programs of all but the first that the store lacks are put up as wanted, and
+        another process of this machine (a sweep's worker) that would wait for a program
+        makes one of them meanwhile (`_exclusive`). The caller then calls them in turn,
+        each loaded, or made here, as any call."""
+        folder = store_dir()
+        for args, kwargs in list(calls)[1:] if folder is not None else ():
+            got = self._sig(args, dict(kwargs))
+            if got is None or (got[1], _device()) in self._calls:
+                continue
+            name = self._key(got[1])
+            if not (folder / name).exists():
+                _write_wanted(folder, name, (self.name, got[1]))
 
     def _claim(self, here, sig) -> "_Call":
         """The program for `here`: waited for where a prefetch thread has it in hand,
@@ -195,32 +218,47 @@ class Stored:
         return f"{self.fn.__name__}-{h.hexdigest()[:32]}{_SUFFIX}"
 
     def _load(self, sig) -> "_Call":
-        """The program of `sig`, from the store by its name (nothing traced); else traced
-        and lowered, and from the store by what the lowered program is (an edit of dnfa,
-        or an upgrade, that left it as it was: no compile); else compiled and kept under
-        both."""
+        """The program of `sig`, from the store by its name (nothing traced); else made
+        here (`_make`), once the process that is making it (a sweep's other worker) is
+        done, or found made by it."""
         folder = store_dir()
+        if folder is None:
+            lowered, out_tree = self._lower(sig)
+            return _Call(self._compile(lowered)[0], out_tree, None)
         name = self._key(sig)
+        got = _load_file(folder / name)  # a file is whole once it is there: no lock to read it
+        if got is not None:
+            return _Call(got[1], got[0][2], name)
         with _exclusive(folder, name):
-            got = _load_file(folder / name) if folder else None
+            got = _load_file(folder / name)  # made while this waited for the lock
             if got is not None:
                 return _Call(got[1], got[0][2], name)
-            lowered, out_tree = self._lower(sig)
-            head = (self.name, sig, out_tree)
-            if folder is None:
-                return _Call(self._compile(lowered)[0], out_tree, None)
-            same = f"{self.fn.__name__}-{_program_key(lowered)}{_SUFFIX}"
-            got = _load_file(folder / same)
+            compiled, out_tree = self._make(sig, folder, name)
+        return _Call(compiled, out_tree, name)
+
+    def _make(self, sig, folder: Path, name: str, load: bool = True):
+        """Trace and lower `sig`; keep it under `name` from the store by what the lowered
+        program is (an edit of dnfa, or an upgrade, that left it as it was: no compile),
+        else compiled and kept under both. -> (the executable, or None where not `load`ed
+        and not compiled here; the output tree). The caller holds the name's lock."""
+        lowered, out_tree = self._lower(sig)
+        head = (self.name, sig, out_tree)
+        same = f"{self.fn.__name__}-{_program_key(lowered)}{_SUFFIX}"
+        try:
+            got = _load_file(folder / same) if load else _parts(folder / same)
             if got is not None:
-                _write_blob(folder / name, head, got[2])
-                return _Call(got[1], out_tree, name)
+                _write_blob(folder / name, head, got[-1])
+                return (got[1] if load else None), out_tree
             compiled, fresh = self._compile(lowered)
             if fresh:
                 blob = _serialize(compiled)
                 if blob is not None:
                     _write_blob(folder / same, head, blob)
                     _link(folder / same, folder / name, head, blob)
-            return _Call(compiled, out_tree, name)
+            return compiled, out_tree
+        finally:
+            with contextlib.suppress(OSError):  # wanted no more (Stored.ahead)
+                (folder / WANTED / name).unlink()
 
     def _lower(self, sig):
         """jax.jit's lowering of fn for the avals of `sig`: the program takes and gives flat
@@ -249,9 +287,68 @@ class Stored:
         dnfa_*, apart from anything else's), and should it hold one all the same (a cache
         written otherwise), the cache-hit event says so and it is not kept."""
         hits = _cache_hits()
-        with _unshared():
+        with _unshared(), _spread():
             compiled = lowered.compile()
         return compiled, _cache_hits() == hits
+
+
+# ------------------------------------------------------------- compiling on idle cores
+# A sweep's worker is pinned to its share of the cores (sweep.LocalExecutor) before its
+# XLA backend starts, and XLA's compile threads with it: a cold cache's programs were
+# compiled on one core, while a worker that waited for one (or had finished) left its own
+# idle. While a worker compiles, `_spread` lets its other threads (XLA's compile pool) run
+# on every core of the sweep, and pins them all back after; the compiling thread itself,
+# and so everything the run computes, stays where the worker was pinned. The program is
+# the one the pinned worker compiled before: its numbers are bit for bit the same
+# (bench/compare_runs.py on the quickstart sweep, a width-256 sweep and six FINDINGS runs).
+# What does move a worker's numbers is the threads its backend starts with: compiled by
+# the sweep's unpinned process, or run unpinned (which also cost 17% of a warm sweep),
+# programs gave other last digits.
+_spread_lock = threading.Lock()
+
+
+@functools.cache
+def _spread_cores() -> set[int] | None:
+    """The sweep's cores, in a pinned worker (sweep._worker_init says them); else None."""
+    cores = os.environ.get("DNFA_SPREAD_COMPILES", "")  # sweep.SPREAD
+    try:
+        return {int(c) for c in cores.split(",")} if cores else None
+    except ValueError:
+        return None
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _pin(tids, cores) -> None:
+    for t in tids:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(t, cores)
+
+
+@contextlib.contextmanager
+def _spread():
+    """This process's other threads on every core of the sweep while this one compiles
+    (above); nothing outside a pinned worker."""
+    cores = _spread_cores()
+    if cores is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    with _spread_lock:
+        mine = os.sched_getaffinity(0)
+        if cores <= mine:
+            yield
+            return
+        me = threading.get_native_id()
+        _pin([t for t in _threads() if t != me], cores)
+        try:
+            yield
+        finally:
+            _pin(_threads(), mine)  # threads started meanwhile too
 
 
 def _program_key(lowered) -> str:
@@ -303,14 +400,18 @@ class _Call:
 def _exclusive(folder: Path | None, name: str):
     """One process (or thread) at a time makes or compiles program `name`: the sweep's
     workers all start with the same programs, and on an empty cache each compiled them
-    all; now one compiles (XLA's codegen then has the cores the others wait with) and the
-    others load what it left. A folder without locks (no fcntl, read-only) just goes on."""
+    all; now one compiles and the others load what it left. One that waits makes a wanted
+    program meanwhile (`_help`: what a worker said it needs next, Stored.ahead), so the
+    workers of a sweep compile side by side, each on its own core. A folder without locks
+    (no fcntl, read-only) just goes on."""
     fd = None
     if folder is not None and fcntl is not None:
         try:
             (folder / "locks").mkdir(parents=True, exist_ok=True)
             fd = os.open(folder / "locks" / name, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while not _try_lock(fd):
+                if not _help(folder):
+                    time.sleep(0.02)
         except OSError:
             if fd is not None:
                 os.close(fd)
@@ -320,6 +421,77 @@ def _exclusive(folder: Path | None, name: str):
     finally:
         if fd is not None:
             os.close(fd)  # closing releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+# ---------------------------------------------------------------------- wanted programs
+# On a cold cache the workers of a sweep start the same runs and need the same programs:
+# one compiles each, the others wait for it. Where a run knows the programs it needs next
+# (the statistics of each layer shape, the random-W draws of each layer: Stored.ahead), it
+# puts them up as wanted, and a worker that waits makes one of them in the meantime. It is
+# the compile a worker does for itself (in a sweep's worker, pinned as the one that wanted
+# it: the numbers are those of a program the run compiled itself), kept in the store, from
+# which the run that wanted it reads it.
+WANTED = "wanted"
+
+
+def _write_wanted(folder: Path, name: str, request: tuple) -> None:
+    try:
+        (folder / WANTED).mkdir(parents=True, exist_ok=True)
+        tmp = folder / WANTED / f".{name}.tmp{os.getpid()}"
+        tmp.write_bytes(pickle.dumps(request))
+        os.replace(tmp, folder / WANTED / name)
+    except (OSError, pickle.PicklingError):
+        pass
+
+
+def _help(folder: Path) -> bool:
+    """Make one wanted program whose lock is free (False where there is none): one this
+    process would name so (the same code, flags and device; the rest are left to their
+    owners), made under its lock as the owner would make it."""
+    try:
+        names = sorted(n for n in os.listdir(folder / WANTED) if not n.startswith("."))
+    except OSError:
+        return False
+    for name in names:
+        path = folder / WANTED / name
+        if (folder / name).exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        try:
+            owner, sig = pickle.loads(path.read_bytes())
+            st = _ALL[owner]
+            mine = st._key(sig) == name
+        except Exception:  # gone meanwhile, torn, or another version's
+            mine = False
+        if not mine:
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > 86400:  # its owner is long gone
+                    path.unlink()
+            continue
+        fd = None
+        try:
+            fd = os.open(folder / "locks" / name, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                continue  # its owner, or another helper, is making it
+            if not (folder / name).exists():
+                st._make(sig, folder, name, load=False)
+            return True
+        except Exception:  # its owner makes it, and reports what fails
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return False
 
 
 def _parts(path: Path):

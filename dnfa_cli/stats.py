@@ -827,6 +827,8 @@ def compute(items: list[tuple[LayerIn, bool]]) -> list[tuple[dict, dict]]:
         key = (tuple(x.W.shape), tuple(x.boot.shape), triv) if batch_layers() else (tuple(x.W.shape), i, triv)
         groups.setdefault(key, []).append(i)
     outs: list = [None] * len(items)
+    layers_batch.ahead(((tuple(items[i][0] for i in idx),), {"route": route_of(shape), "trivial": triv})
+                       for (shape, _, triv), idx in groups.items())
     for (shape, _, triv), idx in groups.items():
         xs = tuple(items[i][0] for i in idx)
         keys = ROW_ORDER + _boot_keys(xs[0].boot.shape[0])

@@ -340,6 +340,9 @@ def _announce(run_ids: list[str]) -> None:
         pass
 
 
+SPREAD = "DNFA_SPREAD_COMPILES"  # in a pinned worker: the sweep's cores (programs._spread)
+
+
 def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, devices: Devices | None = None) -> None:
     """Pin this worker to its own `share` cores, so N workers never oversubscribe, and to
     its own device; leave Ctrl-C to the parent (it stops the workers itself) and die with it."""
@@ -361,6 +364,8 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, 
         return
     mine = [cores[(slot * share + i) % len(cores)] for i in range(share)]
     os.sched_setaffinity(0, mine)
+    if devices is None or devices.platform == "cpu":  # its compiles may use the cores others leave idle
+        os.environ[SPREAD] = ",".join(map(str, cores))
 
 
 class LocalExecutor:

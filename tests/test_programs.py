@@ -295,3 +295,102 @@ def test_a_program_jax_cache_served_is_run_but_not_kept(tmp_path):
     env = {**os.environ, "DNFA_CACHE_DIR": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+
+def test_a_waiting_process_makes_the_programs_another_wants_next(store, monkeypatch):
+    """Stored.ahead puts up the programs of the calls after the first as wanted. A process
+    (a sweep's worker) that waits for another's lock makes them meanwhile, each under the
+    name the wanting process reads; the entries go once made, and the programs give
+    jax.jit's numbers, read with nothing compiled."""
+    import fcntl
+    import threading
+
+    st = _fresh()
+    calls = [((*_args(n), 2.5), {"mode": "sum", "k": 3}) for n in (4, 5, 6)]
+    names = [st._key(st._sig(a, dict(kw))[1]) for a, kw in calls]
+    st.ahead(calls)
+    assert sorted(p.name for p in (store / "wanted").iterdir()) == sorted(names[1:])  # not the first: the caller's
+    (store / "locks").mkdir(exist_ok=True)
+    held = os.open(store / "locks" / names[0], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as another process compiling the first program would
+    entered = threading.Event()
+
+    def wait_for_the_first():
+        with programs._exclusive(store, names[0]):
+            entered.set()
+
+    t = threading.Thread(target=wait_for_the_first)
+    t.start()
+    for _ in range(600):
+        if all((store / n).exists() for n in names[1:]) or not t.is_alive():
+            break
+        t.join(0.1)
+    assert not entered.is_set()  # it helped while the lock was held ...
+    os.close(held)
+    t.join(30)
+    assert entered.is_set()  # ... and went on once it was free
+    assert all((store / n).exists() for n in names[1:]) and not (store / names[0]).exists()
+    assert not list((store / "wanted").iterdir())
+    monkeypatch.setattr(programs.Stored, "_compile", lambda *a: pytest.fail("compiled again, not read"))
+    monkeypatch.setattr(programs.Stored, "_lower", lambda *a: pytest.fail("lowered, not read by name"))
+    jit = jax.jit(_fn, static_argnames=("mode", "k"))
+    for a, kw in calls[1:]:
+        _same(_fresh()(*a, **kw), jit(*a, **kw))
+
+
+def test_a_wanted_program_named_otherwise_is_left_to_its_owner(store, monkeypatch):
+    """A wanted program this process would name otherwise (another version of dnfa, other
+    XLA flags, another device) is not made by it: its owner makes it."""
+    st = _fresh()
+    calls = [((*_args(n), 2.5), {"mode": "sum", "k": 3}) for n in (4, 5)]
+    with monkeypatch.context() as m:
+        m.setattr(programs, "_fingerprint", lambda: b"another dnfa")
+        st.ahead(calls)
+    (entry,) = (store / "wanted").iterdir()
+    assert programs._help(store) is False
+    assert entry.exists() and not list(store.glob(NAMED))
+
+
+
+_SPREAD_CHILD = """
+import json, os, sys, threading
+cores = sorted(os.sched_getaffinity(0))
+os.sched_setaffinity(0, cores[:1])  # as sweep._worker_init pins a worker
+if sys.argv[1] == "worker":
+    os.environ["DNFA_SPREAD_COMPILES"] = ",".join(map(str, cores))
+from dnfa_cli import programs
+stop = threading.Event()
+tids = []
+def idle():
+    tids.append(threading.get_native_id())
+    stop.wait()
+threading.Thread(target=idle).start()
+while not tids:
+    pass
+aff = lambda t=0: sorted(os.sched_getaffinity(t))
+with programs._spread():
+    during = {"compiling": aff(), "other": aff(tids[0])}
+    threading.Thread(target=idle).start()  # a thread started during the compile
+    while len(tids) < 2:
+        pass
+after = {"compiling": aff(), "other": aff(tids[0]), "started during": aff(tids[1])}
+stop.set()
+print(json.dumps({"cores": cores, "during": during, "after": after}))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                    reason="needs two cores and Linux affinity")
+@pytest.mark.parametrize("who", ["worker", "not a worker"])
+def test_a_pinned_worker_spreads_its_compiles_over_the_sweeps_cores(who):
+    """While a sweep's worker (pinned to one core) compiles, its other threads (XLA's
+    compile pool) may run on every core of the sweep; the compiling thread stays on its own
+    core, and every thread, even one started meanwhile, is pinned back after (the run
+    computes where the worker was pinned). Outside a worker nothing moves."""
+    r = subprocess.run([sys.executable, "-c", _SPREAD_CHILD, who], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    got = json.loads(r.stdout)
+    one, every = got["cores"][:1], got["cores"]
+    assert got["during"] == {"compiling": one, "other": every if who == "worker" else one}
+    assert got["after"] == {"compiling": one, "other": one, "started during": one}
