@@ -191,9 +191,9 @@ def test_keys_and_data_equal_the_eager_draws_bit_for_bit():
 
 
 def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_path):
-    """Two fresh `dnfa train` processes on one cache: the second exports nothing (the
-    store's files are untouched), prefetches from the manifest the first wrote, and its
-    result.json equals the first's, number for number."""
+    """Two fresh `dnfa train` processes on one cache: the first leaves no program it wanted
+    unmade, the second exports nothing (the store's files are untouched), prefetches from
+    the manifest the first wrote, and its result.json equals the first's, number for number."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text("name: tiny\nseed: 3\ndata: {task: monomial, d: 5, n_train: 64, n_test: 32}\n"  # 2 layer shapes
                    "model: {depth: 1, width: 5}\ntrain: {epochs: 2, batch_size: 16}\nmetrics: {checkpoints: 1}\n")
@@ -210,6 +210,9 @@ def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_pat
 
     first = run(1)
     store = tmp_path / "cache" / "programs"
+    # the programs the run put up as wanted (the second layer shape's statistics and random-W
+    # draws) were made under the names it then called: none is left
+    assert (store / "wanted").is_dir() and not list((store / "wanted").iterdir())
     files = {f: f.stat().st_mtime_ns for f in store.glob("*-[0-9a-f]*.xla")}  # by name (the manifest's)
     (manifest,) = (store / "runs").glob("*.txt")
     assert set(manifest.read_text().split()) == {f.name for f in files}
