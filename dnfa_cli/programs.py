@@ -407,8 +407,7 @@ def _exclusive(folder: Path | None, name: str):
     fd = None
     if folder is not None and fcntl is not None:
         try:
-            (folder / "locks").mkdir(parents=True, exist_ok=True)
-            fd = os.open(folder / "locks" / name, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _lock_file(folder, name)
             while not _try_lock(fd):
                 if not _help(folder):
                     time.sleep(0.02)
@@ -421,6 +420,12 @@ def _exclusive(folder: Path | None, name: str):
     finally:
         if fd is not None:
             os.close(fd)  # closing releases the lock
+
+
+def _lock_file(folder: Path, name: str) -> int:
+    """An open descriptor of program `name`'s lock file (flock'ed by its maker)."""
+    (folder / "locks").mkdir(parents=True, exist_ok=True)
+    return os.open(folder / "locks" / name, os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def _try_lock(fd: int) -> bool:
@@ -479,7 +484,7 @@ def _help(folder: Path) -> bool:
             continue
         fd = None
         try:
-            fd = os.open(folder / "locks" / name, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _lock_file(folder, name)
             if not _try_lock(fd):
                 continue  # its owner, or another helper, is making it
             if not (folder / name).exists():

@@ -314,8 +314,7 @@ def test_a_waiting_process_makes_the_programs_another_wants_next(store, monkeypa
     names = [st._key(st._sig(a, dict(kw))[1]) for a, kw in calls]
     st.ahead(calls)
     assert sorted(p.name for p in (store / "wanted").iterdir()) == sorted(names[1:])  # not the first: the caller's
-    (store / "locks").mkdir(exist_ok=True)
-    held = os.open(store / "locks" / names[0], os.O_RDWR | os.O_CREAT)
+    held = programs._lock_file(store, names[0])
     fcntl.flock(held, fcntl.LOCK_EX)  # as another process compiling the first program would
     entered = threading.Event()
 
