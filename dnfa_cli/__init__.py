@@ -25,10 +25,10 @@ _JAX = {"jax_enable_x64": True}
 
 # XLA:CPU's matrix products run single-threaded (Eigen's) in every dnfa process, as they
 # always did in a sweep's workers (one core each: with its thread pool a worker's products
-# cost 18% more, README "Start-up"). One setting everywhere means one compiled program for
-# `dnfa train` and a sweep's workers alike (programs.py keys them by XLA_FLAGS), and a sweep
-# gives the numbers it gave before. XLA reads its flags when its backend starts, not when
-# jax is imported; a value set by the user wins.
+# cost 18% more, README "Start-up"). One setting everywhere, and a sweep gives the numbers
+# it gave before (programs.py keys programs by XLA_FLAGS, and by the cores a process
+# started with). XLA reads its flags when its backend starts, not when jax is imported; a
+# value set by the user wins.
 if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 _cache = os.environ.get("DNFA_CACHE_DIR", os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "dnfa", "jax"))

@@ -68,15 +68,28 @@ def _host() -> str:
 @functools.cache
 def _platform() -> bytes:
     """What decides the compiled code besides the program: the versions, the platform, the
-    host's CPU and XLA_FLAGS."""
+    host's CPU, XLA_FLAGS and the cores the process's backend started with."""
     import jaxlib
 
     h = hashlib.sha256()
     backend = jax.devices()[0].client
     for part in (jax.__version__, jaxlib.__version__, backend.platform, backend.platform_version,
-                 str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", ""), _host()):
+                 str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", ""), _host(), _cores()):
         h.update(part.encode() + b"\0")
     return h.digest()
+
+
+def _cores() -> str:
+    """How many cores the process's XLA backend started with (its main thread's: a sweep's
+    worker is pinned before its backend starts). XLA:CPU splits a program's loops for them
+    when it compiles it (`outer_dimension_partitions`), and a program compiled with two
+    gave a one-core worker other last digits than its own compile (half_range_pearson of a
+    width-256 run, at 1e-16): `dnfa train` on every core and a sweep's pinned workers keep
+    programs of their own."""
+    try:
+        return f"cores {len(os.sched_getaffinity(os.getpid()))}"
+    except (AttributeError, OSError):  # not Linux
+        return f"cores {os.cpu_count()}"
 
 
 @functools.cache
@@ -296,10 +309,11 @@ class Stored:
 # A sweep's worker is pinned to its share of the cores (sweep.LocalExecutor) before its
 # XLA backend starts, and XLA's compile threads with it: a cold cache's programs were
 # compiled on one core, while a worker that waited for one (or had finished) left its own
-# idle. While a worker compiles, `_spread` lets its other threads (XLA's compile pool) run
-# on every core of the sweep, and pins them all back after; the compiling thread itself,
-# and so everything the run computes, stays where the worker was pinned. The program is
-# the one the pinned worker compiled before: its numbers are bit for bit the same
+# idle. While a worker compiles, `_spread` lets its other threads (XLA's compile pool, and
+# any other: a loader, work dispatched before) run on every core of the sweep, and pins them
+# all back after; the compiling thread itself stays where the worker was pinned, and so do
+# the cores its backend started with, which decide the program and its numbers. The
+# program is the one the pinned worker compiled before: its numbers are bit for bit the same
 # (bench/compare_runs.py on the quickstart sweep, a width-256 sweep and six FINDINGS runs).
 # What does move a worker's numbers is the threads its backend starts with: compiled by
 # the sweep's unpinned process, or run unpinned (which also cost 17% of a warm sweep),
@@ -411,10 +425,12 @@ def _exclusive(folder: Path | None, name: str):
             while not _try_lock(fd):
                 if not _help(folder):
                     time.sleep(0.02)
-        except OSError:
+        except BaseException as e:  # no lock to be had (OSError): go on without; else the error
             if fd is not None:
                 os.close(fd)
             fd = None
+            if not isinstance(e, OSError):
+                raise
     try:
         yield
     finally:
@@ -445,6 +461,7 @@ def _try_lock(fd: int) -> bool:
 # it: the numbers are those of a program the run compiled itself), kept in the store, from
 # which the run that wanted it reads it.
 WANTED = "wanted"
+_helped: set[str] = set()  # the wanted programs this process has made (or tried to)
 
 
 def _write_wanted(folder: Path, name: str, request: tuple) -> None:
@@ -462,12 +479,16 @@ def _help(folder: Path) -> bool:
     process would name so (the same code, flags and device; the rest are left to their
     owners), made under its lock as the owner would make it."""
     try:
-        names = sorted(n for n in os.listdir(folder / WANTED) if not n.startswith("."))
+        names = sorted(n for n in os.listdir(folder / WANTED) if not n.startswith(".") and n not in _helped)
     except OSError:
         return False
     for name in names:
         path = folder / WANTED / name
-        if (folder / name).exists():
+        try:
+            made = (folder / name).exists()
+        except OSError:
+            continue
+        if made:
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
@@ -487,6 +508,7 @@ def _help(folder: Path) -> bool:
             fd = _lock_file(folder, name)
             if not _try_lock(fd):
                 continue  # its owner, or another helper, is making it
+            _helped.add(name)  # once: an entry that cannot be removed is not made again and again
             if not (folder / name).exists():
                 st._make(sig, folder, name, load=False)
             return True

@@ -93,6 +93,28 @@ def test_key_separates_shapes_statics_weak_types_and_source(store, monkeypatch):
     assert st._key(sig) != key_now
 
 
+def test_the_cores_a_process_started_with_are_in_every_name(monkeypatch):
+    """XLA:CPU compiles a program for the cores its process has (a program compiled on two
+    cores gave a one-core sweep worker other last digits): a sweep's pinned workers and
+    `dnfa train` on every core never share one."""
+    if hasattr(os, "sched_getaffinity"):
+        with monkeypatch.context() as m:
+            m.setattr(os, "sched_getaffinity", lambda pid: {0})
+            one = programs._cores()
+            m.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+            assert programs._cores() != one
+    programs._platform.cache_clear()
+    here = programs._platform()
+    try:
+        monkeypatch.setattr(programs, "_cores", lambda: "cores 1000")
+        programs._platform.cache_clear()
+        assert programs._platform() != here
+    finally:
+        monkeypatch.undo()
+        programs._platform.cache_clear()
+    assert programs._platform() == here
+
+
 def test_an_edit_that_leaves_a_program_as_it_was_compiles_nothing(store, monkeypatch):
     """After an edit of dnfa (or an upgrade) every first name is new; a program whose
     lowering did not change is found by what it is, kept under its new name, not compiled."""
