@@ -80,12 +80,18 @@ def _platform() -> bytes:
 
 
 def _cores() -> str:
-    """How many cores the process's XLA backend started with (its main thread's: a sweep's
-    worker is pinned before its backend starts). XLA:CPU splits a program's loops for them
-    when it compiles it (`outer_dimension_partitions`), and a program compiled with two
-    gave a one-core worker other last digits than its own compile (half_range_pearson of a
-    width-256 run, at 1e-16): `dnfa train` on every core and a sweep's pinned workers keep
-    programs of their own."""
+    """How many threads the process's XLA:CPU backend runs programs with: PJRT_NPROC (or
+    NPROC) where set, as XLA reads them when the backend starts, else the cores of the
+    process's main thread (a sweep's worker is pinned before its backend starts). They
+    decide a program's last digits: a program compiled on two cores gave a one-core worker
+    other last digits than its own compile (half_range_pearson of a width-256 run, at
+    1e-16), and a worker pinned to one core with PJRT_NPROC=2 gave the numbers of a
+    two-core process. So `dnfa train` on every core and a sweep's pinned workers keep
+    programs of their own (giving the workers the pool of `dnfa train` would let them
+    share: it cost 7-20% of a warm sweep, README "Start-up")."""
+    for var in ("PJRT_NPROC", "NPROC"):
+        with contextlib.suppress(ValueError):
+            return f"threads {int(os.environ.get(var, ''))}"
     try:
         return f"cores {len(os.sched_getaffinity(os.getpid()))}"
     except (AttributeError, OSError):  # not Linux

@@ -94,15 +94,23 @@ def test_key_separates_shapes_statics_weak_types_and_source(store, monkeypatch):
 
 
 def test_the_cores_a_process_started_with_are_in_every_name(monkeypatch):
-    """XLA:CPU compiles a program for the cores its process has (a program compiled on two
-    cores gave a one-core sweep worker other last digits): a sweep's pinned workers and
-    `dnfa train` on every core never share one."""
+    """XLA:CPU compiles and runs a program for the threads its backend started with (the
+    cores, or PJRT_NPROC: a program compiled on two cores gave a one-core sweep worker other
+    last digits): a sweep's pinned workers and `dnfa train` on every core never share one."""
+    for var in ("PJRT_NPROC", "NPROC"):
+        monkeypatch.delenv(var, raising=False)
     if hasattr(os, "sched_getaffinity"):
         with monkeypatch.context() as m:
             m.setattr(os, "sched_getaffinity", lambda pid: {0})
             one = programs._cores()
             m.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
             assert programs._cores() != one
+    with monkeypatch.context() as m:  # XLA's thread pool as the environment sets it, whatever the cores
+        m.setenv("PJRT_NPROC", "1")
+        assert programs._cores() == "threads 1"
+        m.delenv("PJRT_NPROC")
+        m.setenv("NPROC", "3")
+        assert programs._cores() == "threads 3"
     programs._platform.cache_clear()
     here = programs._platform()
     try:
