@@ -420,17 +420,93 @@ def fig_spectrum(v: RunView, layer: int, path: Path) -> Path | None:
 
 
 Figure = tuple[Path, str]  # the PNG and the caption the HTML page prints under it
+Job = tuple[Callable[[], "Path | None"], str]  # draws and writes one figure (None: nothing to draw); its caption
+# processes that draw a report's figures: None, one per core this process may use; 1, this
+# process alone, one after another (a test that looks at the figures' objects)
+DRAW_PROCESSES: int | None = None
+
+
+def draw_all(jobs: list[Job]) -> list[Figure]:
+    """Each job's figure, in order, with its caption (those that drew nothing left out).
+    Where the process may use more than one core (and has not loaded JAX), forked children
+    draw them side by side, taking the next job as they finish one, the report's own
+    process too: matplotlib draws one figure at a time, and a quickstart sweep's four took
+    1.2 s one after another. A figure is drawn by the same code in a child as in the
+    parent: the files are the same bytes (tests/test_report.py). An error in a child (a
+    full disk) is raised here."""
+    import os
+    import sys
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    # not beside JAX's threads (a report made in a process that trained): a fork copies none
+    n = min(len(jobs), DRAW_PROCESSES or (cores if "jax" not in sys.modules else 1))
+    if n <= 1 or not hasattr(os, "fork") or len(jobs) > 4096:
+        return [(f, cap) for f, cap in ((make(), cap) for make, cap in jobs) if f]
+    import pickle
+
+    _plt()  # matplotlib's font list is read (or built) once, before the children exist
+    # the jobs' numbers, 4 bytes each, in a pipe every process reads the next one from (a read
+    # of 4 bytes takes 4 whole bytes); no shared memory, which a file-size limit refuses
+    todo, fill = os.pipe()
+    os.write(fill, b"".join(i.to_bytes(4, "little") for i in range(len(jobs))))  # within the pipe's buffer
+    os.close(fill)
+
+    def mine() -> tuple[dict, BaseException | None]:
+        out: dict[int, Path | None] = {}
+        try:
+            while len(got := os.read(todo, 4)) == 4:
+                i = int.from_bytes(got, "little")
+                out[i] = jobs[i][0]()
+            return out, None
+        except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
+            return out, e
+
+    kids = []
+    for _ in range(n - 1):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a child: draw, send the paths (or the error), and leave without cleanup
+            os.close(r)
+            code = 0
+            try:
+                out, e = mine()
+                try:
+                    msg = pickle.dumps((out, e))
+                except Exception:  # noqa: BLE001 - an error that does not pickle
+                    msg = pickle.dumps((out, RuntimeError(f"{type(e).__name__}: {e}")))
+                with os.fdopen(w, "wb") as f:
+                    f.write(msg)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            os._exit(code)
+        os.close(w)
+        kids.append((pid, r))
+    done, err = mine()
+    os.close(todo)
+    for pid, r in kids:
+        try:
+            with os.fdopen(r, "rb") as f:
+                out, e = pickle.loads(f.read())
+        except Exception:  # noqa: BLE001 - a child killed before it said anything
+            out, e = {}, RuntimeError("a process drawing the report's figures ended without its result")
+        finally:
+            os.waitpid(pid, 0)
+        done.update(out)
+        err = err or e
+    if err is not None:
+        raise err
+    return [(done[i], cap) for i, (_, cap) in enumerate(jobs) if done.get(i)]
 
 
 def run_figures(v: RunView, out: Path, include_readout: bool = False) -> list[Figure]:
-    figs: list[Figure] = []
     if not v.checkpoints:
-        return figs
-    figs.append((fig_curves(v, out / "curves.png", include_readout),
-                 "The ansatz during training, a panel per layer: pearson_a05 and pearson_a1 (the correlation of "
-                 "the NFM W^T W with AGOP^(1/2) and with AGOP) and tightness_range (1: the pre-activation gradients "
-                 "are isotropic on range(W), a tight frame), against the training step; step 0 is initialisation."))
-    figs.append((fig_loss(v, out / "loss.png"), "Train and test loss against the training step (log scale)."))
+        return []
+    jobs: list[Job] = [
+        (lambda: fig_curves(v, out / "curves.png", include_readout),
+         "The ansatz during training, a panel per layer: pearson_a05 and pearson_a1 (the correlation of "
+         "the NFM W^T W with AGOP^(1/2) and with AGOP) and tightness_range (1: the pre-activation gradients "
+         "are isotropic on range(W), a tight frame), against the training step; step 0 is initialisation."),
+        (lambda: fig_loss(v, out / "loss.png"), "Train and test loss against the training step (log scale).")]
     for L in v.checkpoints[0]["layers"]:
         if L.get("trivial") and not include_readout:
             continue
@@ -441,10 +517,8 @@ def run_figures(v: RunView, out: Path, include_readout: bool = False) -> list[Fi
                                            "three show the same pattern."),
                 (fig_spectrum, "spectrum", f"Layer {i}: the eigenvalues of pgop divided by their mean, in full and "
                                            "on range(W); a tight frame is the flat line at 1.")):
-            p = fn(v, i, out / f"{name}_layer{i}.png")
-            if p:
-                figs.append((p, caption))
-    return figs
+            jobs.append((lambda fn=fn, i=i, name=name: fn(v, i, out / f"{name}_layer{i}.png"), caption))
+    return draw_all(jobs)
 
 
 # ----------------------------------------------------------------------------- a sweep
@@ -677,30 +751,30 @@ def sweep_figures(rows: list[dict], varied: list[str], out: Path, include_readou
     _, end = ends(rows)
     ck = colour_keys([r for r in end if r.get("layer") is not None], varied)
     by = f"a colour per value of {', '.join(ck)}" if ck else "one colour"
-    figs = [
-        (fig_sweep_curves(rows, varied, out / "training.png", include_readout),
+    jobs: list[Job] = [
+        (lambda: fig_sweep_curves(rows, varied, out / "training.png", include_readout),
          "During training, a line per combination of the swept keys (the mean over seeds; the band spans the "
          "seeds' lowest to highest value), runs that finished ok: train and test loss, test accuracy (where the "
          "task has classes), and each layer's ansatz, pearson_a1 (solid) and pearson_a05 (dashed), against the "
          "training step; step 0 is initialisation."),
-        (_scatter(end, "tightness_range", "pearson_a1", ck, out / "pearson_a1_vs_tightness_range.png",
-                  "pearson_a1 against tightness_range (one point per run and layer)", include_readout),
+        (lambda: _scatter(end, "tightness_range", "pearson_a1", ck, out / "pearson_a1_vs_tightness_range.png",
+                          "pearson_a1 against tightness_range (one point per run and layer)", include_readout),
          f"At the end of each run: the ansatz (pearson_a1) against how tight a frame the pre-activation gradients "
          f"are on range(W) (tightness_range); one point per run and layer, a marker per layer, {by}."),
-        (_scatter(end, "pearson_a1", "pearson_a05", ck, out / "pearson_a05_vs_pearson_a1.png",
-                  "pearson_a05 against pearson_a1 (one point per run and layer)", include_readout),
+        (lambda: _scatter(end, "pearson_a1", "pearson_a05", ck, out / "pearson_a05_vs_pearson_a1.png",
+                          "pearson_a05 against pearson_a1 (one point per run and layer)", include_readout),
          f"At the end of each run: the ansatz with AGOP^(1/2) (pearson_a05) against the ansatz with AGOP "
          f"(pearson_a1); one point per run and layer, a marker per layer, {by}."),
     ]
     # seeds are what the error bars are over; keys that vary together get one figure
     for p, *linked in linked_groups([r for r in end if r.get("layer") is not None], [k for k in varied if k not in SEEDS]):
         with_ = f" (with {', '.join(linked)}, which vary with it)" if linked else ""
-        figs.append((fig_stat_vs_param(end, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png", include_readout,
-                                       linked),
+        jobs.append((lambda p=p, linked=linked: fig_stat_vs_param(end, p, varied, out / f"stats_vs_{p.replace('.', '_')}.png",
+                                                                  include_readout, linked),
                      f"The headline statistics at the end against {p}{with_}: mean and std over seeds of the runs "
                      f"that finished ok, a marker per layer, a colour per combination of the other swept keys; "
                      f"a random W's value hollow beside its statistic."))
-    return figs
+    return draw_all(jobs)
 
 
 def _facet(r: dict, keys: list[str]) -> str:

@@ -504,6 +504,7 @@ def test_keys_swept_together_get_one_figure(monkeypatch, tmp_path):
     names = []
     monkeypatch.setattr(rp, "_save", lambda fig, path: names.append((path.name, fig._suptitle and fig._suptitle.get_text()))
                         or path)
+    monkeypatch.setattr(rp, "DRAW_PROCESSES", 1)  # names are appended in this process
     rp.sweep_figures(rows, ["model.width", "seed", "train.lr", "train.optimizer"], tmp_path)
     stats = sorted(n for n in names if n[0].startswith("stats_vs_"))
     assert [n for n, _ in stats] == ["stats_vs_model_width.png", "stats_vs_train_lr.png"]

@@ -3,6 +3,7 @@ import base64
 import csv
 import io
 import json
+import os
 import re
 import shutil
 
@@ -12,7 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from dnfa_cli import config, engine
+from dnfa_cli import config, engine, runs
 from dnfa_cli.cli import app
 
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -393,6 +394,7 @@ def test_a_swept_value_has_one_colour_in_every_sweep_figure(tmp_path, monkeypatc
         return real(fig, path)
 
     monkeypatch.setattr(rp, "_save", keep)
+    monkeypatch.setattr(rp, "DRAW_PROCESSES", 1)  # keep() sees every figure in this process
     rp.sweep_figures(rows, ["model.activation", "model.width", "seed"], tmp_path)
     scatter, by_width = legends["pearson_a1_vs_tightness_range.png"], legends["stats_vs_model_width.png"]
     for a in ("relu", "tanh"):
@@ -561,3 +563,42 @@ def test_runs_made_before_a_statistic_existed_load_with_it_missing(made, tmp_pat
             assert (row[k] == "") == (row["run_id"] in stripped), (row["run_id"], k)
     r = _report(old, sweep_id)
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="draws in forked processes")
+@pytest.mark.filterwarnings("ignore:os.fork")  # this test process has JAX's threads; the children do not touch JAX
+def test_figures_drawn_side_by_side_are_the_files_drawn_one_by_one(made, tmp_path, monkeypatch):
+    """draw_all: children forked from the report's process draw the very files it draws
+    alone, byte for byte, with the same captions in the same order; the jobs are shared
+    out among the processes, and an error in any of them (a full disk) reaches the caller
+    after the others finished."""
+    import time
+
+    from dnfa_cli import report as rp
+
+    root, _, sweep_id = made
+    rec = runs.load_sweep(root, sweep_id)
+    rows = rp.sweep_rows(root, rec, "all")
+    monkeypatch.setattr(rp, "DRAW_PROCESSES", 1)
+    alone = rp.sweep_figures(rows, rec["varied"], tmp_path / "alone")
+    monkeypatch.setattr(rp, "DRAW_PROCESSES", 3)
+    side = rp.sweep_figures(rows, rec["varied"], tmp_path / "side")
+    assert len(alone) == 4 and [(f.name, c) for f, c in side] == [(f.name, c) for f, c in alone]
+    for (a, _), (b, _) in zip(alone, side):
+        assert a.read_bytes() == b.read_bytes()
+
+    def job(i):
+        time.sleep(0.3)
+        (tmp_path / f"pid{i}").write_text(str(os.getpid()))
+        return tmp_path / f"pid{i}"
+
+    got = rp.draw_all([(lambda i=i: job(i), f"c{i}") for i in range(6)] + [(lambda: None, "nothing")])
+    assert [c for _, c in got] == [f"c{i}" for i in range(6)]
+    assert len({(tmp_path / f"pid{i}").read_text() for i in range(6)}) == 3  # each process drew some
+
+    def full():
+        raise OSError(28, "No space left on device", str(tmp_path / "x.png"))
+
+    with pytest.raises(OSError, match="No space left") as e:
+        rp.draw_all([(lambda i=i: job(i), "") for i in range(4)] + [(full, "")])
+    assert e.value.filename == str(tmp_path / "x.png")
