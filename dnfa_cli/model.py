@@ -18,6 +18,7 @@ import optax
 
 from .baselines import haar
 from .programs import stored
+from .rules import layer_sizes  # noqa: F401
 
 Params = list  # [{"W": (k_out, k_in), "b": (k_out,)?}, ...]
 
@@ -32,10 +33,6 @@ def activation_fn(name: str):
         "quadratic": jnp.square,
         "identity": lambda x: x,
     }[name]
-
-
-def layer_sizes(d: int, hidden: list[int], c: int) -> list[int]:
-    return [d, *hidden, c]
 
 
 def init_params(key, sizes: list[int], *, bias: bool, init: str, init_scale: float, dtype) -> Params:

@@ -7,23 +7,28 @@ sweep; a per-run file lock keeps two sweeps from ever training the same run twic
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import math
 import os
 import re
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import engine, model, runs, sweepspec
+from . import rules, runs, sweepspec
 from .progress import sweep_eta
 from .config import (MAX_RUNS, Config, ConfigError, DnfaInputError, canonical_json, flatten, load_config, source_id,
                      source_of)
-from .data import dims_of
-from .train import seed_free
+from .rules import dims_of, seed_free
+
+# The sweep's own process plans, starts the workers and gathers their results: on a machine
+# whose only devices are CPUs it never imports JAX (1.1 s before the workers could start);
+# what runs (engine, and with it JAX) is imported by the workers (run_group, _worker_init).
 
 # Seed batching (auto): with one jit per epoch a CPU step costs ~100 us of overhead, and
 # bench/seed_batch.py measured 8 vmapped seeds against 8 sequential ones on this 2-core
@@ -107,7 +112,7 @@ def plan(files: list[str], overrides: list[str] | None = None, max_runs: int = M
     p = Plan(f"sweep-{label}-{digest}", [str(f) for f in files], unique, params, varied, notes, source)
     for c in unique:
         try:
-            engine.precheck(c)
+            rules.precheck(c)
         except DnfaInputError as e:
             raise p.located(c, e) from None
     return p
@@ -123,8 +128,43 @@ def _jax():
     return jax
 
 
+def _cpu_only() -> bool:
+    """Whether JAX's only devices here are CPUs, known without importing it: JAX_PLATFORMS
+    names the CPU first, or it names nothing and no accelerator's plugin is installed.
+    False where unsure, and where JAX is loaded already (it then says itself)."""
+    chosen = os.environ.get("JAX_PLATFORMS", "")
+    if chosen:
+        return chosen.split(",")[0].strip().lower() == "cpu"
+    return "jax" not in sys.modules and not accelerator_plugins()
+
+
+def accelerator_plugins() -> bool:
+    """Whether a PJRT plugin (CUDA, ROCm ...: the jax_plugins package or an entry point of
+    that group) or libtpu is installed, or it cannot be told."""
+    import importlib.util
+
+    try:
+        from importlib.metadata import entry_points
+
+        return bool(importlib.util.find_spec("jax_plugins") or importlib.util.find_spec("libtpu")
+                    or entry_points(group="jax_plugins"))
+    except Exception:  # noqa: BLE001 - unsure: ask JAX
+        return True
+
+
+def _cpu_devices() -> int:
+    """How many CPU devices JAX will make (jax_num_cpu_devices, else XLA_FLAGS'
+    --xla_force_host_platform_device_count, else 1), as its CPU backend reads them."""
+    with contextlib.suppress(ValueError):
+        n = int(os.environ.get("JAX_NUM_CPU_DEVICES", "-1"))
+        if n >= 0:
+            return max(n, 1)
+    got = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return max(int(got[-1]), 1) if got else 1
+
+
 def backend() -> str:
-    return _jax().default_backend()
+    return "cpu" if _cpu_only() else _jax().default_backend()
 
 
 GPU_VISIBLE = "CUDA_VISIBLE_DEVICES"
@@ -155,7 +195,9 @@ class Devices:
 
 
 def local_devices() -> Devices:
-    """This machine's devices of JAX's default backend."""
+    """This machine's devices of JAX's default backend (without JAX where they are CPUs)."""
+    if _cpu_only():
+        return Devices("cpu", tuple(str(i) for i in range(_cpu_devices())))
     jax = _jax()
     devs = jax.devices()
     platform = devs[0].platform
@@ -185,7 +227,7 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
                 groups += [[c] for c in members]
                 continue
             dims = dims_of(c0)  # None for a user .npz: unknown without reading it, do not batch
-            sizes = model.layer_sizes(dims[0], c0.model.hidden(), dims[1]) if dims else []
+            sizes = rules.layer_sizes(dims[0], c0.model.hidden(), dims[1]) if dims else []
             macs = c0.train.batch_size * 3 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
             if not dims or macs > BATCH_MAX_MACS_PER_STEP:
                 groups += [[c] for c in members]
@@ -267,6 +309,8 @@ def _run_group(cfgs: list[Config], rootp: Path, rerun: list[str], blocking: bool
                 continue
             todo.append(c)
         if todo:
+            from . import engine
+
             _announce([c.run_id for c in todo])
             try:
                 datasets = [engine.prepare(c) for c in todo]
@@ -284,7 +328,8 @@ def _run_group(cfgs: list[Config], rootp: Path, rerun: list[str], blocking: bool
                               for c in todo]
             for res in results:
                 out.append(_summary(res, ran=True))
-    engine.release_compiled_if_crowded()
+    if todo:
+        engine.release_compiled_if_crowded()
     return out
 
 
@@ -343,6 +388,21 @@ def _announce(run_ids: list[str]) -> None:
 SPREAD = "DNFA_SPREAD_COMPILES"  # in a pinned worker: the sweep's cores (programs._spread)
 
 
+def _leave() -> None:
+    """A spawned worker's exit (registered in _worker_init, before JAX is imported: what JAX
+    registers has run by then): the exit functions registered before it, then out without
+    the interpreter's teardown. The pool's shutdown waits for its workers to end, and
+    freeing XLA's programs and thread pools took about 0.5 s of every sweep's end (as
+    `dnfa`'s own exit: cli.entry); the worker has sent its last result by then. A forked
+    worker never gets here: multiprocessing ends it with os._exit."""
+    atexit.unregister(_leave)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, devices: Devices | None = None) -> None:
     """Pin this worker to its own `share` cores, so N workers never oversubscribe, and to
     its own device; leave Ctrl-C to the parent (it stops the workers itself) and die with it."""
@@ -353,6 +413,7 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
+    atexit.register(_leave)
     with lock:
         slot = slots.value
         slots.value += 1
@@ -366,12 +427,19 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, 
     os.sched_setaffinity(0, mine)
     if devices is None or devices.platform == "cpu":  # its compiles may use the cores others leave idle
         os.environ[SPREAD] = ",".join(map(str, cores))
+    from . import engine  # noqa: F401 - JAX and the rest, now, not when the first group arrives
 
 
 class LocalExecutor:
-    """A spawn process pool; thread counts for BLAS and XLA are set in the environment the
+    """A process pool; thread counts for BLAS and XLA are set in the environment the
     workers inherit, core affinity and the device (one worker per device) by each worker's
-    initializer."""
+    initializer.
+
+    The workers are forked from this process where that is safe and the same: on Linux, with
+    JAX not loaded here (CPUs only: local_devices) and one core a worker, whose BLAS threads
+    (1) are those this process loaded. A forked worker has the modules this process imported
+    (typer, pydantic, numpy, dnfa's config: about 0.5 s a worker); otherwise, as before,
+    spawned."""
 
     def __init__(self, workers: int):
         import multiprocessing as mp
@@ -379,7 +447,8 @@ class LocalExecutor:
         self.workers = workers
         self.devices = local_devices()
         share = max(1, default_workers() // workers)
-        ctx = mp.get_context("spawn")
+        fork = sys.platform == "linux" and share == 1 and "jax" not in sys.modules
+        ctx = mp.get_context("fork" if fork else "spawn")
         env = {k: str(share) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -798,7 +867,7 @@ def prepare(files: list, overrides: list[str] | None = None, grid: list[str] | N
     by_id = {c.run_id: c for c in p.configs}
     for c in p.configs:
         try:
-            engine.check_source(c, root, by_id)  # a source this sweep runs, or one trained ok
+            rules.check_source(c, root, by_id)  # a source this sweep runs, or one trained ok
         except DnfaInputError as e:
             raise p.located(c, e) from None
     todo, status = todo_of(p, root, rerun_statuses(force, rerun_failed))

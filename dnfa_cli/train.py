@@ -26,10 +26,11 @@ import optax
 from . import grams
 from . import measure as ms
 from . import model as mdl
-from .config import Config, DnfaInputError
+from .config import Config
 from .data import Dataset, device_arrays
 from .programs import stored
 from .progress import Progress, call_sizes
+from .rules import batch_compatible, checkpoint_steps, seed_free, steps_per_epoch, total_steps  # noqa: F401
 
 
 class TrainState(NamedTuple):
@@ -187,32 +188,6 @@ def chunk_steps(sizes: list[int], batch_size: int, spe: int, backend: str | None
     return -(-spe // calls)
 
 
-# ----------------------------------------------------------------------------- schedule
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return -(-n_train // batch_size)
-
-
-def total_steps(cfg: Config, n_train: int) -> int:
-    spe = steps_per_epoch(n_train, cfg.train.batch_size)
-    return cfg.train.steps if cfg.train.steps is not None else cfg.train.epochs * spe
-
-
-def checkpoint_steps(cfg: Config, total: int) -> list[int]:
-    """Step 0 and the final step always; `checkpoints: N` adds N steps in [1, total] (fewer
-    where they coincide): log-spaced from 1 to total (`metrics.spacing: log`), or total / N
-    apart ending at total (`linear`); a list adds those steps."""
-    ck = cfg.metrics.checkpoints
-    if isinstance(ck, list):
-        late = [s for s in ck if s > total]
-        if late:
-            raise DnfaInputError(f"metrics.checkpoints: step {late[0]} is beyond the run's last step {total}")
-        pts = set(ck)
-    else:
-        grid = np.geomspace(1, total, ck) if cfg.metrics.spacing == "log" else np.linspace(0, total, ck + 1)[1:]
-        pts = set(int(round(v)) for v in grid) if ck > 0 else set()
-    return sorted(pts | {0, total})
-
-
 # ----------------------------------------------------------------------------- state
 def sizes_for(cfg: Config, ds: Dataset) -> list[int]:
     return mdl.layer_sizes(ds.d, cfg.model.hidden(), ds.c)
@@ -255,17 +230,6 @@ def train(cfg: Config, ds: Dataset, *, on_checkpoint: Callable[[dict, Any], None
     transplant takes its layers from (init_state)."""
     return train_batched([cfg], [ds], on_checkpoint=[on_checkpoint], on_matrices=[on_matrices],
                          on_progress=on_progress, donors=[donor])[0]
-
-
-def seed_free(cfg: Config) -> Config:
-    """The config with its seeds (and name) blanked: equal for runs that differ only in seed."""
-    return cfg.model_copy(update={"seed": 0, "name": "x", "data": cfg.data.model_copy(update={"seed": None})})
-
-
-def batch_compatible(cfgs: list[Config]) -> bool:
-    """Runs can share one vmapped program if they differ only in their seeds."""
-    first = seed_free(cfgs[0])
-    return all(seed_free(c) == first for c in cfgs[1:])
 
 
 def train_batched(cfgs: list[Config], dss: list[Dataset], *, on_checkpoint=None, on_matrices=None,

@@ -176,7 +176,9 @@ def test_killing_the_parent_ends_the_workers(tmp_path):
             s = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--runs-dir", "runs", "--workers", "2",
                                   "--seed-batch", "off"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=fe)
             for _ in range(6000):  # one run per worker: two "started" lines are two workers
-                workers = [c for c in _children(s.pid) if "spawn_main" in _cmdline(c)]
+                # the pool's processes (forked, or spawned where a worker has several cores), not
+                # multiprocessing's resource tracker
+                workers = [c for c in _children(s.pid) if _cmdline(c) and "resource_tracker" not in _cmdline(c)]
                 if len(workers) == 2 and err.read_text().count(" started ") >= 2:
                     break
                 assert s.poll() is None, err.read_text()[-800:]

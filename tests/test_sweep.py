@@ -342,14 +342,24 @@ def test_each_worker_runs_on_its_own_device_with_the_numbers_of_one_device(tmp_p
     p = _file(tmp_path, {"seed": {"values": [0, 1]}}, base=base)
     ids = [c.run_id for c in config.load_config(p).expand()]
     flags = os.environ.get("XLA_FLAGS", "")
+    # the `dnfa` entry point, saying at its exit which of JAX's modules the sweep's own process
+    # imported: none, it counts the CPU devices from the flags and leaves the rest to its workers
+    dnfa = ("import atexit, sys\nsaid = sys.argv[1]\n"
+            "atexit.register(lambda: open(said, 'w').write(repr(sorted(m for m in sys.modules"
+            " if m.split('.')[0] in ('jax', 'jaxlib')))))\n"
+            "sys.argv = ['dnfa'] + sys.argv[2:]\nfrom dnfa_cli.cli import entry\nentry()\n")
     procs = {}
     for name, xla in (("one", flags), ("two", f"{flags} --xla_force_host_platform_device_count=2")):
-        procs[name] = subprocess.Popen([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--workers", "2",
-                                        "--runs-dir", str(tmp_path / name)], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, env={**os.environ, "XLA_FLAGS": xla.strip()})
-    for proc in procs.values():
+        procs[name] = subprocess.Popen([sys.executable, "-c", dnfa, str(tmp_path / f"{name}.jax"), "sweep", str(p),
+                                        "--workers", "2", "--runs-dir", str(tmp_path / name)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True,
+                                       env={**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"},
+                                            "XLA_FLAGS": xla.strip()})
+    for name, proc in procs.items():
         out, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err
+        if not sweep.accelerator_plugins():
+            assert (tmp_path / f"{name}.jax").read_text() == "[]"
     one, two = tmp_path / "one", tmp_path / "two"
     envs = [json.loads((two / i / "env.json").read_text()) for i in ids]
     assert all(e["jax_devices"] == ["cpu:0", "cpu:1"] for e in envs)
