@@ -21,7 +21,7 @@ from typing import Callable
 
 import jax
 
-from . import __version__, data, model, programs, runs, train
+from . import __version__, data, measure, model, programs, runs, train
 from .config import Config, DnfaInputError, canonical_json, source_id
 from .rules import check_source, precheck, sizes_of  # noqa: F401
 
@@ -159,6 +159,13 @@ def _end_now(why: str) -> None:
 
 
 # ----------------------------------------------------------------------------- running
+def ahead(cfg: Config) -> None:
+    """Put up the programs a run of cfg needs first that its config alone says (its random-W
+    draws, measure.ahead) as wanted: on a cold cache a sweep's worker that waits for
+    another's first programs makes them meanwhile."""
+    measure.ahead(cfg)
+
+
 def prepare(cfg: Config):
     """Everything that can reject the input, done before any directory exists: the data
     (a bad .npz, a batch larger than the data) and the checkpoint schedule."""
@@ -275,6 +282,7 @@ def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
     if on_phase:
         on_phase("preparing data")
     programs.prefetch(program_signature([cfg]))
+    ahead(cfg)
     try:
         ds = prepare(cfg)  # every input check, before anything is written
     except DnfaInputError as e:

@@ -19,7 +19,7 @@ from . import counterfactual as cf
 from . import grams, stats
 from . import model as mdl
 from .config import Config
-from .data import Dataset, device_arrays
+from .data import Dataset, device_arrays, dims_of
 from .programs import stored
 
 # metrics keys that name a checkpoint set (all | ends | none), each a family of keys
@@ -53,6 +53,16 @@ def random_baselines(cfg: Config, params) -> list[bl.Terms]:
     and kept on the device."""
     _, _, k_metrics = mdl.run_keys(cfg.seed)
     return bl.draw_terms_each(_layer_keys(k_metrics, salt=2, n=len(params)), [layer["W"].shape for layer in params])
+
+
+def ahead(cfg: Config) -> None:
+    """Put up what a run of cfg will need first that its config alone says: the programs of
+    its random-W draws (random_baselines; a user .npz, whose sizes are in the file, says
+    nothing)."""
+    dims = dims_of(cfg)
+    if dims is not None:
+        sizes = mdl.layer_sizes(dims[0], cfg.model.hidden(), dims[1])
+        bl.draws_ahead([(fan_out, fan_in) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])])
 
 
 @stored

@@ -191,14 +191,15 @@ class Stored:
             _recording.setdefault(call.file)
         return jax.tree_util.tree_unflatten(call.out_tree, call.compiled(*leaves))
 
-    def ahead(self, calls) -> None:
-        """Say that these calls ((args, kwargs) each) come next, in that order: the
-        programs of all but the first that the store lacks are put up as wanted, and
+    def ahead(self, calls, *, first: bool = False) -> None:
+        """Say that these calls ((args, kwargs) each; an argument may be a
+        jax.ShapeDtypeStruct) come next, in that order: the programs of all but the first
+        (`first`: of all: none is called now) that the store lacks are put up as wanted, and
         another process of this machine (a sweep's worker) that would wait for a program
         makes one of them meanwhile (`_exclusive`). The caller then calls them in turn,
         each loaded, or made here, as any call."""
         folder = store_dir()
-        for args, kwargs in list(calls)[1:] if folder is not None else ():
+        for args, kwargs in (list(calls)[0 if first else 1:] if folder is not None else ()):
             got = self._sig(args, dict(kwargs))
             if got is None or (got[1], _device()) in self._calls:
                 continue

@@ -312,6 +312,7 @@ def _run_group(cfgs: list[Config], rootp: Path, rerun: list[str], blocking: bool
             from . import engine
 
             _announce([c.run_id for c in todo])
+            engine.ahead(todo[0])
             try:
                 datasets = [engine.prepare(c) for c in todo]
             except Exception as e:  # noqa: BLE001 - reported per run, the sweep goes on

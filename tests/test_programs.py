@@ -385,6 +385,28 @@ def test_a_wanted_program_named_otherwise_is_left_to_its_owner(store, monkeypatc
 
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_draws_a_run_puts_up_at_its_start_are_those_it_makes(store, tmp_path, depth):
+    """engine.ahead puts up the random-W draws of a run from its config alone (a sweep's
+    run start, before data and parameters exist); measure.random_baselines then makes
+    each under its wanted name, and nothing is left wanted."""
+    from dnfa_cli import config, engine, measure
+
+    p = tmp_path / "t.yaml"
+    p.write_text(f"name: t\nseed: 1\ndata: {{task: monomial, d: 3, n_train: 16, n_test: 8}}\n"
+                 f"model: {{depth: {depth}, width: 4}}\ntrain: {{epochs: 1, batch_size: 4}}\n")
+    cfg = config.load_config(p).base
+    programs.release()
+    engine.ahead(cfg)
+    wanted = sorted(e.name for e in (store / "wanted").iterdir())
+    assert len(wanted) == min(depth + 1, 3) and all(w.startswith("_draw_terms-") for w in wanted)  # one per shape
+    params = mdl.init_params(jax.random.PRNGKey(0), [3] + [4] * depth + [1], bias=False, init="gaussian",
+                             init_scale=1.0, dtype="float32")
+    measure.random_baselines(cfg, params)
+    assert all((store / w).exists() for w in wanted) and not list((store / "wanted").iterdir())
+    programs.release()
+
+
 _SPREAD_CHILD = """
 import json, os, sys, threading
 cores = sorted(os.sched_getaffinity(0))
