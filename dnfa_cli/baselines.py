@@ -106,10 +106,11 @@ def draw_terms_each(keys, shapes, n: int = N_DRAWS) -> list[Terms]:
 
 def draws_ahead(shapes, n: int = N_DRAWS) -> None:
     """Put up the programs of draw_terms_each for layers of these shapes as wanted, from
-    the shapes alone (a key is a uint32[2]): said at a sweep's run start, before its data
-    and its parameters exist, so a worker that waits for another's first programs (the
-    data, the initial draws) makes them meanwhile."""
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    the shapes alone (a key as jax.random.PRNGKey makes them: uint32[2] under the default
+    threefry): said at a sweep's run start, before its data and its parameters exist, so a
+    worker that waits for another's first programs (the data, the initial draws) makes them
+    meanwhile."""
+    key = jax.eval_shape(jax.random.PRNGKey, 0)
     _draw_terms.ahead([((key,), {"shape": tuple(int(x) for x in s), "n": n}) for s in shapes], first=True)
 
 

@@ -464,18 +464,23 @@ def draw_all(jobs: list[Job]) -> list[Figure]:
     kids = []
     for _ in range(n - 1):
         r, w = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no more processes: those there are draw what is left
+            os.close(r)
+            os.close(w)
+            break
         if pid == 0:  # a child: draw, send the paths (or the error), and leave without cleanup
             os.close(r)
             code = 0
             try:
                 out, e = mine()
-                try:
-                    msg = pickle.dumps((out, e))
-                except Exception:  # noqa: BLE001 - an error that does not pickle
-                    msg = pickle.dumps((out, RuntimeError(f"{type(e).__name__}: {e}")))
+                if e is not None and not isinstance(e, OSError):  # its traceback, as text: any error reads back
+                    import traceback
+
+                    e = RuntimeError("".join(traceback.format_exception(e)).rstrip())
                 with os.fdopen(w, "wb") as f:
-                    f.write(msg)
+                    f.write(pickle.dumps((out, e)))
             except BaseException:  # noqa: BLE001
                 code = 1
             os._exit(code)

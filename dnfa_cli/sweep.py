@@ -1,8 +1,8 @@
 """Sweeps: plan the runs of config files, execute what is left, and sum up what happened.
 
 Runs already done are skipped; runs that differ only in seed are grouped into one vmapped
-program when that pays; the groups execute on a local process pool (spawn, each worker
-pinned to its share of the cores and to its own device) or on a Dask distributed cluster. The run directories are the only state, so any engine resumes any
+program when that pays; the groups execute on a local process pool (forked or spawned, each
+worker pinned to its share of the cores and to its own device) or on a Dask distributed cluster. The run directories are the only state, so any engine resumes any
 sweep; a per-run file lock keeps two sweeps from ever training the same run twice.
 """
 from __future__ import annotations
@@ -130,8 +130,8 @@ def _jax():
 
 def _cpu_only() -> bool:
     """Whether JAX's only devices here are CPUs, known without importing it: JAX_PLATFORMS
-    names the CPU first, or it names nothing and no accelerator's plugin is installed.
-    False where unsure, and where JAX is loaded already (it then says itself)."""
+    names the CPU first, or it names nothing, JAX is not loaded already (it then says
+    itself) and no accelerator's plugin is installed. False where unsure."""
     chosen = os.environ.get("JAX_PLATFORMS", "")
     if chosen:
         return chosen.split(",")[0].strip().lower() == "cpu"
@@ -196,6 +196,7 @@ class Devices:
 
 def local_devices() -> Devices:
     """This machine's devices of JAX's default backend (without JAX where they are CPUs)."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the workers inherit it (_jax)
     if _cpu_only():
         return Devices("cpu", tuple(str(i) for i in range(_cpu_devices())))
     jax = _jax()
@@ -390,12 +391,14 @@ SPREAD = "DNFA_SPREAD_COMPILES"  # in a pinned worker: the sweep's cores (progra
 
 
 def _leave() -> None:
-    """A spawned worker's exit (registered in _worker_init, before JAX is imported: what JAX
-    registers has run by then): the exit functions registered before it, then out without
-    the interpreter's teardown. The pool's shutdown waits for its workers to end, and
-    freeing XLA's programs and thread pools took about 0.5 s of every sweep's end (as
-    `dnfa`'s own exit: cli.entry); the worker has sent its last result by then. A forked
-    worker never gets here: multiprocessing ends it with os._exit."""
+    """A spawned worker's exit: registered last in _worker_init (after JAX's exit functions),
+    so it runs first; it runs the others once (the exit functions registered during the runs
+    already ran: they run again), then leaves without the interpreter's teardown. The pool's
+    shutdown waits for its workers to end, and freeing XLA's programs and thread pools took
+    about 0.5 s of every sweep's end (as `dnfa`'s own exit: cli.entry); the worker has sent
+    its last result by then. Its exit status is 0, as multiprocessing's is for a pool worker
+    that returned (the pool reads none). A forked worker never gets here: multiprocessing
+    ends it with os._exit."""
     atexit.unregister(_leave)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -414,21 +417,25 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
-    atexit.register(_leave)
     with lock:
         slot = slots.value
         slots.value += 1
-    if devices is not None:
-        devices.pick(slot)
     try:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return
-    mine = [cores[(slot * share + i) % len(cores)] for i in range(share)]
-    os.sched_setaffinity(0, mine)
-    if devices is None or devices.platform == "cpu":  # its compiles may use the cores others leave idle
-        os.environ[SPREAD] = ",".join(map(str, cores))
+        cores = None
+    if cores is not None:
+        mine = [cores[(slot * share + i) % len(cores)] for i in range(share)]
+        os.sched_setaffinity(0, mine)
+        if devices is None or devices.platform == "cpu":  # its compiles may use the cores others leave idle
+            os.environ[SPREAD] = ",".join(map(str, cores))
+    if devices is not None:
+        # pinned first: on forced host devices this starts JAX's backend, whose threads are
+        # the cores it starts with (programs._cores names them)
+        devices.pick(slot)
     from . import engine  # noqa: F401 - JAX and the rest, now, not when the first group arrives
+
+    atexit.register(_leave)  # the newest exit function, after JAX's: it runs first (_leave)
 
 
 class LocalExecutor:
@@ -448,9 +455,11 @@ class LocalExecutor:
         self.workers = workers
         self.devices = local_devices()
         share = max(1, default_workers() // workers)
-        fork = sys.platform == "linux" and share == 1 and "jax" not in sys.modules
-        ctx = mp.get_context("fork" if fork else "spawn")
         env = {k: str(share) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        # a forked worker keeps the BLAS this process loaded: only where that has one thread
+        fork = (sys.platform == "linux" and share == 1 and "jax" not in sys.modules
+                and all(os.environ.get(k, "1") == "1" for k in env))
+        ctx = mp.get_context("fork" if fork else "spawn")
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:

@@ -588,13 +588,13 @@ def test_figures_drawn_side_by_side_are_the_files_drawn_one_by_one(made, tmp_pat
         assert a.read_bytes() == b.read_bytes()
 
     def job(i):
-        time.sleep(0.3)
+        time.sleep(0.5)
         (tmp_path / f"pid{i}").write_text(str(os.getpid()))
         return tmp_path / f"pid{i}"
 
     got = rp.draw_all([(lambda i=i: job(i), f"c{i}") for i in range(6)] + [(lambda: None, "nothing")])
     assert [c for _, c in got] == [f"c{i}" for i in range(6)]
-    assert len({(tmp_path / f"pid{i}").read_text() for i in range(6)}) == 3  # each process drew some
+    assert len({(tmp_path / f"pid{i}").read_text() for i in range(6)}) >= 2  # not one process alone
 
     def full():
         raise OSError(28, "No space left on device", str(tmp_path / "x.png"))
@@ -602,3 +602,6 @@ def test_figures_drawn_side_by_side_are_the_files_drawn_one_by_one(made, tmp_pat
     with pytest.raises(OSError, match="No space left") as e:
         rp.draw_all([(lambda i=i: job(i), "") for i in range(4)] + [(full, "")])
     assert e.value.filename == str(tmp_path / "x.png")
+    # any other error, drawn by whichever process: raised, or its child's traceback as text
+    with pytest.raises((ZeroDivisionError, RuntimeError), match="division by zero"):
+        rp.draw_all([(lambda i=i: job(i), "") for i in range(2)] + [(lambda: 1 / 0, "")] * 2)
