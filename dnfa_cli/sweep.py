@@ -951,6 +951,11 @@ class _Signals:
     def _on_signal(self, signum, frame):
         import signal
 
+        if _drops_exceptions(frame):  # raised there it would be printed and lost: again, once out
+            import threading
+
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         self.caught.append(signum)
         if len(self.caught) == 1 and self.finish_running:
             if self.executor is not None:
@@ -965,6 +970,17 @@ class _Signals:
         """Whether the runs in flight must stop now (a signal, and not the one a
         --finish-running sweep waits out)."""
         return bool(self.caught) and not (self.finish_running and len(self.caught) == 1)
+
+
+def _drops_exceptions(frame) -> bool:
+    """Whether Python code running in `frame` drops what it raises (printing "Exception
+    ignored in ..."): a garbage collector's callback (JAX's frees XLA's buffers at every
+    collection) or a __del__. A signal handled there cannot stop the sweep by raising."""
+    import gc
+
+    code = getattr(frame, "f_code", None)
+    return code is not None and (code.co_name == "__del__"
+                                 or any(getattr(cb, "__code__", None) is code for cb in gc.callbacks))
 
 
 def _tally(s: SweepSummary, ids: list[str], state: dict[str, dict]) -> None:
