@@ -168,7 +168,9 @@ def ahead(cfg: Config) -> None:
 
 def prepare(cfg: Config):
     """Everything that can reject the input, done before any directory exists: the data
-    (a bad .npz, a batch larger than the data) and the checkpoint schedule."""
+    (a bad .npz, a batch larger than the data) and the checkpoint schedule. First the run's
+    random-W draws are put up as wanted (ahead), before the data's programs are made."""
+    ahead(cfg)
     ds = data.make_dataset(cfg)
     train.checkpoint_steps(cfg, train.total_steps(cfg, len(ds.X_train)))
     return ds
@@ -282,7 +284,6 @@ def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
     if on_phase:
         on_phase("preparing data")
     programs.prefetch(program_signature([cfg]))
-    ahead(cfg)
     try:
         ds = prepare(cfg)  # every input check, before anything is written
     except DnfaInputError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -138,6 +139,7 @@ def _cpu_only() -> bool:
     return "jax" not in sys.modules and not accelerator_plugins()
 
 
+@functools.cache
 def accelerator_plugins() -> bool:
     """Whether a PJRT plugin (CUDA, ROCm ...: the jax_plugins package or an entry point of
     that group) or libtpu is installed, or it cannot be told."""
@@ -313,7 +315,6 @@ def _run_group(cfgs: list[Config], rootp: Path, rerun: list[str], blocking: bool
             from . import engine
 
             _announce([c.run_id for c in todo])
-            engine.ahead(todo[0])
             try:
                 datasets = [engine.prepare(c) for c in todo]
             except Exception as e:  # noqa: BLE001 - reported per run, the sweep goes on
