@@ -244,10 +244,13 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set model.width=256 (repeatable).")] = None,
     runs_dir: RunsDir = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if this exact run already finished ok.")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", min=1, help="Threads XLA:CPU computes with; the last digits depend on it (default: 1 for a run as small as the quickstart, as a sweep's worker has; else every core).")] = None,
 ):
     """Train one run and measure the ansatz at its checkpoints."""
+    import os
+
     from . import config as cfgmod
-    from . import engine, runs
+    from . import engine, rules, runs
 
     _PIPE["stop"] = False
     try:
@@ -255,9 +258,13 @@ def train(
         root = runs.check_root(runs.runs_root(runs_dir))
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
+        if threads is None and not (os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")):  # XLA's own setting wins
+            from .sweep import default_workers
+
+            threads = rules.train_threads(cf.base, default_workers())
         with engine.prompt_interrupt(), _RunProgress() as show:  # Ctrl-C: within 5 s, even in a compile
             done = engine.train_one(cf.base, root, force=force, source=str(config), on_progress=show, on_phase=show.phase,
-                                    on_start=lambda rid, d: out.print(f"run {rid} -> {d}", markup=False))
+                                    on_start=lambda rid, d: out.print(f"run {rid} -> {d}", markup=False), threads=threads)
     except DnfaInputError as e:
         _fail(str(e))
     except runs.RunBusy as e:

@@ -59,6 +59,7 @@ def env_info() -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "xla_cpu_threads": programs.backend_threads(),  # they decide the last digits (programs._cores)
         "time": runs.now_iso(),
     }
 
@@ -263,13 +264,15 @@ class TrainDone:
 
 def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
               on_start: Callable[[str, Path], None] | None = None, on_progress=None,
-              on_phase: Callable[[str], None] | None = None) -> TrainDone:
+              on_phase: Callable[[str], None] | None = None, threads: int | None = None) -> TrainDone:
     """Train one run unless it finished ok before (`force`: train it again): every input
     check before anything is written (their errors start with `source`), then the run's
     lock, then training. `on_start(run_id, dir)` is called once the checks that need no
     data passed, before the data is made and JAX's first program loaded; `on_phase(what)`
-    names what is done before training reports progress. RunBusy if another process
-    writes the run's directory without its lock."""
+    names what is done before training reports progress. `threads`: how many threads
+    XLA:CPU computes with, where this process has not started its backend yet (None: its
+    cores; programs.start_backend). RunBusy if another process writes the run's directory
+    without its lock."""
     rid = cfg.run_id
     if not force and runs.result_status(root, rid) == "ok":
         return TrainDone(rid, root / rid, runs.load_result(root, rid), "already finished ok (use --force to retrain)")
@@ -283,6 +286,7 @@ def train_one(cfg: Config, root: Path, *, force: bool = False, source: str = "",
         on_start(rid, (root / rid).absolute())
     if on_phase:
         on_phase("preparing data")
+    programs.start_backend(threads)
     programs.prefetch(program_signature([cfg]))
     try:
         ds = prepare(cfg)  # every input check, before anything is written

@@ -80,22 +80,76 @@ def _platform() -> bytes:
 
 
 def _cores() -> str:
-    """How many threads the process's XLA:CPU backend runs programs with: PJRT_NPROC (or
-    NPROC) where set, as XLA reads them when the backend starts, else the cores of the
-    process's main thread (a sweep's worker is pinned before its backend starts). They
-    decide a program's last digits: a program compiled on two cores gave a one-core worker
-    other last digits than its own compile (half_range_pearson of a width-256 run, at
-    1e-16), and a worker pinned to one core with PJRT_NPROC=2 gave the numbers of a
-    two-core process. So `dnfa train` on every core and a sweep's pinned workers keep
-    programs of their own (giving the workers the pool of `dnfa train` would let them
-    share: it cost 7-20% of a warm sweep, README "Start-up")."""
+    """How many threads the process's XLA:CPU backend computes with, as it said when it
+    started (`_on_backend`; before that, as it would start now). They decide a program's
+    last digits: a program compiled on two cores gave a one-core worker other last digits
+    than its own compile (half_range_pearson of a width-256 run, at 1e-16), and a worker
+    pinned to one core with PJRT_NPROC=2 gave the numbers of a two-core process; an
+    unpinned process with PJRT_NPROC=1 gives those of a one-core worker (the quickstart and
+    a width-256 run, bench/compare_runs.py). So programs part by this count, and a process
+    computing with one thread (`dnfa train` of a small run: start_backend) shares a
+    sweep's one-core workers' programs. (Said "cores N" whatever set it: the names programs
+    had before.)"""
+    return f"cores {_backend_threads or _threads_now()}"
+
+
+def _threads_now() -> int:
+    """The threads XLA:CPU's backend would start with now: PJRT_NPROC (or NPROC), as XLA
+    reads them, else the cores of the process's main thread (a sweep's worker is pinned
+    before its backend starts)."""
     for var in ("PJRT_NPROC", "NPROC"):
         with contextlib.suppress(ValueError):
-            return f"threads {int(os.environ.get(var, ''))}"
+            return int(os.environ.get(var, ""))
     try:
-        return f"cores {len(os.sched_getaffinity(os.getpid()))}"
+        return len(os.sched_getaffinity(os.getpid()))
     except (AttributeError, OSError):  # not Linux
-        return f"cores {os.cpu_count()}"
+        return os.cpu_count() or 1
+
+
+_backend_threads: int | None = None  # what _threads_now() said when the CPU backend started
+
+
+def _on_backend(backend) -> None:
+    global _backend_threads
+    if backend.platform == "cpu" and _backend_threads is None:
+        _backend_threads = _threads_now()
+
+
+try:  # jax's own hook; called at once for a backend already started
+    from jax._src.xla_bridge import register_backend_initialization_hook
+
+    register_backend_initialization_hook(_on_backend)
+except (ImportError, AttributeError):  # another jax: the count is read when names are made
+    pass
+
+
+def backend_threads() -> int:
+    """The threads XLA:CPU computes with in this process (env.json's xla_cpu_threads)."""
+    jax.devices("cpu")
+    return _backend_threads or _threads_now()
+
+
+def start_backend(threads: int | None = None) -> int:
+    """Start JAX's backends now, XLA:CPU's computing with `threads` threads (None: as it
+    would, from PJRT_NPROC or the process's cores); -> the threads it computes with. The
+    process keeps its cores: only the backend's thread pool is sized (PJRT_NPROC, set
+    while it starts; the processes this one starts later do not inherit it). A backend
+    already started keeps its threads."""
+    from jax._src.xla_bridge import backends_are_initialized
+
+    if threads is None or backends_are_initialized():
+        jax.devices()
+        return backend_threads()
+    saved = os.environ.get("PJRT_NPROC")
+    os.environ["PJRT_NPROC"] = str(threads)
+    try:
+        jax.devices()
+        return backend_threads()
+    finally:
+        if saved is None:
+            os.environ.pop("PJRT_NPROC", None)
+        else:
+            os.environ["PJRT_NPROC"] = saved
 
 
 @functools.cache

@@ -143,6 +143,54 @@ def batch_compatible(cfgs: list[Config]) -> bool:
     return all(seed_free(c) == first for c in cfgs[1:])
 
 
+def step_macs(cfg: Config) -> int | None:
+    """Multiply-adds of one training step, forward and backward (3 per weight and sample of
+    the batch); None for a user .npz file (its sizes are in the file)."""
+    dims = dims_of(cfg)
+    if dims is None:
+        return None
+    sizes = layer_sizes(dims[0], cfg.model.hidden(), dims[1])
+    return cfg.train.batch_size * 3 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+# ------------------------------------------------------------------- XLA:CPU's threads
+# A run's last digits depend on how many threads XLA:CPU computes with: its backend's
+# thread pool, sized when the backend starts from the process's cores or PJRT_NPROC
+# (programs._cores). A sweep's worker has one core by default; `dnfa train` had every core,
+# so its numbers differed from the same run's in a sweep (at 1e-16) and it could not use
+# the programs the sweep had compiled (issue 22). One thread costs a small run nothing
+# (bench/threads.py, 2 cores, warm: the quickstart 2.2 s either way) and a larger one
+# dearly (width 192: +14%; 512: +38%; 1024: +50%; width 128 with 784 inputs: +40%; the
+# quickstart with 4000 samples: +10%), so `dnfa train` computes a run this small with
+# one thread, as a sweep's worker does, and any other with every core.
+ONE_THREAD_MAX_MACS = 10_000_000  # a training step's multiply-adds (the quickstart: 7.4e6)
+ONE_THREAD_MAX_SAMPLE_WEIGHTS = 20_000_000  # checkpoint samples x weights (the quickstart: 1.9e7)
+
+
+def measured_samples(cfg: Config) -> int | None:
+    """How many samples a checkpoint measures on: metrics.samples, at most its split's
+    size; None where only a user's file knows the sizes."""
+    try:
+        n_train, total = cfg.data.train_size(), cfg.data.total_size()
+    except NotImplementedError:
+        return None
+    if not n_train or total is None:
+        return None
+    split = n_train if cfg.metrics.split == "train" else total - n_train
+    return min(cfg.metrics.samples, split)
+
+
+def train_threads(cfg: Config, cores: int) -> int:
+    """How many threads XLA:CPU computes `dnfa train`'s run with by default: one where the
+    run is small (above), else `cores`."""
+    macs, n = step_macs(cfg), measured_samples(cfg)
+    if macs is None or n is None:
+        return cores
+    weights = macs // (3 * cfg.train.batch_size)
+    small = macs <= ONE_THREAD_MAX_MACS and n * weights <= ONE_THREAD_MAX_SAMPLE_WEIGHTS
+    return 1 if small else cores
+
+
 def precheck(cfg: Config) -> None:
     """The input checks that need no data: cheap enough for every run of a sweep."""
     check(cfg)

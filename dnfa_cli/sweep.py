@@ -25,7 +25,7 @@ from . import rules, runs, sweepspec
 from .progress import sweep_eta
 from .config import (MAX_RUNS, Config, ConfigError, DnfaInputError, canonical_json, flatten, load_config, source_id,
                      source_of)
-from .rules import dims_of, seed_free
+from .rules import seed_free
 
 # The sweep's own process plans, starts the workers and gathers their results: on a machine
 # whose only devices are CPUs it never imports JAX (1.1 s before the workers could start);
@@ -229,10 +229,8 @@ def group_runs(cfgs: list[Config], seed_batch: str, workers: int) -> list[list[C
             if backend() == "cpu":
                 groups += [[c] for c in members]
                 continue
-            dims = dims_of(c0)  # None for a user .npz: unknown without reading it, do not batch
-            sizes = rules.layer_sizes(dims[0], c0.model.hidden(), dims[1]) if dims else []
-            macs = c0.train.batch_size * 3 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-            if not dims or macs > BATCH_MAX_MACS_PER_STEP:
+            macs = rules.step_macs(c0)  # None for a user .npz: unknown without reading it, do not batch
+            if macs is None or macs > BATCH_MAX_MACS_PER_STEP:
                 groups += [[c] for c in members]
                 continue
         # at least one group per worker, at most MAX_BATCH runs per program

@@ -96,21 +96,30 @@ def test_key_separates_shapes_statics_weak_types_and_source(store, monkeypatch):
 def test_the_cores_a_process_started_with_are_in_every_name(monkeypatch):
     """XLA:CPU compiles and runs a program for the threads its backend started with (the
     cores, or PJRT_NPROC: a program compiled on two cores gave a one-core sweep worker other
-    last digits): a sweep's pinned workers and `dnfa train` on every core never share one."""
+    last digits): programs part by that count, as the backend said it when it started."""
     for var in ("PJRT_NPROC", "NPROC"):
         monkeypatch.delenv(var, raising=False)
     if hasattr(os, "sched_getaffinity"):
         with monkeypatch.context() as m:
             m.setattr(os, "sched_getaffinity", lambda pid: {0})
-            one = programs._cores()
+            assert programs._threads_now() == 1
             m.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-            assert programs._cores() != one
+            assert programs._threads_now() == 2
     with monkeypatch.context() as m:  # XLA's thread pool as the environment sets it, whatever the cores
         m.setenv("PJRT_NPROC", "1")
-        assert programs._cores() == "threads 1"
+        assert programs._threads_now() == 1
         m.delenv("PJRT_NPROC")
         m.setenv("NPROC", "3")
-        assert programs._cores() == "threads 3"
+        assert programs._threads_now() == 3
+    # this process's backend has started: its names keep the count it started with,
+    # whatever the process's cores or environment say now
+    programs.backend_threads()  # started, if no test before started it
+    started = programs._cores()
+    with monkeypatch.context() as m:
+        m.setenv("PJRT_NPROC", "7")
+        assert programs._cores() == started == f"cores {programs.backend_threads()}"
+        m.setattr(programs, "_backend_threads", 7)
+        assert programs._cores() == "cores 7"
     programs._platform.cache_clear()
     here = programs._platform()
     try:
@@ -121,6 +130,26 @@ def test_the_cores_a_process_started_with_are_in_every_name(monkeypatch):
         monkeypatch.undo()
         programs._platform.cache_clear()
     assert programs._platform() == here
+
+
+def test_a_backend_started_with_n_threads_says_n_and_leaves_the_environment_as_it_was():
+    """programs.start_backend sizes XLA:CPU's thread pool (PJRT_NPROC, only while the
+    backend starts: a process started later does not inherit it), and the program names and
+    env.json say that count, not the process's cores; a backend already started keeps its
+    own."""
+    code = ("import os, jax; from dnfa_cli import programs\n"
+            "n = programs.start_backend(3)\n"
+            "def name(t):\n"
+            "    try: return open(f'/proc/self/task/{t}/comm').read().strip()\n"
+            "    except OSError: return ''\n"
+            "pool = sum(name(t) == 'tf_XLAEigen' for t in os.listdir('/proc/self/task'))"
+            " if os.path.isdir('/proc/self/task') else 3\n"  # XLA:CPU's pool, by its threads' name
+            "print(n, programs._cores(), programs.backend_threads(), os.environ.get('PJRT_NPROC'),"
+            " programs.start_backend(5), pool)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "cores", "3", "3", "None", "3", "3"]
 
 
 def test_an_edit_that_leaves_a_program_as_it_was_compiles_nothing(store, monkeypatch):

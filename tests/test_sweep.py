@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dnfa_cli import config, engine, runs, sweep
+from dnfa_cli import config, engine, rules, runs, sweep
 from dnfa_cli.cli import app
 
 runner = CliRunner()
@@ -371,6 +372,61 @@ def test_each_worker_runs_on_its_own_device_with_the_numbers_of_one_device(tmp_p
         for f in sorted((one / i / "checkpoints").glob("*.npz")):
             with np.load(f) as x, np.load(two / i / "checkpoints" / f.name) as y:
                 assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+
+
+def test_dnfa_train_of_a_small_run_gives_a_sweeps_numbers_with_the_sweeps_programs(tmp_path):
+    """A sweep's workers compute with one XLA:CPU thread each (one core each); `dnfa train`
+    of a run this small computes with one too, whatever its cores (rules.train_threads): it
+    gives the sweep's numbers bit for bit, and from the programs the sweep left in the store
+    it compiles nothing (issue 22: `train --force` after a warm sweep took 18 s)."""
+    base = {**BASE, "model": {"depth": 2, "width": 16}, "train": {**BASE["train"], "epochs": 4},
+            "metrics": {"checkpoints": 2, "samples": 24}}
+    p = _file(tmp_path, {"seed": {"values": [0, 1]}}, base=base)
+    seed0 = config.load_config(p).expand()[0]
+    assert seed0.seed == 0 and seed0.run_id == config.load_config(p).base.run_id
+    assert rules.train_threads(config.load_config(p).base, 64) == 1
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC", "JAX_PLATFORMS")},
+           "DNFA_CACHE_DIR": str(tmp_path / "cache")}  # a store of this test's own
+    cores = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else None
+
+    def two_cores():  # two workers of one core each, on any machine
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--workers", "2", "--runs-dir",
+                        str(tmp_path / "swept")], capture_output=True, text=True, env=env, timeout=900,
+                       preexec_fn=two_cores)
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "cache" / "programs"
+    made = sorted(f.name for f in store.glob("*.xla"))
+    r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", "train", str(p), "--runs-dir", str(tmp_path / "trained")],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert sorted(f.name for f in store.glob("*.xla")) == made  # nothing compiled: every program was the sweep's
+    a, b = tmp_path / "swept" / seed0.run_id, tmp_path / "trained" / seed0.run_id
+    assert [json.loads((d / "env.json").read_text())["xla_cpu_threads"] for d in (a, b)] == [1, 1]
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    assert ra["checkpoints"] == rb["checkpoints"] and len(ra["checkpoints"]) == 3
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    for f in sorted((a / "checkpoints").glob("*.npz")):
+        with np.load(f) as x, np.load(b / "checkpoints" / f.name) as y:
+            assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+
+
+def test_dnfa_train_computes_a_larger_run_with_every_core():
+    """rules.train_threads: one thread up to the quickstart's size (a training step of 7.3e6
+    multiply-adds, 1000 samples x 19072 weights at a checkpoint), every core beyond."""
+    q = config.load_config(Path(__file__).parent.parent / "configs" / "quickstart.yaml").base
+    assert rules.step_macs(q) == 128 * 3 * (20 * 128 + 128 * 128 + 128 * 1)
+    assert rules.measured_samples(q) == 1000
+    assert rules.train_threads(q, 8) == 1
+    wider = q.model_copy(update={"model": q.model.model_copy(update={"width": 192})})
+    assert rules.train_threads(wider, 8) == 8
+    more = q.model_copy(update={"metrics": q.metrics.model_copy(update={"samples": 2000}),
+                                "data": q.data.model_copy(update={"n_train": 2000})})
+    assert rules.measured_samples(more) == 2000 and rules.train_threads(more, 8) == 8
+    test_split = q.model_copy(update={"metrics": q.metrics.model_copy(update={"split": "test"})})
+    assert rules.measured_samples(test_split) == 500 and rules.train_threads(test_split, 8) == 1
 
 
 def test_a_worker_on_a_gpu_sees_only_its_own(monkeypatch):
