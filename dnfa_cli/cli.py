@@ -244,13 +244,11 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set model.width=256 (repeatable).")] = None,
     runs_dir: RunsDir = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if this exact run already finished ok.")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", min=1, help="Threads XLA:CPU computes with; the last digits depend on it (default: 1 for a run as small as the quickstart, as a sweep's worker has; else every core).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", min=1, help="Threads XLA:CPU computes with; the last digits depend on it (default: PJRT_NPROC where set, else 1 for a run as small as the quickstart, as a sweep's worker has, else every core).")] = None,
 ):
     """Train one run and measure the ansatz at its checkpoints."""
-    import os
-
     from . import config as cfgmod
-    from . import engine, rules, runs
+    from . import rules, runs, sweep
 
     _PIPE["stop"] = False
     try:
@@ -258,10 +256,13 @@ def train(
         root = runs.check_root(runs.runs_root(runs_dir))
         if cf.sweep:
             err.print(f"note: {config} has a sweep: block; dnfa train runs its base config only (use dnfa sweep for all)")
-        if threads is None and not (os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")):  # XLA's own setting wins
-            from .sweep import default_workers
+        # decided before JAX is loaded (on a CPU-only machine sweep.backend() asks it nothing,
+        # else it starts its backends); XLA's own setting wins, and a GPU's numbers do not
+        # depend on it
+        if threads is None and not sweep._xla_threads_set() and sweep.backend() == "cpu":
+            threads = rules.train_threads(cf.base, sweep.default_workers())
+        from . import engine
 
-            threads = rules.train_threads(cf.base, default_workers())
         with engine.prompt_interrupt(), _RunProgress() as show:  # Ctrl-C: within 5 s, even in a compile
             done = engine.train_one(cf.base, root, force=force, source=str(config), on_progress=show, on_phase=show.phase,
                                     on_start=lambda rid, d: out.print(f"run {rid} -> {d}", markup=False), threads=threads)

@@ -90,7 +90,7 @@ def _cores() -> str:
     computing with one thread (`dnfa train` of a small run: start_backend) shares a
     sweep's one-core workers' programs. (Said "cores N" whatever set it: the names programs
     had before.)"""
-    return f"cores {_backend_threads or _threads_now()}"
+    return f"cores {_backend_threads if _backend_threads is not None else _threads_now()}"
 
 
 def _threads_now() -> int:
@@ -99,7 +99,9 @@ def _threads_now() -> int:
     before its backend starts)."""
     for var in ("PJRT_NPROC", "NPROC"):
         with contextlib.suppress(ValueError):
-            return int(os.environ.get(var, ""))
+            n = int(os.environ.get(var, ""))
+            if n >= 1:
+                return n
     try:
         return len(os.sched_getaffinity(os.getpid()))
     except (AttributeError, OSError):  # not Linux
@@ -123,27 +125,39 @@ except (ImportError, AttributeError):  # another jax: the count is read when nam
     pass
 
 
-def backend_threads() -> int:
-    """The threads XLA:CPU computes with in this process (env.json's xla_cpu_threads)."""
-    jax.devices("cpu")
-    return _backend_threads or _threads_now()
+def backend_threads() -> int | None:
+    """The threads XLA:CPU computes with in this process (env.json's xla_cpu_threads);
+    None where it has no CPU backend (JAX_PLATFORMS without cpu)."""
+    jax.devices()
+    if _backend_threads is None and jax.default_backend() == "cpu":  # a jax without the hook
+        return _threads_now()
+    return _backend_threads
 
 
-def start_backend(threads: int | None = None) -> int:
+def _started() -> bool:
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+
+        return backends_are_initialized()
+    except (ImportError, AttributeError):  # another jax: as if started (nothing is set)
+        return True
+
+
+def start_backend(threads: int | None = None) -> int | None:
     """Start JAX's backends now, XLA:CPU's computing with `threads` threads (None: as it
     would, from PJRT_NPROC or the process's cores); -> the threads it computes with. The
     process keeps its cores: only the backend's thread pool is sized (PJRT_NPROC, set
     while it starts; the processes this one starts later do not inherit it). A backend
     already started keeps its threads."""
-    from jax._src.xla_bridge import backends_are_initialized
-
-    if threads is None or backends_are_initialized():
-        jax.devices()
+    global _backend_threads
+    if threads is None or _started():
         return backend_threads()
     saved = os.environ.get("PJRT_NPROC")
     os.environ["PJRT_NPROC"] = str(threads)
     try:
         jax.devices()
+        if _backend_threads is None and jax.default_backend() == "cpu":  # a jax without the hook
+            _backend_threads = threads
         return backend_threads()
     finally:
         if saved is None:

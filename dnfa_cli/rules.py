@@ -158,12 +158,16 @@ def step_macs(cfg: Config) -> int | None:
 # thread pool, sized when the backend starts from the process's cores or PJRT_NPROC
 # (programs._cores). A sweep's worker has one core by default; `dnfa train` had every core,
 # so its numbers differed from the same run's in a sweep (at 1e-16) and it could not use
-# the programs the sweep had compiled (issue 22). One thread costs a small run nothing
-# (bench/threads.py, 2 cores, warm: the quickstart 2.2 s either way) and a larger one
-# dearly (width 192: +14%; 512: +38%; 1024: +50%; width 128 with 784 inputs: +40%; the
-# quickstart with 4000 samples: +10%), so `dnfa train` computes a run this small with
-# one thread, as a sweep's worker does, and any other with every core.
-ONE_THREAD_MAX_MACS = 10_000_000  # a training step's multiply-adds (the quickstart: 7.4e6)
+# the programs the sweep had compiled (issue 22). One thread costs a run as small as the
+# quickstart little and a larger one dearly (`python bench/threads.py cost`, 2 cores, warm,
+# median of 3 interleaved rounds, one thread against two: the quickstart 2.35 s against
+# 2.26 s; width 192 or 2000 samples +7%; width 512 +50%; 784 inputs +51%), so
+# `dnfa train` computes a run this small with one thread, as a sweep's worker does, and
+# any other with every core; and a sweep whose runs are all this small computes them with
+# one thread where a process has several cores (`--workers 1`, or fewer runs than cores).
+# So a small run gives the same numbers however it is started on a CPU (a Dask worker
+# computes with its own cores), unless PJRT_NPROC or NPROC is set, which XLA obeys.
+ONE_THREAD_MAX_MACS = 10_000_000  # a training step's multiply-adds (the quickstart: 7.3e6)
 ONE_THREAD_MAX_SAMPLE_WEIGHTS = 20_000_000  # checkpoint samples x weights (the quickstart: 1.9e7)
 
 
@@ -180,15 +184,27 @@ def measured_samples(cfg: Config) -> int | None:
     return min(cfg.metrics.samples, split)
 
 
-def train_threads(cfg: Config, cores: int) -> int:
-    """How many threads XLA:CPU computes `dnfa train`'s run with by default: one where the
-    run is small (above), else `cores`."""
-    macs, n = step_macs(cfg), measured_samples(cfg)
+def small_run(cfg: Config) -> bool:
+    """A run that one XLA:CPU thread computes as fast as several (above)."""
+    macs = step_macs(cfg)
+    n = measured_samples(cfg) if macs is not None else None
     if macs is None or n is None:
-        return cores
+        return False
     weights = macs // (3 * cfg.train.batch_size)
-    small = macs <= ONE_THREAD_MAX_MACS and n * weights <= ONE_THREAD_MAX_SAMPLE_WEIGHTS
-    return 1 if small else cores
+    return macs <= ONE_THREAD_MAX_MACS and n * weights <= ONE_THREAD_MAX_SAMPLE_WEIGHTS
+
+
+def train_threads(cfg: Config, cores: int) -> int:
+    """How many threads XLA:CPU computes `dnfa train`'s run with by default: one for a
+    small run, else `cores`."""
+    return 1 if small_run(cfg) else cores
+
+
+def sweep_threads(cfgs: list[Config]) -> int | None:
+    """How many threads XLA:CPU computes a local sweep's runs with where its process has
+    more than one core (`--workers 1`, or fewer runs than cores): one where every run is
+    small, as `dnfa train` would; None (the process's cores) otherwise."""
+    return 1 if cfgs and all(small_run(c) for c in cfgs) else None
 
 
 def precheck(cfg: Config) -> None:

@@ -312,6 +312,8 @@ def _run_group(cfgs: list[Config], rootp: Path, rerun: list[str], blocking: bool
         if todo:
             from . import engine
 
+            if _THREADS is not None:  # --workers 1 (InlineExecutor); nothing if JAX has started
+                engine.programs.start_backend(_THREADS)
             _announce([c.run_id for c in todo])
             try:
                 datasets = [engine.prepare(c) for c in todo]
@@ -374,6 +376,7 @@ _STOP = None  # in a pool worker: the sweep's "start no new run" event
 # where run_group says which runs it starts: in a pool worker a queue to the sweep's
 # parent, in the parent (inline execution) a function; None: nobody listens (Dask)
 _STARTED = None
+_THREADS = None  # inline execution: XLA:CPU's threads for the runs (rules.sweep_threads); None: the cores
 
 
 def _announce(run_ids: list[str]) -> None:
@@ -406,9 +409,12 @@ def _leave() -> None:
     os._exit(0)
 
 
-def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, devices: Devices | None = None) -> None:
+def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, devices: Devices | None = None,
+                 threads: int | None = None) -> None:
     """Pin this worker to its own `share` cores, so N workers never oversubscribe, and to
-    its own device; leave Ctrl-C to the parent (it stops the workers itself) and die with it."""
+    its own device, with XLA:CPU computing with `threads` threads where given
+    (rules.sweep_threads; else its cores); leave Ctrl-C to the parent (it stops the workers
+    itself) and die with it."""
     import signal
 
     global _STOP, _STARTED
@@ -428,6 +434,13 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, 
         os.sched_setaffinity(0, mine)
         if devices is None or devices.platform == "cpu":  # its compiles may use the cores others leave idle
             os.environ[SPREAD] = ",".join(map(str, cores))
+    cpu = devices is None or devices.platform == "cpu"
+    # not on GPUs (make_executor gives None there): a worker's backend starts once pick
+    # chose the one GPU it sees
+    if threads is not None and cpu:
+        from . import programs
+
+        programs.start_backend(threads)
     if devices is not None:
         # pinned first: on forced host devices this starts JAX's backend, whose threads are
         # the cores it starts with (programs._cores names them)
@@ -448,7 +461,7 @@ class LocalExecutor:
     (typer, pydantic, numpy, dnfa's config: about 0.5 s a worker); otherwise, as before,
     spawned."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, threads: int | None = None):
         import multiprocessing as mp
 
         self.workers = workers
@@ -465,7 +478,7 @@ class LocalExecutor:
             self.stop, self.started = ctx.Event(), ctx.Queue()
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                             initargs=(share, ctx.Value("i", 0), ctx.Lock(), os.getpid(), self.stop,
-                                                      self.started, self.devices))
+                                                      self.started, self.devices, threads))
             # start the workers now, while the environment is theirs
             list(self.pool.map(int, range(workers)))
         finally:
@@ -549,6 +562,10 @@ class InlineExecutor:
 
     workers = 1
 
+    def __init__(self, threads: int | None = None):
+        global _THREADS
+        _THREADS = threads  # XLA:CPU's threads, where this process starts its backend for the runs
+
     def submit(self, *args):
         return _Deferred(args)
 
@@ -563,8 +580,8 @@ class InlineExecutor:
         pass
 
     def close(self, kill: bool = False):
-        global _STARTED
-        _STARTED = None
+        global _STARTED, _THREADS
+        _STARTED = _THREADS = None
 
 
 class SchedulerLost(Exception):
@@ -896,7 +913,15 @@ def make_executor(todo: list[Config], opts: Options, say: Callable[[str], None] 
     n = min(n, len(group_runs(todo, opts.seed_batch, n)))
     if n > 1:
         say(f"starting {n} worker processes (each loads JAX once)")
-    return InlineExecutor() if n <= 1 else LocalExecutor(n)
+    # decided here, before JAX is loaded (backend() asks JAX where a plugin is installed):
+    # XLA's own setting wins, and an accelerator's numbers do not depend on it
+    threads = (rules.sweep_threads(todo) if backend() == "cpu" and not _xla_threads_set() else None)
+    return InlineExecutor(threads) if n <= 1 else LocalExecutor(n, threads)
+
+
+def _xla_threads_set() -> bool:
+    """Whether the environment sizes XLA:CPU's thread pool itself (PJRT_NPROC, NPROC)."""
+    return bool(os.environ.get("PJRT_NPROC") or os.environ.get("NPROC"))
 
 
 @dataclass

@@ -16,3 +16,15 @@ def _release_compiled_programs():
     from dnfa_cli import engine
 
     engine.release_compiled()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_backend_for_the_session():
+    """JAX's backend started once, with this process's cores, before any test: an in-process
+    `dnfa train` of a small run would otherwise start it with one thread
+    (programs.start_backend), and every test after it would compute with the threads of
+    whichever test happened to run first."""
+    from dnfa_cli import programs
+
+    programs.start_backend(None)
+    yield

@@ -374,11 +374,13 @@ def test_each_worker_runs_on_its_own_device_with_the_numbers_of_one_device(tmp_p
                 assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
 
 
-def test_dnfa_train_of_a_small_run_gives_a_sweeps_numbers_with_the_sweeps_programs(tmp_path):
+def test_a_small_run_gives_the_same_numbers_with_the_same_programs_however_it_is_started(tmp_path):
     """A sweep's workers compute with one XLA:CPU thread each (one core each); `dnfa train`
-    of a run this small computes with one too, whatever its cores (rules.train_threads): it
-    gives the sweep's numbers bit for bit, and from the programs the sweep left in the store
-    it compiles nothing (issue 22: `train --force` after a warm sweep took 18 s)."""
+    of a run this small computes with one too, whatever its cores (rules.train_threads), and
+    so does a sweep of such runs in its own process (--workers 1) or in workers of two
+    cores each (rules.sweep_threads): each gives the sweep's numbers bit for bit, and from
+    the programs the first sweep left in the store compiles nothing (issue 22: `train
+    --force` after a warm sweep took 18 s)."""
     base = {**BASE, "model": {"depth": 2, "width": 16}, "train": {**BASE["train"], "epochs": 4},
             "metrics": {"checkpoints": 2, "samples": 24}}
     p = _file(tmp_path, {"seed": {"values": [0, 1]}}, base=base)
@@ -388,29 +390,36 @@ def test_dnfa_train_of_a_small_run_gives_a_sweeps_numbers_with_the_sweeps_progra
     env = {**{k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC", "JAX_PLATFORMS")},
            "DNFA_CACHE_DIR": str(tmp_path / "cache")}  # a store of this test's own
     cores = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else None
-
-    def two_cores():  # two workers of one core each, on any machine
-        if cores:
-            os.sched_setaffinity(0, cores)
-
-    r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", "sweep", str(p), "--workers", "2", "--runs-dir",
-                        str(tmp_path / "swept")], capture_output=True, text=True, env=env, timeout=900,
-                       preexec_fn=two_cores)
+    # `dnfa` on two cores, so two workers get one core each on any machine; with `wide`, the
+    # workers of a machine with twice the cores: two each (sweep.default_workers says 4)
+    pinned = ("import os, sys; from dnfa_cli import sweep\n"
+              f"if {cores!r}: os.sched_setaffinity(0, {cores!r})\n"
+              "if sys.argv[1] == 'wide': sweep.default_workers = lambda: 4\n"
+              "sys.argv = ['dnfa'] + sys.argv[2:]\nfrom dnfa_cli.cli import entry\nentry()\n")
+    r = subprocess.run([sys.executable, "-c", pinned, "", "sweep", str(p), "--workers", "2", "--runs-dir",
+                        str(tmp_path / "swept")], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr
     store = tmp_path / "cache" / "programs"
     made = sorted(f.name for f in store.glob("*.xla"))
-    r = subprocess.run([sys.executable, "-m", "dnfa_cli.cli", "train", str(p), "--runs-dir", str(tmp_path / "trained")],
-                       capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr
-    assert sorted(f.name for f in store.glob("*.xla")) == made  # nothing compiled: every program was the sweep's
-    a, b = tmp_path / "swept" / seed0.run_id, tmp_path / "trained" / seed0.run_id
-    assert [json.loads((d / "env.json").read_text())["xla_cpu_threads"] for d in (a, b)] == [1, 1]
-    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
-    assert ra["checkpoints"] == rb["checkpoints"] and len(ra["checkpoints"]) == 3
-    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
-    for f in sorted((a / "checkpoints").glob("*.npz")):
-        with np.load(f) as x, np.load(b / "checkpoints" / f.name) as y:
-            assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+    others = {"trained": ["-m", "dnfa_cli.cli", "train", str(p)],
+              "inline": ["-m", "dnfa_cli.cli", "sweep", str(p), "--workers", "1"],
+              "wide": ["-c", pinned, "wide", "sweep", str(p), "--workers", "2"]}
+    for name, args in others.items():
+        r = subprocess.run([sys.executable, *args, "--runs-dir", str(tmp_path / name)], capture_output=True, text=True,
+                           env=env, timeout=900)
+        assert r.returncode == 0, r.stderr
+        assert sorted(f.name for f in store.glob("*.xla")) == made, name  # nothing compiled: every program was the sweep's
+    a = tmp_path / "swept" / seed0.run_id
+    ra = json.loads((a / "result.json").read_text())
+    assert len(ra["checkpoints"]) == 3
+    for name in others:
+        b = tmp_path / name / seed0.run_id
+        assert [json.loads((d / "env.json").read_text())["xla_cpu_threads"] for d in (a, b)] == [1, 1], name
+        assert json.loads((b / "result.json").read_text())["checkpoints"] == ra["checkpoints"], name
+        assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+        for f in sorted((a / "checkpoints").glob("*.npz")):
+            with np.load(f) as x, np.load(b / "checkpoints" / f.name) as y:
+                assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
 
 
 def test_dnfa_train_computes_a_larger_run_with_every_core():
