@@ -185,7 +185,8 @@ def measured_samples(cfg: Config) -> int | None:
 
 
 def small_run(cfg: Config) -> bool:
-    """A run that one XLA:CPU thread computes as fast as several (above)."""
+    """A run as small as the quickstart, which one XLA:CPU thread computes about as fast as
+    several (above)."""
     macs = step_macs(cfg)
     n = measured_samples(cfg) if macs is not None else None
     if macs is None or n is None:

@@ -429,12 +429,12 @@ def _worker_init(share: int, slots, lock, parent: int, stop=None, started=None, 
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = None
+    cpu = devices is None or devices.platform == "cpu"
     if cores is not None:
         mine = [cores[(slot * share + i) % len(cores)] for i in range(share)]
         os.sched_setaffinity(0, mine)
-        if devices is None or devices.platform == "cpu":  # its compiles may use the cores others leave idle
+        if cpu:  # its compiles may use the cores others leave idle
             os.environ[SPREAD] = ",".join(map(str, cores))
-    cpu = devices is None or devices.platform == "cpu"
     # not on GPUs (make_executor gives None there): a worker's backend starts once pick
     # chose the one GPU it sees
     if threads is not None and cpu:
