@@ -259,7 +259,7 @@ def train(
         # decided before JAX is loaded (on a CPU-only machine sweep.backend() asks it nothing,
         # else it starts its backends); XLA's own setting wins, and a GPU's numbers do not
         # depend on it
-        if threads is None and not sweep._xla_threads_set() and sweep.backend() == "cpu":
+        if threads is None and rules.xla_threads_env() is None and sweep.backend() == "cpu":
             threads = rules.train_threads(cf.base, sweep.default_workers())
         from . import engine
 

@@ -48,6 +48,8 @@ except ImportError:  # not POSIX
 
 import jax
 
+from . import rules
+
 _PACKAGE = Path(__file__).resolve().parent
 _SUFFIX = ".xla"
 
@@ -97,11 +99,9 @@ def _threads_now() -> int:
     """The threads XLA:CPU's backend would start with now: PJRT_NPROC (or NPROC), as XLA
     reads them, else the cores of the process's main thread (a sweep's worker is pinned
     before its backend starts)."""
-    for var in ("PJRT_NPROC", "NPROC"):
-        with contextlib.suppress(ValueError):
-            n = int(os.environ.get(var, ""))
-            if n >= 1:
-                return n
+    n = rules.xla_threads_env()
+    if n is not None:
+        return n
     try:
         return len(os.sched_getaffinity(os.getpid()))
     except (AttributeError, OSError):  # not Linux

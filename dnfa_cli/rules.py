@@ -7,6 +7,7 @@ plans, and starts its workers, without importing JAX: that took it 1.1 s before 
 workers could start."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,20 @@ def step_macs(cfg: Config) -> int | None:
 # one thread where a process has several cores (`--workers 1`, or fewer runs than cores).
 # So a small run gives the same numbers however it is started on a CPU (a Dask worker
 # computes with its own cores), unless PJRT_NPROC or NPROC is set, which XLA obeys.
+def xla_threads_env() -> int | None:
+    """The threads the environment gives XLA:CPU's backend, as XLA reads them when it
+    starts (PJRT_NPROC, else NPROC; a value below 1 is no setting); None where it gives
+    none (the process's cores then)."""
+    for var in ("PJRT_NPROC", "NPROC"):
+        try:
+            n = int(os.environ.get(var, ""))
+        except ValueError:
+            continue
+        if n >= 1:
+            return n
+    return None
+
+
 ONE_THREAD_MAX_MACS = 10_000_000  # a training step's multiply-adds (the quickstart: 7.3e6)
 ONE_THREAD_MAX_SAMPLE_WEIGHTS = 20_000_000  # checkpoint samples x weights (the quickstart: 1.9e7)
 

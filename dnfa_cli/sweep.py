@@ -915,13 +915,8 @@ def make_executor(todo: list[Config], opts: Options, say: Callable[[str], None] 
         say(f"starting {n} worker processes (each loads JAX once)")
     # decided here, before JAX is loaded (backend() asks JAX where a plugin is installed):
     # XLA's own setting wins, and an accelerator's numbers do not depend on it
-    threads = (rules.sweep_threads(todo) if backend() == "cpu" and not _xla_threads_set() else None)
+    threads = (rules.sweep_threads(todo) if backend() == "cpu" and rules.xla_threads_env() is None else None)
     return InlineExecutor(threads) if n <= 1 else LocalExecutor(n, threads)
-
-
-def _xla_threads_set() -> bool:
-    """Whether the environment sizes XLA:CPU's thread pool itself (PJRT_NPROC, NPROC)."""
-    return bool(os.environ.get("PJRT_NPROC") or os.environ.get("NPROC"))
 
 
 @dataclass
