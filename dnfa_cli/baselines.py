@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .programs import stored
+from .programs import ELEMENTAL, stored
 
 N_DRAWS = 4  # random matrices per baseline; the mean is reported, the spread as *_sd
 
@@ -114,7 +114,7 @@ def draws_ahead(shapes, n: int = N_DRAWS) -> None:
     _draw_terms.ahead([((key,), {"shape": tuple(int(x) for x in s), "n": n}) for s in shapes], first=True)
 
 
-@stored(static=("shape", "n"))
+@stored(static=("shape", "n"), options=ELEMENTAL)
 def _draw_terms(key, *, shape, n):
     return terms(_draw(key, shape, n))
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import model as mdl
-from .programs import stored
+from .programs import ELEMENTAL, stored
 
 CHUNK_BYTES = 64 * 2**20  # target size of the largest per-chunk Jacobian stack
 
@@ -181,7 +181,7 @@ def compute_grams_batch(params_list, X_list, activation: str, *, method: str = "
             for o in outs]
 
 
-@stored(static=("activation", "method", "m", "dtype"))
+@stored(static=("activation", "method", "m", "dtype"), options=ELEMENTAL)
 def _grams_runs(params_list, X_list, wbs, feats, *, activation, method, m, dtype):
     """Every run's Grams, divided by n, in float64: the runs (a seed batch) under one
     vmap; casting and stacking happen inside this one program. `feats`: None, or each

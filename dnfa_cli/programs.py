@@ -230,8 +230,9 @@ class Stored:
     """`jax.jit(fn, static_argnames=static)` whose compiled executable is kept (module doc).
     Called with the same arguments as fn; static arguments by keyword."""
 
-    def __init__(self, fn: Callable, static: tuple[str, ...] = ()):
+    def __init__(self, fn: Callable, static: tuple[str, ...] = (), options: dict | None = None):
         self.fn, self.static = fn, frozenset(static)
+        self.options = dict(options or {})  # XLA's compile options (ELEMENTAL), in its names too
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self.jit = jax.jit(fn, static_argnames=tuple(static))  # called with tracers (vmap, inside a jit)
         self._calls: dict = {}  # (sig, device) -> _Call, or the Future of one being loaded
@@ -303,6 +304,8 @@ class Stored:
     def _key(self, sig) -> str:
         h = hashlib.sha256(_fingerprint())
         h.update(self.name.encode() + b"\0" + repr(sig).encode() + b"\0" + _device().encode())
+        if self.options:
+            h.update(b"\0" + repr(sorted(self.options.items())).encode())
         return f"{self.fn.__name__}-{h.hexdigest()[:32]}{_SUFFIX}"
 
     def _load(self, sig) -> "_Call":
@@ -331,7 +334,7 @@ class Stored:
         and not compiled here; the output tree). The caller holds the name's lock."""
         lowered, out_tree = self._lower(sig)
         head = (self.name, sig, out_tree)
-        same = f"{self.fn.__name__}-{_program_key(lowered)}{_SUFFIX}"
+        same = f"{self.fn.__name__}-{_program_key(lowered, self.options)}{_SUFFIX}"
         try:
             got = _load_file(folder / same) if load else _parts(folder / same)
             if got is not None:
@@ -365,8 +368,7 @@ class Stored:
                                         for shape, dtype, weak in avals))
         return lowered, out_tree[0]
 
-    @staticmethod
-    def _compile(lowered):
+    def _compile(self, lowered):
         """XLA's compile of `lowered`, and whether it was compiled here (`fresh`).
 
         Only a fresh executable can be kept: one that jax's persistent cache served
@@ -376,7 +378,7 @@ class Stored:
         written otherwise), the cache-hit event says so and it is not kept."""
         hits = _cache_hits()
         with _unshared(), _spread():
-            compiled = lowered.compile()
+            compiled = _compile_with(lowered, self.options)
         return compiled, _cache_hits() == hits
 
 
@@ -440,11 +442,40 @@ def _spread():
             _pin(_threads(), mine)  # threads started meanwhile too
 
 
-def _program_key(lowered) -> str:
-    """What the lowered program is (its text, without source locations) on this platform."""
+def _program_key(lowered, options: dict | None = None) -> str:
+    """What the lowered program is (its text, without source locations) on this platform,
+    compiled with these options."""
     h = hashlib.sha256(_platform())
     h.update(lowered.as_text().encode() + b"\0" + _device().encode())
+    if options:
+        h.update(b"\0" + repr(sorted(options.items())).encode())
     return "p" + h.hexdigest()[:31]
+
+
+# XLA:CPU's elemental emitters for a program, not its MLIR fusion emitters, which lower each
+# fusion to LLVM through MLIR first: the statistics programs compile in a third less time
+# (bench/compile_cost.py) and compute the same numbers but for the order in which a few
+# reductions are summed (an ulp, or two). Only for a checkpoint's float64 statistics (the
+# Grams, the random-W terms, the per-layer statistics), never for training or its data:
+# there an ulp grows along a trajectory (an Adam step in float32 that moved by an ulp gave
+# FINDINGS' Adam runs other weights by their end).
+ELEMENTAL = {"xla_cpu_use_fusion_emitters": False}
+_UNKNOWN_OPTIONS: set[str] = set()  # compile options this jaxlib does not know
+
+
+def _compile_with(lowered, options: dict):
+    """lowered.compile() with XLA compile options, those this jaxlib knows (a jaxlib without
+    one compiles as it would without it; a stored program's name holds the versions)."""
+    opts = {k: v for k, v in options.items() if k not in _UNKNOWN_OPTIONS}
+    if not opts:
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=opts)
+    except jax.errors.JaxRuntimeError as e:
+        if "No such compile option" not in str(e):
+            raise
+        _UNKNOWN_OPTIONS.update(opts)
+        return _compile_with(lowered, options)
 
 
 _events = threading.local()
@@ -795,8 +826,9 @@ def record(signature: str) -> None:
         pass
 
 
-def stored(fn: Callable | None = None, *, static: tuple[str, ...] = ()):
-    """Decorator: `@stored` or `@stored(static=("route",))` in place of jax.jit."""
+def stored(fn: Callable | None = None, *, static: tuple[str, ...] = (), options: dict | None = None):
+    """Decorator: `@stored` or `@stored(static=("route",))` in place of jax.jit; `options`:
+    XLA's compile options (ELEMENTAL)."""
     if fn is None:
-        return functools.partial(Stored, static=static)
-    return Stored(fn, static)
+        return functools.partial(Stored, static=static, options=options)
+    return Stored(fn, static, options)

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import baselines as bl
 from .grams import Reps
-from .programs import stored
+from .programs import ELEMENTAL, stored
 from .statnames import (ALIGN_KEYS, GRADIENT_CENTRED_KEYS, ISO_KEYS, ISO_RANGE_KEYS, N_ALIGN, NO_BULK_KEYS,
                         RANDOM_KEYS, REGISTRY, names, shown)
 
@@ -745,7 +745,7 @@ def batch_layers() -> bool:
     return jax.default_backend() != "cpu"
 
 
-@stored(static=("route", "trivial"))
+@stored(static=("route", "trivial"), options=ELEMENTAL)
 def layers_batch(xs: tuple, *, route: str, trivial: bool):
     """_layer for layers of one shape (a tuple of LayerIn): a (layers, keys) array of the
     scalars in the order ROW_ORDER + _boot_keys(B), with the route's verdict as its last column, and
