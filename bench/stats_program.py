@@ -50,7 +50,8 @@ def main() -> None:
     for shape, trivial, B in CASES:
         x = layer(shape, B)
         for route in (stats.route_of(shape), "svd"):
-            n, h = fingerprint(stats.layers_batch.lower((x,), route=route, trivial=trivial).compile().as_text())
+            n, h = fingerprint(stats.layers_batch.jit.lower((x,), route=route, trivial=trivial)
+                                  .compile(compiler_options=stats.layers_batch.options or None).as_text())
             print(f"{shape[0]}x{shape[1]} trivial={trivial} bootstrap={B} route={route}: {n} instructions, {h}")
 
 

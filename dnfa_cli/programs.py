@@ -9,19 +9,20 @@ the compiled program up, and that lowering is most of a warm small run's overhea
 names. The first is known before anything is traced: the function, its static arguments,
 the structure, shapes and dtypes (weak types too) of its arguments, the versions of jax and
 jaxlib, the platform, the host's CPU (XLA compiles for its instruction set), XLA_FLAGS, the
-default device, and the source of dnfa itself (any edit of the package makes new names, so
+default device, its XLA compile options (ELEMENTAL) and the source of dnfa itself (any edit of the package makes new names, so
 a stale program is never used). A later process with the same name deserialises the
 executable and calls it: nothing is traced, lowered or looked up. The second is what the
-lowered program is (its text, the platform): after an edit of dnfa, or an upgrade, that left
+lowered program is (its text, the platform, its compile options): after an edit of dnfa, or an upgrade, that left
 a program as it was, the process traces and lowers it, finds it under that name and keeps it
 under its new first name, and nothing is compiled again.
 
 The program that runs is the same compiled executable whether it was compiled here or read
 from the store, so a number never depends on whether the store held it; it is jax.jit's
-compile of the function, so it computes what jax.jit computes, bit for bit
-(tests/test_programs.py, and runs compared with bench/compare_runs.py). It is compiled ahead
-of time for its avals. Called from inside another program (tracers), the function is inlined
-there as jax.jit's would be. A file that cannot be read or deserialised is made again; one
+compile of the function (with its compile options, where it has any), so it computes what
+jax.jit computes, bit for bit (tests/test_programs.py, tests/test_xla_flags.py, and runs
+compared with bench/compare_runs.py). It is compiled ahead of time for its avals. Called
+from inside another program (tracers), the function is inlined there as jax.jit's would
+be, and compiled with that program's options. A file that cannot be read or deserialised is made again; one
 that cannot be written costs only the time (the cache folder was tried at start-up,
 dnfa_cli/__init__.py). With the cache off each process compiles in memory, as jax.jit does.
 
@@ -35,6 +36,7 @@ import hashlib
 import os
 import pickle
 import platform
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -472,9 +474,10 @@ def _compile_with(lowered, options: dict):
     try:
         return lowered.compile(compiler_options=opts)
     except jax.errors.JaxRuntimeError as e:
-        if "No such compile option" not in str(e):
+        unknown = re.search(r"No such compile option: '(\w+)'", str(e))
+        if unknown is None or unknown.group(1) not in opts:
             raise
-        _UNKNOWN_OPTIONS.update(opts)
+        _UNKNOWN_OPTIONS.add(unknown.group(1))
         return _compile_with(lowered, options)
 
 

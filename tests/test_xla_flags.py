@@ -15,10 +15,12 @@ def _pair(k: int = 20):
     return tuple(g @ g.T for g in (rng.standard_normal((k, k)) for _ in range(2)))
 
 
-def test_a_program_kept_with_the_elemental_option_gives_the_elemental_emitters_numbers():
+def test_a_program_kept_with_the_elemental_option_gives_the_elemental_emitters_numbers(tmp_path, monkeypatch):
     """offdiag_pearson and traceless_pearson of one pair sum their reductions in another
     order under the two emitters (their last digits part): a Stored program with ELEMENTAL
-    gives XLA's compile with that option, digit for digit, and one without gives jax.jit's."""
+    gives XLA's compile with that option, digit for digit, and one without gives jax.jit's,
+    each kept under names of its own (by call and by program) and read back as it was."""
+    monkeypatch.setenv("DNFA_SET_JAX_CACHE", str(tmp_path))  # a store of the test's own
     A, B = _pair()
 
     def fn(A, B):
@@ -31,6 +33,10 @@ def test_a_program_kept_with_the_elemental_option_gives_the_elemental_emitters_n
         pytest.skip("the two emitters give these numbers alike on this jaxlib: nothing to tell them apart")
     assert [float(x) for x in Stored(fn, options=ELEMENTAL)(A, B)] == elemental
     assert [float(x) for x in Stored(fn)(A, B)] == fusion == [float(x) for x in jax.jit(fn)(A, B)]
+    assert len(list((tmp_path / "programs").glob("fn-*.xla"))) == 4  # neither found the other's
+    monkeypatch.setattr(programs.Stored, "_compile", lambda *a: pytest.fail("compiled again, not read"))
+    assert [float(x) for x in Stored(fn, options=ELEMENTAL)(A, B)] == elemental  # a fresh process's read
+    assert [float(x) for x in Stored(fn)(A, B)] == fusion
 
 
 def test_the_option_is_in_the_names_and_an_unknown_one_compiles_without_it(monkeypatch):
