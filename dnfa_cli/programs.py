@@ -9,22 +9,24 @@ the compiled program up, and that lowering is most of a warm small run's overhea
 names. The first is known before anything is traced: the function, its static arguments,
 the structure, shapes and dtypes (weak types too) of its arguments, the versions of jax and
 jaxlib, the platform, the host's CPU (XLA compiles for its instruction set), XLA_FLAGS, the
-default device, its XLA compile options (ELEMENTAL) and the source of dnfa itself (any edit of the package makes new names, so
-a stale program is never used). A later process with the same name deserialises the
-executable and calls it: nothing is traced, lowered or looked up. The second is what the
-lowered program is (its text, the platform, its compile options): after an edit of dnfa, or an upgrade, that left
-a program as it was, the process traces and lowers it, finds it under that name and keeps it
-under its new first name, and nothing is compiled again.
+default device, its XLA compile options (ELEMENTAL) and the source of dnfa itself (any edit
+of the package makes new names, so a stale program is never used). A later process with the
+same name deserialises the executable and calls it: nothing is traced, lowered or looked
+up. The second is what the lowered program is (its text, the platform, its compile
+options): after an edit of dnfa, or an upgrade, that left a program as it was, the process
+traces and lowers it, finds it under that name and keeps it under its new first name, and
+nothing is compiled again.
 
 The program that runs is the same compiled executable whether it was compiled here or read
 from the store, so a number never depends on whether the store held it; it is jax.jit's
 compile of the function (with its compile options, where it has any), so it computes what
 jax.jit computes, bit for bit (tests/test_programs.py, tests/test_xla_flags.py, and runs
 compared with bench/compare_runs.py). It is compiled ahead of time for its avals. Called
-from inside another program (tracers), the function is inlined there as jax.jit's would
-be, and compiled with that program's options. A file that cannot be read or deserialised is made again; one
-that cannot be written costs only the time (the cache folder was tried at start-up,
-dnfa_cli/__init__.py). With the cache off each process compiles in memory, as jax.jit does.
+from inside another program (tracers), the function is inlined there as jax.jit's would be,
+and compiled with that program's options. A file that cannot be read or deserialised is
+made again; one that cannot be written costs only the time (the cache folder was tried at
+start-up, dnfa_cli/__init__.py). With the cache off each process compiles in memory, as
+jax.jit does.
 
 A run's programs are also prefetched: see `prefetch` below.
 """
@@ -306,8 +308,7 @@ class Stored:
     def _key(self, sig) -> str:
         h = hashlib.sha256(_fingerprint())
         h.update(self.name.encode() + b"\0" + repr(sig).encode() + b"\0" + _device().encode())
-        if self.options:
-            h.update(b"\0" + repr(sorted(self.options.items())).encode())
+        h.update(_options_bytes(self.options))
         return f"{self.fn.__name__}-{h.hexdigest()[:32]}{_SUFFIX}"
 
     def _load(self, sig) -> "_Call":
@@ -448,10 +449,13 @@ def _program_key(lowered, options: dict | None = None) -> str:
     """What the lowered program is (its text, without source locations) on this platform,
     compiled with these options."""
     h = hashlib.sha256(_platform())
-    h.update(lowered.as_text().encode() + b"\0" + _device().encode())
-    if options:
-        h.update(b"\0" + repr(sorted(options.items())).encode())
+    h.update(lowered.as_text().encode() + b"\0" + _device().encode() + _options_bytes(options))
     return "p" + h.hexdigest()[:31]
+
+
+def _options_bytes(options: dict | None) -> bytes:
+    """What compile options add to a name: nothing without any (the names stay as they were)."""
+    return b"\0" + repr(sorted(options.items())).encode() if options else b""
 
 
 # XLA:CPU's elemental emitters for a program, not its MLIR fusion emitters, which lower each
