@@ -39,6 +39,7 @@ import os
 import pickle
 import platform
 import re
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -196,11 +197,51 @@ def _custom_calls_ready() -> None:
     try:
         from jaxlib import lapack
 
-        lapack._lapack.initialize()
+        with _scipy_lapack_modules():
+            lapack._lapack.initialize()
     except (ImportError, AttributeError):
         import jax.numpy as jnp
 
         jax.jit(jnp.linalg.eigh).lower(jax.ShapeDtypeStruct((2, 2), jnp.float32))
+
+
+_SCIPY_LAPACK = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
+
+
+@contextlib.contextmanager
+def _scipy_lapack_modules():
+    """jaxlib takes its LAPACK routines from scipy's two Cython modules of them, which it
+    imports by name; importing them the usual way first runs all of scipy.linalg's
+    __init__ (0.11-0.15 s, a tenth of a warm quickstart run, for nothing it uses). Inside,
+    the two extension modules are loaded from their files alone and are in sys.modules;
+    after, those it put there are gone again, so a later `import scipy.linalg` is the usual
+    one (the loaded library serves it). Where the files are not found, jaxlib imports them
+    as it would."""
+    added = []
+    try:
+        if not any(n in sys.modules for n in _SCIPY_LAPACK):
+            import importlib.machinery
+            import importlib.util
+
+            spec = importlib.util.find_spec("scipy")
+            folder = Path(spec.submodule_search_locations[0]) / "linalg"
+            for name in _SCIPY_LAPACK:
+                files = [folder / (name.rsplit(".", 1)[1] + s) for s in importlib.machinery.EXTENSION_SUFFIXES]
+                file = next((f for f in files if f.exists()), None)
+                if file is None:
+                    break
+                mspec = importlib.util.spec_from_file_location(name, file)
+                module = importlib.util.module_from_spec(mspec)
+                mspec.loader.exec_module(module)
+                sys.modules[name] = module
+                added.append(name)
+    except Exception:  # another scipy: jaxlib imports it its way
+        pass
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
 
 
 def release() -> None:

@@ -290,13 +290,24 @@ if sys.argv[1] == "read":
     st._compile = None  # a compile here would fail: the program must come from the file
 out = st(*_args(), 2.5, mode="sum", k=3)
 np.save(sys.argv[2], np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(out)]))
+if sys.argv[1] == "read":  # LAPACK's routines came from scipy's two modules alone, and left it as it was
+    assert "scipy.linalg" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules
+    import scipy.linalg
+    from scipy.linalg import cython_lapack
+    assert scipy.linalg.cython_blas.__pyx_capi__ and cython_lapack.__pyx_capi__
+    q, r = scipy.linalg.qr(np.eye(3) + 0.5)
+    u, v = np.arange(3.0), np.ones(3)
+    q1, r1 = scipy.linalg.qr_update(q, r, u, v)  # through cython_blas and cython_lapack
+    np.testing.assert_allclose(q1 @ r1, np.eye(3) + 0.5 + np.outer(u, v), atol=1e-12)
 """
 
 
 def test_a_fresh_process_runs_a_stored_decomposition(tmp_path):
     """An eigendecomposition read from the store in a process that has lowered none (its
     LAPACK routine is set up by hand, programs._custom_calls_ready: without it the process
-    crashed) gives the numbers of the process that compiled it and of jax.jit here."""
+    crashed) gives the numbers of the process that compiled it and of jax.jit here; the
+    routines come from scipy's two Cython modules without importing scipy.linalg, which
+    imports as usual afterwards."""
     code = _FRESH_PROCESS.format(tests=str(Path(__file__).parent))
     env = {**os.environ, "DNFA_CACHE_DIR": str(tmp_path / "cache")}
     for step in ("compile", "read"):
