@@ -683,6 +683,16 @@ def source_id(cfg: Config) -> str | None:
     return fr.run if fr.run is not None else source_of(cfg).run_id
 
 
+def program_signature(cfgs: list[Config]) -> str:
+    """What decides the programs a batch of runs calls (programs.prefetch): the config
+    without its seed and name, and the batch's size."""
+    d = cfgs[0].to_dict()
+    d.pop("seed", None)
+    d.pop("name", None)
+    d["data"].pop("seed", None)
+    return f"{len(cfgs)} {canonical_json(d)}"
+
+
 class ConfigFile(BaseModel):
     """One config file as read: the raw mapping (after --set), its sweep block, the base run."""
 

@@ -22,7 +22,7 @@ from typing import Callable
 import jax
 
 from . import __version__, data, measure, model, programs, runs, train
-from .config import Config, DnfaInputError, canonical_json, source_id
+from .config import Config, DnfaInputError, program_signature, source_id
 from .rules import check_source, precheck, sizes_of  # noqa: F401
 
 
@@ -185,16 +185,6 @@ def donor(cfg: Config, root: Path):
         return None
     check_source(cfg, root)
     return runs.final_params(root, source_id(cfg))[1]
-
-
-def program_signature(cfgs: list[Config]) -> str:
-    """What decides the programs a batch of runs calls (for programs.prefetch): the config
-    without its seed and name, and the batch's size."""
-    d = cfgs[0].to_dict()
-    d.pop("seed", None)
-    d.pop("name", None)
-    d["data"].pop("seed", None)
-    return f"{len(cfgs)} {canonical_json(d)}"
 
 
 def _data_info(ds) -> dict:

@@ -185,13 +185,27 @@ def _device() -> str:
     return str(jax.config.jax_default_device)
 
 
-@functools.cache
+_lapack_lock = threading.Lock()
+_lapack_done = False
+
+
 def _custom_calls_ready() -> None:
     """jaxlib fills its table of LAPACK routines (eigh, and the other decompositions on
     the CPU) when it first lowers one, and an executable read from a file was never
     lowered here: called before that, the routine is a null pointer and the process
-    crashes. Fill it first; where that private entry point is missing, lowering one
-    decomposition does it by the public way."""
+    crashes. Fill it first (once: the loader's threads and the run may all come at once);
+    where that private entry point is missing, lowering one decomposition does it by the
+    public way."""
+    global _lapack_done
+    if _lapack_done:
+        return
+    with _lapack_lock:
+        if not _lapack_done:
+            _fill_lapack()
+            _lapack_done = True
+
+
+def _fill_lapack() -> None:
     if jax.devices()[0].platform != "cpu":
         return
     try:
@@ -249,6 +263,7 @@ def release() -> None:
     for st in _ALL.values():
         st._calls.clear()
     _loaded.clear()
+    _handoff.clear()
 
 
 def store_dir() -> Path | None:
@@ -322,8 +337,8 @@ class Stored:
                 _write_wanted(folder, name, (self.name, got[1]))
 
     def _claim(self, here, sig) -> "_Call":
-        """The program for `here`: waited for where a prefetch thread has it in hand,
-        loaded here otherwise (and then not loaded again by the prefetch)."""
+        """The program for `here`: as the prefetch loaded it (waited for where a loader
+        has it in hand), loaded here otherwise (and then not loaded by the prefetch)."""
         mine = _pending_call()
         got = self._calls.setdefault(here, mine)
         if got is not mine:
@@ -333,7 +348,7 @@ class Stored:
                 return call
             self._calls[here] = mine  # the prefetch could not load it: this thread does
         try:
-            call = self._load(sig)
+            call = self._prefetched(sig) or self._load(sig)
         except BaseException:
             self._calls.pop(here, None)
             mine.set_result(None)
@@ -341,6 +356,25 @@ class Stored:
         self._calls[here] = call
         mine.set_result(call)
         return call
+
+    def _prefetched(self, sig) -> "_Call | None":
+        """The program of `sig` as a loader thread read it (`prefetch`), once it has; None
+        where none had begun it, which none will now, or where it could not."""
+        if store_dir() is None:
+            return None
+        name = self._key(sig)
+        got = _handoff.setdefault(name, _TAKEN)
+        if got is _TAKEN:
+            return None
+        got = got.result()
+        if got is None:
+            return None
+        compiled, head = got
+        try:  # the head names classes of dnfa's modules: read here, where they are imported
+            out_tree = pickle.loads(head)[2]
+        except Exception:
+            return None
+        return _Call(compiled, out_tree, name)
 
     def _cache_size(self) -> int:
         """How many compiled programs this function holds (as jax.jit's _cache_size)."""
@@ -675,10 +709,38 @@ def _help(folder: Path) -> bool:
     return False
 
 
-def _parts(path: Path):
-    """((name, sig, out_tree), the executable as _serialize gave it) from a stored file;
-    None if absent or unreadable (a torn or foreign file is made again)."""
+# A stored file: _LAYOUT, 8 bytes (little-endian) giving the length of a pickle of (in_tree,
+# out_tree of the executable, the head pickled apart), that pickle, then the executable.
+# The executable's trees are flat (Stored._lower), so that pickle names no class of dnfa's
+# (or optax's) modules and a loader thread can read it while the run still imports them;
+# the head, (name, sig, out_tree), names them (a LayerIn, a TrainState) and is read by the
+# run. Files of the layout before (no _LAYOUT: 8 bytes, a pickle of (head, in_tree,
+# out_tree), the executable) are read by the run alone, and kept on in this one.
+_LAYOUT = b"dnfa-xla2"
+
+
+def _split(path: Path):
+    """(the head, still pickled; the executable as _serialize gave it) from a stored file,
+    importing nothing; None if absent, unreadable or of the layout before."""
     try:
+        blob = path.read_bytes()
+        if not blob.startswith(_LAYOUT):
+            return None
+        i = len(_LAYOUT) + 8
+        n = int.from_bytes(blob[i - 8:i], "little")
+        in_tree, exe_out, head = pickle.loads(blob[i:i + n])
+    except Exception:
+        return None
+    return head, (blob[i + n:], in_tree, exe_out)
+
+
+def _parts(path: Path):
+    """((name, sig, out_tree), the executable as _serialize gave it) from a stored file of
+    either layout; None if absent or unreadable (a torn or foreign file is made again)."""
+    try:
+        got = _split(path)
+        if got is not None:
+            return pickle.loads(got[0]), got[1]
         blob = path.read_bytes()
         n = int.from_bytes(blob[:8], "little")
         head, in_tree, exe_out = pickle.loads(blob[8:8 + n])
@@ -693,13 +755,6 @@ def _deserialize(blob: tuple):
     _custom_calls_ready()
     payload, in_tree, exe_out = blob
     return deserialize_and_load(payload, in_tree, exe_out, execution_devices=[_default_device()])
-
-
-def _read(path: Path):
-    """(head, a function that loads the executable): the head is cheap, the load is the
-    deserialisation (the prefetch claims the program in between); None as _parts."""
-    got = _parts(path)
-    return None if got is None else (got[0], functools.partial(_deserialize, got[1]))
 
 
 def _load_file(path: Path):
@@ -737,10 +792,10 @@ def _write_blob(path: Path, head, blob: tuple) -> None:
     renamed); a file that cannot be written costs only the time."""
     payload, in_tree, exe_out = blob
     try:
-        head = pickle.dumps((head, in_tree, exe_out))
+        meta = pickle.dumps((in_tree, exe_out, pickle.dumps(head)))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(len(head).to_bytes(8, "little") + head + payload)
+        tmp.write_bytes(_LAYOUT + len(meta).to_bytes(8, "little") + meta + payload)
         os.replace(tmp, path)
     except (OSError, pickle.PicklingError):
         pass
@@ -760,13 +815,17 @@ def _link(src: Path, dst: Path, head, blob: tuple) -> None:
 
 # ---------------------------------------------------------------------------- prefetching
 # A run records which stored programs it called, in the order it first called them, under
-# a key of what decides them (engine.program_signature: the config without its seed); the
-# next run with that key has two threads load them, in that order, while it makes its data,
-# draws its factors and computes its first Grams. A program the run reaches before the
-# threads do is loaded by the run itself. What they have not begun when the run
-# ends, another prefetch starts or the process exits is dropped (`_generation`).
+# a key of what decides them (config.program_signature: the config without its seed); the
+# next run with that key has two threads load them (`_lanes`) while it imports the rest of
+# dnfa (`dnfa train` starts them as soon as JAX is in), makes its data, draws its factors
+# and computes its first Grams. They go by file name: a loaded program waits in `_handoff`
+# until the run calls it (Stored._prefetched), and a program the run reaches before the
+# threads do is loaded by the run itself. What they have not begun when the run ends,
+# another prefetch starts or the process exits is dropped (`_generation`).
 _ALL: dict[str, Stored] = {}
 _loaded: set[str] = set()  # the files this process holds compiled
+_handoff: dict = {}  # file name -> Future of (executable, head pickled) or None; _TAKEN once the run has it in hand
+_TAKEN = object()
 _recording: dict | None = None  # file names, as an ordered set
 _signature: str | None = None
 _generation = 0
@@ -796,27 +855,29 @@ def prefetch(signature: str) -> None:
         names = path.read_text().split()
     except OSError:
         names = []
-    _pending[:] = [_loader.submit(_prefetch_one, name, _generation) for name in _lanes(path.parent.parent, names)]
+    _pending[:] = [_loader.submit(_prefetch_lane, lane, _generation) for lane in _lanes(path.parent.parent, names)]
 
 
-def _lanes(folder: Path, names: list[str]) -> list[str]:
-    """The loading order for two threads: the largest third of the programs (the
+def _lanes(folder: Path, names: list[str]) -> tuple[list[str], list[str]]:
+    """What the two threads load, in turn: one all the programs in the order the run first
+    called them, just ahead of it; the other the largest third, largest first (the
     statistics of each layer shape, needed at the first checkpoint, each several times the
-    load of the rest) alternate with the others in the order the run first called them,
-    which it needs at once: one thread starts on the large ones while the other keeps just
-    ahead of the run."""
+    load of the rest, which the first thread would reach last). Each program is loaded by
+    whichever comes to it first (or by the run)."""
     def size(n):
         try:
             return (folder / n).stat().st_size
         except OSError:
             return 0
 
-    big = sorted(names, key=size, reverse=True)[:len(names) // 3]
-    small = [n for n in names if n not in big]
-    out = []
-    for i in range(max(len(big), len(small))):
-        out += small[i:i + 1] + big[i:i + 1]
-    return out
+    return names, sorted(names, key=size, reverse=True)[:len(names) // 3]
+
+
+def _prefetch_lane(names: list[str], generation: int) -> None:
+    for name in names:
+        if generation != _generation:
+            return
+        _prefetch_one(name, generation)
 
 
 def wait_prefetched() -> None:
@@ -828,22 +889,17 @@ def wait_prefetched() -> None:
 def _prefetch_one(name: str, generation: int) -> None:
     if generation != _generation or name in _loaded:  # a sweep worker's next run: held already
         return
-    got = _read(store_dir() / name)
-    if got is None or got[0][0] not in _ALL:
-        return
-    (owner, sig, out_tree), load = got
-    st, here = _ALL[owner], (sig, _device())
     mine = _pending_call()
-    if st._calls.setdefault(here, mine) is not mine:  # held, or the run (or the other thread) has it in hand
+    if _handoff.setdefault(name, mine) is not mine:  # the run (or the other thread) has it in hand
         return
+    got = None
     try:  # a file is whole once it is there (written aside, then renamed): no lock to read it
-        call = _Call(load(), out_tree, name)
+        parts = _split(store_dir() / name)
+        if parts is not None:
+            got = _deserialize(parts[1]), parts[0]
     except Exception:  # the run, reaching it, loads it itself
-        st._calls.pop(here, None)
-        mine.set_result(None)
-        return
-    st._calls[here] = call
-    mine.set_result(call)
+        got = None
+    mine.set_result(got)
 
 
 def _stop_prefetch() -> None:

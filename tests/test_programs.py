@@ -173,7 +173,57 @@ def test_a_torn_file_is_made_again(store):
     good = f.read_bytes()
     f.write_bytes(good[: len(good) // 2])
     _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)
-    assert programs._read(f) is not None and len(f.read_bytes()) > len(good) // 2  # rewritten whole
+    assert programs._parts(f) is not None and len(f.read_bytes()) > len(good) // 2  # rewritten whole
+
+
+def _old_layout(path: Path) -> None:
+    """Rewrite a stored file in the layout before dnfa-xla2: 8 bytes, a pickle of (head,
+    in_tree, out_tree), the executable."""
+    import pickle
+
+    head, (payload, in_tree, exe_out) = programs._parts(path)
+    meta = pickle.dumps((head, in_tree, exe_out))
+    path.write_bytes(len(meta).to_bytes(8, "little") + meta + payload)
+
+
+def test_a_file_of_the_layout_before_is_read_by_the_run_and_kept_on(store, monkeypatch):
+    """Programs stored before the dnfa-xla2 layout still serve: read by the run (not by a
+    loader thread, whose reading must import nothing), and an edit of dnfa that finds one
+    by what it is keeps it under the new name in the new layout; nothing is compiled."""
+    p, key = _args()
+    ref = jax.jit(_fn, static_argnames=("mode", "k"))(p, key, 2.5, mode="sum", k=3)
+    _fresh()(p, key, 2.5, mode="sum", k=3)
+    files = sorted(store.glob("*.xla"))  # its two names
+    assert len(files) == 2 and all(f.read_bytes().startswith(programs._LAYOUT) for f in files)
+    for f in files:
+        _old_layout(f)
+        assert programs._split(f) is None and programs._parts(f) is not None
+    monkeypatch.setattr(programs.Stored, "_compile", lambda *a: pytest.fail("compiled again"))
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)  # by its name, in the layout before
+    monkeypatch.setattr(programs, "_fingerprint", lambda: b"dnfa edited elsewhere")
+    _same(_fresh()(p, key, 2.5, mode="sum", k=3), ref)  # by what it is
+    new = [f for f in store.glob(NAMED) if f.read_bytes().startswith(programs._LAYOUT)]
+    assert len(new) == 1 and programs._split(new[0]) is not None
+
+
+def test_the_loader_reads_a_file_without_importing_what_its_head_names(store, tmp_path, monkeypatch):
+    """A loader thread reads the stored file while the run may still be importing dnfa's
+    modules: what it unpickles (the executable's flat trees) must name none of them; the
+    head, whose trees name their classes, is read by the run."""
+    (tmp_path / "headmod_probe.py").write_text("from typing import NamedTuple\nclass P(NamedTuple):\n    a: int\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import headmod_probe
+
+    tree = jax.tree_util.tree_structure(headmod_probe.P(a=1))
+    flat = jax.tree_util.tree_structure([0, 0])
+    f = store / "probe.xla"
+    programs._write_blob(f, ("owner", (tree, (), ()), tree), (b"not an executable", flat, flat))
+    monkeypatch.delitem(sys.modules, "headmod_probe")
+    head, (payload, in_tree, exe_out) = programs._split(f)
+    assert "headmod_probe" not in sys.modules
+    assert payload == b"not an executable" and in_tree == flat and exe_out == flat
+    got = programs._parts(f)[0][2]  # the run's read imports it (a class of its own, so compared as text)
+    assert "headmod_probe" in sys.modules and str(got) == str(tree) == "PyTreeDef(CustomNode(namedtuple[P], [*]))"
 
 
 def test_cache_off_compiles_in_memory_only(tmp_path, monkeypatch):
@@ -206,15 +256,17 @@ def test_prefetch_loads_what_the_last_run_of_the_signature_called(store, monkeyp
     programs.wait_prefetched()
     assert not st._calls
     programs.record("sig B")
+    assert not programs._handoff
     programs.prefetch("sig A")
     programs.wait_prefetched()
-    (call,) = st._calls.values()
-    assert isinstance(call, programs._Call)  # loaded, not a load in hand or one that failed
+    (name, got), = programs._handoff.items()
+    assert name.startswith("_fn-") and got.result() is not None  # loaded, not a load that failed
+    assert not st._calls  # handed over when the run calls it
     monkeypatch.setattr(programs.Stored, "_load", lambda *a: pytest.fail("loaded again, not prefetched"))
     _same(st(p, key, 2.5, mode="sum", k=3), ref)
     programs.record("sig A")
     # a sweep worker's next run of the config: what it holds is not read again
-    monkeypatch.setattr(programs, "_read", lambda path: pytest.fail(f"{path.name} read again, though held"))
+    monkeypatch.setattr(programs, "_split", lambda path: pytest.fail(f"{path.name} read again, though held"))
     programs.prefetch("sig A")
     programs.wait_prefetched()
     programs.record("sig A")
