@@ -130,6 +130,19 @@ def _fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def _checks_pass(cfg, root: Path) -> bool:
+    """The checks of a run's config that need no data and no JAX pass (engine.train_one makes
+    them again, and reports a failure with the file's name): worth loading its programs."""
+    from . import rules
+
+    try:
+        rules.precheck(cfg)
+        rules.check_source(cfg, root)
+    except DnfaInputError:
+        return False
+    return True
+
+
 def _fmt(v, nd=4):
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -261,7 +274,7 @@ def train(
         # depend on it
         if threads is None and rules.xla_threads_env() is None and sweep.backend() == "cpu":
             threads = rules.train_threads(cf.base, sweep.default_workers())
-        if force or runs.result_status(root, cf.base.run_id) != "ok":
+        if (force or runs.result_status(root, cf.base.run_id) != "ok") and _checks_pass(cf.base, root):
             # JAX first, then the programs the last run of this config called start loading
             # (threads) while the rest of dnfa imports: 0.1 s of a warm quickstart run
             from . import programs

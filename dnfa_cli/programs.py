@@ -248,18 +248,20 @@ def _scipy_lapack_modules():
                 module = importlib.util.module_from_spec(mspec)
                 mspec.loader.exec_module(module)
                 sys.modules[name] = module
-                added.append(name)
+                added.append((name, module))
     except Exception:  # another scipy: jaxlib imports it its way
         pass
     try:
         yield
     finally:
-        for name in added:
-            sys.modules.pop(name, None)
+        for name, module in added:
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
 
 
 def release() -> None:
     """Drop the compiled programs every `stored` function holds (engine.release_compiled)."""
+    _stop_prefetch()  # what the loaders have not begun (a failed run records nothing) stays unloaded
     for st in _ALL.values():
         st._calls.clear()
     _loaded.clear()
@@ -360,12 +362,15 @@ class Stored:
     def _prefetched(self, sig) -> "_Call | None":
         """The program of `sig` as a loader thread read it (`prefetch`), once it has; None
         where none had begun it, which none will now, or where it could not."""
-        if store_dir() is None:
+        folder = store_dir()
+        if folder is None:
             return None
         name = self._key(sig)
-        got = _handoff.setdefault(name, _TAKEN)
+        key = str(folder / name)
+        got = _handoff.setdefault(key, _TAKEN)
         if got is _TAKEN:
             return None
+        _handoff[key] = _TAKEN  # handed over (or failed): the entry holds nothing from now on
         got = got.result()
         if got is None:
             return None
@@ -374,6 +379,8 @@ class Stored:
             out_tree = pickle.loads(head)[2]
         except Exception:
             return None
+        global _hits
+        _hits += 1
         return _Call(compiled, out_tree, name)
 
     def _cache_size(self) -> int:
@@ -824,8 +831,9 @@ def _link(src: Path, dst: Path, head, blob: tuple) -> None:
 # another prefetch starts or the process exits is dropped (`_generation`).
 _ALL: dict[str, Stored] = {}
 _loaded: set[str] = set()  # the files this process holds compiled
-_handoff: dict = {}  # file name -> Future of (executable, head pickled) or None; _TAKEN once the run has it in hand
+_handoff: dict = {}  # file path -> Future of (executable, head pickled) or None; _TAKEN once the run has it in hand
 _TAKEN = object()
+_hits = 0  # programs the run was handed by a loader (tests)
 _recording: dict | None = None  # file names, as an ordered set
 _signature: str | None = None
 _generation = 0
@@ -855,6 +863,11 @@ def prefetch(signature: str) -> None:
         names = path.read_text().split()
     except OSError:
         names = []
+    for key, got in list(_handoff.items()):  # what a run took, or a load that failed: free to load again
+        if got is _TAKEN or (got.done() and got.result() is None):
+            _handoff.pop(key, None)
+    if names:
+        _custom_calls_ready()  # here, not in a loader: it touches sys.modules, which imports may be using
     _pending[:] = [_loader.submit(_prefetch_lane, lane, _generation) for lane in _lanes(path.parent.parent, names)]
 
 
@@ -889,12 +902,13 @@ def wait_prefetched() -> None:
 def _prefetch_one(name: str, generation: int) -> None:
     if generation != _generation or name in _loaded:  # a sweep worker's next run: held already
         return
+    path = store_dir() / name
     mine = _pending_call()
-    if _handoff.setdefault(name, mine) is not mine:  # the run (or the other thread) has it in hand
+    if _handoff.setdefault(str(path), mine) is not mine:  # the run (or the other thread) has it in hand
         return
     got = None
     try:  # a file is whole once it is there (written aside, then renamed): no lock to read it
-        parts = _split(store_dir() / name)
+        parts = _split(path)
         if parts is not None:
             got = _deserialize(parts[1]), parts[0]
     except Exception:  # the run, reaching it, loads it itself

@@ -56,7 +56,9 @@ NAMED = "_fn-[0-9a-f]*.xla"  # a program under its first name (the second, what 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("DNFA_SET_JAX_CACHE", str(tmp_path))
-    return tmp_path / "programs"
+    programs.release()  # what another test's prefetch left is not this store's
+    yield tmp_path / "programs"
+    programs.release()
 
 
 def _fresh():
@@ -222,6 +224,8 @@ def test_the_loader_reads_a_file_without_importing_what_its_head_names(store, tm
     head, (payload, in_tree, exe_out) = programs._split(f)
     assert "headmod_probe" not in sys.modules
     assert payload == b"not an executable" and in_tree == flat and exe_out == flat
+    programs._prefetch_one(f.name, programs._generation)  # a loader's whole read (the executable fails to load)
+    assert "headmod_probe" not in sys.modules and programs._handoff[str(f)].result() is None
     got = programs._parts(f)[0][2]  # the run's read imports it (a class of its own, so compared as text)
     assert "headmod_probe" in sys.modules and str(got) == str(tree) == "PyTreeDef(CustomNode(namedtuple[P], [*]))"
 
@@ -259,8 +263,9 @@ def test_prefetch_loads_what_the_last_run_of_the_signature_called(store, monkeyp
     assert not programs._handoff
     programs.prefetch("sig A")
     programs.wait_prefetched()
-    (name, got), = programs._handoff.items()
-    assert name.startswith("_fn-") and got.result() is not None  # loaded, not a load that failed
+    (path, got), = programs._handoff.items()
+    assert Path(path).parent == store and Path(path).name.startswith("_fn-")
+    assert got.result() is not None  # loaded, not a load that failed
     assert not st._calls  # handed over when the run calls it
     monkeypatch.setattr(programs.Stored, "_load", lambda *a: pytest.fail("loaded again, not prefetched"))
     _same(st(p, key, 2.5, mode="sum", k=3), ref)
@@ -329,6 +334,38 @@ def test_a_second_process_reads_every_program_and_gives_the_same_numbers(tmp_pat
     assert set(manifest.read_text().split()) == {f.name for f in files}
     assert run(2) == first
     assert {f: f.stat().st_mtime_ns for f in store.glob("*-[0-9a-f]*.xla")} == files
+    # `dnfa train` starts loading them before it imports the rest of dnfa: held there until
+    # the loaders are done, the run is handed every one, and the loaders imported no module
+    # of dnfa's or optax's (the run was importing them)
+    r = subprocess.run([sys.executable, "-c", _HANDED, str(cfg), str(tmp_path / "r3")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[-2] == f"{len(files)} 2 []"
+
+
+_HANDED = """
+import importlib.abc, sys
+from dnfa_cli import cli  # no JAX yet, as in `dnfa train`
+seen = []
+class Hold(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "dnfa_cli.engine":
+            sys.meta_path.remove(self)
+            before = set(sys.modules)
+            programs = sys.modules["dnfa_cli.programs"]
+            programs.wait_prefetched()
+            seen.append(len(programs._pending))
+            seen.append(sorted(m for m in set(sys.modules) - before if m.startswith(("dnfa_cli", "optax"))))
+        return None
+sys.meta_path.insert(0, Hold())
+sys.argv = ["dnfa", "train", sys.argv[1], "--runs-dir", sys.argv[2]]
+try:
+    cli.main()
+except SystemExit as e:
+    assert not e.code, e.code
+from dnfa_cli import programs
+print(programs._hits, *seen)
+"""
 
 
 _FRESH_PROCESS = """
