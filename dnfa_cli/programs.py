@@ -900,9 +900,10 @@ def wait_prefetched() -> None:
 
 
 def _prefetch_one(name: str, generation: int) -> None:
-    if generation != _generation or name in _loaded:  # a sweep worker's next run: held already
+    folder = store_dir()
+    if generation != _generation or name in _loaded or folder is None:  # a sweep worker's next run: held already
         return
-    path = store_dir() / name
+    path = folder / name
     mine = _pending_call()
     if _handoff.setdefault(str(path), mine) is not mine:  # the run (or the other thread) has it in hand
         return
