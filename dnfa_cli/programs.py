@@ -52,6 +52,7 @@ except ImportError:  # not POSIX
     fcntl = None
 
 import jax
+from jax.experimental.serialize_executable import deserialize_and_load, serialize  # here: a loader thread imports nothing
 
 from . import rules
 
@@ -757,8 +758,6 @@ def _parts(path: Path):
 
 
 def _deserialize(blob: tuple):
-    from jax.experimental.serialize_executable import deserialize_and_load
-
     _custom_calls_ready()
     payload, in_tree, exe_out = blob
     return deserialize_and_load(payload, in_tree, exe_out, execution_devices=[_default_device()])
@@ -786,8 +785,6 @@ def _default_device():
 
 def _serialize(compiled) -> tuple | None:
     """(payload, in_tree, out_tree of the executable), or None where it cannot be kept."""
-    from jax.experimental.serialize_executable import serialize
-
     try:
         return serialize(compiled)
     except (ValueError, NotImplementedError):
