@@ -349,9 +349,11 @@ class Stored:
             if call is not None:
                 self._calls[here] = call
                 return call
-            self._calls[here] = mine  # the prefetch could not load it: this thread does
+            self._calls[here] = mine  # the thread that had it in hand could not load it: this one does
         try:
-            call = self._prefetched(sig) or self._load(sig)
+            folder = store_dir()
+            name = None if folder is None else self._key(sig)
+            call = (name and self._prefetched(folder, name)) or self._load(sig, folder, name)
         except BaseException:
             self._calls.pop(here, None)
             mine.set_result(None)
@@ -360,13 +362,10 @@ class Stored:
         mine.set_result(call)
         return call
 
-    def _prefetched(self, sig) -> "_Call | None":
-        """The program of `sig` as a loader thread read it (`prefetch`), once it has; None
+    @staticmethod
+    def _prefetched(folder: Path, name: str) -> "_Call | None":
+        """The program `name` as a loader thread read it (`prefetch`), once it has; None
         where none had begun it, which none will now, or where it could not."""
-        folder = store_dir()
-        if folder is None:
-            return None
-        name = self._key(sig)
         key = str(folder / name)
         got = _handoff.setdefault(key, _TAKEN)
         if got is _TAKEN:
@@ -394,15 +393,13 @@ class Stored:
         h.update(_options_bytes(self.options))
         return f"{self.fn.__name__}-{h.hexdigest()[:32]}{_SUFFIX}"
 
-    def _load(self, sig) -> "_Call":
-        """The program of `sig`, from the store by its name (nothing traced); else made
-        here (`_make`), once the process that is making it (a sweep's other worker) is
-        done, or found made by it."""
-        folder = store_dir()
+    def _load(self, sig, folder: Path | None, name: str | None) -> "_Call":
+        """The program of `sig`, from the store `folder` by its `name` (nothing traced);
+        else made here (`_make`), once the process that is making it (a sweep's other
+        worker) is done, or found made by it. With the cache off (no folder), compiled here."""
         if folder is None:
             lowered, out_tree = self._lower(sig)
             return _Call(self._compile(lowered)[0], out_tree, None)
-        name = self._key(sig)
         got = _load_file(folder / name)  # a file is whole once it is there: no lock to read it
         if got is not None:
             return _Call(got[1], got[0][2], name)
@@ -731,14 +728,18 @@ def _split(path: Path):
     """(the head, still pickled; the executable as _serialize gave it) from a stored file,
     importing nothing; None if absent, unreadable or of the layout before."""
     try:
-        blob = path.read_bytes()
-        if not blob.startswith(_LAYOUT):
-            return None
-        i = len(_LAYOUT) + 8
-        n = int.from_bytes(blob[i - 8:i], "little")
-        in_tree, exe_out, head = pickle.loads(blob[i:i + n])
+        return _split_bytes(path.read_bytes())
     except Exception:
         return None
+
+
+def _split_bytes(blob: bytes):
+    """_split of a file's bytes; None for the layout before; raises where torn."""
+    if not blob.startswith(_LAYOUT):
+        return None
+    i = len(_LAYOUT) + 8
+    n = int.from_bytes(blob[i - 8:i], "little")
+    in_tree, exe_out, head = pickle.loads(blob[i:i + n])
     return head, (blob[i + n:], in_tree, exe_out)
 
 
@@ -746,10 +747,10 @@ def _parts(path: Path):
     """((name, sig, out_tree), the executable as _serialize gave it) from a stored file of
     either layout; None if absent or unreadable (a torn or foreign file is made again)."""
     try:
-        got = _split(path)
+        blob = path.read_bytes()
+        got = _split_bytes(blob)
         if got is not None:
             return pickle.loads(got[0]), got[1]
-        blob = path.read_bytes()
         n = int.from_bytes(blob[:8], "little")
         head, in_tree, exe_out = pickle.loads(blob[8:8 + n])
     except Exception:
