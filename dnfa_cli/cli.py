@@ -246,8 +246,8 @@ class _RunProgress:
         eta_s = "-" if eta is None else _clock(eta)
         done = p.elapsed / (p.elapsed + eta) if eta is not None and p.elapsed + eta > 0 else 0.0
         if line:
-            self._said = p.checkpoint  # one plain line per measured checkpoint
-            self._say(f"checkpoint {p.checkpoint}/{p.checkpoints} measured at step {p.step}/{p.total}; eta {eta_s}")
+            self._said = p.checkpoint  # one plain line per measured checkpoint (the last of held ones)
+            self._say(f"checkpoint {p.checkpoint}/{p.checkpoints} measured at step {p.measured}/{p.total}; eta {eta_s}")
         self.phase(what, say=first, done=done, eta=eta_s)
 
 

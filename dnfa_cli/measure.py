@@ -20,7 +20,7 @@ from . import grams, stats
 from . import model as mdl
 from .config import Config
 from .data import Dataset, device_arrays, dims_of
-from .programs import stored
+from .programs import loading, stored
 
 # metrics keys that name a checkpoint set (all | ends | none), each a family of keys
 COUNTERFACTUALS = ("published", "swap", "swap_uv")
@@ -213,14 +213,26 @@ class Meter:
         self.on_checkpoint = on_checkpoint or [None] * R
         self.on_matrices = on_matrices or [None] * R
         self.subsets = [metrics_subset(c, d) for c, d in zip(cfgs, dss)]
-        # the random-W terms are dispatched now and not waited for: they compute (1.4 s at
-        # width 1024) while the first checkpoint's programs are traced and loaded, which is
-        # Python on one core; the statistics, the first program that takes them, wait for them
-        t0 = time.perf_counter()
-        self.terms: list = [random_baselines(c, p) for c, p in zip(cfgs, params0)]
-        self.baseline_seconds = time.perf_counter() - t0  # dispatching the draws, all runs
         self.swaps: list = [None] * R
         self.held: list = [None] * R  # (step, params) of the latest checkpoint, save_matrices: ends
+        self.baseline_seconds = 0.0  # dispatching the random-W draws, all runs
+        self._terms: list | None = None
+        # the random-W terms are dispatched now and not waited for: they compute (1.4 s at
+        # width 1024) while the first checkpoint's programs are traced and loaded, which is
+        # Python on one core; the statistics, the first program that takes them, wait for them.
+        # While the loader threads still read the run's programs, the first checkpoint is
+        # held (train._Loop.checkpoint) and they are drawn when it is measured (`terms`)
+        if not loading():
+            self.terms  # noqa: B018 - drawn now
+
+    @property
+    def terms(self) -> list:
+        """Each run's random_baselines(), drawn on first use."""
+        if self._terms is None:
+            t0 = time.perf_counter()
+            self._terms = [random_baselines(c, p) for c, p in zip(self.cfgs, self.params0)]
+            self.baseline_seconds = time.perf_counter() - t0
+        return self._terms
 
     def due(self, mode: str, step: int) -> bool:
         """Whether a checkpoint-set key (all / ends / none) includes this step."""

@@ -891,6 +891,12 @@ def _prefetch_lane(names: list[str], generation: int) -> None:
         _prefetch_one(name, generation)
 
 
+def loading() -> bool:
+    """Whether the loader threads are still at what the last prefetch gave them (a run then
+    holds its checkpoints and trains on: train._Loop.checkpoint)."""
+    return any(not f.done() for f in _pending)
+
+
 def wait_prefetched() -> None:
     """Wait until the loader has done (or dropped) what the last prefetch gave it."""
     for f in list(_pending):

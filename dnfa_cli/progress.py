@@ -32,6 +32,7 @@ class Progress:
     calls: list  # steps of every epoch-function call of the run (call_sizes)
     phase: str = "training"
     checkpoint: int = 0
+    measured: int = 0  # the step of the checkpoint measured last (a held one trails the training)
     train_calls: list = field(default_factory=list)  # (steps, seconds) of the calls made
     checkpoint_seconds: list = field(default_factory=list)
 

@@ -10,9 +10,14 @@ scan with the shuffle drawn inside it. The calls do epoch_fn's arithmetic step f
 step (tests/test_stopping.py). Optimizer hyperparameters live in the optimizer state
 (`optax.inject_hyperparams`), so runs that differ in lr / momentum / weight decay share
 one compiled program, and the same function is `jax.vmap`ped over seeds (seed batching).
+
+While the loader threads are still reading the programs a run will call
+(programs.loading: a warm run's first seconds), its checkpoints are held and it trains on
+(_Loop.checkpoint); they are measured, in order, once the loaders are done.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
@@ -28,7 +33,7 @@ from . import measure as ms
 from . import model as mdl
 from .config import Config
 from .data import Dataset, device_arrays
-from .programs import stored
+from .programs import loading, stored
 from .progress import Progress, call_sizes
 from .rules import batch_compatible, checkpoint_steps, seed_free, steps_per_epoch, total_steps  # noqa: F401
 
@@ -302,8 +307,12 @@ class _Batch:
         return self.data if self.R == 1 else tuple(a[r] for a in self.data)
 
 
+HOLD_BYTES = 64 * 2**20  # parameters the held checkpoints may keep alive in all (_Loop.checkpoint)
+
+
 class _Loop:
-    """train_batched's state: the batch, the runs still alive, their outcomes, the progress."""
+    """train_batched's state: the batch, the runs still alive, their outcomes, the progress,
+    the checkpoints held for measuring."""
 
     def __init__(self, cfgs, dss, on_checkpoint, on_matrices, on_progress, donors):
         cfg0, ds0 = cfgs[0], dss[0]
@@ -322,6 +331,8 @@ class _Loop:
                                          "n_samples": int(len(s)), "sizes": sizes, "checkpoint_steps": self.cks})
                      for s in self.meter.subsets]
         self.alive = list(range(len(cfgs)))
+        self.held: list = []  # (step, {run: its parameters}) of the checkpoints not yet measured
+        self.held_bytes = 0
         self.t_ck: list[float] = []  # measuring seconds of each checkpoint (the whole batch's)
         self.prog = Progress(step=0, total=total, checkpoints=len(self.cks), calls=call_sizes(self.cks, self.spe, self.chunk),
                              checkpoint_seconds=self.t_ck)
@@ -355,8 +366,15 @@ class _Loop:
         i1 = min(self.spe, i0 + (target - step), i0 + self.chunk)
         t0 = time.perf_counter()
         # runs that diverged keep computing (harmless NaNs) so the batch keeps its shape
-        losses = self.batch.epoch(e, i0, i1)
+        try:
+            losses = self.batch.epoch(e, i0, i1)
+        except Exception:  # the run fails here: what it held is written first, as if measured then
+            with contextlib.suppress(Exception):
+                self.measure_held()
+            raise
         self.prog.train_calls.append((i1 - i0, time.perf_counter() - t0))
+        if self.held and (not loading() or not np.all(np.isfinite(losses))):
+            self.measure_held()  # a diverged run's checkpoints before it, as if measured then
         still = []
         for r in self.alive:
             lv = losses[r]
@@ -373,20 +391,51 @@ class _Loop:
         return step + i1 - i0
 
     def checkpoint(self, step: int) -> None:
-        """Measure the runs alive at `step`; those that stop here get their status."""
+        """Checkpoint `step` of the runs alive: measured now, or held while the loader threads
+        are still reading the run's programs (programs.loading; HOLD_BYTES of parameters at
+        most), and the run trains on. A held checkpoint keeps the parameters of its step:
+        device arrays no later step writes to (nothing is donated), so nothing is copied.
+        Held checkpoints are measured in order once the loaders are done (at the next call's
+        end), before a diverged loss is acted on, before a failed call is raised, and at
+        the run's end: each record, status, error and file is the one measuring at once
+        gives (tests/test_train.py); only when it is written moves. A run that a held
+        checkpoint ends has trained on meanwhile, which is not recorded."""
+        params = {r: self.batch.params(r) for r in self.alive}
+        self.held.append((step, params))
+        self.held_bytes += sum(a.nbytes for a in jax.tree_util.tree_leaves(params))
+        if not loading() or self.held_bytes > HOLD_BYTES:
+            self.measure_held()
+
+    def measure_held(self) -> None:
+        """Measure the held checkpoints, in order, each of the runs alive at it."""
+        while self.held:
+            step, params = self.held.pop(0)
+            self._measure(step, {r: p for r, p in params.items() if r in self.alive})
+        self.held_bytes = 0
+
+    def _measure(self, step: int, params: dict) -> None:
+        """Measure `params` ({run: its parameters}) at `step`; runs that stop here get their
+        status."""
+        if not params:
+            return
         self.report("measuring", step)
         t0 = time.perf_counter()
         try:
-            go, ended = self.meter.checkpoint({r: self.batch.params(r) for r in self.alive}, step)
+            go, ended = self.meter.checkpoint(params, step)
         finally:
             self.t_ck.append(time.perf_counter() - t0)
+            self.prog.measured = step
         for r, rec in go.items():
             self.outs[r].checkpoints.append(rec)
         for r, why in ended.items():
             self.outs[r].status, self.outs[r].error, self.outs[r].traceback = why
-        self.alive = list(go)
+        self.alive = [r for r in self.alive if r not in ended]
 
     def finish(self) -> list[Outcome]:
+        if self.held:
+            step = self.prog.step
+            self.measure_held()
+            self.report("training", step)  # the progress line of the last measured
         wall = time.perf_counter() - self.t_start
         for o in self.outs:
             # metrics: every checkpoint's measuring (its Grams, statistics and files), the

@@ -352,3 +352,133 @@ def test_the_random_w_factors_are_drawn_at_the_start_from_the_run_s_metrics_key(
         want = jax.block_until_ready(bl.draw_terms(jax.random.fold_in(k, l), p["W"].shape))
         got = m.terms[0][l]
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))
+
+
+# ----------------------------------------------------------------------------- held checkpoints
+def _run_dirs(cfgs, root, monkeypatch, *, loading, hold_bytes=None, events=None):
+    """engine.execute of cfgs into root with programs.loading() replaced by `loading` (a
+    function), and every run's directory read back: (results, {run: {file: content}})."""
+    from dnfa_cli import engine
+
+    monkeypatch.setattr(train, "loading", loading)
+    monkeypatch.setattr(ms, "loading", loading)
+    if hold_bytes is not None:
+        monkeypatch.setattr(train, "HOLD_BYTES", hold_bytes)
+    if events is not None:
+        real_epoch, real_ck = train._Batch.epoch, ms.Meter.checkpoint
+        monkeypatch.setattr(train._Batch, "epoch", lambda self, *a: events.append("train") or real_epoch(self, *a))
+        monkeypatch.setattr(ms.Meter, "checkpoint", lambda self, p, step: events.append(step) or real_ck(self, p, step))
+    res = engine.execute(cfgs, root)
+    monkeypatch.undo()
+    files = {}
+    for r in res:
+        d = root / r["run_id"]
+        got = {"metrics.jsonl": (d / "metrics.jsonl").read_text()}
+        for f in sorted((d / "checkpoints").glob("*.npz")):
+            z = np.load(f)
+            got[f.name] = {k: z[k] for k in z.files}
+        files[r["run_id"]] = got
+    return res, files
+
+
+def _same_runs(a, b):
+    (res_a, files_a), (res_b, files_b) = a, b
+    keep = ("status", "error", "checkpoints", "run_id")
+    assert [{k: r.get(k) for k in keep} for r in res_a] == [{k: r.get(k) for k in keep} for r in res_b]
+    assert files_a.keys() == files_b.keys()
+    for rid in files_a:
+        fa, fb = files_a[rid], files_b[rid]
+        assert fa.keys() == fb.keys() and fa["metrics.jsonl"] == fb["metrics.jsonl"]
+        for name in fa:
+            if name != "metrics.jsonl":
+                assert fa[name].keys() == fb[name].keys()
+                for k in fa[name]:
+                    np.testing.assert_array_equal(fa[name][k], fb[name][k])
+
+
+def _after(n):
+    """A loading() that says True for its first n calls (the loaders then are done)."""
+    calls = []
+    return lambda: calls.append(1) is None and len(calls) <= n
+
+
+def _ends_seed_1_at_step_2(monkeypatch):
+    """all_finite says False for the second run at the third checkpoint (step 2): its weights
+    "blew up unseen" there, and its losses after stay finite."""
+    real, calls = ms.all_finite, []
+    monkeypatch.setattr(ms, "all_finite", lambda p: calls.append(1) is None and len(calls) != 6 and real(p))
+
+
+@pytest.mark.parametrize("case", ["batch", "one_diverges", "save_matrices_ends", "loaders_done_mid_run",
+                                  "ended_at_a_held_checkpoint"])
+def test_held_checkpoints_give_every_record_and_file_of_measuring_at_once(case, monkeypatch, tmp_path):
+    over = {"train.epochs": 4, "metrics.checkpoints": [1, 2, 5], "metrics.save_matrices": "all"}
+    if case == "one_diverges":  # a loss that goes non-finite mid-run, with checkpoints held before it
+        over.update({"model.activation": "identity", "train.lr": 5.0, "train.epochs": 30})
+    if case == "save_matrices_ends":
+        over.update({"metrics.save_matrices": "ends", "model.activation": "identity", "train.lr": 5.0,
+                     "train.epochs": 30})
+    cfgs = [_cfg(**{"seed": s, **over}) for s in ((0,) if "diverges" in case or "ends" in case else (0, 1))]
+    if case == "ended_at_a_held_checkpoint":
+        _ends_seed_1_at_step_2(monkeypatch)
+    now = _run_dirs(cfgs, tmp_path / "now", monkeypatch, loading=lambda: False)
+    if case == "ended_at_a_held_checkpoint":
+        _ends_seed_1_at_step_2(monkeypatch)
+        assert now[0][1]["status"] == "diverged" and [c["step"] for c in now[0][1]["checkpoints"]] == [0, 1]
+    events = []
+    held = _run_dirs(cfgs, tmp_path / "held", monkeypatch, loading=_after(4) if case == "loaders_done_mid_run" else
+                     (lambda: True), events=events)
+    _same_runs(now, held)
+    if case in ("one_diverges", "save_matrices_ends"):
+        assert now[0][0]["status"] == "diverged"
+    # the checkpoints were held: the first was measured only after training had begun
+    assert events.index(0) > events.index("train")
+
+
+def test_a_checkpoint_is_measured_at_once_when_the_held_ones_pass_hold_bytes(monkeypatch, tmp_path):
+    cfgs = [_cfg(**{"train.epochs": 3, "metrics.checkpoints": [1, 2]})]
+    events = []
+    _run_dirs(cfgs, tmp_path, monkeypatch, loading=lambda: True, hold_bytes=0, events=events)
+    assert [e for e in events if e != "train"] == [0, 1, 2, 9]
+    assert events.index(0) < events.index("train")  # measured as it came: nothing held
+
+
+def test_a_failing_training_call_writes_the_held_checkpoints_first(monkeypatch, tmp_path):
+    cfgs = [_cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})]
+    real = train._Batch.epoch
+    calls = []
+
+    def failing(self, *a):
+        calls.append(1)
+        if len(calls) == 5:
+            raise FloatingPointError("boom")
+        return real(self, *a)
+
+    runs = []
+    for name, loading in (("now", lambda: False), ("held", lambda: True)):
+        calls.clear()
+        monkeypatch.setattr(train._Batch, "epoch", failing)
+        runs.append(_run_dirs(cfgs, tmp_path / name, monkeypatch, loading=loading))
+    _same_runs(*runs)
+    res = runs[1][0][0]
+    assert res["status"] == "failed" and res["error"].startswith("FloatingPointError: boom")
+    assert [c["step"] for c in res["checkpoints"]] == [0, 1, 2, 5]  # the 5th call (steps 5-6) fails
+
+
+@pytest.mark.parametrize("loading", [lambda: False, lambda: True], ids=["at_once", "held"])
+def test_each_checkpoint_line_names_the_step_it_was_measured_at(loading, monkeypatch, tmp_path):
+    import io
+    import re
+
+    from dnfa_cli import cli, engine
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "err", cli._Console(file=buf, stderr=True, highlight=False, soft_wrap=True))
+    monkeypatch.setattr(train, "loading", loading)
+    monkeypatch.setattr(ms, "loading", loading)
+    cfg = _cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})
+    with cli._RunProgress() as show:
+        res = engine.execute([cfg], tmp_path, on_progress=show)[0]
+    steps = [c["step"] for c in res["checkpoints"]]
+    said = [(int(k), int(s)) for k, s in re.findall(r"checkpoint (\d+)/\d+ measured at step (\d+)/", buf.getvalue())]
+    assert said and all(steps[k - 1] == s for k, s in said), (said, steps)
