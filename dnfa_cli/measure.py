@@ -242,6 +242,7 @@ class Meter:
         """Measure the runs of `params` ({run: its parameters}) at `step`: ({run: record}
         of those that go on, {run: Ended} of those that stop here). Calls each run's
         on_checkpoint(record, params) and on_matrices(step, matrices) as it goes."""
+        self.terms  # noqa: B018 - drawn here if not yet: a failure is the batch's, as when drawn at the start
         ended, finite = {}, {}
         for r, p in params.items():
             # the minibatch losses are taken before each update: the last update of a

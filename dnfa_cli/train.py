@@ -17,7 +17,6 @@ While the loader threads are still reading the programs a run will call
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
@@ -333,22 +332,33 @@ class _Loop:
         self.alive = list(range(len(cfgs)))
         self.held: list = []  # (step, {run: its parameters}) of the checkpoints not yet measured
         self.held_bytes = 0
+        self.measuring = False  # inside measure_held
         self.t_ck: list[float] = []  # measuring seconds of each checkpoint (the whole batch's)
         self.prog = Progress(step=0, total=total, checkpoints=len(self.cks), calls=call_sizes(self.cks, self.spe, self.chunk),
                              checkpoint_seconds=self.t_ck)
         self.on_progress = on_progress
 
     def run(self) -> list[Outcome]:
-        self.checkpoint(0)
-        self.report("training", 0)
-        step = 0
-        for target in self.cks[1:]:
-            while step < target and self.alive:
-                step = self.segment(step, target)
-                self.report("training", step)
+        try:
+            self.checkpoint(0)
+            self.report("training", 0)
+            step = 0
+            for target in self.cks[1:]:
+                while step < target and self.alive:
+                    step = self.segment(step, target)
+                    self.report("training", step)
+                if self.alive:
+                    self.checkpoint(target)
+                    self.report("training", step)
+        except Exception:
+            # measuring at once, the held checkpoints came first: they are measured now (an
+            # error of theirs, a full disk say, is the one raised, as it was then), and where
+            # they ended every run, the run would have stopped there, before this
+            if self.measuring or not self.held:
+                raise
+            self.measure_held()
             if self.alive:
-                self.checkpoint(target)
-                self.report("training", step)
+                raise
         return self.finish()
 
     def report(self, phase: str, step: int) -> None:
@@ -366,12 +376,7 @@ class _Loop:
         i1 = min(self.spe, i0 + (target - step), i0 + self.chunk)
         t0 = time.perf_counter()
         # runs that diverged keep computing (harmless NaNs) so the batch keeps its shape
-        try:
-            losses = self.batch.epoch(e, i0, i1)
-        except Exception:  # the run fails here: what it held is written first, as if measured then
-            with contextlib.suppress(Exception):
-                self.measure_held()
-            raise
+        losses = self.batch.epoch(e, i0, i1)
         self.prog.train_calls.append((i1 - i0, time.perf_counter() - t0))
         if self.held and (not loading() or not np.all(np.isfinite(losses))):
             self.measure_held()  # a diverged run's checkpoints before it, as if measured then
@@ -396,10 +401,10 @@ class _Loop:
         most), and the run trains on. A held checkpoint keeps the parameters of its step:
         device arrays no later step writes to (nothing is donated), so nothing is copied.
         Held checkpoints are measured in order once the loaders are done (at the next call's
-        end), before a diverged loss is acted on, before a failed call is raised, and at
-        the run's end: each record, status, error and file is the one measuring at once
-        gives (tests/test_train.py); only when it is written moves. A run that a held
-        checkpoint ends has trained on meanwhile, which is not recorded."""
+        end), before a diverged loss is acted on, before an error of the loop is raised
+        (run), and at the run's end: each record, status, error and file is the one
+        measuring at once gives (tests/test_train.py); only when it is written moves. A run
+        that a held checkpoint ends has trained on meanwhile, which is not recorded."""
         params = {r: self.batch.params(r) for r in self.alive}
         self.held.append((step, params))
         self.held_bytes += sum(a.nbytes for a in jax.tree_util.tree_leaves(params))
@@ -408,9 +413,13 @@ class _Loop:
 
     def measure_held(self) -> None:
         """Measure the held checkpoints, in order, each of the runs alive at it."""
-        while self.held:
-            step, params = self.held.pop(0)
-            self._measure(step, {r: p for r, p in params.items() if r in self.alive})
+        self.measuring = True
+        try:
+            while self.held:
+                step, params = self.held.pop(0)
+                self._measure(step, {r: p for r, p in params.items() if r in self.alive})
+        finally:
+            self.measuring = False
         self.held_bytes = 0
 
     def _measure(self, step: int, params: dict) -> None:

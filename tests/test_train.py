@@ -482,3 +482,89 @@ def test_each_checkpoint_line_names_the_step_it_was_measured_at(loading, monkeyp
     steps = [c["step"] for c in res["checkpoints"]]
     said = [(int(k), int(s)) for k, s in re.findall(r"checkpoint (\d+)/\d+ measured at step (\d+)/", buf.getvalue())]
     assert said and all(steps[k - 1] == s for k, s in said), (said, steps)
+
+
+def _failing_call(monkeypatch, n, exc=RuntimeError("device lost")):
+    """The n-th training call of a run raises exc."""
+    real, calls = train._Batch.epoch, []
+
+    def epoch(self, *a):
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return real(self, *a)
+
+    monkeypatch.setattr(train._Batch, "epoch", epoch)
+
+
+def _both(cfgs, tmp_path, monkeypatch, patch):
+    """_run_dirs measuring at once and with every checkpoint held, `patch(monkeypatch)` made
+    before each; the two compared (_same_runs). -> the held one's results."""
+    got = []
+    for name, loading in (("now", lambda: False), ("held", lambda: True)):
+        patch(monkeypatch)
+        got.append(_run_dirs(cfgs, tmp_path / name, monkeypatch, loading=loading))
+    _same_runs(*got)
+    return got[1][0]
+
+
+def test_a_call_that_fails_after_a_held_checkpoint_ended_the_run_changes_nothing(monkeypatch, tmp_path):
+    # measuring at once, the run stops at step 2 (its weights "non-finite" there): the
+    # failing 4th call never comes
+    def patch(mp):
+        real, calls = ms.all_finite, []
+        mp.setattr(ms, "all_finite", lambda p: calls.append(1) is None and len(calls) != 3 and real(p))
+        _failing_call(mp, 4)
+
+    res = _both([_cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})], tmp_path, monkeypatch, patch)
+    assert res[0]["status"] == "diverged" and [c["step"] for c in res[0]["checkpoints"]] == [0, 1]
+
+
+def test_an_error_outside_a_training_call_writes_the_held_checkpoints_first(monkeypatch, tmp_path):
+    def patch(mp):
+        real, calls = train._Batch.params, []
+
+        def params(self, r):
+            calls.append(1)
+            if len(calls) == 7:  # the checkpoint at step 5 of a two-run batch
+                raise MemoryError("RESOURCE_EXHAUSTED slicing")
+            return real(self, r)
+
+        mp.setattr(train._Batch, "params", params)
+
+    res = _both([_cfg(**{"seed": s, "train.epochs": 4, "metrics.checkpoints": [1, 2, 5]}) for s in (0, 1)],
+                tmp_path, monkeypatch, patch)
+    assert [r["status"] for r in res] == ["failed"] * 2
+    assert all([c["step"] for c in r["checkpoints"]] == [0, 1, 2] for r in res)
+
+
+def test_random_w_draws_that_fail_fail_the_batch_as_when_drawn_at_the_start(monkeypatch, tmp_path):
+    def patch(mp):
+        def boom(*a, **k):
+            raise MemoryError("RESOURCE_EXHAUSTED draws")
+
+        mp.setattr(ms, "random_baselines", boom)
+
+    res = _both([_cfg(**{"seed": s}) for s in (0, 1)], tmp_path, monkeypatch, patch)
+    assert [r["error"] for r in res] == ["MemoryError: RESOURCE_EXHAUSTED draws"] * 2
+
+
+def test_a_full_disk_at_a_held_checkpoint_is_the_error_not_a_later_failed_call(monkeypatch, tmp_path):
+    import errno
+
+    from dnfa_cli import runs
+
+    def patch(mp):
+        real = runs.RunWriter.checkpoint
+
+        def checkpoint(self, rec, params):
+            if rec["step"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, rec, params)
+
+        mp.setattr(runs.RunWriter, "checkpoint", checkpoint)
+        _failing_call(mp, 4)
+
+    res = _both([_cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})], tmp_path, monkeypatch, patch)
+    assert res[0]["status"] == "failed" and "No space left" in res[0]["error"]
+    assert [c["step"] for c in res[0]["checkpoints"]] == [0, 1]
