@@ -443,47 +443,6 @@ def test_a_checkpoint_is_measured_at_once_when_the_held_ones_pass_hold_bytes(mon
     assert events.index(0) < events.index("train")  # measured as it came: nothing held
 
 
-def test_a_failing_training_call_writes_the_held_checkpoints_first(monkeypatch, tmp_path):
-    cfgs = [_cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})]
-    real = train._Batch.epoch
-    calls = []
-
-    def failing(self, *a):
-        calls.append(1)
-        if len(calls) == 5:
-            raise FloatingPointError("boom")
-        return real(self, *a)
-
-    runs = []
-    for name, loading in (("now", lambda: False), ("held", lambda: True)):
-        calls.clear()
-        monkeypatch.setattr(train._Batch, "epoch", failing)
-        runs.append(_run_dirs(cfgs, tmp_path / name, monkeypatch, loading=loading))
-    _same_runs(*runs)
-    res = runs[1][0][0]
-    assert res["status"] == "failed" and res["error"].startswith("FloatingPointError: boom")
-    assert [c["step"] for c in res["checkpoints"]] == [0, 1, 2, 5]  # the 5th call (steps 5-6) fails
-
-
-@pytest.mark.parametrize("loading", [lambda: False, lambda: True], ids=["at_once", "held"])
-def test_each_checkpoint_line_names_the_step_it_was_measured_at(loading, monkeypatch, tmp_path):
-    import io
-    import re
-
-    from dnfa_cli import cli, engine
-
-    buf = io.StringIO()
-    monkeypatch.setattr(cli, "err", cli._Console(file=buf, stderr=True, highlight=False, soft_wrap=True))
-    monkeypatch.setattr(train, "loading", loading)
-    monkeypatch.setattr(ms, "loading", loading)
-    cfg = _cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})
-    with cli._RunProgress() as show:
-        res = engine.execute([cfg], tmp_path, on_progress=show)[0]
-    steps = [c["step"] for c in res["checkpoints"]]
-    said = [(int(k), int(s)) for k, s in re.findall(r"checkpoint (\d+)/\d+ measured at step (\d+)/", buf.getvalue())]
-    assert said and all(steps[k - 1] == s for k, s in said), (said, steps)
-
-
 def _failing_call(monkeypatch, n, exc=RuntimeError("device lost")):
     """The n-th training call of a run raises exc."""
     real, calls = train._Batch.epoch, []
@@ -506,6 +465,32 @@ def _both(cfgs, tmp_path, monkeypatch, patch):
         got.append(_run_dirs(cfgs, tmp_path / name, monkeypatch, loading=loading))
     _same_runs(*got)
     return got[1][0]
+
+
+def test_a_failing_training_call_writes_the_held_checkpoints_first(monkeypatch, tmp_path):
+    res = _both([_cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})], tmp_path, monkeypatch,
+                lambda mp: _failing_call(mp, 5, FloatingPointError("boom")))
+    assert res[0]["status"] == "failed" and res[0]["error"].startswith("FloatingPointError: boom")
+    assert [c["step"] for c in res[0]["checkpoints"]] == [0, 1, 2, 5]  # the 5th call (steps 5-6) fails
+
+
+@pytest.mark.parametrize("loading", [lambda: False, lambda: True], ids=["at_once", "held"])
+def test_each_checkpoint_line_names_the_step_it_was_measured_at(loading, monkeypatch, tmp_path):
+    import io
+    import re
+
+    from dnfa_cli import cli, engine
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "err", cli._Console(file=buf, stderr=True, highlight=False, soft_wrap=True))
+    monkeypatch.setattr(train, "loading", loading)
+    monkeypatch.setattr(ms, "loading", loading)
+    cfg = _cfg(**{"train.epochs": 4, "metrics.checkpoints": [1, 2, 5]})
+    with cli._RunProgress() as show:
+        res = engine.execute([cfg], tmp_path, on_progress=show)[0]
+    steps = [c["step"] for c in res["checkpoints"]]
+    said = [(int(k), int(s)) for k, s in re.findall(r"checkpoint (\d+)/\d+ measured at step (\d+)/", buf.getvalue())]
+    assert said and all(steps[k - 1] == s for k, s in said), (said, steps)
 
 
 def test_a_call_that_fails_after_a_held_checkpoint_ended_the_run_changes_nothing(monkeypatch, tmp_path):
