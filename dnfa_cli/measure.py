@@ -21,6 +21,7 @@ from . import model as mdl
 from .config import Config
 from .data import Dataset, device_arrays, dims_of
 from .programs import loading, stored
+from .rules import small_run
 
 # metrics keys that name a checkpoint set (all | ends | none), each a family of keys
 COUNTERFACTUALS = ("published", "swap", "swap_uv")
@@ -215,14 +216,15 @@ class Meter:
         self.subsets = [metrics_subset(c, d) for c, d in zip(cfgs, dss)]
         self.swaps: list = [None] * R
         self.held: list = [None] * R  # (step, params) of the latest checkpoint, save_matrices: ends
-        self.baseline_seconds = 0.0  # dispatching the random-W draws, all runs
-        self._terms: list | None = None
         # the random-W terms are dispatched now and not waited for: they compute (1.4 s at
         # width 1024) while the first checkpoint's programs are traced and loaded, which is
         # Python on one core; the statistics, the first program that takes them, wait for them.
-        # While the loader threads still read the run's programs, the first checkpoint is
-        # held (train._Loop.checkpoint) and they are drawn when it is measured (`terms`)
-        if not loading():
+        # A small run's draws compute nothing to speak of, and while the loader threads still
+        # read its programs it trains on instead (train._Loop.checkpoint): they are drawn
+        # when its first checkpoint is measured
+        self.baseline_seconds = 0.0  # dispatching the draws, all runs
+        self._terms: list | None = None
+        if not (loading() and all(small_run(c) for c in cfgs)):
             self.terms  # noqa: B018 - drawn now
 
     @property

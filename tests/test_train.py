@@ -354,6 +354,20 @@ def test_the_random_w_factors_are_drawn_at_the_start_from_the_run_s_metrics_key(
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))
 
 
+@pytest.mark.parametrize("small", [True, False])
+def test_while_programs_load_only_a_small_run_draws_its_random_w_factors_at_its_first_checkpoint(small, monkeypatch):
+    # a larger run's draws compute (1.4 s at width 1024) beside the loading of its first
+    # checkpoint's programs: dispatched when the Meter is made, as without loaders
+    monkeypatch.setattr(ms, "loading", lambda: True)
+    monkeypatch.setattr(ms, "small_run", lambda cfg: small)
+    cfg = _cfg()
+    ds = data.make_dataset(cfg)
+    params0 = train.init_state(cfg, ds).params
+    m = ms.Meter([cfg], [ds], [params0], spe=1, total=1, method="preact", arrays_of=lambda r: None)
+    assert (m._terms is None) == small
+    assert len(m.terms[0]) == len(params0)
+
+
 # ----------------------------------------------------------------------------- held checkpoints
 def _run_dirs(cfgs, root, monkeypatch, *, loading, hold_bytes=None, events=None):
     """engine.execute of cfgs into root with programs.loading() replaced by `loading` (a
