@@ -328,22 +328,21 @@ def list_run_ids(root: Path) -> list[str]:
 
 def check_root(root: Path, write: bool = True) -> Path:
     """The runs directory as given, checked: a directory (or creatable), and writable when
-    `write` (tried, not guessed: a file is made and removed, or the missing directories
-    are made and removed again). DnfaInputError names what is wrong; nothing is left."""
+    `write` (tried, not guessed: a file is made and removed in it, or, where it does not
+    exist yet, in the nearest folder above it that does; not by making its folders and
+    removing them again, which a second dnfa starting at the same moment would find gone
+    under it). DnfaInputError names what is wrong; nothing is left."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DnfaInputError(f"runs directory {root} is a file, not a directory (--runs-dir or $DNFA_RUNS_DIR)")
     if not write:
         return root
     try:
-        if root.exists():
-            with tempfile.TemporaryFile(dir=root):
-                pass
-        else:
-            missing = [p for p in [root, *root.absolute().parents] if not p.exists()]
-            root.mkdir(parents=True)
-            for p in missing:
-                p.rmdir()
+        here = next((p for p in [root, *root.absolute().parents] if p.exists()), root)
+        if not here.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=here):
+            pass
     except OSError as e:
         raise DnfaInputError(f"runs directory {root} is not writable ({e.strerror or e})") from None
     return root

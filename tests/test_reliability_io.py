@@ -234,3 +234,42 @@ def test_a_scheduler_killed_mid_sweep_is_one_line_with_the_resume_command(tmp_pa
     assert runs.result_status(root, first) == "ok"
     rec = json.loads(next((root / "sweeps").glob("*.json")).read_text())
     assert {x["run_id"]: x["status"] for x in rec["runs"]}[first] == "ok"
+
+
+def test_two_processes_checking_a_missing_runs_directory_at_once_both_pass(tmp_path):
+    """Two dnfa sweeps started at the same moment into a runs directory not made yet: each
+    checks that it could write there while the other makes it (the check once made the
+    folders and removed them again, and the other found them gone under it: exit 2)."""
+    import threading
+
+    errors, rounds = [], 60
+    for i in range(rounds):
+        root = tmp_path / f"r{i}" / "runs"
+        go = threading.Barrier(3)
+
+        def check():
+            go.wait()
+            try:
+                runs.check_root(root)
+                root.mkdir(parents=True, exist_ok=True)  # as the sweep then does
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        def make():
+            go.wait()
+            root.mkdir(parents=True, exist_ok=True)
+
+        ts = [threading.Thread(target=f) for f in (check, check, make)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert errors == []
+    # and it still refuses what cannot be written, leaving nothing behind
+    (tmp_path / "afile").write_text("")
+    for bad, why in ((tmp_path / "afile" / "runs", "Not a directory"), (Path("/proc/dnfa-runs/x"), "")):
+        with pytest.raises(config.DnfaInputError, match=f"is not writable.*{why}"):
+            runs.check_root(bad)
+    assert not (tmp_path / "nothing").exists()
+    runs.check_root(tmp_path / "nothing" / "runs")
+    assert not (tmp_path / "nothing").exists()
