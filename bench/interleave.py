@@ -2,7 +2,10 @@
 round runs one process of each checkout in turn, then `python -c "import jax"`, so a drift
 of the machine's speed (a third within minutes on a shared machine) falls on all of them
 alike. Prints, per checkout, the median and the fastest wall and CPU seconds (user + sys of
-the child, from wait4), and the median training seconds from its result.json.
+the child, from wait4), the median training seconds from its result.json, and issue 22's
+figure: the wall beyond JAX's import (the same round's `import jax`) and the run's training,
+per round, as median [least, most] (a run's training as result.json gives it: with the
+loader threads beside it on two cores, it takes longer than undisturbed).
 
     python bench/interleave.py --code /path/to/old --code . --rounds 8
     python bench/interleave.py --code . configs/paper_x1x2.yaml --set train.epochs=1
@@ -13,6 +16,7 @@ numbers go into the README and the closing note, not into tests.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -35,6 +39,13 @@ def timed(cmd: list[str], cwd: str, env: dict | None = None) -> tuple[float, flo
     return time.perf_counter() - t, ru.ru_utime + ru.ru_stime
 
 
+def byte_compiled(code: str) -> None:
+    """dnfa's modules of a checkout compiled to bytecode, as a user's first run leaves them
+    (where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, every process
+    would compile them from source, a cost no user's second run has)."""
+    compileall.compile_dir(str(Path(code) / "dnfa_cli"), quiet=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", default="configs/quickstart.yaml")
@@ -43,6 +54,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE")
     a = ap.parse_args()
     codes = [str(Path(c).resolve()) for c in a.code]
+    for code in codes:
+        byte_compiled(code)
     sets = [x for kv in a.sets for x in ("--set", kv)]
     rows: dict[str, list] = {c: [] for c in codes + ["import jax"]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,6 +73,11 @@ def main() -> None:
         w, c, t = zip(*r)
         print(f"{name:40s} wall {statistics.median(w):6.2f} [{min(w):5.2f}] s   cpu {statistics.median(c):6.2f} "
               f"[{min(c):5.2f}] s   train {statistics.median(t):5.2f} s")
+    jax_w = [r[0] for r in rows["import jax"]]
+    for code in codes:
+        beyond = [w - j - t for (w, _, t), j in zip(rows[code], jax_w)]
+        print(f"{code:40s} beyond import jax + training: {statistics.median(beyond):5.2f} s "
+              f"[{min(beyond):5.2f}, {max(beyond):5.2f}]")
 
 
 if __name__ == "__main__":
