@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from interleave import byte_compiled  # noqa: E402
 
 
 def child(cmd: list[str], env: dict) -> dict:
@@ -76,9 +78,6 @@ def main(argv=None) -> int:
     ap.add_argument("--code", type=Path, default=ROOT, help="the dnfa checkout to run (default: this one)")
     a = ap.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; code: {a.code}")
-    sys.path.insert(0, str(ROOT / "bench"))
-    from interleave import byte_compiled
-
     byte_compiled(str(a.code.resolve()))
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(a.code.resolve())}
